@@ -1,0 +1,52 @@
+# fusionkit: `make demo` runs the whole notebook chain on the embedded default data,
+# `make test` runs the test suite. Both create .venv and install pinned dependencies on first use.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROFILE ?= default
+export MPLBACKEND := Agg
+
+.PHONY: install demo smoke test lab bench lint clean-runs help
+
+help:
+	@echo "make demo     run the notebook chain on the default profile (reports/latest)"
+	@echo "make smoke    run the chain on the tiny smoke profile"
+	@echo "make test     run the test suite"
+	@echo "make lab      open the notebooks in JupyterLab"
+	@echo "make bench    run the benchmarks (JSON in benchmarks/results/)"
+	@echo "make lint     ruff"
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml or requirements.lock changed (or .venv is missing).
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name fusionkit --display-name "Python (fusionkit)" >/dev/null
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fusionkit run --profile $(PROFILE)
+
+smoke: $(STAMP)
+	$(VENV)/bin/fusionkit run --profile smoke
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: $(STAMP)
+	@mkdir -p benchmarks/results
+	$(PY) benchmarks/extract.py
+	$(PY) benchmarks/fusion.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check fusionkit tests benchmarks
+	$(VENV)/bin/ruff format --check fusionkit tests benchmarks
+
+clean-runs:
+	rm -rf reports/runs/* reports/latest

@@ -1,0 +1,134 @@
+"""Fusion-method comparison: every method x several seeds under one training budget, unimodal
+baselines alongside, mean and 95% confidence intervals, and a paired test against the best."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from fusionkit.evaluate import classification_metrics
+from fusionkit.model import build_model
+from fusionkit.progress import progress
+from fusionkit.train import SplitData, TrainConfig, predict, seed_everything, train
+
+UNIMODAL_PREFIX = "unimodal:"
+
+
+def run_one(
+    method: str,
+    data: dict[str, SplitData],
+    cfg: TrainConfig,
+    num_classes: int,
+    hidden: int = 128,
+    dropout: float = 0.1,
+    fusion_kwargs: dict[str, Any] | None = None,
+    log_fn: Callable[[dict], None] | None = None,
+):
+    """Train one method (or ``unimodal:<modality>``) with ``cfg.seed``; returns (model, row)."""
+    if method.startswith(UNIMODAL_PREFIX):
+        mod = method[len(UNIMODAL_PREFIX) :]
+        data = {k: v.select([mod]) for k, v in data.items()}
+        fusion_name = "concat"
+    else:
+        fusion_name = method
+    in_dims = {m: int(x.shape[-1]) for m, x in data["train"].features.items()}
+    seed_everything(cfg.seed)
+    model = build_model(fusion_name, in_dims, num_classes, hidden=hidden, dropout=dropout, **(fusion_kwargs or {}))
+    res = train(model, data["train"], data["val"], cfg, log_fn=log_fn)
+    t0 = time.perf_counter()
+    logits, _ = predict(model, data["test"])
+    infer_s = time.perf_counter() - t0
+    test = classification_metrics(logits, data["test"].labels, num_classes)
+    row = {
+        "method": method,
+        "seed": cfg.seed,
+        **{f"test_{k}": v for k, v in test.items()},
+        "val_accuracy": res.best_val_acc,
+        "best_epoch": res.best_epoch,
+        "epochs_run": res.epochs_run,
+        "params": model.num_parameters(),
+        "train_time_s": res.train_time_s,
+        "infer_samples_per_s": len(data["test"]) / max(infer_s, 1e-9),
+    }
+    return model, row
+
+
+def compare(
+    methods: Iterable[str],
+    data: dict[str, SplitData],
+    cfg: TrainConfig,
+    num_classes: int,
+    seeds: Iterable[int] = (0, 1, 2, 3, 4),
+    unimodal: bool = True,
+    hidden: int = 128,
+    dropout: float = 0.1,
+    on_result: Callable[[dict, Any], None] | None = None,
+    show_progress: bool = True,
+) -> pd.DataFrame:
+    """One row per (method, seed). ``on_result(row, model)`` is called after each run (logging)."""
+    methods = list(methods)
+    if unimodal:
+        methods = [f"{UNIMODAL_PREFIX}{m}" for m in sorted(data["train"].features)] + methods
+    seeds = list(seeds)
+    rows = []
+    jobs = [(m, s) for m in methods for s in seeds]
+    for method, seed in progress(jobs, enabled=show_progress, desc="method x seed"):
+        model, row = run_one(method, data, replace(cfg, seed=seed), num_classes, hidden, dropout)
+        rows.append(row)
+        if on_result is not None:
+            on_result(row, model)
+        del model
+        torch.set_grad_enabled(True)
+    return pd.DataFrame(rows)
+
+
+def ci95(values: np.ndarray) -> float:
+    """Half-width of the 95% t confidence interval of the mean."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float("nan")
+    return float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def summarize(results: pd.DataFrame, metric: str = "test_accuracy", alpha: float = 0.05) -> pd.DataFrame:
+    """Per method: mean and 95% CI of the test metrics, parameters, time; a paired t-test over seeds
+    against the best fusion method (``p_vs_best``; ``worse_than_best`` when p < alpha)."""
+    metrics = [c for c in results.columns if c.startswith("test_")]
+    g = results.groupby("method", sort=False)
+    out = pd.DataFrame({"n_seeds": g.size()})
+    for c in metrics:
+        out[f"{c}_mean"] = g[c].mean()
+        out[f"{c}_ci95"] = g[c].apply(lambda s: ci95(s.to_numpy()))
+    out["params"] = g["params"].first()
+    out["train_time_s"] = g["train_time_s"].mean()
+    out["infer_samples_per_s"] = g["infer_samples_per_s"].mean()
+    out["kind"] = ["unimodal" if m.startswith(UNIMODAL_PREFIX) else "fusion" for m in out.index]
+    fusion = out[out["kind"] == "fusion"]
+    best = (fusion if len(fusion) else out)[f"{metric}_mean"].idxmax()
+    best_vals = results[results["method"] == best].set_index("seed")[metric]
+    pvals, worse = [], []
+    for m in out.index:
+        vals = results[results["method"] == m].set_index("seed")[metric]
+        common = best_vals.index.intersection(vals.index)
+        if m == best or len(common) < 2:
+            pvals.append(float("nan"))
+            worse.append(False)
+            continue
+        a, b = best_vals.loc[common].to_numpy(), vals.loc[common].to_numpy()
+        if np.allclose(a - b, 0):
+            p = 1.0
+        else:
+            p = float(stats.ttest_rel(a, b).pvalue)
+        pvals.append(p)
+        worse.append(bool(p < alpha and a.mean() > b.mean()))
+    out["p_vs_best"] = pvals
+    out["worse_than_best"] = worse
+    out["is_best"] = out.index == best
+    return out.sort_values(f"{metric}_mean", ascending=False).reset_index()

@@ -1,0 +1,219 @@
+"""The dataset record every loader produces (ARCHITECTURE.md, "Data flow").
+
+On disk a dataset is a folder with
+
+* ``dataset.json`` - metadata: ``name``, ``modalities`` (name -> kind: image | text | audio),
+  ``targets`` (name -> list of class names), free-form ``info``;
+* ``manifest.jsonl`` - one JSON object per sample: ``id``, ``split``, one key per modality
+  (a path relative to the dataset root for image/audio, the text itself for text) and one key per
+  target (an integer class index).
+
+Every loader (synthetic shapes, Flickr8k, AV-digits, a user's own manifest) ends in this format,
+so everything downstream (feature cache, training, reports) walks one code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODALITY_KINDS = ("image", "text", "audio")
+SPLITS = ("train", "val", "test")
+
+
+class DatasetError(ValueError):
+    """Bad dataset input: the message names the file, the record and what was expected."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    split: str
+    modalities: dict[str, str]  # name -> path relative to the root (image/audio) or text
+    targets: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Dataset:
+    name: str
+    root: Path
+    modalities: dict[str, str]  # name -> kind
+    targets: dict[str, list[str]]  # target name -> class names
+    samples: list[Sample]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def split(self, split: str) -> list[Sample]:
+        if split not in SPLITS:
+            raise DatasetError(f"{self.root}: unknown split {split!r}; expected one of {SPLITS}")
+        return [s for s in self.samples if s.split == split]
+
+    def path(self, sample: Sample, modality: str) -> Path:
+        """Absolute path of a file modality (image/audio) of ``sample``."""
+        kind = self.modalities[modality]
+        if kind == "text":
+            raise DatasetError(f"modality {modality!r} is text, not a file")
+        return self.root / sample.modalities[modality]
+
+    def labels(self, split: str, target: str | None = None) -> list[int]:
+        target = target or next(iter(self.targets))
+        return [s.targets[target] for s in self.split(split)]
+
+    def manifest_hash(self) -> str:
+        """Content hash of the manifest (ids, splits, modality values, targets) and of the
+        metadata: the feature cache is keyed by it, so any change to the data invalidates it."""
+        return manifest_hash(self.root)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "n": len(self.samples)}
+        out["splits"] = dict(Counter(s.split for s in self.samples))
+        for t, classes in self.targets.items():
+            counts = Counter((s.split, s.targets[t]) for s in self.samples)
+            out[f"class_balance/{t}"] = {
+                sp: {classes[c]: counts.get((sp, c), 0) for c in range(len(classes))} for sp in SPLITS
+            }
+        return out
+
+
+def manifest_hash(root: str | os.PathLike) -> str:
+    root = Path(root)
+    h = hashlib.sha256()
+    for name in ("dataset.json", "manifest.jsonl"):
+        h.update((root / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file + rename, so a crash never leaves a
+    half-written file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_dataset(
+    root: str | os.PathLike,
+    name: str,
+    modalities: dict[str, str],
+    targets: dict[str, list[str]],
+    samples: list[Sample],
+    info: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``dataset.json`` + ``manifest.jsonl`` atomically (the manifest last-but-one, the
+    metadata last, so a dataset folder with a ``dataset.json`` is always complete)."""
+    root = Path(root)
+    lines = []
+    for s in samples:
+        row: dict[str, Any] = {"id": s.id, "split": s.split}
+        row.update(s.modalities)
+        row.update(s.targets)
+        lines.append(json.dumps(row, ensure_ascii=False))
+    atomic_write_text(root / "manifest.jsonl", "\n".join(lines) + "\n")
+    meta = {"name": name, "modalities": modalities, "targets": targets, "info": info or {}}
+    atomic_write_text(root / "dataset.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    return root
+
+
+def _safe_relpath(root: Path, value: str, where: str) -> str:
+    """Refuse paths that escape the dataset root (absolute, ``..``, symlinks out)."""
+    if not isinstance(value, str) or not value:
+        raise DatasetError(f"{where}: expected a non-empty relative path, got {value!r}")
+    p = Path(value)
+    if p.is_absolute():
+        raise DatasetError(f"{where}: absolute path {value!r} refused; expected a path inside {root}")
+    resolved = (root / p).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise DatasetError(f"{where}: path {value!r} escapes the dataset root {root}")
+    return value
+
+
+def load_dataset(root: str | os.PathLike, check_files: bool = True) -> Dataset:
+    """Read a dataset folder written by :func:`write_dataset` and validate it.
+
+    Raises :class:`DatasetError` naming the file, the line and what was expected."""
+    root = Path(root)
+    meta_path = root / "dataset.json"
+    man_path = root / "manifest.jsonl"
+    if not root.is_dir():
+        raise DatasetError(
+            f"dataset directory {root} does not exist; expected a folder with dataset.json and manifest.jsonl"
+        )
+    for p in (meta_path, man_path):
+        if not p.is_file():
+            raise DatasetError(f"{p}: missing; expected a fusionkit dataset folder (dataset.json + manifest.jsonl)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{meta_path}: not valid UTF-8 JSON ({e})") from e
+    for key in ("name", "modalities", "targets"):
+        if key not in meta:
+            raise DatasetError(f"{meta_path}: missing key {key!r}")
+    modalities: dict[str, str] = meta["modalities"]
+    for m, kind in modalities.items():
+        if kind not in MODALITY_KINDS:
+            raise DatasetError(f"{meta_path}: modality {m!r} has kind {kind!r}; expected one of {MODALITY_KINDS}")
+    targets: dict[str, list[str]] = meta["targets"]
+    samples: list[Sample] = []
+    seen: dict[str, int] = {}
+    try:
+        text = man_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{man_path}: not valid UTF-8 ({e})") from e
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{man_path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{where}: not valid JSON ({e})") from e
+        if not isinstance(row, dict):
+            raise DatasetError(f"{where}: expected a JSON object")
+        sid = row.get("id")
+        if not isinstance(sid, str) or not sid:
+            raise DatasetError(f"{where}: expected a non-empty string 'id', got {sid!r}")
+        where = f"{where} (id {sid!r})"
+        if sid in seen:
+            raise DatasetError(f"{where}: id appears twice (first on line {seen[sid]})")
+        seen[sid] = lineno
+        split = row.get("split")
+        if split not in SPLITS:
+            raise DatasetError(f"{where}: split {split!r}; expected one of {SPLITS}")
+        mods: dict[str, str] = {}
+        for m, kind in modalities.items():
+            if m not in row:
+                raise DatasetError(f"{where}: missing modality {m!r}")
+            v = row[m]
+            if kind == "text":
+                if not isinstance(v, str):
+                    raise DatasetError(f"{where}: text modality {m!r} must be a string, got {type(v).__name__}")
+            else:
+                v = _safe_relpath(root, v, f"{where} modality {m!r}")
+                if check_files and not (root / v).is_file():
+                    raise DatasetError(f"{where}: {kind} file {root / v} does not exist")
+            mods[m] = v
+        tg: dict[str, int] = {}
+        for t, classes in targets.items():
+            v = row.get(t)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < len(classes):
+                raise DatasetError(f"{where}: target {t!r} = {v!r}; expected an integer in [0, {len(classes)})")
+            tg[t] = v
+        samples.append(Sample(id=sid, split=split, modalities=mods, targets=tg))
+    if not samples:
+        raise DatasetError(f"{man_path}: no samples")
+    return Dataset(
+        name=meta["name"], root=root, modalities=modalities, targets=targets, samples=samples, info=meta.get("info", {})
+    )

@@ -1,0 +1,426 @@
+"""The notebook chain runner: ``fusionkit run --profile NAME``.
+
+Each notebook of ``notebooks/`` runs in a fresh kernel through papermill, its cell output streamed
+to the terminal, into ``reports/runs/<run-id>/``. Parameters come from the profile
+(``configs/profiles/NAME.yaml``: ``common`` for every notebook that declares the key, then one
+section per notebook), then ``-p notebook.key=value`` overrides, then the paths the runner wires
+between notebooks (``run_dir``, the feature index, the comparison table, the checkpoint).
+
+``run.json`` in the run folder records the state of every notebook; ``status: complete`` and
+``report.html`` appear only when the whole chain finished, and ``reports/latest`` then points at the
+run. ``--resume <run-id>`` re-runs only the notebooks that did not finish.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fusionkit.data.base import atomic_write_text
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = (
+    "01_data_prep",
+    "02_feature_extraction",
+    "03_fusion_comparison",
+    "04_train",
+    "05_evaluate",
+    "06_report",
+)
+KERNEL_NAME = "fusionkit"
+
+
+class PipelineError(RuntimeError):
+    """A problem the user can fix: the message is one line naming what was wrong."""
+
+
+# ---------------------------------------------------------------------------------------- paths
+def profiles_dir() -> Path:
+    return Path(os.environ.get("FUSIONKIT_PROFILES_DIR", REPO_ROOT / "configs" / "profiles"))
+
+
+def notebooks_dir() -> Path:
+    return Path(os.environ.get("FUSIONKIT_NOTEBOOKS_DIR", REPO_ROOT / "notebooks"))
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in profiles_dir().glob("*.yaml"))
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    path = profiles_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise PipelineError(
+            f"unknown profile {name!r}; available: {', '.join(available_profiles()) or 'none'} (in {profiles_dir()})"
+        )
+    try:
+        prof = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise PipelineError(f"{path}: not valid YAML ({e})".replace("\n", " ")) from e
+    params = prof.get("parameters", {})
+    if not isinstance(params, dict):
+        raise PipelineError(f"{path}: 'parameters' must be a mapping of notebook name -> parameters")
+    for key in params:
+        if key != "common" and key not in NOTEBOOKS:
+            raise PipelineError(f"{path}: unknown section {key!r}; expected 'common' or one of {', '.join(NOTEBOOKS)}")
+    prof["_path"] = str(path)
+    return prof
+
+
+# ---------------------------------------------------------------------------------------- parameters
+def declared_parameters(notebook: Path) -> dict[str, dict[str, Any]]:
+    """The notebook's parameters cell as papermill reads it: name -> {inferred_type_name, default, help}."""
+    import papermill
+
+    return papermill.inspect_notebook(str(notebook))
+
+
+def _resolve_notebook(name: str) -> str:
+    matches = [nb for nb in NOTEBOOKS if nb == name or nb.split("_", 1)[0] == name or nb.split("_", 1)[1] == name]
+    if len(matches) != 1:
+        raise PipelineError(
+            f"unknown notebook {name!r}; expected one of {', '.join(NOTEBOOKS)} (or its number, e.g. 03)"
+        )
+    return matches[0]
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:
+    """``["03.epochs=5", "common.seed=1"]`` -> ``{"03_fusion_comparison": {"epochs": "5"}, ...}``."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        m = re.fullmatch(r"([A-Za-z0-9_]+)\.([A-Za-z_][A-Za-z0-9_]*)=(.*)", item, flags=re.S)
+        if not m:
+            raise PipelineError(f"-p {item!r}: expected NOTEBOOK.KEY=VALUE (e.g. -p 03.epochs=5 or -p common.seed=1)")
+        nb, key, value = m.groups()
+        nb = "common" if nb == "common" else _resolve_notebook(nb)
+        out.setdefault(nb, {})[key] = value
+    return out
+
+
+def coerce(value: Any, type_name: str, where: str) -> Any:
+    """Convert a value (a string from the command line, or YAML) to the declared parameter type."""
+    t = (type_name or "None").replace(" ", "")
+    is_str = isinstance(value, str)
+    if t in ("str", "None") or t.startswith("Optional[str") or t == "str|None":
+        if is_str or value is None or t == "None":
+            return value
+        return str(value)
+    parsed = yaml.safe_load(value) if is_str else value
+    if t == "bool":
+        if isinstance(parsed, bool):
+            return parsed
+        raise PipelineError(f"parameter {where}: {value!r} is not a bool (expected true/false)")
+    if t == "int":
+        if isinstance(parsed, int) and not isinstance(parsed, bool):
+            return parsed
+        raise PipelineError(f"parameter {where}: {value!r} is not an int")
+    if t == "float":
+        if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+            return float(parsed)
+        raise PipelineError(f"parameter {where}: {value!r} is not a float")
+    if t.startswith("list"):
+        if is_str and not isinstance(parsed, list):
+            parsed = [p.strip() for p in value.split(",") if p.strip()]
+        if not isinstance(parsed, list):
+            raise PipelineError(f"parameter {where}: {value!r} is not a list (use a,b,c or [a, b, c])")
+        inner = t[5:-1] if t.startswith("list[") else ""
+        return [coerce(v, inner, where) for v in parsed] if inner else parsed
+    if t == "dict" or t.startswith("dict["):
+        if isinstance(parsed, dict):
+            return parsed
+        raise PipelineError(f"parameter {where}: {value!r} is not a mapping")
+    return parsed
+
+
+def build_parameters(profile: dict[str, Any], overrides: dict[str, dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """Parameters per notebook: profile common -> profile section -> overrides, each checked
+    against the notebook's declared parameters and types."""
+    sections = profile.get("parameters", {}) or {}
+    common = {**(sections.get("common") or {}), **overrides.get("common", {})}
+    declared = {nb: declared_parameters(notebooks_dir() / f"{nb}.ipynb") for nb in NOTEBOOKS}
+    every = set().union(*[set(d) for d in declared.values()])
+    for key in common:
+        if key not in every:
+            raise PipelineError(
+                f"common parameter {key!r} is declared by no notebook; valid: {', '.join(sorted(every))}"
+            )
+    cwd = Path.cwd()
+    result: dict[str, dict[str, Any]] = {}
+    for nb in NOTEBOOKS:
+        decl = declared[nb]
+        params: dict[str, Any] = {}
+        sources = (
+            ("profile common", sections.get("common") or {}, REPO_ROOT),
+            ("-p common", overrides.get("common", {}), cwd),
+            ("profile", sections.get(nb) or {}, REPO_ROOT),
+            ("-p", overrides.get(nb, {}), cwd),
+        )
+        for source, values, base in sources:
+            for key, value in values.items():
+                if key not in decl:
+                    if "common" in source:
+                        continue
+                    raise PipelineError(
+                        f"{source}: notebook {nb} has no parameter {key!r}; valid: {', '.join(sorted(decl))}"
+                    )
+                v = coerce(value, decl[key]["inferred_type_name"], f"{nb}.{key}")
+                if key.endswith("_dir") and isinstance(v, str) and v and not Path(v).is_absolute():
+                    v = str((base / v).resolve())  # profile paths are relative to the repo, -p paths to the cwd
+                params[key] = v
+        result[nb] = params
+    return result
+
+
+# ---------------------------------------------------------------------------------------- run state
+@dataclass
+class RunState:
+    run_id: str
+    run_dir: Path
+    profile: str
+    parameters: dict[str, dict[str, Any]]
+    notebooks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    status: str = "running"
+    created: str = ""
+
+    def save(self) -> None:
+        data = {
+            "run_id": self.run_id,
+            "profile": self.profile,
+            "status": self.status,
+            "created": self.created,
+            "parameters": self.parameters,
+            "notebooks": self.notebooks,
+        }
+        atomic_write_text(self.run_dir / "run.json", json.dumps(data, indent=2, default=str) + "\n")
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunState:
+        path = run_dir / "run.json"
+        if not path.is_file():
+            raise PipelineError(f"cannot resume: {path} does not exist (not a fusionkit run folder)")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise PipelineError(f"cannot resume: {path} is not valid JSON ({e})") from e
+        return cls(
+            d["run_id"],
+            run_dir,
+            d["profile"],
+            d["parameters"],
+            d.get("notebooks", {}),
+            d.get("status", "failed"),
+            d.get("created", ""),
+        )
+
+
+def wire_paths(run_dir: Path, params: dict[str, dict[str, Any]]) -> None:
+    """The files notebooks hand each other, as parameters (only where the notebook declares them)."""
+    links = {
+        "run_dir": str(run_dir),
+        "features_index": str(run_dir / "features.json"),
+        "comparison_csv": str(run_dir / "tables" / "comparison_summary.csv"),
+        "checkpoint": str(run_dir / "model.safetensors"),
+    }
+    for nb in NOTEBOOKS:
+        decl = declared_parameters(notebooks_dir() / f"{nb}.ipynb")
+        for key, value in links.items():
+            if key in decl:
+                params[nb][key] = value
+        if "run_id" in decl:
+            params[nb]["run_id"] = run_dir.name
+
+
+def _new_run_id(profile: str) -> str:
+    return f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{profile}"
+
+
+def _check_writable(reports_dir: Path) -> None:
+    try:
+        (reports_dir / "runs").mkdir(parents=True, exist_ok=True)
+        probe = reports_dir / "runs" / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise PipelineError(
+            f"cannot write to the reports directory {reports_dir}: {e.strerror or e}; expected a writable folder"
+        ) from e
+
+
+def _kernel_name() -> str:
+    try:
+        from jupyter_client.kernelspec import find_kernel_specs
+
+        specs = find_kernel_specs()
+    except Exception:  # noqa: BLE001 - no jupyter_client config: fall back to the default kernel
+        return "python3"
+    return KERNEL_NAME if KERNEL_NAME in specs else "python3"
+
+
+def _update_latest(reports_dir: Path, run_dir: Path) -> None:
+    latest = reports_dir / "latest"
+    tmp = reports_dir / f".latest-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(Path("runs") / run_dir.name)
+    os.replace(tmp, latest)
+
+
+class _Prefix(logging.Formatter):
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(f"[{self.name}] {line}" for line in record.getMessage().splitlines() or [""])
+
+
+def run(
+    profile: str = "default",
+    overrides: list[str] | None = None,
+    *,
+    reports_dir: str | os.PathLike | None = None,
+    run_id: str | None = None,
+    resume: str | None = None,
+    only: list[str] | None = None,
+    show_progress: bool | None = None,
+    stream_output: bool = True,
+) -> Path:
+    """Run the chain; returns the run folder. Raises PipelineError (bad input) or
+    NotebookFailed (a cell raised)."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    reports_dir = Path(reports_dir or os.environ.get("FUSIONKIT_REPORTS_DIR", REPO_ROOT / "reports"))
+    _check_writable(reports_dir)
+    if resume:
+        run_dir = reports_dir / "runs" / resume
+        state = RunState.load(run_dir)
+        if overrides:
+            raise PipelineError("--resume re-runs a run with its recorded parameters; -p cannot be combined with it")
+    else:
+        prof = load_profile(profile)
+        params = build_parameters(prof, parse_overrides(overrides or []))
+        rid = run_id or _new_run_id(profile)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", rid):
+            raise PipelineError(f"run id {rid!r}: expected letters, digits, '.', '_' or '-'")
+        run_dir = reports_dir / "runs" / rid
+        if run_dir.exists():
+            raise PipelineError(f"run folder {run_dir} already exists; choose another --run-id or --resume {rid}")
+        _preflight(params)
+        run_dir.mkdir(parents=True)
+        wire_paths(run_dir.resolve(), params)
+        state = RunState(
+            rid,
+            run_dir,
+            profile,
+            params,
+            {nb: {"status": "pending"} for nb in NOTEBOOKS},
+            created=_dt.datetime.now().isoformat(timespec="seconds"),
+        )
+        state.save()
+
+    if show_progress is None:
+        show_progress = sys.stderr.isatty() and not os.environ.get("CI")
+    if not show_progress:
+        os.environ["FUSIONKIT_NO_PROGRESS"] = "1"
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    (run_dir / "notebooks").mkdir(exist_ok=True)
+    selected = [_resolve_notebook(n) for n in only] if only else list(NOTEBOOKS)
+    kernel = _kernel_name()
+    state.status = "running"
+    state.save()
+    logger = logging.getLogger("papermill")
+    handler = logging.StreamHandler(sys.stdout)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if stream_output else logging.WARNING)
+    logger.propagate = False
+    try:
+        for nb in NOTEBOOKS:
+            if nb not in selected:
+                continue
+            info = state.notebooks.setdefault(nb, {"status": "pending"})
+            if info.get("status") == "done":
+                print(f"[fusionkit] {nb}: already finished, skipped", flush=True)
+                continue
+            out_nb = run_dir / "notebooks" / f"{nb}.ipynb"
+            info.update(status="running", started=_dt.datetime.now().isoformat(timespec="seconds"))
+            info.pop("error", None)
+            state.save()
+            handler.setFormatter(_Prefix(nb))
+            print(f"[fusionkit] {nb}: running ({kernel} kernel) -> {out_nb}", flush=True)
+            t0 = time.perf_counter()
+            try:
+                papermill.execute_notebook(
+                    str(notebooks_dir() / f"{nb}.ipynb"),
+                    str(out_nb),
+                    parameters=state.parameters.get(nb, {}),
+                    kernel_name=kernel,
+                    log_output=stream_output,
+                    progress_bar=False,
+                    cwd=str(notebooks_dir()),
+                )
+            except PapermillExecutionError as e:
+                info.update(
+                    status="failed",
+                    seconds=round(time.perf_counter() - t0, 1),
+                    error=f"cell {e.exec_count} (index {e.cell_index}): {e.ename}: {e.evalue}",
+                )
+                state.status = "failed"
+                state.save()
+                raise NotebookFailed(nb, e.exec_count, e.ename, e.evalue, out_nb) from None
+            except BaseException as e:
+                info.update(
+                    status="failed", seconds=round(time.perf_counter() - t0, 1), error=f"{type(e).__name__}: {e}"
+                )
+                state.status = "failed"
+                state.save()
+                raise
+            info.update(status="done", seconds=round(time.perf_counter() - t0, 1))
+            state.save()
+            print(f"[fusionkit] {nb}: done in {info['seconds']:.1f} s", flush=True)
+    finally:
+        logger.removeHandler(handler)
+    if all(state.notebooks.get(nb, {}).get("status") == "done" for nb in NOTEBOOKS):
+        state.status = "complete"
+        state.save()
+        _update_latest(reports_dir, run_dir)
+    else:
+        state.status = "partial"
+        state.save()
+    return run_dir
+
+
+class NotebookFailed(RuntimeError):
+    def __init__(self, notebook: str, cell: int | None, ename: str, evalue: str, output: Path):
+        self.notebook, self.cell, self.ename, self.evalue, self.output = notebook, cell, ename, evalue, output
+        super().__init__(
+            f"notebook {notebook} failed in cell {cell}: {ename}: {evalue} (executed notebook kept at {output})"
+        )
+
+
+def _preflight(params: dict[str, dict[str, Any]]) -> None:
+    """Checks that would otherwise fail minutes into the chain."""
+    for nb, p in params.items():
+        src = p.get("source_dir")
+        if src:
+            path = Path(src) if Path(src).is_absolute() else (notebooks_dir() / src)
+            if not path.is_dir():
+                raise PipelineError(
+                    f"{nb}.source_dir: dataset directory {path.resolve()} does not exist; expected the raw data folder (see `fusionkit data download`)"
+                )
+        mode = p.get("wandb_mode")
+        if mode is not None:
+            from fusionkit.tracking import MODES
+
+            if mode not in MODES:
+                raise PipelineError(f"{nb}.wandb_mode: {mode!r}; expected one of {', '.join(MODES)}")

@@ -1,0 +1,162 @@
+"""The run report: ``summary.csv`` and a self-contained ``report.html`` built from the local
+mirror (``metrics.jsonl``), the tables and the figures of a run folder - never from the W&B API."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fusionkit.data.base import atomic_write_text
+from fusionkit.tracking import read_mirror
+
+STEP_ORDER = ["01_data_prep", "02_feature_extraction", "03_fusion_comparison", "04_train", "05_evaluate", "06_report"]
+
+
+def collect_summary(run_dir: str | Path) -> pd.DataFrame:
+    """Every ``summary`` record of the mirror as rows (step, metric, value); the last value wins."""
+    rows: dict[tuple[str, str], Any] = {}
+    for rec in read_mirror(run_dir):
+        if rec.get("kind") == "summary":
+            for k, v in rec["data"].items():
+                if isinstance(v, (int, float, str, bool)) or v is None:
+                    rows[(rec["step"], k)] = v
+    df = pd.DataFrame([{"step": s, "metric": k, "value": v} for (s, k), v in rows.items()])
+    if len(df):
+        df["order"] = df["step"].map({s: i for i, s in enumerate(STEP_ORDER)}).fillna(99)
+        df = df.sort_values(["order"], kind="stable").drop(columns="order").reset_index(drop=True)
+    return df
+
+
+def headline(summary: pd.DataFrame) -> dict[str, Any]:
+    """The result in one sentence: the fused model vs the best single modality."""
+    vals = {(r.step, r.metric): r.value for r in summary.itertuples()}
+    out: dict[str, Any] = {}
+    cmp_keys = ("best_fusion_method", "best_fusion_accuracy", "best_unimodal", "best_unimodal_accuracy")
+    if all(("03_fusion_comparison", k) in vals for k in cmp_keys):
+        out.update({k: vals[("03_fusion_comparison", k)] for k in cmp_keys})
+        out["margin"] = float(out["best_fusion_accuracy"]) - float(out["best_unimodal_accuracy"])
+    if ("05_evaluate", "test_accuracy") in vals:
+        out["final_method"] = vals.get(("04_train", "method"))
+        out["final_test_accuracy"] = vals[("05_evaluate", "test_accuracy")]
+    return out
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
+
+
+def _table(path: Path, max_rows: int = 60) -> str:
+    df = pd.read_csv(path)
+    return df.head(max_rows).to_html(
+        index=False, float_format=lambda x: f"{x:.4g}", classes="tbl", border=0, escape=True
+    )
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+.headline{background:#eef6ee;border-left:4px solid #4a4;padding:.8em 1em;font-size:1.1em}
+.warn{background:#fbeeee;border-left:4px solid #c44;padding:.8em 1em}
+table.tbl{border-collapse:collapse;font-size:.85em;margin:.5em 0} .tbl th,.tbl td{padding:3px 8px;border-bottom:1px solid #eee;text-align:right}
+.tbl th{background:#f4f4f4} img{max-width:100%;border:1px solid #eee;margin:.4em 0} figure{margin:1em 0} figcaption{color:#666;font-size:.85em}
+code{background:#f4f4f4;padding:1px 4px}
+"""
+
+
+def build_report(run_dir: str | Path) -> dict[str, Any]:
+    """Write ``summary.csv`` and ``report.html`` into the run folder; return the headline."""
+    run_dir = Path(run_dir)
+    state: dict[str, Any] = {}
+    if (run_dir / "run.json").exists():
+        state = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    summary = collect_summary(run_dir)
+    tmp = run_dir / ".summary.csv.tmp"
+    summary.to_csv(tmp, index=False)
+    tmp.replace(run_dir / "summary.csv")
+    head = headline(summary)
+    records = read_mirror(run_dir)
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>fusionkit report {html.escape(run_dir.name)}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>fusionkit report</h1><p>run <code>{html.escape(run_dir.name)}</code>"
+        f" &middot; profile <code>{html.escape(str(state.get('profile', '?')))}</code>"
+        f" &middot; started {html.escape(str(state.get('created', '?')))}</p>",
+    ]
+    if "margin" in head:
+        verdict = "beats" if head["margin"] > 0 else "does not beat"
+        parts.append(
+            f"<p class='{'headline' if head['margin'] > 0 else 'warn'}'>Best fusion method <b>{html.escape(str(head['best_fusion_method']))}</b>"
+            f" reaches test accuracy <b>{float(head['best_fusion_accuracy']):.3f}</b> and {verdict} the best single modality"
+            f" (<b>{html.escape(str(head['best_unimodal']))}</b>, {float(head['best_unimodal_accuracy']):.3f})"
+            f" by <b>{100 * head['margin']:+.1f} points</b>.</p>"
+        )
+    if "final_test_accuracy" in head:
+        parts.append(
+            f"<p>Final model (<code>{html.escape(str(head.get('final_method')))}</code>, 04_train) test accuracy:"
+            f" <b>{float(head['final_test_accuracy']):.3f}</b>.</p>"
+        )
+    # ceilings documented by the dataset
+    ceil = next(
+        (
+            r["data"]
+            for r in records
+            if r.get("kind") == "summary" and r["step"] == "01_data_prep" and "ceilings" in r["data"]
+        ),
+        None,
+    )
+    if ceil:
+        parts.append(
+            "<p>Documented ceilings of the target: "
+            + ", ".join(f"{html.escape(k)} {float(v):.3f}" for k, v in ceil["ceilings"].items())
+            + "</p>"
+        )
+    parts.append("<h2>Summary</h2>")
+    parts.append(
+        summary.to_html(index=False, classes="tbl", border=0, float_format=lambda x: f"{x:.4g}")
+        if len(summary)
+        else "<p>(no summary records)</p>"
+    )
+    tables = [(r["key"], run_dir / r["path"]) for r in records if r.get("kind") == "table"]
+    figures = [(r["step"], r["key"], run_dir / r["path"]) for r in records if r.get("kind") == "figure"]
+    for step in STEP_ORDER:
+        step_tables = [
+            (k, p)
+            for k, p in dict(tables).items()
+            if any(r.get("key") == k and r["step"] == step for r in records if r.get("kind") == "table")
+        ]
+        step_figs = [(k, p) for s, k, p in figures if s == step]
+        if not step_tables and not step_figs:
+            continue
+        parts.append(f"<h2>{html.escape(step)}</h2>")
+        for key, path in step_tables:
+            if path.exists() and not key.startswith("predictions"):
+                parts.append(f"<h3>{html.escape(key)}</h3>{_table(path)}")
+        seen = set()
+        for key, path in step_figs:
+            if path.exists() and path not in seen:
+                seen.add(path)
+                parts.append(f"<figure>{_img(path)}<figcaption>{html.escape(key)}</figcaption></figure>")
+    parts.append("<h2>Notebooks</h2><table class='tbl'><tr><th>notebook</th><th>status</th><th>seconds</th></tr>")
+    for nb, info in state.get("notebooks", {}).items():
+        link = f"notebooks/{nb}.ipynb"
+        parts.append(
+            f"<tr><td><a href='{link}'>{html.escape(nb)}</a></td><td>{html.escape(str(info.get('status')))}</td>"
+            f"<td>{info.get('seconds', '')}</td></tr>"
+        )
+    parts.append("</table>")
+    wandb_dir = run_dir / "wandb"
+    offline = sorted(p.name for p in wandb_dir.glob("offline-run-*")) if wandb_dir.exists() else []
+    if offline:
+        parts.append(
+            f"<p>{len(offline)} offline W&amp;B runs are in <code>wandb/</code>; upload them with "
+            f"<code>wandb sync {html.escape(str(wandb_dir))}/offline-run-*</code>.</p>"
+        )
+    parts.append("</body></html>")
+    atomic_write_text(run_dir / "report.html", "\n".join(parts))
+    return head

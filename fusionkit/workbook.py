@@ -1,0 +1,420 @@
+"""What the notebooks call: one small function per thing a notebook shows or does, so that the
+cells stay narrative + parameters + plots (ARCHITECTURE.md, "Conventions")."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+
+from fusionkit.data.base import SPLITS, Dataset, DatasetError, atomic_write_text, load_dataset
+from fusionkit.train import SplitData
+
+_IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython"}
+
+
+def parameters_from(namespace: dict[str, Any]) -> dict[str, Any]:
+    """The notebook's parameters: the simple-typed globals defined by its parameters cell (call it
+    right after that cell)."""
+    return {
+        k: v
+        for k, v in namespace.items()
+        if not k.startswith("_")
+        and k not in _IPYTHON_NAMES
+        and isinstance(v, (str, int, float, bool, list, dict, type(None)))
+    }
+
+
+def resolve(path: str | Path, base: str | Path | None = None) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() or base is None else Path(base) / p
+
+
+# ------------------------------------------------------------------------------ 01 data prep
+def prepare_dataset(
+    dataset: str,
+    dataset_dir: str | Path,
+    *,
+    n_scenes: int = 1200,
+    image_size: int = 128,
+    seed: int = 0,
+    source_dir: str = "",
+    progress: bool = True,
+) -> Dataset:
+    """Build (or reuse) the dataset folder and return the validated :class:`Dataset`."""
+    dataset_dir = Path(dataset_dir)
+    if dataset == "shapes":
+        from fusionkit.data import shapes
+
+        ds = shapes.generate(dataset_dir, n=n_scenes, seed=seed, image_size=image_size, progress=progress)
+        shapes.validate(dataset_dir)
+        return ds
+    if dataset == "manifest":
+        return load_dataset(source_dir or dataset_dir)
+    raise DatasetError(f"unknown dataset {dataset!r}; expected 'shapes' or 'manifest'")
+
+
+def balance_table(ds: Dataset) -> pd.DataFrame:
+    rows = []
+    for t, classes in ds.targets.items():
+        for s in ds.samples:
+            rows.append({"target": t, "split": s.split, "class": classes[s.targets[t]]})
+    df = pd.DataFrame(rows)
+    return df.groupby(["target", "split", "class"]).size().rename("count").reset_index()
+
+
+def plot_class_balance(ds: Dataset):
+    df = balance_table(ds)
+    targets = list(ds.targets)
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.2), squeeze=False)
+    for ax, t in zip(axes[0], targets):
+        sub = df[df.target == t]
+        sns.barplot(sub, x="class", y="count", hue="split", hue_order=list(SPLITS), ax=ax)
+        ax.set_title(f"class balance: {t}")
+        ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    return fig
+
+
+def _captions(ds: Dataset) -> dict[str, list[str]]:
+    path = ds.root / "captions.json"
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    out: dict[str, list[str]] = {}
+    for img in data["images"]:
+        sid = Path(img["filename"]).stem
+        out[sid] = [s["raw"] for s in img["sentences"]]
+    return out
+
+
+def plot_examples(ds: Dataset, n: int = 8, seed: int = 0):
+    """A grid of images with their captions and target labels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    samples = [ds.samples[i] for i in rng.choice(len(ds.samples), size=min(n, len(ds.samples)), replace=False)]
+    caps = _captions(ds)
+    img_mod = next((m for m, k in ds.modalities.items() if k == "image"), None)
+    cols = 4
+    rows = int(np.ceil(len(samples) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, s in zip(axes.flat, samples):
+        if img_mod:
+            ax.imshow(Image.open(ds.path(s, img_mod)).convert("RGB"))
+        labels = ", ".join(f"{t}={ds.targets[t][v]}" for t, v in s.targets.items())
+        text = caps.get(s.id, [v for m, v in s.modalities.items() if ds.modalities[m] == "text"])[:2]
+        ax.set_title("\n".join([s.id, labels] + [textwrap.shorten(c, 48) for c in text]), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def questions_table(ds: Dataset, n: int = 10) -> pd.DataFrame:
+    """A few VQA questions with answers (when the dataset has them)."""
+    rows = []
+    for split in SPLITS:
+        q = ds.root / "vqa" / f"questions_{split}.json"
+        a = ds.root / "vqa" / f"annotations_{split}.json"
+        if not (q.exists() and a.exists()):
+            continue
+        qs = json.loads(q.read_text(encoding="utf-8"))["questions"]
+        ans = {x["question_id"]: x for x in json.loads(a.read_text(encoding="utf-8"))["annotations"]}
+        for x in qs:
+            ann = ans[x["question_id"]]
+            rows.append(
+                {
+                    "split": split,
+                    "image_id": x["image_id"],
+                    "question": x["question"],
+                    "answer": ann["multiple_choice_answer"],
+                    "answer_type": ann["answer_type"],
+                }
+            )
+    df = pd.DataFrame(rows)
+    return df.head(n) if len(df) else df
+
+
+# ------------------------------------------------------------------------------ 02 features
+def extract_all(
+    ds: Dataset,
+    encoders: dict[str, str],
+    cache_dir: str | Path,
+    outputs: list[str],
+    *,
+    batch_size: int = 0,
+    index_path: str | Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Encode every modality x split x output into the feature cache; write the feature index
+    (the file later notebooks take as ``features_index``)."""
+    from fusionkit.encoders import build_encoder
+    from fusionkit.features import extract_features
+
+    index: dict[str, Any] = {
+        "dataset_dir": str(Path(ds.root).resolve()),
+        "dataset": ds.name,
+        "manifest_hash": ds.manifest_hash(),
+        "cache_dir": str(Path(cache_dir).resolve()),
+        "targets": ds.targets,
+        "modalities": {},
+    }
+    for modality, kind in sorted(ds.modalities.items()):
+        name = encoders.get(kind)
+        if not name:
+            continue
+        enc = build_encoder(kind, name)
+        entry: dict[str, Any] = {"kind": kind, "encoder": enc.name, "identity": enc.identity(), "files": {}}
+        for output in outputs:
+            for split in SPLITS:
+                if not ds.split(split):
+                    continue
+                fs = extract_features(
+                    ds,
+                    modality,
+                    enc,
+                    split=split,
+                    cache_dir=cache_dir,
+                    output=output,
+                    batch_size=batch_size or None,
+                    progress=progress,
+                )
+                entry["files"].setdefault(output, {})[split] = str(Path(fs.path).resolve())
+                entry.setdefault("dims", {})[output] = list(fs.values.shape[1:])
+        index["modalities"][modality] = entry
+    atomic_write_text(index_path, json.dumps(index, indent=2, default=str) + "\n")
+    return index
+
+
+def read_index(index_path: str | Path) -> dict[str, Any]:
+    p = Path(index_path)
+    if not p.is_file():
+        raise FileNotFoundError(f"feature index {p} does not exist; run 02_feature_extraction first")
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+def load_splits(
+    index_path: str | Path, target: str = "label", output: str = "pooled", modalities: list[str] | None = None
+) -> tuple[dict[str, SplitData], list[str]]:
+    """The cached features of every split as :class:`SplitData`, aligned with the dataset's labels;
+    returns (splits, class names)."""
+    from fusionkit.features import read_feature_set
+
+    index = read_index(index_path)
+    ds = load_dataset(index["dataset_dir"], check_files=False)
+    if target not in ds.targets:
+        raise KeyError(f"target {target!r} not in dataset {ds.name}; valid: {', '.join(ds.targets)}")
+    mods = modalities or sorted(index["modalities"])
+    out: dict[str, SplitData] = {}
+    for split in SPLITS:
+        samples = ds.split(split)
+        if not samples:
+            continue
+        labels = torch.tensor([s.targets[target] for s in samples])
+        ids = [s.id for s in samples]
+        feats = {}
+        for m in mods:
+            fs = read_feature_set(index["modalities"][m]["files"][output][split])
+            pos = {sid: i for i, sid in enumerate(fs.ids)}
+            missing = [sid for sid in ids if sid not in pos]
+            if missing:
+                raise ValueError(f"{fs.path}: features missing for {len(missing)} samples (e.g. {missing[:3]})")
+            feats[m] = torch.as_tensor(fs.values[[pos[sid] for sid in ids]]).float()
+        out[split] = SplitData(feats, labels, ids)
+    return out, ds.targets[target]
+
+
+def feature_stats(splits: dict[str, SplitData]) -> pd.DataFrame:
+    rows = []
+    for split, d in splits.items():
+        for m, x in d.features.items():
+            flat = x.reshape(len(x), -1)
+            rows.append(
+                {
+                    "split": split,
+                    "modality": m,
+                    "n": len(x),
+                    "dim": flat.shape[1],
+                    "mean": float(flat.mean()),
+                    "std": float(flat.std()),
+                    "mean_norm": float(flat.norm(dim=1).mean()),
+                    "finite": bool(torch.isfinite(flat).all()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def plot_projection(data: SplitData, class_names: list[str], max_points: int = 1500, seed: int = 0):
+    """PCA of each modality's features, coloured by label."""
+    from sklearn.decomposition import PCA
+
+    mods = sorted(data.features)
+    fig, axes = plt.subplots(1, len(mods), figsize=(4.6 * len(mods), 4), squeeze=False)
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(data))[:max_points]
+    labels = [class_names[i] for i in data.labels[idx].tolist()]
+    for ax, m in zip(axes[0], mods):
+        x = data.features[m][idx].reshape(len(idx), -1).numpy()
+        xy = PCA(n_components=2, random_state=seed).fit_transform(x)
+        sns.scatterplot(
+            x=xy[:, 0], y=xy[:, 1], hue=labels, hue_order=class_names, s=12, ax=ax, legend=ax is axes[0][-1]
+        )
+        ax.set_title(f"{m}: PCA of features")
+    if len(mods):
+        axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------ 03 comparison
+def plot_comparison(
+    results: pd.DataFrame, summary: pd.DataFrame, metric: str = "test_accuracy", ceilings: dict | None = None
+):
+    order = summary["method"].tolist()
+    fig, axes = plt.subplots(
+        1, 2, figsize=(13, max(3.5, 0.38 * len(order) + 1.5)), gridspec_kw={"width_ratios": [2, 1]}
+    )
+    sns.barplot(results, y="method", x=metric, order=order, errorbar=("ci", 95), ax=axes[0], color="#7aa6c2")
+    sns.stripplot(results, y="method", x=metric, order=order, ax=axes[0], color="k", size=3)
+    if ceilings:
+        styles = {"fused": "-", "audio": "--", "image": ":", "text": ":", "chance": "-."}
+        for k, v in ceilings.items():
+            if k in styles:
+                axes[0].axvline(v, ls=styles[k], color="grey", lw=1)
+                axes[0].text(v, -0.6, k, fontsize=7, color="grey", ha="center")
+    axes[0].set_title(f"{metric} per method (mean, 95% CI, seeds as dots)")
+    sns.scatterplot(summary, x="params", y=f"{metric}_mean", hue="kind", ax=axes[1])
+    for _, r in summary.iterrows():
+        axes[1].annotate(r["method"].replace("unimodal:", "uni:"), (r["params"], r[f"{metric}_mean"]), fontsize=7)
+    axes[1].set_xscale("log")
+    axes[1].set_title("accuracy vs parameters")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------ 04/05 model files
+def save_checkpoint(path: str | Path, model, meta: dict[str, Any]) -> Path:
+    """Model weights as safetensors + a JSON with what is needed to rebuild it (written atomically)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(path)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str) + "\n")
+    return path
+
+
+def load_checkpoint(path: str | Path):
+    """Rebuild the model saved by :func:`save_checkpoint` (safe loader: safetensors)."""
+    from safetensors.torch import load_file
+
+    from fusionkit.model import build_model
+
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} (+ {meta_path.name}) not found; run 04_train first")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    model = build_model(
+        meta["fusion"],
+        meta["in_dims"],
+        meta["num_classes"],
+        hidden=meta["hidden"],
+        dropout=meta["dropout"],
+        **meta.get("fusion_kwargs", {}),
+    )
+    model.load_state_dict(load_file(str(path)))
+    model.eval()
+    return model, meta
+
+
+def plot_history(history: list[dict[str, float]]):
+    df = pd.DataFrame(history)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    df.plot(x="epoch", y=["train_loss", "val_loss"], ax=axes[0], title="loss")
+    df.plot(x="epoch", y=["train_acc", "val_acc"], ax=axes[1], title="accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(cm: np.ndarray, class_names: list[str]):
+    fig, ax = plt.subplots(figsize=(1 + 0.8 * len(class_names), 0.8 + 0.7 * len(class_names)))
+    sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", xticklabels=class_names, yticklabels=class_names, ax=ax)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    return fig
+
+
+def plot_ablation(rows: list[dict[str, Any]], ceilings: dict | None = None):
+    df = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(df) + 1.2))
+    sns.barplot(df, y="condition", x="accuracy", ax=ax, color="#d08c60")
+    for i, v in enumerate(df["accuracy"]):
+        ax.text(v, i, f" {v:.3f}", va="center", fontsize=8)
+    ax.set_xlim(0, 1.08)
+    ax.set_title("test accuracy when modalities are dropped at test time")
+    fig.tight_layout()
+    return fig
+
+
+def predictions_table(
+    ds: Dataset,
+    data: SplitData,
+    logits: torch.Tensor,
+    class_names: list[str],
+    n: int = 16,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> pd.DataFrame:
+    """Sample predictions (image path, text, truth, prediction, confidence, modality weights)."""
+    probs = logits.softmax(1)
+    by_id = {s.id: s for s in ds.samples}
+    img_mod = next((m for m, k in ds.modalities.items() if k == "image"), None)
+    txt_mod = next((m for m, k in ds.modalities.items() if k == "text"), None)
+    rows = []
+    for i in range(min(n, len(data))):
+        s = by_id[data.ids[i]]
+        row = {"id": s.id}
+        if img_mod:
+            row["image"] = str(ds.path(s, img_mod))
+        if txt_mod:
+            row["text"] = s.modalities[txt_mod]
+        row.update(
+            truth=class_names[int(data.labels[i])],
+            prediction=class_names[int(probs[i].argmax())],
+            confidence=round(float(probs[i].max()), 4),
+        )
+        if weights:
+            for m, w in weights.items():
+                row[f"w_{m}"] = round(float(w[i]), 4)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def choose_method(method: str, comparison_csv: str | Path) -> str:
+    """``method`` itself, or for "best" the best fusion method of 03's summary table."""
+    from fusionkit.fusion import get
+
+    if method != "best":
+        get(method)  # unknown names fail here with the list of valid ones
+        return method
+    path = Path(comparison_csv)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: method='best' needs 03_fusion_comparison's summary (or name a method)"
+        )
+    df = pd.read_csv(path)
+    best = df[df["is_best"]]
+    if best.empty:
+        raise ValueError(f"{path}: no row has is_best = True")
+    return str(best.iloc[0]["method"])

@@ -1,0 +1,26 @@
+"""Shared fixtures. Tests that need ../shared/data skip when it is absent, except where
+FUSIONKIT_REQUIRE_SHARED_DATA=1 (CI), where they fail."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("FUSIONKIT_NO_PROGRESS", "1")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+from fusionkit.paths import require_shared_data, shared_data_root  # noqa: E402
+
+
+@pytest.fixture
+def shared_data():
+    """The shared real-data root (../shared/data or $FUSIONKIT_SHARED_DATA)."""
+    root = shared_data_root()
+    if root is None:
+        msg = "real data not found: ../shared/data (or $FUSIONKIT_SHARED_DATA) is absent"
+        if require_shared_data():
+            pytest.fail(msg + " and FUSIONKIT_REQUIRE_SHARED_DATA=1")
+        pytest.skip(msg)
+    return root
