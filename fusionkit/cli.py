@@ -56,14 +56,6 @@ def _cmd_fusion_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_shapes(args: argparse.Namespace) -> int:
-    from fusionkit.data import shapes
-
-    ds = shapes.generate(args.out, n=args.n, seed=args.seed, overwrite=args.overwrite)
-    print(f"{len(ds)} scenes in {args.out}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fusionkit", description="Multimodal fusion experiments: the notebook chain and its helpers."
@@ -99,14 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     fl = fsub.add_parser("list", help="list the registered fusion methods and their hyper-parameters")
     fl.set_defaults(func=_cmd_fusion_list)
 
-    d = sub.add_parser("data", help="datasets")
-    dsub = d.add_subparsers(dest="data_command", required=True)
-    ds = dsub.add_parser("shapes", help="generate the synthetic shapes dataset")
-    ds.add_argument("--out", default="data/processed/shapes")
-    ds.add_argument("-n", type=int, default=1200)
-    ds.add_argument("--seed", type=int, default=0)
-    ds.add_argument("--overwrite", action="store_true")
-    ds.set_defaults(func=_cmd_shapes)
+    d = sub.add_parser("data", help="datasets: generate, download, check")
+    from fusionkit.data.commands import add_data_commands
+
+    add_data_commands(d.add_subparsers(dest="data_command", required=True))
     return p
 
 

@@ -46,6 +46,13 @@ class Dataset:
     targets: dict[str, list[str]]  # target name -> class names
     samples: list[Sample]
     info: dict[str, Any] = field(default_factory=dict)
+    #: folder that image/audio paths are relative to: the dataset folder itself, or the raw data
+    #: folder when a loader indexes files in place (``media_root`` in dataset.json)
+    media_root: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.media_root = Path(self.media_root) if self.media_root else self.root
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -60,7 +67,7 @@ class Dataset:
         kind = self.modalities[modality]
         if kind == "text":
             raise DatasetError(f"modality {modality!r} is text, not a file")
-        return self.root / sample.modalities[modality]
+        return self.media_root / sample.modalities[modality]
 
     def labels(self, split: str, target: str | None = None) -> list[int]:
         target = target or next(iter(self.targets))
@@ -111,9 +118,12 @@ def write_dataset(
     targets: dict[str, list[str]],
     samples: list[Sample],
     info: dict[str, Any] | None = None,
+    media_root: str | os.PathLike | None = None,
 ) -> Path:
-    """Write ``dataset.json`` + ``manifest.jsonl`` atomically (the manifest last-but-one, the
-    metadata last, so a dataset folder with a ``dataset.json`` is always complete)."""
+    """Write ``dataset.json`` + ``manifest.jsonl`` atomically (the manifest first, the metadata
+    last, so a dataset folder with a ``dataset.json`` is always complete). ``media_root``: where
+    image/audio paths are relative to, when it is not the dataset folder itself (files indexed in
+    place, e.g. in ``data/raw``); stored as an absolute path."""
     root = Path(root)
     lines = []
     for s in samples:
@@ -123,6 +133,8 @@ def write_dataset(
         lines.append(json.dumps(row, ensure_ascii=False))
     atomic_write_text(root / "manifest.jsonl", "\n".join(lines) + "\n")
     meta = {"name": name, "modalities": modalities, "targets": targets, "info": info or {}}
+    if media_root is not None:
+        meta["media_root"] = str(Path(media_root).resolve())
     atomic_write_text(root / "dataset.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     return root
 
@@ -166,6 +178,11 @@ def load_dataset(root: str | os.PathLike, check_files: bool = True) -> Dataset:
         if kind not in MODALITY_KINDS:
             raise DatasetError(f"{meta_path}: modality {m!r} has kind {kind!r}; expected one of {MODALITY_KINDS}")
     targets: dict[str, list[str]] = meta["targets"]
+    media_root = Path(meta["media_root"]) if meta.get("media_root") else root
+    if not media_root.is_dir():
+        raise DatasetError(
+            f"{meta_path}: media_root {media_root} does not exist; expected the folder holding the files"
+        )
     samples: list[Sample] = []
     seen: dict[str, int] = {}
     try:
@@ -201,9 +218,9 @@ def load_dataset(root: str | os.PathLike, check_files: bool = True) -> Dataset:
                 if not isinstance(v, str):
                     raise DatasetError(f"{where}: text modality {m!r} must be a string, got {type(v).__name__}")
             else:
-                v = _safe_relpath(root, v, f"{where} modality {m!r}")
-                if check_files and not (root / v).is_file():
-                    raise DatasetError(f"{where}: {kind} file {root / v} does not exist")
+                v = _safe_relpath(media_root, v, f"{where} modality {m!r}")
+                if check_files and not (media_root / v).is_file():
+                    raise DatasetError(f"{where}: {kind} file {media_root / v} does not exist")
             mods[m] = v
         tg: dict[str, int] = {}
         for t, classes in targets.items():
@@ -215,5 +232,11 @@ def load_dataset(root: str | os.PathLike, check_files: bool = True) -> Dataset:
     if not samples:
         raise DatasetError(f"{man_path}: no samples")
     return Dataset(
-        name=meta["name"], root=root, modalities=modalities, targets=targets, samples=samples, info=meta.get("info", {})
+        name=meta["name"],
+        root=root,
+        modalities=modalities,
+        targets=targets,
+        samples=samples,
+        info=meta.get("info", {}),
+        media_root=media_root,
     )

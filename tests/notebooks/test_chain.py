@@ -1,0 +1,86 @@
+"""The whole notebook chain on the smoke profile, headless through papermill, as a user runs it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STEPS = ["01_data_prep", "02_feature_extraction", "03_fusion_comparison", "04_train", "05_evaluate", "06_report"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("chain")
+    cmd = [
+        sys.executable,
+        "-m",
+        "fusionkit.cli",
+        "run",
+        "--profile",
+        "smoke",
+        "--run-id",
+        "smoke-test",
+        "--reports-dir",
+        str(tmp / "reports"),
+        "--no-progress",
+        "-p",
+        f"common.dataset_dir={tmp / 'shapes'}",
+        "-p",
+        f"common.cache_dir={tmp / 'features'}",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"chain failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return tmp / "reports" / "runs" / "smoke-test", proc
+
+
+def test_run_folder_complete(smoke_run):
+    run_dir, proc = smoke_run
+    state = json.loads((run_dir / "run.json").read_text())
+    assert state["status"] == "complete"
+    assert [state["notebooks"][s]["status"] for s in STEPS] == ["done"] * 6
+    for s in STEPS:
+        assert (run_dir / "notebooks" / f"{s}.ipynb").exists()
+    assert (run_dir.parent.parent / "latest").resolve() == run_dir.resolve()
+    assert "[03_fusion_comparison]" in proc.stdout  # cell output streamed, prefixed by notebook
+    assert "it/s" not in proc.stdout + proc.stderr  # no progress-bar noise
+
+
+def test_mirror_has_every_step_and_wandb_offline_runs(smoke_run):
+    run_dir, _ = smoke_run
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in recs} == set(STEPS)
+    ends = [r for r in recs if r["kind"] == "end"]
+    assert ends and all(r["exit_code"] == 0 for r in ends)
+    assert any(r["kind"] == "table" and r["key"] == "predictions" for r in recs)
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) >= len(STEPS)
+
+
+def test_report_contents(smoke_run):
+    run_dir, _ = smoke_run
+    html = (run_dir / "report.html").read_text()
+    summary = pd.read_csv(run_dir / "summary.csv")
+    metrics = {(r.step, r.metric): r.value for r in summary.itertuples()}
+    best = metrics[("03_fusion_comparison", "best_fusion_method")]
+    assert best in ("concat", "weighted", "additive_attention")
+    assert f"Best fusion method <b>{best}</b>" in html
+    assert "best single modality" in html
+    for fig in (
+        "examples",
+        "class_balance",
+        "feature_projection",
+        "comparison",
+        "confusion_matrix",
+        "modality_ablation",
+    ):
+        assert (run_dir / "figures" / f"{fig}.png").exists(), fig
+        assert f"<figcaption>{fig}</figcaption>" in html
+    assert html.count("data:image/png;base64,") >= 6
+    acc = float(metrics[("05_evaluate", "test_accuracy")])
+    assert 0.0 <= acc <= 1.0
+    assert f"{acc:.3f}" in html
+    assert "wandb sync" in html
