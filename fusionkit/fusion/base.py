@@ -145,7 +145,5 @@ def build_fusion(name: str, in_dims: dict[str, int], **hparams) -> Fusion:
     valid = hyperparameters(name)
     unknown = set(hparams) - set(valid)
     if unknown:
-        raise TypeError(
-            f"fusion method {name!r}: unknown hyper-parameter(s) {sorted(unknown)}; valid: {sorted(valid)}"
-        )
+        raise TypeError(f"fusion method {name!r}: unknown hyper-parameter(s) {sorted(unknown)}; valid: {sorted(valid)}")
     return cls(in_dims, **hparams)
