@@ -24,3 +24,11 @@ def shared_data_root() -> Path | None:
     env = os.environ.get(SHARED_DATA_ENV)
     candidate = Path(env).expanduser() if env else repo_root().parent / "shared" / "data"
     return candidate if candidate.is_dir() else None
+
+
+REQUIRE_SHARED_DATA_ENV = "FUSIONKIT_REQUIRE_SHARED_DATA"
+
+
+def require_shared_data() -> bool:
+    """True when tests must FAIL (not skip) without the shared data (``FUSIONKIT_REQUIRE_SHARED_DATA=1``, CI)."""
+    return os.environ.get(REQUIRE_SHARED_DATA_ENV, "").strip().lower() in ("1", "true", "yes")
