@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import stats
 
 from fusionkit.evaluate import classification_metrics
@@ -31,7 +30,7 @@ def run_one(
     fusion_kwargs: dict[str, Any] | None = None,
     log_fn: Callable[[dict], None] | None = None,
 ):
-    """Train one method (or ``unimodal:<modality>``) with ``cfg.seed``; returns (model, row)."""
+    """Train one method (or ``unimodal:<modality>``) with ``cfg.seed``; returns (model, row, TrainResult)."""
     if method.startswith(UNIMODAL_PREFIX):
         mod = method[len(UNIMODAL_PREFIX) :]
         data = {k: v.select([mod]) for k, v in data.items()}
@@ -57,7 +56,7 @@ def run_one(
         "train_time_s": res.train_time_s,
         "infer_samples_per_s": len(data["test"]) / max(infer_s, 1e-9),
     }
-    return model, row
+    return model, row, res
 
 
 def compare(
@@ -69,10 +68,11 @@ def compare(
     unimodal: bool = True,
     hidden: int = 128,
     dropout: float = 0.1,
-    on_result: Callable[[dict, Any], None] | None = None,
+    on_result: Callable[[dict, Any, Any], None] | None = None,
     show_progress: bool = True,
 ) -> pd.DataFrame:
-    """One row per (method, seed). ``on_result(row, model)`` is called after each run (logging)."""
+    """One row per (method, seed). ``on_result(row, model, train_result)`` is called after each run
+    (logging, keeping models)."""
     methods = list(methods)
     if unimodal:
         methods = [f"{UNIMODAL_PREFIX}{m}" for m in sorted(data["train"].features)] + methods
@@ -80,12 +80,10 @@ def compare(
     rows = []
     jobs = [(m, s) for m in methods for s in seeds]
     for method, seed in progress(jobs, enabled=show_progress, desc="method x seed"):
-        model, row = run_one(method, data, replace(cfg, seed=seed), num_classes, hidden, dropout)
+        model, row, res = run_one(method, data, replace(cfg, seed=seed), num_classes, hidden, dropout)
         rows.append(row)
         if on_result is not None:
-            on_result(row, model)
-        del model
-        torch.set_grad_enabled(True)
+            on_result(row, model, res)
     return pd.DataFrame(rows)
 
 

@@ -100,13 +100,16 @@ def _modality_dropout(
     mask: dict[str, Tensor] | None, modalities: list[str], n: int, p: float, gen: torch.Generator
 ) -> dict[str, Tensor] | None:
     """Drop each present modality of each sample with probability ``p``; a sample that would lose
-    all of its modalities keeps them all."""
+    all of its modalities keeps one of its present ones, chosen at random."""
     if p <= 0:
         return mask
     base = torch.stack([mask[m] if mask is not None and m in mask else torch.ones(n) for m in modalities], 1)
     keep = (torch.rand(n, len(modalities), generator=gen) >= p).float() * base
-    emptied = keep.sum(1) == 0
-    keep[emptied] = base[emptied]
+    emptied = (keep.sum(1) == 0) & (base.sum(1) > 0)
+    if emptied.any():
+        # one random present modality per emptied sample: argmax of random scores over present ones
+        scores = torch.rand(int(emptied.sum()), len(modalities), generator=gen) * base[emptied] + base[emptied]
+        keep[emptied.nonzero().flatten(), scores.argmax(1)] = 1.0
     return {m: keep[:, i] for i, m in enumerate(modalities)}
 
 
@@ -185,7 +188,7 @@ def train(
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             correct += int((out.logits.argmax(1) == train_data.labels[idx]).sum())
             total += len(idx)
         val_logits, _ = predict(model, val_data)

@@ -48,7 +48,10 @@ def prepare_dataset(
     source_dir: str = "",
     progress: bool = True,
 ) -> Dataset:
-    """Build (or reuse) the dataset folder and return the validated :class:`Dataset`."""
+    """Build (or reuse) the dataset folder and return the validated :class:`Dataset`.
+
+    ``shapes`` is generated; the real-data families (``fusionkit.data.registry``) are read from
+    ``source_dir``."""
     dataset_dir = Path(dataset_dir)
     if dataset == "shapes":
         from fusionkit.data import shapes
@@ -56,9 +59,16 @@ def prepare_dataset(
         ds = shapes.generate(dataset_dir, n=n_scenes, seed=seed, image_size=image_size, progress=progress)
         shapes.validate(dataset_dir)
         return ds
+    try:
+        from fusionkit.data import registry
+    except ImportError:  # pragma: no cover - registry not installed
+        registry = None
+    if registry is not None and dataset in registry.available():
+        return registry.prepare(dataset, dataset_dir, source_dir=source_dir or None, seed=seed)
     if dataset == "manifest":
         return load_dataset(source_dir or dataset_dir)
-    raise DatasetError(f"unknown dataset {dataset!r}; expected 'shapes' or 'manifest'")
+    valid = ["shapes", "manifest"] + (registry.available() if registry is not None else [])
+    raise DatasetError(f"unknown dataset {dataset!r}; expected one of {', '.join(sorted(set(valid)))}")
 
 
 def balance_table(ds: Dataset) -> pd.DataFrame:
@@ -418,3 +428,28 @@ def choose_method(method: str, comparison_csv: str | Path) -> str:
     if best.empty:
         raise ValueError(f"{path}: no row has is_best = True")
     return str(best.iloc[0]["method"])
+
+
+def encoders_from_index(index_path: str | Path) -> dict[str, Any]:
+    """Rebuild the frozen encoders that made the cached features of a feature index, checking that
+    they are the same (identity hash) so re-encoded inputs are comparable to the cache."""
+    from fusionkit.encoders import build_encoder
+
+    index = read_index(index_path)
+    out = {}
+    for modality, entry in index["modalities"].items():
+        enc = build_encoder(entry["kind"], entry["encoder"])
+        if json.dumps(enc.identity(), sort_keys=True, default=str) != json.dumps(
+            entry["identity"], sort_keys=True, default=str
+        ):
+            raise ValueError(
+                f"{index_path}: encoder {entry['encoder']!r} for {modality!r} differs from the one that made the cache"
+            )
+        out[modality] = enc.eval()
+    return out
+
+
+def target_labels(ds: Dataset, splits: dict[str, SplitData], target: str) -> dict[str, torch.Tensor]:
+    """Labels of another target of the dataset, aligned with ``splits``' sample order."""
+    by_id = {s.id: s for s in ds.samples}
+    return {split: torch.tensor([by_id[i].targets[target] for i in d.ids]) for split, d in splits.items()}

@@ -91,11 +91,12 @@ __all__ = [
 ]
 
 NAME = "shapes"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SAMPLE_RATE = 16_000
 DURATION_S = 1.0
 
 CEILINGS: dict[str, float] = {"chance": 1 / 6, "image": 1 / 3, "text": 1 / 3, "audio": 1 / 2, "fused": 1.0}
+INFORMATIVE_MODALITIES = {"has_red": ["image", "text"], "tone": ["audio"], "label": ["audio", "image", "text"]}
 CEILINGS_BY_SUBSET: dict[str, float] = {
     "image": 1 / 3,
     "text": 1 / 3,
@@ -793,6 +794,9 @@ def _write_all(out: Path, params: dict[str, Any], progress: bool) -> None:
         "params": params,
         "ceilings": CEILINGS,
         "ceilings_by_subset": CEILINGS_BY_SUBSET,
+        # which modalities carry each target's information, by construction (the interpretability
+        # check compares learned modality weights with this)
+        "informative_modalities": INFORMATIVE_MODALITIES,
         "tone_bands_hz": {k: list(v) for k, v in TONE_BANDS.items()},
         "colors": list(COLORS),
         "kinds": list(KINDS),

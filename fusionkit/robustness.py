@@ -1,0 +1,189 @@
+"""Robustness to missing and noisy modalities, in MultiBench's protocol (Liang et al. 2021).
+
+* **Missing**: at test time each modality is dropped (mask = 0) in turn.
+* **Noisy**: each modality's *raw* test inputs are corrupted (``fusionkit.perturb``: image Gaussian
+  noise / blur / occlusion, text word dropout / typos, audio white noise) at 10 levels, re-encoded
+  with the same frozen encoder, and every trained model is evaluated with the other modalities clean.
+* **Relative robustness** of a method on one corruption: area under its accuracy-vs-level curve
+  (levels 0 = clean ... 1, trapezoids; 1.0 would be perfect accuracy at every level).
+* **Effective robustness**: relative robustness minus late fusion's, scaled to the same clean
+  accuracy: ``RR(m) - RR(late) * acc0(m) / acc0(late)`` - the robustness a method gains over late
+  fusion beyond what its clean accuracy alone would predict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fusionkit.data.base import Dataset, Sample
+from fusionkit.model import MultimodalModel
+from fusionkit.perturb import CORRUPTIONS, LEVELS
+from fusionkit.progress import progress
+from fusionkit.train import SplitData, accuracy, predict
+
+
+@torch.inference_mode()
+def encode_corrupted(
+    encoder,
+    ds: Dataset,
+    samples: list[Sample],
+    modality: str,
+    corruption: str,
+    level: float,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Pooled features of ``samples``' modality after corrupting each raw input (seeded per sample)."""
+    fn = CORRUPTIONS[ds.modalities[modality]][corruption]
+    root = ds.media_root
+    out = []
+    encoder.eval()
+    for start in range(0, len(samples), batch_size):
+        items = []
+        for i, s in enumerate(samples[start : start + batch_size]):
+            rng = np.random.default_rng([seed, start + i, int(level * 1000)])
+            raw = encoder.load(s.modalities[modality], root)
+            items.append(_corrupt(raw, fn, level, rng))
+        batch = encoder.collate(items)
+        out.append(encoder(batch)["pooled"].float())
+    return torch.cat(out)
+
+
+def _corrupt(raw, fn, level: float, rng: np.random.Generator):
+    """Apply a corruption to what ``Encoder.load`` returned: a uint8 (3, H, W) image tensor, a
+    string, or a waveform tensor / array."""
+    if isinstance(raw, str):
+        return fn(raw, level, rng)
+    if isinstance(raw, torch.Tensor) and raw.dtype == torch.uint8 and raw.dim() == 3:
+        hwc = raw.permute(1, 2, 0).contiguous().numpy()
+        return torch.from_numpy(np.ascontiguousarray(fn(hwc, level, rng))).permute(2, 0, 1)
+    if isinstance(raw, torch.Tensor):
+        return torch.from_numpy(np.asarray(fn(raw.numpy(), level, rng), dtype=np.float32)).to(raw.dtype)
+    if isinstance(raw, np.ndarray):
+        return fn(raw, level, rng)
+    if isinstance(raw, dict) and "wave" in raw:  # an encoder that returns {"wave": ..., ...}
+        return {**raw, "wave": _corrupt(raw["wave"], fn, level, rng)}
+    raise TypeError(f"cannot corrupt an input of type {type(raw).__name__}")
+
+
+def missing_modality(models: dict[str, MultimodalModel], test: SplitData) -> pd.DataFrame:
+    """Accuracy of each model with all modalities and with each one dropped."""
+    mods = sorted(test.features)
+    n = len(test)
+    rows = []
+    for name, model in models.items():
+        for dropped in [None, *mods]:
+            mask = {m: torch.full((n,), 0.0 if m == dropped else 1.0) for m in mods}
+            logits, _ = predict(model, test, mask)
+            rows.append({"method": name, "dropped": dropped or "none", "accuracy": accuracy(logits, test.labels)})
+    return pd.DataFrame(rows)
+
+
+def noise_curves(
+    models: dict[str, MultimodalModel],
+    test: SplitData,
+    ds: Dataset,
+    encoders: dict[str, object],
+    levels: Iterable[float] = LEVELS,
+    seed: int = 0,
+    corruptions: dict[str, list[str]] | None = None,
+    show_progress: bool = True,
+) -> pd.DataFrame:
+    """Accuracy of every model for every (modality, corruption, level); level 0 is the clean input.
+    ``encoders``: modality -> the frozen encoder that made the cached features."""
+    by_id = {s.id: s for s in ds.samples}
+    samples = [by_id[i] for i in test.ids]
+    levels = list(levels)
+    jobs = []
+    for modality, enc in sorted(encoders.items()):
+        kind = ds.modalities[modality]
+        for corruption in (corruptions or {}).get(modality, list(CORRUPTIONS[kind])):
+            for level in levels:
+                jobs.append((modality, enc, corruption, level))
+    clean = {name: accuracy(predict(m, test)[0], test.labels) for name, m in models.items()}
+    rows = []
+    for modality in sorted(encoders):
+        for corruption in {j[2] for j in jobs if j[0] == modality}:
+            for name, acc in clean.items():
+                rows.append(
+                    {"method": name, "modality": modality, "corruption": corruption, "level": 0.0, "accuracy": acc}
+                )
+    for modality, enc, corruption, level in progress(jobs, enabled=show_progress, desc="corruptions"):
+        feats = dict(test.features)
+        feats[modality] = encode_corrupted(enc, ds, samples, modality, corruption, level, seed=seed)
+        noisy = SplitData(feats, test.labels, test.ids, test.mask)
+        for name, model in models.items():
+            logits, _ = predict(model, noisy)
+            rows.append(
+                {
+                    "method": name,
+                    "modality": modality,
+                    "corruption": corruption,
+                    "level": float(level),
+                    "accuracy": accuracy(logits, test.labels),
+                }
+            )
+    return pd.DataFrame(rows).sort_values(["method", "modality", "corruption", "level"]).reset_index(drop=True)
+
+
+def robustness_summary(curves: pd.DataFrame, reference: str = "late") -> pd.DataFrame:
+    """Relative robustness (AUC over levels) and effective robustness (vs ``reference``) per
+    method x modality x corruption, plus each method's mean over corruptions."""
+    rows = []
+    for (method, modality, corruption), g in curves.groupby(["method", "modality", "corruption"]):
+        g = g.sort_values("level")
+        lv, acc = g["level"].to_numpy(), g["accuracy"].to_numpy()
+        auc = float(np.sum((acc[1:] + acc[:-1]) / 2 * np.diff(lv)) / (lv[-1] - lv[0])) if len(lv) > 1 else float(acc[0])
+        rows.append(
+            {
+                "method": method,
+                "modality": modality,
+                "corruption": corruption,
+                "clean_accuracy": float(acc[0]),
+                "worst_accuracy": float(acc.min()),
+                "relative_robustness": auc,
+            }
+        )
+    out = pd.DataFrame(rows)
+    if reference in set(out["method"]):
+        ref = out[out.method == reference].set_index(["modality", "corruption"])
+
+        def eff(r):
+            base = ref.loc[(r["modality"], r["corruption"])]
+            scale = r["clean_accuracy"] / base["clean_accuracy"] if base["clean_accuracy"] > 0 else 1.0
+            return r["relative_robustness"] - base["relative_robustness"] * scale
+
+        out["effective_robustness"] = out.apply(eff, axis=1)
+    else:
+        out["effective_robustness"] = np.nan
+    return out
+
+
+def plot_curves(curves: pd.DataFrame):
+    """One panel per (modality, corruption): accuracy vs level, one line per method."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    panels = (
+        curves[["modality", "corruption"]].drop_duplicates().sort_values(["modality", "corruption"]).values.tolist()
+    )
+    cols = min(3, len(panels))
+    rows = int(np.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (modality, corruption) in zip(axes.flat, panels):
+        ax.axis("on")
+        sub = curves[(curves.modality == modality) & (curves.corruption == corruption)]
+        sns.lineplot(
+            sub, x="level", y="accuracy", hue="method", ax=ax, marker="o", markersize=3, legend=ax is axes.flat[0]
+        )
+        ax.set_title(f"{modality}: {corruption}")
+    if len(panels):
+        axes.flat[0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig

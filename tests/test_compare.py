@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+from scipy import stats
+
+from fusionkit.compare import ci95, compare, summarize
+from fusionkit.train import TrainConfig
+from tests.synthetic import label_problem
+
+
+@pytest.fixture(scope="module")
+def results():
+    data = label_problem(n=240, seed=1)
+    cfg = TrainConfig(epochs=12, batch_size=32, patience=5)
+    return compare(["concat", "weighted"], data, cfg, num_classes=6, seeds=[0, 1, 2], hidden=32, show_progress=False)
+
+
+def test_every_method_and_seed_with_unimodal_baselines(results):
+    assert sorted(results.method.unique()) == ["concat", "unimodal:audio", "unimodal:image", "weighted"]
+    assert len(results) == 4 * 3
+    for col in ("test_accuracy", "test_macro_f1", "params", "train_time_s", "infer_samples_per_s"):
+        assert results[col].notna().all()
+
+
+def test_unimodal_baselines_stay_at_their_ceilings_and_fusion_beats_them(results):
+    mean = results.groupby("method").test_accuracy.mean()
+    assert mean["unimodal:image"] <= 1 / 3 + 0.08
+    assert mean["unimodal:audio"] <= 1 / 2 + 0.08
+    assert mean["concat"] > 0.9 and mean["weighted"] > 0.9
+
+
+def test_summary_statistics(results):
+    s = summarize(results).set_index("method")
+    for m, g in results.groupby("method"):
+        v = g.test_accuracy.to_numpy()
+        assert s.loc[m, "test_accuracy_mean"] == pytest.approx(v.mean())
+        half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+        assert s.loc[m, "test_accuracy_ci95"] == pytest.approx(half)
+    best = s[s.is_best].index[0]
+    assert best in ("concat", "weighted")
+    assert s.loc["unimodal:image", "worse_than_best"]  # significantly worse (paired t-test)
+    assert np.isnan(s.loc[best, "p_vs_best"])
+    assert set(s.kind) == {"unimodal", "fusion"}
+
+
+def test_ci95():
+    assert np.isnan(ci95(np.array([0.5])))
+    assert ci95(np.array([0.5, 0.5, 0.5])) == 0.0

@@ -1,0 +1,76 @@
+import json
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from fusionkit import report, tracking
+
+
+def _fake_run(run_dir):
+    with tracking.start(run_dir, "01_data_prep", mode="disabled") as t:
+        t.summary({"n_samples": 10, "ceilings": {"image": 1 / 3, "audio": 0.5, "fused": 1.0}})
+        fig, ax = plt.subplots()
+        ax.plot([0, 1])
+        t.log_figure("examples", fig)
+    with tracking.start(run_dir, "03_fusion_comparison", mode="disabled") as t:
+        t.log_table("comparison_summary", pd.DataFrame({"method": ["concat", "unimodal:audio"], "acc": [0.97, 0.5]}))
+        t.summary(
+            {
+                "best_fusion_method": "concat",
+                "best_fusion_accuracy": 0.97,
+                "best_unimodal": "unimodal:audio",
+                "best_unimodal_accuracy": 0.5,
+            }
+        )
+    with tracking.start(run_dir, "05_evaluate", mode="disabled") as t:
+        t.summary({"test_accuracy": 0.9833})
+    (run_dir / "run.json").write_text(
+        json.dumps(
+            {"profile": "smoke", "created": "now", "notebooks": {"01_data_prep": {"status": "done", "seconds": 1.0}}}
+        )
+    )
+
+
+def test_report_from_mirror_only(tmp_path):
+    _fake_run(tmp_path)
+    head = report.build_report(tmp_path)
+    assert head["best_fusion_method"] == "concat"
+    assert abs(head["margin"] - 0.47) < 1e-9
+    html = (tmp_path / "report.html").read_text()
+    assert "Best fusion method <b>concat</b>" in html and "+47.0 points" in html
+    assert "0.983" in html
+    assert "<figcaption>examples</figcaption>" in html and "data:image/png;base64," in html
+    assert "unimodal:audio" in html  # the comparison table
+    assert "Documented ceilings" in html
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert ("05_evaluate", "test_accuracy") in {(r.step, r.metric) for r in summary.itertuples()}
+    assert list(summary.step.unique()) == ["01_data_prep", "03_fusion_comparison", "05_evaluate"]
+
+
+def test_report_flags_fusion_that_does_not_help(tmp_path):
+    with tracking.start(tmp_path, "03_fusion_comparison", mode="disabled") as t:
+        t.summary(
+            {
+                "best_fusion_method": "tfn",
+                "best_fusion_accuracy": 0.4,
+                "best_unimodal": "unimodal:audio",
+                "best_unimodal_accuracy": 0.5,
+            }
+        )
+    report.build_report(tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    assert "does not beat" in html and "class='warn'" in html
+
+
+def test_report_escapes_html(tmp_path):
+    with tracking.start(tmp_path, "03_fusion_comparison", mode="disabled") as t:
+        t.summary(
+            {
+                "best_fusion_method": "<script>x</script>",
+                "best_fusion_accuracy": 0.9,
+                "best_unimodal": "a",
+                "best_unimodal_accuracy": 0.5,
+            }
+        )
+    report.build_report(tmp_path)
+    assert "<script>x</script>" not in (tmp_path / "report.html").read_text()

@@ -1,0 +1,114 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fusionkit import interpret, robustness
+from fusionkit.data.base import Sample, load_dataset, write_dataset
+from fusionkit.model import build_model
+from fusionkit.train import SplitData, TrainConfig, train
+
+
+class BagOfWords(torch.nn.Module):
+    """A frozen stand-in text encoder: counts of the words 'red' and 'blue' (2-d)."""
+
+    def load(self, value, root=None):
+        return value
+
+    def collate(self, items):
+        return items
+
+    def forward(self, batch):
+        return {
+            "pooled": torch.tensor(
+                [[t.split().count("red"), t.split().count("blue")] for t in batch], dtype=torch.float
+            )
+        }
+
+
+@pytest.fixture
+def text_problem(tmp_path):
+    rng = np.random.default_rng(0)
+    samples, labels = [], []
+    for i in range(240):
+        y = int(rng.integers(0, 2))
+        words = ["red" if y else "blue"] * 6 + ["shape"] * 6
+        rng.shuffle(words)
+        split = "train" if i < 160 else ("val" if i < 200 else "test")
+        samples.append(Sample(f"s{i}", split, {"text": " ".join(words)}, {"y": y}))
+        labels.append(y)
+    write_dataset(tmp_path, "toy", {"text": "text"}, {"y": ["blue", "red"]}, samples)
+    ds = load_dataset(tmp_path)
+    enc = BagOfWords()
+    out = {}
+    for split in ("train", "val", "test"):
+        ss = ds.split(split)
+        feats = enc([s.modalities["text"] for s in ss])["pooled"]
+        noise = torch.randn(len(ss), 4, generator=torch.Generator().manual_seed(1))
+        out[split] = SplitData(
+            {"text": feats, "other": noise}, torch.tensor([s.targets["y"] for s in ss]), [s.id for s in ss]
+        )
+    return ds, out, enc
+
+
+def _models(data):
+    models = {}
+    for method in ("late", "weighted"):
+        torch.manual_seed(0)
+        m = build_model(method, {"text": 2, "other": 4}, 2, hidden=16)
+        train(m, data["train"], data["val"], TrainConfig(epochs=15, batch_size=32))
+        models[method] = m
+    return models
+
+
+def test_noise_curves_and_summary(text_problem):
+    ds, data, enc = text_problem
+    models = _models(data)
+    curves = robustness.noise_curves(models, data["test"], ds, {"text": enc}, levels=[0.5, 1.0], show_progress=False)
+    assert set(curves.corruption) == {"word_dropout", "typos"}
+    clean = curves[curves.level == 0.0]
+    assert (clean.accuracy > 0.95).all()
+    gone = curves[(curves.corruption == "word_dropout") & (curves.level == 1.0)]
+    assert (gone.accuracy < 0.75).all()  # every word dropped: the text carries nothing any more
+    summ = robustness.robustness_summary(curves)
+    row = summ[(summ.method == "weighted") & (summ.corruption == "typos")].iloc[0]
+    g = curves[(curves.method == "weighted") & (curves.corruption == "typos")].sort_values("level")
+    expected = np.trapezoid(g.accuracy, g.level) / 1.0
+    assert row.relative_robustness == pytest.approx(expected)
+    late = summ[summ.method == "late"]
+    assert np.allclose(late.effective_robustness, 0.0)
+
+
+def test_missing_modality_and_drop_importance(text_problem):
+    ds, data, _ = text_problem
+    models = _models(data)
+    miss = robustness.missing_modality(models, data["test"])
+    acc = miss.set_index(["method", "dropped"]).accuracy
+    assert acc[("weighted", "none")] > 0.95 and acc[("weighted", "text")] < 0.75
+    imp = interpret.drop_importance(models, data["test"]).set_index(["method", "modality"]).importance
+    assert imp[("weighted", "text")] > 0.2 > abs(imp[("weighted", "other")])
+    w = interpret.weight_samples(models, data["test"], ["blue", "red"])
+    assert set(w.method) == {"late", "weighted"}
+    agree = interpret.weights_vs_importance(w, interpret.drop_importance(models, data["test"]))
+    assert (agree[agree.method == "weighted"].most_needed == "text").all()
+
+
+def test_known_information_check(text_problem):
+    _, data, _ = text_problem
+    labels = {s: d.labels for s, d in data.items()}
+    out = interpret.known_information_check(
+        ["weighted"], data, {"y": labels}, {"y": ["text"]}, TrainConfig(epochs=15, batch_size=32), hidden=16
+    )
+    assert len(out) == 1
+    r = out.iloc[0]
+    assert r.top_weighted == "text" and bool(r.points_to_informative)
+    assert r.weight_text > r.weight_other
+
+
+def test_corrupt_dispatch():
+    rng = np.random.default_rng(0)
+    img = torch.full((3, 8, 8), 200, dtype=torch.uint8)
+    out = robustness._corrupt(img, lambda a, lv, r: a // 2, 0.5, rng)
+    assert out.shape == img.shape and out.dtype == torch.uint8 and int(out.max()) == 100
+    with pytest.raises(TypeError):
+        robustness._corrupt(pd.DataFrame(), lambda a, lv, r: a, 0.5, rng)

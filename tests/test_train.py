@@ -1,0 +1,84 @@
+import math
+
+import pytest
+import torch
+
+from fusionkit.model import build_model
+from fusionkit.train import SplitData, TrainConfig, _modality_dropout, accuracy, predict, train
+from tests.synthetic import label_problem
+
+
+def _fit(method="concat", **kw):
+    data = label_problem()
+    torch.manual_seed(0)
+    model = build_model(method, {"image": 16, "audio": 16}, 6, hidden=32)
+    cfg = TrainConfig(epochs=kw.pop("epochs", 15), batch_size=32, seed=0, **kw)
+    res = train(model, data["train"], data["val"], cfg)
+    return model, res, data
+
+
+def test_fused_model_learns_and_best_state_is_restored():
+    model, res, data = _fit()
+    assert accuracy(predict(model, data["test"])[0], data["test"].labels) > 0.95
+    assert res.best_val_acc == pytest.approx(accuracy(predict(model, data["val"])[0], data["val"].labels))
+    assert res.best_epoch == max(
+        range(len(res.history)), key=lambda i: (res.history[i]["val_acc"], -res.history[i]["val_loss"])
+    )
+
+
+def test_deterministic_with_seed():
+    _, a, _ = _fit(epochs=3)
+    _, b, _ = _fit(epochs=3)
+    assert [h["val_loss"] for h in a.history] == [h["val_loss"] for h in b.history]
+
+
+def test_early_stopping_stops():
+    data = label_problem()
+    noise = SplitData(
+        {m: torch.randn_like(x) for m, x in data["train"].features.items()}, data["train"].labels, data["train"].ids
+    )
+    model = build_model("concat", {"image": 16, "audio": 16}, 6, hidden=16)
+    res = train(model, noise, data["val"], TrainConfig(epochs=50, patience=3, seed=0))
+    assert res.epochs_run < 50
+    assert res.epochs_run - 1 - res.best_epoch == 3
+
+
+def test_sgd_and_class_weights_run():
+    model, res, data = _fit(optimizer="sgd", lr=0.05, class_weights=True, epochs=10)
+    assert accuracy(predict(model, data["test"])[0], data["test"].labels) > 0.8
+
+
+def test_nan_features_are_named():
+    data = label_problem(n=60)
+    bad = data["train"].features["audio"].clone()
+    bad[5, 3] = math.nan
+    train_bad = SplitData(
+        {"image": data["train"].features["image"], "audio": bad}, data["train"].labels, data["train"].ids
+    )
+    model = build_model("concat", {"image": 16, "audio": 16}, 6)
+    with pytest.raises(ValueError, match=r"'audio' has NaN/inf features \(samples \['train5'\]\)"):
+        train(model, train_bad, data["val"], TrainConfig(epochs=1))
+
+
+def test_modality_missing_everywhere_is_an_error():
+    data = label_problem(n=60)
+    d = data["train"]
+    masked = SplitData(d.features, d.labels, d.ids, {"image": torch.zeros(len(d)), "audio": torch.ones(len(d))})
+    with pytest.raises(ValueError, match="'image' is missing from every sample"):
+        train(build_model("concat", {"image": 16, "audio": 16}, 6), masked, data["val"], TrainConfig(epochs=1))
+
+
+def test_modality_dropout_never_drops_everything():
+    g = torch.Generator().manual_seed(0)
+    mask = _modality_dropout(None, ["a", "b", "c"], 5000, 0.9, g)
+    stacked = torch.stack([mask[m] for m in "abc"], 1)
+    assert (stacked.sum(1) > 0).all()
+    assert 0.05 < float(stacked.mean()) < 0.5  # most entries were dropped
+    given = {"a": torch.zeros(100), "b": torch.ones(100), "c": torch.ones(100)}
+    kept = _modality_dropout(given, ["a", "b", "c"], 100, 0.5, g)
+    assert float(kept["a"].sum()) == 0  # a missing modality is never brought back
+
+
+def test_invalid_config():
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="adam").validate()
