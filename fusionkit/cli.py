@@ -56,6 +56,55 @@ def _cmd_fusion_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fusion_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import fusionkit.fusion as fusion
+    from fusionkit import compare, workbook
+    from fusionkit.train import TrainConfig
+
+    try:
+        methods = (
+            fusion.available() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+        )
+        for m in methods:
+            fusion.get(m)
+        splits, class_names = workbook.load_splits(args.features_index, target=args.target)
+    except (KeyError, FileNotFoundError, ValueError) as e:
+        print(f"fusionkit: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        modality_dropout=args.modality_dropout,
+        seed=args.seed,
+    )
+    results = compare.compare(
+        methods, splits, cfg, len(class_names), seeds=range(args.seed, args.seed + args.seeds), hidden=args.hidden
+    )
+    summary = compare.summarize(results)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results.to_csv(out / "comparison_runs.csv", index=False)
+    summary.to_csv(out / "comparison_summary.csv", index=False)
+    workbook.plot_comparison(results, summary).savefig(out / "comparison.png", dpi=110, bbox_inches="tight")
+    cols = [
+        "method",
+        "test_accuracy_mean",
+        "test_accuracy_ci95",
+        "params",
+        "train_time_s",
+        "p_vs_best",
+        "worse_than_best",
+    ]
+    print(summary[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    print(f"written to {out}/comparison_runs.csv, comparison_summary.csv, comparison.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fusionkit", description="Multimodal fusion experiments: the notebook chain and its helpers."
@@ -90,6 +139,21 @@ def build_parser() -> argparse.ArgumentParser:
     fsub = f.add_subparsers(dest="fusion_command", required=True)
     fl = fsub.add_parser("list", help="list the registered fusion methods and their hyper-parameters")
     fl.set_defaults(func=_cmd_fusion_list)
+    fc = fsub.add_parser("compare", help="compare fusion methods on cached features (what 03_fusion_comparison runs)")
+    fc.add_argument("--features-index", required=True, help="features.json written by 02_feature_extraction")
+    fc.add_argument("--methods", default="all", help="comma-separated method names, or 'all'")
+    fc.add_argument("--seeds", type=int, default=5)
+    fc.add_argument("--seed", type=int, default=0, help="first seed")
+    fc.add_argument("--target", default="label")
+    fc.add_argument("--epochs", type=int, default=40)
+    fc.add_argument("--batch-size", type=int, default=64)
+    fc.add_argument("--lr", type=float, default=2e-3)
+    fc.add_argument("--weight-decay", type=float, default=1e-2)
+    fc.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    fc.add_argument("--modality-dropout", type=float, default=0.0)
+    fc.add_argument("--hidden", type=int, default=128)
+    fc.add_argument("--out", default="reports/comparison")
+    fc.set_defaults(func=_cmd_fusion_compare)
 
     d = sub.add_parser("data", help="datasets: generate, download, check")
     from fusionkit.data.commands import add_data_commands
