@@ -373,11 +373,12 @@ def run(
                 info.update(
                     status="failed",
                     seconds=round(time.perf_counter() - t0, 1),
-                    error=f"cell {e.exec_count} (index {e.cell_index}): {e.ename}: {e.evalue}",
+                    error=f"In [{e.exec_count}]: {e.ename}: {e.evalue}",
                 )
                 state.status = "failed"
                 state.save()
-                raise NotebookFailed(nb, e.exec_count, e.ename, e.evalue, out_nb) from None
+                first_line = next((ln.strip() for ln in (e.source or "").splitlines() if ln.strip()), "")
+                raise NotebookFailed(nb, e.exec_count, e.ename, e.evalue, out_nb, first_line) from None
             except BaseException as e:
                 info.update(
                     status="failed", seconds=round(time.perf_counter() - t0, 1), error=f"{type(e).__name__}: {e}"
@@ -401,10 +402,13 @@ def run(
 
 
 class NotebookFailed(RuntimeError):
-    def __init__(self, notebook: str, cell: int | None, ename: str, evalue: str, output: Path):
+    """A cell raised: names the notebook, the cell (its ``In [n]`` number and first line) and the error."""
+
+    def __init__(self, notebook: str, cell: int | None, ename: str, evalue: str, output: Path, first_line: str = ""):
         self.notebook, self.cell, self.ename, self.evalue, self.output = notebook, cell, ename, evalue, output
+        where = f"cell In [{cell}]" + (f" ({first_line[:60]})" if first_line else "")
         super().__init__(
-            f"notebook {notebook} failed in cell {cell}: {ename}: {evalue} (executed notebook kept at {output})"
+            f"notebook {notebook} failed in {where}: {ename}: {evalue} (executed notebook kept at {output})"
         )
 
 

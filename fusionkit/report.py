@@ -18,10 +18,11 @@ STEP_ORDER = ["01_data_prep", "02_feature_extraction", "03_fusion_comparison", "
 
 
 def collect_summary(run_dir: str | Path) -> pd.DataFrame:
-    """Every ``summary`` record of the mirror as rows (step, metric, value); the last value wins."""
+    """Every ``summary`` record of the notebooks' own runs as rows (step, metric, value); the last
+    value wins. Per-method runs a notebook starts (03's method x seed runs) have their own tables."""
     rows: dict[tuple[str, str], Any] = {}
     for rec in read_mirror(run_dir):
-        if rec.get("kind") == "summary":
+        if rec.get("kind") == "summary" and rec.get("run", rec["step"]) == rec["step"]:
             for k, v in rec["data"].items():
                 if isinstance(v, (int, float, str, bool)) or v is None:
                     rows[(rec["step"], k)] = v

@@ -65,8 +65,11 @@ def _corrupt(raw, fn, level: float, rng: np.random.Generator):
         return torch.from_numpy(np.asarray(fn(raw.numpy(), level, rng), dtype=np.float32)).to(raw.dtype)
     if isinstance(raw, np.ndarray):
         return fn(raw, level, rng)
-    if isinstance(raw, dict) and "wave" in raw:  # an encoder that returns {"wave": ..., ...}
-        return {**raw, "wave": _corrupt(raw["wave"], fn, level, rng)}
+    if hasattr(raw, "wave") and hasattr(raw, "_replace"):  # AudioClip(wave, length): noise on the real samples only
+        n = int(getattr(raw, "length", len(raw.wave)))
+        wave = raw.wave.clone()
+        wave[:n] = _corrupt(raw.wave[:n].contiguous(), fn, level, rng)
+        return raw._replace(wave=wave)
     raise TypeError(f"cannot corrupt an input of type {type(raw).__name__}")
 
 

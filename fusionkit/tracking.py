@@ -112,6 +112,12 @@ class Tracker:
                     silent=True, console="off", x_disable_stats=True, disable_git=True, disable_code=True
                 ),
             )
+            # wandb records which libraries get imported through import hooks; in a forked
+            # DataLoader worker such a hook talks to the parent's wandb service and raises
+            # ForkedError. Import telemetry is not worth that: switch the hooks off.
+            unregister = getattr(self._wandb_run, "_unregister_telemetry_import_hooks", None)
+            if unregister is not None:
+                unregister(self._wandb_run.id)
         self._write({"kind": "config", "data": self.config})
         _OPEN.append(self)
         _install_ipython_hook()

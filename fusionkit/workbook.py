@@ -295,11 +295,12 @@ def plot_comparison(
     sns.barplot(results, y="method", x=metric, order=order, errorbar=("ci", 95), ax=axes[0], color="#7aa6c2")
     sns.stripplot(results, y="method", x=metric, order=order, ax=axes[0], color="k", size=3)
     if ceilings:
-        styles = {"fused": "-", "audio": "--", "image": ":", "text": ":", "chance": "-."}
+        by_value: dict[float, list[str]] = {}
         for k, v in ceilings.items():
-            if k in styles:
-                axes[0].axvline(v, ls=styles[k], color="grey", lw=1)
-                axes[0].text(v, -0.6, k, fontsize=7, color="grey", ha="center")
+            by_value.setdefault(round(float(v), 4), []).append(k)
+        for v, names in by_value.items():
+            axes[0].axvline(v, ls=":" if "fused" not in names else "-", color="grey", lw=1)
+            axes[0].text(v, -0.6, "/".join(names), fontsize=7, color="grey", ha="center")
     axes[0].set_title(f"{metric} per method (mean, 95% CI, seeds as dots)")
     sns.scatterplot(summary, x="params", y=f"{metric}_mean", hue="kind", ax=axes[1])
     for _, r in summary.iterrows():

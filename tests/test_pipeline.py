@@ -6,10 +6,12 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from fusionkit import cli, pipeline
+from fusionkit import cli, pipeline, tracking
 
 BODY = """
 from pathlib import Path
+from fusionkit import tracking
+tracker = tracking.start(run_dir, "{name}", {{"epochs": epochs}}, mode="disabled")
 marker = Path(run_dir) / "executed.txt"
 with open(marker, "a") as f:
     f.write("{name}\\n")
@@ -83,6 +85,8 @@ def test_failing_cell_stops_chain_keeps_output_and_exits_nonzero(fake_chain, tmp
     assert any(
         o.get("ename") == "ValueError" for c in kept.cells if c.cell_type == "code" for o in c.get("outputs", [])
     )
+    ends = [r for r in tracking.read_mirror(run_dir) if r["kind"] == "end"]
+    assert [(r["step"], r["exit_code"]) for r in ends][-1] == ("03_fusion_comparison", 1)  # run closed as failed
     state = json.loads((run_dir / "run.json").read_text())
     assert state["status"] == "failed"
     assert state["notebooks"]["03_fusion_comparison"]["status"] == "failed"

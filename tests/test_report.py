@@ -74,3 +74,12 @@ def test_report_escapes_html(tmp_path):
         )
     report.build_report(tmp_path)
     assert "<script>x</script>" not in (tmp_path / "report.html").read_text()
+
+
+def test_summary_ignores_child_runs(tmp_path):
+    with tracking.start(tmp_path, "03_fusion_comparison", mode="disabled") as t:
+        with tracking.start(tmp_path, "03_fusion_comparison", mode="disabled", name="concat/seed0") as child:
+            child.summary({"test_accuracy": 0.1, "method": "concat"})
+        t.summary({"best_fusion_method": "concat"})
+    metrics = set(report.collect_summary(tmp_path).metric)
+    assert metrics == {"best_fusion_method"}

@@ -70,9 +70,9 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
 from fusionkit.data.base import SPLITS, Dataset, DatasetError, Sample, atomic_write_text, load_dataset, write_dataset
+from fusionkit.progress import progress as progress_bar
 
 __all__ = [
     "CEILINGS",
@@ -744,7 +744,7 @@ def _write_all(out: Path, params: dict[str, Any], progress: bool) -> None:
     labels = top.permutation(np.arange(n) % len(LABELS))
     split_of = _assign_splits(labels, top, params["splits"])
     samples, scenes = [], []
-    for i in tqdm(range(n), desc="shapes dataset", unit="sample", disable=not progress):
+    for i in progress_bar(range(n), enabled=progress, desc="shapes dataset", unit="sample"):
         sid = f"{NAME}_{i:05d}"
         label = int(labels[i])
         has_red, tone = label // 3, label % 3

@@ -46,7 +46,7 @@ def test_run_folder_complete(smoke_run):
         assert (run_dir / "notebooks" / f"{s}.ipynb").exists()
     assert (run_dir.parent.parent / "latest").resolve() == run_dir.resolve()
     assert "[03_fusion_comparison]" in proc.stdout  # cell output streamed, prefixed by notebook
-    assert "it/s" not in proc.stdout + proc.stderr  # no progress-bar noise
+    assert "%|" not in proc.stdout + proc.stderr  # no progress-bar noise
 
 
 def test_mirror_has_every_step_and_wandb_offline_runs(smoke_run):
