@@ -46,12 +46,16 @@ def prepare_dataset(
     image_size: int = 128,
     seed: int = 0,
     source_dir: str = "",
+    options: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> Dataset:
     """Build (or reuse) the dataset folder and return the validated :class:`Dataset`.
 
-    ``shapes`` is generated; the real-data families (``fusionkit.data.registry``) are read from
-    ``source_dir``."""
+    ``shapes`` is generated (``n_scenes``, ``image_size``); every other family of
+    ``fusionkit.data.registry`` (flickr8k, coco, vqa, avdigits, manifest, ...) is read from
+    ``source_dir`` with the loader's ``options``."""
+    from fusionkit.data import registry
+
     dataset_dir = Path(dataset_dir)
     if dataset == "shapes":
         from fusionkit.data import shapes
@@ -59,16 +63,9 @@ def prepare_dataset(
         ds = shapes.generate(dataset_dir, n=n_scenes, seed=seed, image_size=image_size, progress=progress)
         shapes.validate(dataset_dir)
         return ds
-    try:
-        from fusionkit.data import registry
-    except ImportError:  # pragma: no cover - registry not installed
-        registry = None
-    if registry is not None and dataset in registry.available():
-        return registry.prepare(dataset, dataset_dir, source_dir=source_dir or None, seed=seed)
-    if dataset == "manifest":
-        return load_dataset(source_dir or dataset_dir)
-    valid = ["shapes", "manifest"] + (registry.available() if registry is not None else [])
-    raise DatasetError(f"unknown dataset {dataset!r}; expected one of {', '.join(sorted(set(valid)))}")
+    if dataset not in registry.available():
+        raise DatasetError(f"unknown dataset {dataset!r}; expected one of {', '.join(registry.available())}")
+    return registry.prepare(dataset, dataset_dir, source_dir=source_dir or None, seed=seed, progress=progress, **(options or {}))
 
 
 def balance_table(ds: Dataset) -> pd.DataFrame:
