@@ -104,6 +104,8 @@ def known_information_check(
             if not weights:
                 continue
             mean = {m: float(w.mean()) for m, w in weights.items()}
+            if max(mean.values()) - min(mean.values()) < 1e-6:
+                continue  # fixed, equal weights (late fusion's plain average): nothing was learned
             top = max(mean, key=mean.get)
             rows.append(
                 {

@@ -60,7 +60,7 @@ def _corrupt(raw, fn, level: float, rng: np.random.Generator):
         return fn(raw, level, rng)
     if isinstance(raw, torch.Tensor) and raw.dtype == torch.uint8 and raw.dim() == 3:
         hwc = raw.permute(1, 2, 0).contiguous().numpy()
-        return torch.from_numpy(np.ascontiguousarray(fn(hwc, level, rng))).permute(2, 0, 1)
+        return torch.from_numpy(np.array(fn(hwc, level, rng), dtype=np.uint8)).permute(2, 0, 1)  # a writable copy
     if isinstance(raw, torch.Tensor):
         return torch.from_numpy(np.asarray(fn(raw.numpy(), level, rng), dtype=np.float32)).to(raw.dtype)
     if isinstance(raw, np.ndarray):

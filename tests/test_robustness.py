@@ -112,3 +112,12 @@ def test_corrupt_dispatch():
     assert out.shape == img.shape and out.dtype == torch.uint8 and int(out.max()) == 100
     with pytest.raises(TypeError):
         robustness._corrupt(pd.DataFrame(), lambda a, lv, r: a, 0.5, rng)
+
+
+def test_known_information_check_skips_fixed_equal_weights(text_problem):
+    _, data, _ = text_problem
+    labels = {s: d.labels for s, d in data.items()}
+    out = interpret.known_information_check(
+        ["late"], data, {"y": labels}, {"y": ["text"]}, TrainConfig(epochs=2, batch_size=32), hidden=8
+    )
+    assert out.empty  # late fusion averages with equal weights: nothing to interpret
