@@ -84,6 +84,19 @@ class TrainResult:
         return asdict(self)
 
 
+def warmup_cosine(opt: torch.optim.Optimizer, total_steps: int, warmup_frac: float = 0.1):
+    """Linear warm-up over the first ``warmup_frac`` of the steps, then cosine decay to 0."""
+    warm = max(1, int(round(warmup_frac * total_steps)))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total_steps - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
@@ -162,9 +175,7 @@ def train(
     else:
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1, anneal_strategy="cos"
-    )
+    sched = warmup_cosine(opt, total_steps=cfg.epochs * steps_per_epoch, warmup_frac=0.1)
     modalities = sorted(train_data.features)
     result = TrainResult()
     best_state = copy.deepcopy(model.state_dict())
