@@ -14,6 +14,8 @@ import pandas as pd
 from fusionkit.data.base import atomic_write_text
 from fusionkit.tracking import read_mirror
 
+#: long tables the report links to instead of showing
+LINK_ONLY = {"comparison_runs", "noise_curves", "robustness_summary", "class_balance", "feature_stats"}
 STEP_ORDER = ["01_data_prep", "02_feature_extraction", "03_fusion_comparison", "04_train", "05_evaluate", "06_report"]
 
 
@@ -41,6 +43,9 @@ def headline(summary: pd.DataFrame) -> dict[str, Any]:
     if all(("03_fusion_comparison", k) in vals for k in cmp_keys):
         out.update({k: vals[("03_fusion_comparison", k)] for k in cmp_keys})
         out["margin"] = float(out["best_fusion_accuracy"]) - float(out["best_unimodal_accuracy"])
+    for k in ("weights_point_to_informative", "most_robust_method", "most_robust_relative_robustness"):
+        if ("03_fusion_comparison", k) in vals:
+            out[k] = vals[("03_fusion_comparison", k)]
     if ("05_evaluate", "test_accuracy") in vals:
         out["final_method"] = vals.get(("04_train", "method"))
         out["final_test_accuracy"] = vals[("05_evaluate", "test_accuracy")]
@@ -97,6 +102,17 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
             f" (<b>{html.escape(str(head['best_unimodal']))}</b>, {float(head['best_unimodal_accuracy']):.3f})"
             f" by <b>{100 * head['margin']:+.1f} points</b>.</p>"
         )
+    if head.get("weights_point_to_informative"):
+        parts.append(
+            f"<p>Interpretability: learned modality weights point to the modality known to carry the target in "
+            f"<b>{html.escape(str(head['weights_point_to_informative']))}</b> (method, target) pairs (table "
+            f"<code>known_information_check</code>).</p>"
+        )
+    if head.get("most_robust_method"):
+        parts.append(
+            f"<p>Robustness: the most robust fusion method over all corruptions is <b>{html.escape(str(head['most_robust_method']))}</b>"
+            f" (relative robustness {float(head['most_robust_relative_robustness']):.3f}; table <code>robustness_by_method</code>).</p>"
+        )
     if "final_test_accuracy" in head:
         parts.append(
             f"<p>Final model (<code>{html.escape(str(head.get('final_method')))}</code>, 04_train) test accuracy:"
@@ -136,7 +152,12 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
             continue
         parts.append(f"<h2>{html.escape(step)}</h2>")
         for key, path in step_tables:
-            if path.exists() and not key.startswith("predictions"):
+            if not path.exists():
+                continue
+            if key in LINK_ONLY or key.startswith("predictions"):
+                rel = path.relative_to(run_dir)
+                parts.append(f"<p>Table <a href='{html.escape(str(rel))}'>{html.escape(key)}</a> (CSV).</p>")
+            else:
                 parts.append(f"<h3>{html.escape(key)}</h3>{_table(path)}")
         seen = set()
         for key, path in step_figs:

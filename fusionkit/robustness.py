@@ -190,3 +190,11 @@ def plot_curves(curves: pd.DataFrame):
         axes.flat[0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
+
+
+def by_method(summary: pd.DataFrame) -> pd.DataFrame:
+    """Mean clean accuracy, relative and effective robustness of each method over every
+    (modality, corruption), most robust first."""
+    cols = ["clean_accuracy", "worst_accuracy", "relative_robustness", "effective_robustness"]
+    out = summary.groupby("method")[cols].mean().reset_index()
+    return out.sort_values("relative_robustness", ascending=False).reset_index(drop=True)

@@ -20,8 +20,12 @@ def _fake_run(run_dir):
                 "best_fusion_accuracy": 0.97,
                 "best_unimodal": "unimodal:audio",
                 "best_unimodal_accuracy": 0.5,
+                "weights_point_to_informative": "6/6",
+                "most_robust_method": "late",
+                "most_robust_relative_robustness": 0.91,
             }
         )
+        t.log_table("noise_curves", pd.DataFrame({"level": [0.0, 1.0], "accuracy": [1.0, 0.5]}))
     with tracking.start(run_dir, "05_evaluate", mode="disabled") as t:
         t.summary({"test_accuracy": 0.9833})
     (run_dir / "run.json").write_text(
@@ -42,6 +46,8 @@ def test_report_from_mirror_only(tmp_path):
     assert "<figcaption>examples</figcaption>" in html and "data:image/png;base64," in html
     assert "unimodal:audio" in html  # the comparison table
     assert "Documented ceilings" in html
+    assert "<b>6/6</b>" in html and "most robust fusion method over all corruptions is <b>late</b>" in html
+    assert "<a href='tables/noise_curves.csv'>noise_curves</a>" in html  # long tables are linked, not shown
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert ("05_evaluate", "test_accuracy") in {(r.step, r.metric) for r in summary.itertuples()}
     assert list(summary.step.unique()) == ["01_data_prep", "03_fusion_comparison", "05_evaluate"]
