@@ -1,0 +1,244 @@
+"""Audio encoders over a log-mel spectrogram computed with librosa.
+
+Every clip is read with soundfile (WAV/FLAC/OGG of any sample rate, 8-32 bit or float, mono or
+multichannel), mixed down to mono, resampled to ``sample_rate`` (soxr, high quality) and centre-cropped
+to ``seconds``; shorter clips are padded. Features are computed on the real samples only; the padded
+frames carry digital silence (-100 dB, or 0 for MFCC) and ``grid_mask`` = 0, and the pooled statistics
+ignore them, so a short clip has the same pooled vector whatever ``seconds`` is.
+
+* ``logmel`` (default): ``grid`` = frames x n_mels log-mel (dB); ``pooled`` = per-band mean and std over
+  the real frames (2 x n_mels). No learned weights: exact and always frozen.
+* ``mfcc``: the same with ``n_mfcc`` MFCCs + deltas + delta-deltas (3 x n_mfcc per frame).
+* ``audio_cnn``: a small CNN (4 conv blocks) over the log-mel, random init seeded by ``seed``, meant to
+  be fine-tuned inside a model; ``grid`` = its time steps (frequency averaged), ``pooled`` = their
+  masked mean.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fusionkit.encoders.base import Encoder, InputError, as_path, seeded
+
+AUDIO_PERF = {
+    # measured by benchmarks/extract.py on FSDD (see benchmarks/README.md)
+    "cpu": {"batch_size": 64, "channels_last": False, "num_workers": 1},
+    "cuda": {"batch_size": 128, "channels_last": False, "num_workers": 4},  # not measured here (no GPU lent)
+}
+SILENCE_DB = -100.0  # 10 * log10(amin) with amin = 1e-10
+
+
+class AudioClip(NamedTuple):
+    wave: torch.Tensor  # (n_samples,) float32 mono at the encoder's sample rate, padded
+    length: int  # real samples (the rest is padding)
+
+
+def read_audio(path: str | os.PathLike, sample_rate: int, seconds: float) -> AudioClip:
+    """Decode, mix down, resample and crop/pad one audio file. :class:`InputError` for unreadable,
+    corrupt, empty or non-finite audio."""
+    import soundfile as sf
+
+    if not os.path.isfile(path):
+        raise InputError("audio file not found", path)
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except FileNotFoundError as e:
+        raise InputError("audio file not found", path) from e
+    except (RuntimeError, OSError, ValueError, TypeError, EOFError) as e:  # LibsndfileError is a RuntimeError
+        raise InputError(f"unreadable or corrupt audio ({type(e).__name__}: {e})", path) from e
+    if data.shape[0] == 0:
+        raise InputError("zero-length audio (no samples)", path)
+    if not np.isfinite(data).all():
+        raise InputError("audio contains NaN or infinite samples", path)
+    y = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if sr != sample_rate:
+        import librosa
+
+        y = librosa.resample(y, orig_sr=sr, target_sr=sample_rate, res_type="soxr_hq")
+    n = int(round(seconds * sample_rate))
+    if len(y) > n:
+        start = (len(y) - n) // 2
+        y = y[start : start + n]
+    length = len(y)
+    out = np.zeros(n, dtype=np.float32)
+    out[:length] = y
+    return AudioClip(torch.from_numpy(out), length)
+
+
+class SpectrogramEncoder(Encoder):
+    """Shared front end: read_audio + a librosa log-mel spectrogram."""
+
+    kind = "audio"
+    unit = "clip"
+    perf = AUDIO_PERF
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 16000,
+        seconds: float = 1.0,
+        n_mels: int = 64,
+        n_fft: int = 400,
+        hop_length: int = 160,
+        fmin: float = 0.0,
+        fmax: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.sample_rate = int(sample_rate)
+        self.seconds = float(seconds)
+        self.n_mels = int(n_mels)
+        self.n_fft = int(n_fft)
+        self.hop_length = int(hop_length)
+        self.fmin = float(fmin)
+        self.fmax = float(fmax if fmax is not None else sample_rate / 2)
+        self.n_frames = 1 + int(round(self.seconds * self.sample_rate)) // self.hop_length
+
+    def preprocessing(self) -> dict[str, Any]:
+        import librosa
+
+        return {
+            "read": "soundfile, mono mean, soxr_hq resample, centre crop / zero pad",
+            "sample_rate": self.sample_rate,
+            "seconds": self.seconds,
+            "n_mels": self.n_mels,
+            "n_fft": self.n_fft,
+            "hop_length": self.hop_length,
+            "fmin": self.fmin,
+            "fmax": self.fmax,
+            "db": {"ref": 1.0, "amin": 1e-10, "top_db": None},
+            "librosa": librosa.__version__,
+        }
+
+    def load(self, value: Any, root: str | os.PathLike | None = None) -> AudioClip:
+        return read_audio(as_path(value, root), self.sample_rate, self.seconds)
+
+    def logmel(self, clip: AudioClip) -> np.ndarray:
+        """(real frames, n_mels) log-mel in dB of the real samples."""
+        import librosa
+
+        y = clip.wave[: clip.length].numpy()
+        s = librosa.feature.melspectrogram(
+            y=y,
+            sr=self.sample_rate,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            n_mels=self.n_mels,
+            fmin=self.fmin,
+            fmax=self.fmax,
+            power=2.0,
+        )
+        return librosa.power_to_db(s, ref=1.0, amin=1e-10, top_db=None).T.astype(np.float32)
+
+    def frame_features(self, clip: AudioClip) -> np.ndarray:
+        return self.logmel(clip)
+
+    pad_value = SILENCE_DB
+
+    def collate(self, items: list[AudioClip]) -> dict[str, torch.Tensor]:
+        feats = [self.frame_features(c) for c in items]
+        d = feats[0].shape[1]
+        spec = torch.full((len(items), self.n_frames, d), self.pad_value, dtype=torch.float32)
+        mask = torch.zeros(len(items), self.n_frames, dtype=torch.long)
+        for i, f in enumerate(feats):
+            t = min(len(f), self.n_frames)
+            spec[i, :t] = torch.from_numpy(f[:t])
+            mask[i, :t] = 1
+        return {"spec": spec, "mask": mask}
+
+
+def masked_mean_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, D), (B, T) -> (B, 2D): mean and population std over the real frames."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    n = m.sum(1).clamp(min=1.0)
+    mean = (x * m).sum(1) / n
+    var = (((x - mean.unsqueeze(1)) * m) ** 2).sum(1) / n
+    return torch.cat([mean, var.sqrt()], dim=1)
+
+
+class LogMel(SpectrogramEncoder):
+    name = "logmel"
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._dims = {"pooled": 2 * self.n_mels, "grid": self.n_mels}
+        self._weights_id = "none (no learned weights)"
+        self._finish_init()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        spec, mask = batch["spec"], batch["mask"]
+        return {"pooled": masked_mean_std(spec, mask), "grid": spec, "grid_mask": mask}
+
+
+class MFCC(LogMel):
+    name = "mfcc"
+    pad_value = 0.0
+
+    def __init__(self, n_mfcc: int = 20, **kw: Any) -> None:
+        self.n_mfcc = int(n_mfcc)
+        super().__init__(**kw)
+        d = 3 * self.n_mfcc
+        self._dims = {"pooled": 2 * d, "grid": d}
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {**super().preprocessing(), "n_mfcc": self.n_mfcc, "deltas": [1, 2], "delta_width": 9}
+
+    def frame_features(self, clip: AudioClip) -> np.ndarray:
+        import librosa
+
+        mel_db = self.logmel(clip).T  # (n_mels, frames)
+        mfcc = librosa.feature.mfcc(S=mel_db, n_mfcc=self.n_mfcc)
+        mode = "interp" if mfcc.shape[1] >= 9 else "nearest"
+        d1 = librosa.feature.delta(mfcc, width=9, order=1, mode=mode)
+        d2 = librosa.feature.delta(mfcc, width=9, order=2, mode=mode)
+        return np.concatenate([mfcc, d1, d2], axis=0).T.astype(np.float32)
+
+
+class AudioCNN(SpectrogramEncoder):
+    """Small CNN over the log-mel (for fine-tuning inside a model)."""
+
+    name = "audio_cnn"
+
+    def __init__(self, channels: tuple[int, ...] = (32, 64, 128, 128), seed: int = 0, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.channels = tuple(int(c) for c in channels)
+        self.seed = int(seed)
+        with seeded(seed):
+            self.bn0 = nn.BatchNorm1d(self.n_mels)  # per mel band input normalisation (learned)
+            blocks = []
+            c_in = 1
+            for c in self.channels:
+                blocks.append(
+                    nn.Sequential(
+                        nn.Conv2d(c_in, c, 3, padding=1, bias=False),
+                        nn.BatchNorm2d(c),
+                        nn.ReLU(inplace=True),
+                        nn.AvgPool2d(2),
+                    )
+                )
+                c_in = c
+            self.blocks = nn.ModuleList(blocks)
+        self._dims = {"pooled": self.channels[-1], "grid": self.channels[-1]}
+        self._weights_id = f"random:{seed}:torch-{torch.__version__}"
+        self._block_prefixes = [["bn0"]] + [[f"blocks.{i}"] for i in range(len(blocks))]
+        self._finish_init()
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {**super().preprocessing(), "channels": self.channels}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        spec, mask = batch["spec"], batch["mask"]
+        x = self.bn0(spec.transpose(1, 2)).unsqueeze(1)  # (B, 1, n_mels, T)
+        m = mask.to(x.dtype).unsqueeze(1)  # (B, 1, T)
+        for blk in self.blocks:
+            x = blk(x)
+            m = F.max_pool1d(m, 2)
+        grid = x.mean(dim=2).transpose(1, 2)  # (B, T', C)
+        gm = m.squeeze(1)
+        pooled = (grid * gm.unsqueeze(-1)).sum(1) / gm.sum(1, keepdim=True).clamp(min=1.0)
+        return {"pooled": pooled, "grid": grid, "grid_mask": gm.long()}

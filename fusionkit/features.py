@@ -1,0 +1,611 @@
+"""Feature extraction into an on-disk cache that never recomputes what it already has.
+
+    fs = extract_features(ds, "image", split="train", cache_dir="data/processed/features")
+    fs.ids, fs.values            # list[str], (N, D) float32 tensor memory-mapped from safetensors
+
+Cache layout (one folder per dataset content x modality x encoder configuration)::
+
+    {cache_dir}/{dataset.name}-{manifest_hash}/{modality}/{encoder key}/
+        {split}-{output}.safetensors   values (N, D) or (N, L, D) [+ mask (N, L)], float32
+        {split}-{output}.json          sidecar: ids, shapes, dtype, versions, sha256 of the file, encoder
+                                        identity, skipped and truncated records, timing
+        {split}-{output}.parts/        chunk files while an extraction is in progress (resumable)
+        skipped.json                   records skipped under on_error="skip", per split, with reasons
+
+The encoder key is ``{encoder name}-{sha256 of encoder.identity()}`` (weights hash, preprocessing,
+output dims) plus ``-bf16`` for CUDA autocast runs; the manifest hash covers every id, split, path,
+text and target, so any change to the data or the encoder lands in a new folder.
+
+Guarantees
+* warm cache: the file is memory-mapped (``safetensors.safe_open``) and its sha256 checked against
+  the sidecar; the encoder's ``forward`` is never called;
+* a corrupt, truncated or half-written file is never used: mismatching checksum -> warning + rebuild;
+  every file is written to a temporary name, fsynced and renamed, the sidecar last;
+* resumable: records are processed in chunks of ``chunk_size`` (fixed positions in the split), each
+  chunk saved as soon as it is complete; after a crash (even ``kill -9``) a rerun computes only the
+  missing chunks, and the merged result is bit-identical to an uninterrupted run on the same machine
+  and settings (batch size and memory format may change the last float bits, so resume with the same);
+* bad input (``on_error``): ``"raise"`` (default) stops at the first bad record with an
+  :class:`~fusionkit.encoders.base.InputError` naming the file and the record id; ``"skip"`` leaves the
+  record out and lists it (with the reason) in the sidecar and ``skipped.json``. A cache built with
+  ``"skip"`` that skipped records raises when read with ``"raise"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from fusionkit.data.base import Dataset, DatasetError, atomic_write_text
+from fusionkit.encoders import build_encoder
+from fusionkit.encoders.base import Encoder, InputError
+from fusionkit.progress import progress as progress_bar
+
+CACHE_FORMAT = 1
+OUTPUTS = ("pooled", "grid")
+ON_ERROR = ("raise", "skip")
+
+
+class CacheError(ValueError):
+    """A cache file that cannot be trusted (missing sidecar, checksum mismatch, wrong records)."""
+
+
+@dataclass
+class FeatureSet:
+    """Features of one dataset split: row ``i`` of ``values`` (and ``mask``) belongs to ``ids[i]``.
+    Skipped records are absent from ``ids`` and listed in ``meta["skipped"]``."""
+
+    ids: list[str]
+    values: torch.Tensor  # (N, D) pooled or (N, L, D) grid
+    mask: torch.Tensor | None  # (N, L) for grids with padding (text tokens, audio frames)
+    meta: dict[str, Any]
+    path: Path
+    _index: dict[str, int] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def skipped(self) -> dict[str, dict[str, str]]:
+        return self.meta.get("skipped", {})
+
+    def rows(self, ids: list[str]) -> torch.Tensor:
+        """``values`` rows for ``ids`` in that order (KeyError names a missing id)."""
+        if self._index is None:
+            self._index = {k: i for i, k in enumerate(self.ids)}
+        try:
+            return self.values[[self._index[k] for k in ids]]
+        except KeyError as e:
+            raise KeyError(f"{self.path}: no features for record {e.args[0]!r}") from None
+
+
+# ----------------------------------------------------------------------------------------- keys
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _precision(device: torch.device) -> str:
+    return "bf16-autocast" if device.type == "cuda" else "fp32"
+
+
+def _modality_for(dataset: Dataset, encoder: Encoder, modality: str | None) -> str:
+    if modality is not None:
+        return modality
+    matches = [m for m, k in dataset.modalities.items() if k == encoder.kind]
+    if len(matches) != 1:
+        raise ValueError(f"dataset {dataset.name}: pass modality= ({encoder.kind} modalities: {matches})")
+    return matches[0]
+
+
+def encoder_key(encoder: Encoder, device: str | torch.device | None = None) -> str:
+    """``{name}-{identity hash}`` (+ ``-bf16`` on CUDA): the encoder's folder in the cache."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", encoder.name).strip("_") or "encoder"
+    key = f"{safe[:60]}-{encoder.identity_hash()[:12]}"
+    if _precision(_resolve_device(device)) != "fp32":
+        key += "-bf16"
+    return key
+
+
+def cache_key(
+    dataset: Dataset,
+    encoder: Encoder,
+    split: str,
+    output: str = "pooled",
+    *,
+    modality: str | None = None,
+    device: str | torch.device | None = None,
+) -> str:
+    """The cache entry of ``(dataset content, modality, encoder configuration, split, output)`` as a
+    relative path without suffix: ``{name}-{manifest hash}/{modality}/{encoder key}/{split}-{output}``."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output={output!r}; expected one of {OUTPUTS}")
+    modality = _modality_for(dataset, encoder, modality)
+    return f"{dataset.name}-{dataset.manifest_hash()}/{modality}/{encoder_key(encoder, device)}/{split}-{output}"
+
+
+def cache_path(
+    dataset: Dataset, encoder: Encoder, split: str, output: str, cache_dir: str | os.PathLike, **kw: Any
+) -> Path:
+    return Path(cache_dir) / (cache_key(dataset, encoder, split, output, **kw) + ".safetensors")
+
+
+# ----------------------------------------------------------------------------------------- files
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors to a temporary name, fsync, rename: a crash never leaves a half file under ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _clean_stale_tmp(folder: Path) -> None:
+    """Remove temporary files left by processes that died (kill -9) while writing."""
+    if not folder.is_dir():
+        return
+    for p in folder.glob(".*.tmp-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue  # still running
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def read_feature_set(path: str | os.PathLike, verify: bool = True) -> FeatureSet:
+    """Open a cached feature file (memory-mapped) after checking it against its sidecar.
+    Raises :class:`CacheError` for anything that does not check out."""
+    path = Path(path)
+    side = _sidecar(path)
+    if not path.is_file():
+        raise CacheError(f"{path}: missing")
+    if not side.is_file():
+        raise CacheError(f"{path}: its sidecar {side.name} is missing (interrupted write)")
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CacheError(f"{side}: unreadable sidecar ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
+        raise CacheError(f"{side}: not a fusionkit feature sidecar of format {CACHE_FORMAT}")
+    size = path.stat().st_size
+    if size != meta.get("file_size"):
+        raise CacheError(f"{path}: {size} bytes, the sidecar says {meta.get('file_size')} (truncated or replaced)")
+    if verify:
+        digest = _sha256_file(path)
+        if digest != meta.get("sha256"):
+            raise CacheError(
+                f"{path}: sha256 {digest[:12]}... does not match the sidecar's {str(meta.get('sha256'))[:12]}... (corrupt)"
+            )
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            keys = set(f.keys())
+            values = f.get_tensor("values")
+            mask = f.get_tensor("mask") if "mask" in keys else None
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise CacheError(f"{path}: not a readable safetensors file ({e})") from e
+    ids = meta.get("ids")
+    if not isinstance(ids, list) or len(ids) != values.shape[0]:
+        raise CacheError(
+            f"{path}: {values.shape[0]} rows but the sidecar lists {len(ids) if isinstance(ids, list) else ids!r} ids"
+        )
+    if list(values.shape) != meta.get("shapes", {}).get("values"):
+        raise CacheError(f"{path}: values shape {list(values.shape)} differs from the sidecar's")
+    return FeatureSet(ids=ids, values=values, mask=mask, meta=meta, path=path)
+
+
+def _try_cached(path: Path, expected: list[str]) -> FeatureSet | None:
+    """The cached set if present and sound, else None (a warning when a file was there but bad)."""
+    if not path.exists() and not _sidecar(path).exists():
+        return None
+    try:
+        fs = read_feature_set(path)
+        skipped = set(fs.meta.get("skipped", {}))
+        if fs.ids != [i for i in expected if i not in skipped] or not skipped <= set(expected):
+            raise CacheError(f"{path}: its records differ from the dataset split's")
+        return fs
+    except CacheError as e:
+        warnings.warn(f"feature cache entry unusable, rebuilding: {e}", RuntimeWarning, stacklevel=3)
+        for p in (_sidecar(path), path):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        return None
+
+
+def _raise_for_skipped(fs: FeatureSet, on_error: str) -> None:
+    if on_error == "raise" and fs.skipped:
+        rid, info = next(iter(fs.skipped.items()))
+        raise InputError(
+            f"{info.get('reason')} ({len(fs.skipped)} record(s) were skipped when {fs.path.name} was built "
+            f"with on_error='skip'; see {fs.path.parent / 'skipped.json'})",
+            info.get("file"),
+            rid,
+        )
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    import fusionkit
+
+    out = {"python": platform.python_version(), "fusionkit": fusionkit.__version__, "torch": torch.__version__}
+    for pkg in ("torchvision", "transformers", "librosa", "safetensors", "numpy", "pillow", "soundfile"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[pkg] = md.version(pkg)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- loading
+class _Records(torch.utils.data.Dataset):
+    """Record i -> (i, decoded input, None) or (i, None, (reason, file)); runs in DataLoader workers."""
+
+    def __init__(self, encoder: Encoder, values: list[Any], root: Path, kind: str) -> None:
+        self.encoder, self.values, self.root, self.kind = encoder, values, root, kind
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.encoder.load(self.values[i], self.root), None
+        except InputError as e:
+            f = e.path or (None if self.kind == "text" else str(self.root / str(self.values[i])))
+            return i, None, (e.reason, f)
+
+
+class _Collate:
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+
+    def __call__(self, items):
+        ok = [(i, x) for i, x, err in items if err is None]
+        bad = [(i, err) for i, x, err in items if err is not None]
+        batch = self.encoder.collate([x for _, x in ok]) if ok else None
+        return [i for i, _ in ok], batch, bad
+
+
+def _batches(encoder: Encoder, values: list[Any], chunks: list[range], batch_size: int) -> list[list[int]]:
+    """Index batches that never cross a chunk; within a chunk, texts grouped by length (less padding)."""
+    out = []
+    for rng in chunks:
+        idx = list(rng)
+        hints = [encoder.length_hint(values[i]) for i in idx]
+        if all(h is not None for h in hints):
+            idx = [i for _, i in sorted(zip(hints, idx, strict=True), key=lambda t: (-t[0], t[1]))]
+        out.extend(idx[s : s + batch_size] for s in range(0, len(idx), batch_size))
+    return out
+
+
+def _pad_to(t: torch.Tensor, length: int, dim: int = 1) -> torch.Tensor:
+    if t.shape[dim] == length:
+        return t
+    shape = list(t.shape)
+    shape[dim] = length - t.shape[dim]
+    return torch.cat([t, t.new_zeros(shape)], dim=dim)
+
+
+# ----------------------------------------------------------------------------------------- extraction
+def _resolve(dataset: Dataset, modality: str, encoder: Encoder | str | None) -> Encoder:
+    if modality not in dataset.modalities:
+        raise DatasetError(f"dataset {dataset.name}: no modality {modality!r}; it has {sorted(dataset.modalities)}")
+    kind = dataset.modalities[modality]
+    enc = encoder if isinstance(encoder, Encoder) else build_encoder(kind, encoder)
+    if enc.kind != kind:
+        raise ValueError(f"encoder {enc.name!r} is a {enc.kind} encoder but modality {modality!r} is {kind}")
+    return enc
+
+
+def load_cached(
+    dataset: Dataset,
+    modality: str,
+    encoder: Encoder | str | None = None,
+    *,
+    split: str,
+    cache_dir: str | os.PathLike,
+    output: str = "pooled",
+    device: str | None = None,
+) -> FeatureSet | None:
+    """The cached features if a sound cache entry exists, else ``None``; never computes."""
+    enc = _resolve(dataset, modality, encoder)
+    path = cache_path(dataset, enc, split, output, cache_dir, modality=modality, device=device)
+    return _try_cached(path, [s.id for s in dataset.split(split)])
+
+
+def extract_features(
+    dataset: Dataset,
+    modality: str,
+    encoder: Encoder | str | None = None,
+    *,
+    split: str,
+    cache_dir: str | os.PathLike,
+    output: str = "pooled",
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    chunk_size: int = 256,
+    on_error: str = "raise",
+    progress: bool = True,
+    device: str | None = None,
+) -> FeatureSet:
+    """Features of ``dataset``'s ``split`` for ``modality``, from the cache or computed into it.
+
+    ``encoder``: an :class:`Encoder`, a registry name, or None for the kind's default.
+    ``output``: ``"pooled"`` (N, D) or ``"grid"`` (N, L, D) (+ ``mask`` when positions are padding).
+    ``batch_size`` / ``num_workers`` / memory format default to the encoder's measured per-device
+    settings (``encoder.perf``; see benchmarks/README.md). ``device``: default CUDA when available
+    (bf16 autocast there), else CPU. See the module docstring for the cache's guarantees."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output={output!r}; expected one of {OUTPUTS}")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error={on_error!r}; expected one of {ON_ERROR}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size}; expected >= 1")
+    enc = _resolve(dataset, modality, encoder)
+    dev = _resolve_device(device)
+    samples = dataset.split(split)
+    ids = [s.id for s in samples]
+    path = cache_path(dataset, enc, split, output, cache_dir, modality=modality, device=dev)
+
+    cached = _try_cached(path, ids)
+    if cached is not None:
+        _raise_for_skipped(cached, on_error)
+        return cached
+
+    perf = enc.perf.get(dev.type, enc.perf["cpu"])
+    bs = int(batch_size or perf["batch_size"])
+    workers = int(perf["num_workers"] if num_workers is None else num_workers)
+    parts = path.with_name(f"{split}-{output}.parts")
+    _clean_stale_tmp(path.parent)
+    _clean_stale_tmp(parts)
+    n = len(samples)
+    chunks = [range(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+    chunk_ids_sha = [hashlib.sha256("\n".join(ids[i] for i in r).encode()).hexdigest() for r in chunks]
+
+    def part_path(ci: int) -> Path:
+        return parts / f"chunk{chunk_size}-{ci:06d}.safetensors"
+
+    def part_ok(ci: int) -> bool:
+        p = part_path(ci)
+        if not p.is_file():
+            return False
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                md = f.metadata() or {}
+                f.get_tensor("index")
+            return md.get("ids_sha256") == chunk_ids_sha[ci] and md.get("output") == output
+        except Exception:  # noqa: BLE001 - unreadable part: recompute it
+            return False
+
+    todo = [ci for ci in range(len(chunks)) if not part_ok(ci)]
+    t0 = time.perf_counter()
+    if todo:
+        _compute_chunks(
+            enc, samples, modality, dataset, chunks, todo, part_path, chunk_ids_sha,
+            output=output, device=dev, batch_size=bs, num_workers=workers, channels_last=bool(perf.get("channels_last")),
+            on_error=on_error, progress=progress, desc=f"{modality} {split} {enc.name}",
+        )  # fmt: skip
+    compute_s = time.perf_counter() - t0
+
+    # ---- merge the chunks (in manifest order) into the final file, sidecar last
+    vals, masks, kept, skipped, truncated = [], [], [], {}, []
+    for ci in range(len(chunks)):
+        with safe_open(str(part_path(ci)), framework="pt") as f:
+            md = f.metadata() or {}
+            index = f.get_tensor("index").tolist()
+            vals.append(f.get_tensor("values"))
+            masks.append(f.get_tensor("mask") if "mask" in f.keys() else None)
+        kept.extend(ids[i] for i in index)
+        skipped.update(json.loads(md.get("skipped", "{}")))
+        truncated.extend(json.loads(md.get("truncated", "[]")))
+    dim = enc.dims[output]
+    if output == "grid" and any(m is not None for m in masks):
+        length = max([v.shape[1] for v in vals if v.numel()] or [0])
+        vals = [_pad_to(v, length) if v.numel() else v.new_zeros(0, length, dim) for v in vals]
+        masks = [
+            _pad_to(m, length) if m is not None and m.numel() else torch.zeros(0, length, dtype=torch.long)
+            for m in masks
+        ]
+    nonempty = [v for v in vals if v.shape[0]]
+    if nonempty:
+        values = torch.cat(nonempty)
+    else:
+        values = torch.zeros((0, dim) if output == "pooled" else (0, 0, dim))
+    tensors = {"values": values}
+    if output == "grid" and any(m is not None for m in masks):
+        nm = [m for m in masks if m is not None and m.shape[0]]
+        tensors["mask"] = torch.cat(nm) if nm else torch.zeros(0, values.shape[1], dtype=torch.long)
+    _atomic_save(tensors, path, metadata={"format": str(CACHE_FORMAT)})
+    meta = {
+        "format": CACHE_FORMAT,
+        "dataset": {"name": dataset.name, "manifest_hash": dataset.manifest_hash(), "root": str(dataset.root)},
+        "modality": modality,
+        "split": split,
+        "output": output,
+        "encoder": enc.identity(),
+        "encoder_key": path.parent.name,
+        "device": str(dev),
+        "precision": _precision(dev),
+        "dtype": str(values.dtype).replace("torch.", ""),
+        "shapes": {k: list(v.shape) for k, v in tensors.items()},
+        "ids": kept,
+        "skipped": skipped,
+        "truncated": sorted(set(truncated)),
+        "n_truncated": len(set(truncated)),
+        "settings": {"batch_size": bs, "num_workers": workers, "chunk_size": chunk_size},
+        "timing": {"seconds": round(compute_s, 3), "records_computed": sum(len(chunks[c]) for c in todo)},
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "file_size": path.stat().st_size,
+        "sha256": _sha256_file(path),
+    }
+    atomic_write_text(_sidecar(path), json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+    _write_skipped(path.parent / "skipped.json", split, skipped)
+    for ci in range(len(chunks)):
+        with contextlib.suppress(FileNotFoundError):
+            part_path(ci).unlink()
+    with contextlib.suppress(OSError):
+        parts.rmdir()
+    fs = read_feature_set(path, verify=False)
+    _raise_for_skipped(fs, on_error)  # only reachable when resuming chunks built with "skip"
+    return fs
+
+
+def _media_root(dataset: Dataset) -> Path:
+    """Where the dataset's files live (``media_root`` for datasets indexed in place)."""
+    return Path(getattr(dataset, "media_root", None) or dataset.root)
+
+
+def _write_skipped(path: Path, split: str, skipped: dict[str, Any]) -> None:
+    data: dict[str, Any] = {}
+    if path.is_file():
+        with contextlib.suppress(UnicodeDecodeError, json.JSONDecodeError):
+            data = json.loads(path.read_text(encoding="utf-8"))
+    if skipped:
+        data[split] = skipped
+    else:
+        data.pop(split, None)
+    if data:
+        atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    elif path.is_file():
+        path.unlink()
+
+
+def _compute_chunks(
+    enc: Encoder,
+    samples,
+    modality: str,
+    dataset: Dataset,
+    chunks: list[range],
+    todo: list[int],
+    part_path,
+    chunk_ids_sha: list[str],
+    *,
+    output: str,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int,
+    channels_last: bool,
+    on_error: str,
+    progress: bool,
+    desc: str,
+) -> None:
+    kind = dataset.modalities[modality]
+    values = [s.modalities[modality] for s in samples]
+    ids = [s.id for s in samples]
+    batches = _batches(enc, values, [chunks[c] for c in todo], batch_size)
+    loader = torch.utils.data.DataLoader(
+        _Records(enc, values, _media_root(dataset), kind),
+        batch_sampler=batches,
+        collate_fn=_Collate(enc),
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    chunk_of = {i: ci for ci in todo for i in chunks[ci]}
+    left = {ci: len(chunks[ci]) for ci in todo}
+    rows: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor | None]]] = {ci: {} for ci in todo}
+    skipped: dict[int, dict[str, dict[str, str]]] = {ci: {} for ci in todo}
+    truncated: dict[int, list[str]] = {ci: [] for ci in todo}
+
+    first = next(iter(enc.parameters()), None)
+    home = first.device if first is not None else torch.device("cpu")
+    was_training = enc.training
+    mem_format = getattr(enc, "memory_format", None)
+    enc.eval()
+    enc.to(device)
+    if channels_last and hasattr(enc, "set_memory_format"):
+        enc.set_memory_format(torch.channels_last)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    total = sum(len(chunks[c]) for c in todo)
+    bar = progress_bar(total=total, enabled=progress, desc=desc, unit=enc.unit, smoothing=0.1)
+    try:
+        with torch.inference_mode(), autocast:
+            for ok, batch, bad in loader:
+                for i, (reason, file) in bad:
+                    if on_error == "raise":
+                        raise InputError(reason, file, ids[i])
+                    skipped[chunk_of[i]][ids[i]] = {"file": file, "reason": reason}
+                if ok:
+                    info = enc.batch_info(batch)
+                    out = enc(enc.batch_to(batch, device, non_blocking=True))
+                    v = out[output].float().cpu()
+                    m = out.get("grid_mask") if output == "grid" else None
+                    m = m.cpu() if m is not None else None
+                    flags = info.get("truncated")
+                    for j, i in enumerate(ok):
+                        rows[chunk_of[i]][i] = (v[j], None if m is None else m[j])
+                        if flags is not None and bool(flags[j]):
+                            truncated[chunk_of[i]].append(ids[i])
+                for i in ok + [i for i, _ in bad]:
+                    ci = chunk_of[i]
+                    left[ci] -= 1
+                    if left[ci] == 0:
+                        _write_part(part_path(ci), rows.pop(ci), skipped[ci], truncated[ci], chunk_ids_sha[ci], output)
+                bar.update(len(ok) + len(bad))
+    finally:
+        bar.close()
+        enc.to(home)
+        if mem_format is not None and hasattr(enc, "set_memory_format"):
+            enc.set_memory_format(mem_format)
+        enc.train(was_training)
+
+
+def _write_part(
+    path: Path, rows: dict[int, tuple[torch.Tensor, torch.Tensor | None]], skipped, truncated, ids_sha, output
+) -> None:
+    order = sorted(rows)
+    tensors: dict[str, torch.Tensor] = {"index": torch.tensor(order, dtype=torch.int64)}
+    if order:
+        vs = [rows[i][0] for i in order]
+        ms = [rows[i][1] for i in order]
+        if vs[0].dim() == 2:  # grid: pad the token / frame axis to the chunk's longest
+            length = max(v.shape[0] for v in vs)
+            vs = [_pad_to(v, length, dim=0) for v in vs]
+            if ms[0] is not None:
+                ms = [_pad_to(m, length, dim=0) for m in ms]
+        tensors["values"] = torch.stack(vs)
+        if ms[0] is not None:
+            tensors["mask"] = torch.stack(ms).long()
+    else:
+        tensors["values"] = torch.zeros(0)
+    md = {
+        "ids_sha256": ids_sha,
+        "output": output,
+        "skipped": json.dumps(skipped, ensure_ascii=False),
+        "truncated": json.dumps(truncated, ensure_ascii=False),
+    }
+    _atomic_save(tensors, path, metadata=md)
