@@ -65,7 +65,9 @@ def prepare_dataset(
         return ds
     if dataset not in registry.available():
         raise DatasetError(f"unknown dataset {dataset!r}; expected one of {', '.join(registry.available())}")
-    return registry.prepare(dataset, dataset_dir, source_dir=source_dir or None, seed=seed, progress=progress, **(options or {}))
+    return registry.prepare(
+        dataset, dataset_dir, source_dir=source_dir or None, seed=seed, progress=progress, **(options or {})
+    )
 
 
 def balance_table(ds: Dataset) -> pd.DataFrame:
@@ -451,3 +453,31 @@ def target_labels(ds: Dataset, splits: dict[str, SplitData], target: str) -> dic
     """Labels of another target of the dataset, aligned with ``splits``' sample order."""
     by_id = {s.id: s for s in ds.samples}
     return {split: torch.tensor([by_id[i].targets[target] for i in d.ids]) for split, d in splits.items()}
+
+
+def train_tasks(
+    tasks: list[str], features_index: str | Path, run_dir: str | Path, tracker, seed: int = 0, **kw
+) -> dict:
+    """Train every extra task (captioning, vqa, retrieval) and log each one's summary."""
+    from fusionkit.tasks import experiments
+
+    out = {}
+    for task in tasks:
+        summary = experiments.train_task(task, features_index, run_dir, seed=seed, **kw)
+        tracker.summary({f"{task}/{k}": v for k, v in summary.items() if isinstance(v, (int, float, str, bool))})
+        out[task] = summary
+    return out
+
+
+def evaluate_task(task: str, features_index: str | Path, run_dir: str | Path, tracker, n_examples: int = 8):
+    """Evaluate one extra task on the test split and log its metrics, tables and figures."""
+    from fusionkit.tasks import experiments
+
+    res = experiments.evaluate_task(task, features_index, run_dir, n_examples=n_examples)
+    tracker.log_table(f"{task}_metrics", res.metrics)
+    for key, table in res.tables.items():
+        tracker.log_table(f"{task}_{key}", table, image_columns=["image"] if "image" in table.columns else [])
+    for key, fig in res.figures.items():
+        tracker.log_figure(f"{task}_{key}", fig)
+    tracker.summary({f"{task}/{k}": v for k, v in res.summary.items() if isinstance(v, (int, float, str, bool))})
+    return res

@@ -29,7 +29,7 @@ from fusionkit.encoders.base import Encoder, InputError, as_path, seeded
 AUDIO_PERF = {
     # measured by benchmarks/extract.py on FSDD (see benchmarks/README.md)
     "cpu": {"batch_size": 64, "channels_last": False, "num_workers": 1},
-    "cuda": {"batch_size": 128, "channels_last": False, "num_workers": 4},  # not measured here (no GPU lent)
+    "cuda": {"batch_size": 128, "channels_last": False, "num_workers": "auto"},  # not measured here (no GPU lent)
 }
 SILENCE_DB = -100.0  # 10 * log10(amin) with amin = 1e-10
 
@@ -100,7 +100,7 @@ class SpectrogramEncoder(Encoder):
         self.n_frames = 1 + int(round(self.seconds * self.sample_rate)) // self.hop_length
 
     def preprocessing(self) -> dict[str, Any]:
-        import librosa
+        from importlib.metadata import version  # not ``import librosa``: a warm cache needs no numba start-up
 
         return {
             "read": "soundfile, mono mean, soxr_hq resample, centre crop / zero pad",
@@ -112,7 +112,7 @@ class SpectrogramEncoder(Encoder):
             "fmin": self.fmin,
             "fmax": self.fmax,
             "db": {"ref": 1.0, "amin": 1e-10, "top_db": None},
-            "librosa": librosa.__version__,
+            "librosa": version("librosa"),
         }
 
     def load(self, value: Any, root: str | os.PathLike | None = None) -> AudioClip:

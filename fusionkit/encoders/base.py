@@ -112,7 +112,7 @@ class Encoder(nn.Module):
     #: per-device defaults for extract_features, measured (see benchmarks/README.md)
     perf: dict[str, dict[str, Any]] = {
         "cpu": {"batch_size": 16, "channels_last": False, "num_workers": 0},
-        "cuda": {"batch_size": 64, "channels_last": False, "num_workers": 4},
+        "cuda": {"batch_size": 64, "channels_last": False, "num_workers": "auto"},
     }
     #: unit for progress bars
     unit: str = "it"
@@ -189,6 +189,10 @@ class Encoder(nn.Module):
     def collate(self, items: list[Any]) -> Any:
         """Stack loaded items into a batch for ``forward`` (also runs in workers)."""
         return torch.stack(items)
+
+    def preprocess(self, batch: Any) -> Any:
+        """On-device input transform applied inside ``forward`` (image normalisation); identity here."""
+        return batch
 
     def length_hint(self, value: Any) -> int | None:
         """Cheap size estimate from the record value; extraction groups similar sizes (text)."""

@@ -1,0 +1,1578 @@
+"""The three tasks end to end, as the notebooks call them: features (02), training (04), evaluation (05).
+
+::
+
+    # 02_feature_extraction, after workbook.extract_all(...)
+    extract_task_features(ds, features_index, tasks, cache_dir)          # adds index["tasks"]
+    # 04_train
+    summary = train_task("captioning", features_index, task_dir, seed=seed)
+    # 05_evaluate
+    res = evaluate_task("captioning", features_index, task_dir, n_examples=8)
+    res.metrics, res.tables["samples"], res.figures["attention"], res.summary
+
+Features (:func:`extract_task_features`)
+    Everything goes through the feature cache (``fusionkit.features.extract_features``) on small
+    *derived* fusionkit datasets written under ``{cache_dir}/tasks/{dataset}-{manifest hash}/``:
+
+    ``images``     one sample per image of ``captions.json`` (and of the VQA files), the image path
+                   relative to the dataset's ``media_root``, id = the file stem (what
+                   :class:`~fusionkit.tasks.captioning.CaptionDataset` and
+                   :class:`~fusionkit.tasks.vqa.VQATable` call the image). When the dataset itself is
+                   already one sample per image with those ids (the shapes dataset), it is used as is,
+                   so whatever ``extract_all`` cached for it is reused.
+    ``captions``   one sample per *distinct* reference caption (after CaptionDataset's whitespace
+                   clean-up), id = :func:`text_key` of the text; a caption's features are found by its
+                   text, so the rows of ``CaptionDataset.pairs(split)`` map to feature rows by
+                   ``text_key(caption)`` (:func:`caption_features` does it).
+    ``questions``  one sample per distinct VQA question text, keyed the same way (the 6,000 shapes
+                   questions are 383 distinct texts: 16x fewer forward passes); sentence vectors.
+
+    The image encoder gives ``grid`` (regions, for captioning and VQA) and the pooled vector; for
+    CNN encoders the pooled vector *is* the mean of the grid (``forward`` does exactly that), so it
+    is taken from the grid instead of a second forward pass (``pooled_from: "grid-mean"`` in the
+    index); other encoders (ViT: CLS token) get their own ``pooled`` extraction. Texts get
+    ``pooled`` (sentence vectors). A second run is a
+    cache hit everywhere: no forward pass.
+
+    The result is written into the feature index (the same JSON file ``extract_all`` wrote,
+    atomically rewritten) under ``"tasks"``: per task ``status`` ("ok" / "skipped") with the reason
+    when skipped (no ``captions.json`` -> no captioning/retrieval; no ``vqa/`` -> no VQA), the
+    source files, the encoders, and the cached files per split.
+
+Training (:func:`train_task`) and evaluation (:func:`evaluate_task`)
+    ``out_dir/<task>/``: ``*.safetensors`` weights + a ``.json`` each (what rebuilds the model,
+    the training history, the hyper-parameters) and ``summary.json``. Early stopping on the task's
+    validation metric (CIDEr-D of greedy captions; VQA accuracy of the top answer; RSUM), best state
+    restored before saving. ``evaluate_task`` loads the checkpoints and scores the *test* split:
+
+    captioning  Transformer and Show-Attend-Tell decoders, greedy and beam, plus the nearest-neighbour
+                baseline: BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap, PTB tokenised); a table of
+                test images (path, captions, references, per-image scores); attention maps.
+    vqa         every trained fusion method: VQA accuracy overall, per answer type and per question type.
+    retrieval   dual encoder vs ridge map: R@1/5/10 both directions, medr, meanr, RSUM; the fusion
+                matcher's re-ranking of the dual encoder's top-k (before / after).
+
+Transfer learning: the encoders stay frozen (features from the cache). Fine-tuning the last blocks
+of EfficientNet-Lite0 at 224 px costs about three forward passes per image and epoch - minutes per
+epoch on the 2-core CPU this project's demo runs on - so it is not offered here (see the README).
+
+Progress bars honour ``FUSIONKIT_NO_PROGRESS`` (``fusionkit.progress``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fusionkit.data.base import SPLITS, Dataset, DatasetError, Sample, atomic_write_text, write_dataset
+from fusionkit.progress import progress_enabled
+from fusionkit.tasks._common import TaskInputError
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "TASKS",
+    "TaskResult",
+    "caption_features",
+    "evaluate_task",
+    "extract_task_features",
+    "read_task_index",
+    "task_status",
+    "text_key",
+    "train_task",
+]
+
+TASKS = ("captioning", "vqa", "retrieval")
+INDEX_VERSION = 1
+
+
+class TaskSetupError(TaskInputError):
+    """A task cannot run on this index / dataset / checkpoint folder; the message says why and what to do."""
+
+
+# ================================================================================ small helpers
+def text_key(text: str) -> str:
+    """The feature id of a text in the derived ``captions`` / ``questions`` datasets."""
+    return "t" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:20]
+
+
+def _check_tasks(tasks: Iterable[str] | str | None) -> list[str]:
+    if tasks is None or tasks == "all":
+        return list(TASKS)
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    out = []
+    for t in tasks:
+        if t == "all":
+            return list(TASKS)
+        if t not in TASKS:
+            raise ValueError(f"unknown task {t!r}; expected some of {TASKS} (or 'all')")
+        if t not in out:
+            out.append(t)
+    return out
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise TaskSetupError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TaskSetupError(f"{path}: not valid UTF-8 JSON ({e})") from e
+
+
+def _write_json(path: Path, obj: Any) -> Path:
+    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    if hasattr(v, "item"):
+        return v.item()
+    return str(v)
+
+
+def _show(progress: bool) -> bool:
+    return bool(progress) and progress_enabled()
+
+
+def _encoder_identity_matches(enc, recorded: Mapping[str, Any]) -> bool:
+    a = json.dumps(enc.identity(), sort_keys=True, default=str)
+    b = json.dumps(recorded, sort_keys=True, default=str)
+    return a == b
+
+
+def _pooled_is_grid_mean(enc) -> bool:
+    """True for encoders whose ``pooled`` output is exactly the mean of their ``grid`` (CNNs:
+    ``ImageEncoder.forward``); the ViT's pooled vector is its CLS token."""
+    from fusionkit.encoders.image import ImageEncoder
+
+    if not isinstance(enc, ImageEncoder):
+        return False
+    own_forward = type(enc).forward
+    if own_forward is ImageEncoder.forward:
+        return True
+    return getattr(enc, "name", "") not in ("vit_b_16",) and type(enc).__name__ == "TorchvisionImage"
+
+
+# ================================================================================ sources
+def _vqa_files(root: Path) -> tuple[dict[str, dict[str, Path]] | None, str]:
+    """({"questions": {split: path}, "annotations": {...}}, "") or (None, why not)."""
+    vdir = root / "vqa"
+    if not vdir.is_dir():
+        return None, f"no VQA files: {vdir} does not exist"
+    files: dict[str, dict[str, Path]] = {"questions": {}, "annotations": {}}
+    missing = []
+    for sp in SPLITS:
+        q, a = vdir / f"questions_{sp}.json", vdir / f"annotations_{sp}.json"
+        for kind, p in (("questions", q), ("annotations", a)):
+            if p.is_file():
+                files[kind][sp] = p
+            else:
+                missing.append(p.name)
+    if missing:
+        return None, f"VQA needs questions and annotations for train, val and test; {vdir} lacks {', '.join(missing)}"
+    return files, ""
+
+
+@dataclass
+class _ImageRef:
+    key: str  # feature id (file stem)
+    split: str
+    path: str  # relative to media_root
+
+
+def _image_refs_from_captions(caps, media_root: Path) -> dict[str, _ImageRef]:
+    out = {}
+    for iid in caps.ids():
+        out[iid] = _ImageRef(iid, caps.splits[iid], caps.files[iid])
+    return out
+
+
+def _vqa_image_map(root: Path, ds: Dataset, vqa_files) -> tuple[dict[Any, str], dict[str, _ImageRef]]:
+    """VQA image_id -> image key, and the images' references. Through ``captions.json`` when the
+    dataset has one (shapes), else through the manifest's ``q{question_id}`` samples (the ``vqa``
+    registry loader)."""
+    from fusionkit.tasks.vqa import image_keys_from_karpathy
+
+    cap = root / "captions.json"
+    if cap.is_file():
+        keys = image_keys_from_karpathy(cap)
+        doc = _read_json(cap, "caption file")
+        refs = {}
+        for img in doc.get("images", []):
+            fn = img.get("filename")
+            if isinstance(img.get("filepath"), str) and img["filepath"]:
+                fn = f"{img['filepath']}/{fn}"
+            stem = Path(fn).stem
+            split = "train" if img.get("split") == "restval" else img.get("split")
+            refs[stem] = _ImageRef(stem, split, fn)
+        return keys, refs
+    img_mod = next((m for m, k in ds.modalities.items() if k == "image"), None)
+    if img_mod is None:
+        raise TaskSetupError(f"{root}: VQA needs images, but the dataset has no image modality and no captions.json")
+    by_id = {s.id: s for s in ds.samples}
+    keys: dict[Any, str] = {}
+    refs: dict[str, _ImageRef] = {}
+    for sp in SPLITS:
+        doc = _read_json(vqa_files["questions"][sp], "VQA questions file")
+        for q in doc.get("questions", []):
+            s = by_id.get(f"q{q.get('question_id')}")
+            if s is None:
+                continue
+            path = s.modalities[img_mod]
+            stem = Path(path).stem
+            prev = refs.get(stem)
+            if prev is not None and prev.path != path:
+                raise TaskSetupError(f"{root}: two image files share the stem {stem!r}: {prev.path} and {path}")
+            refs[stem] = _ImageRef(stem, s.split, path)
+            keys[q.get("image_id")] = stem
+    return keys, refs
+
+
+# ================================================================================ derived datasets
+def _derived(
+    base: Path, kind: str, name: str, modalities: dict[str, str], samples: list[Sample], media_root: Path | None, info
+) -> Dataset:
+    """Write (or keep) a derived dataset folder and return it."""
+    root = base / kind
+    man = root / "manifest.jsonl"
+    lines = []
+    for s in samples:
+        row: dict[str, Any] = {"id": s.id, "split": s.split}
+        row.update(s.modalities)
+        lines.append(json.dumps(row, ensure_ascii=False))
+    want = "\n".join(lines) + "\n"
+    meta_ok = False
+    if man.is_file() and (root / "dataset.json").is_file():
+        try:
+            meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+            meta_ok = meta.get("name") == name and meta.get("modalities") == modalities and (
+                str(Path(meta["media_root"]).resolve()) == str(media_root.resolve())
+                if media_root is not None
+                else "media_root" not in meta
+            )
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError):
+            meta_ok = False
+    if not (meta_ok and man.read_text(encoding="utf-8") == want):
+        write_dataset(root, name, modalities, {}, samples, info, media_root=media_root)
+    return Dataset(name=name, root=root, modalities=modalities, targets={}, samples=samples, info=info,
+                   media_root=media_root)  # fmt: skip
+
+
+def _extract(ds: Dataset, modality: str, enc, output: str, cache_dir, progress: bool, batch_size: int | None):
+    from fusionkit.features import extract_features
+
+    files: dict[str, str] = {}
+    dims = None
+    for sp in SPLITS:
+        if not ds.split(sp):
+            continue
+        fs = extract_features(
+            ds, modality, enc, split=sp, cache_dir=cache_dir, output=output, progress=progress, batch_size=batch_size
+        )
+        files[sp] = str(Path(fs.path).resolve())
+        dims = list(fs.values.shape[1:])
+    return files, dims
+
+
+def _text_dataset(base: Path, kind: str, name: str, texts_by_split: Mapping[str, Sequence[str]]) -> Dataset:
+    """One sample per distinct text (first split it occurs in), id = text_key(text)."""
+    seen: dict[str, str] = {}
+    samples = []
+    for sp in SPLITS:
+        for t in texts_by_split.get(sp, ()):
+            k = text_key(t)
+            if k in seen:
+                if seen[k] != t:  # pragma: no cover - a 80-bit hash collision
+                    raise TaskSetupError(f"text_key collision between {seen[k]!r} and {t!r}")
+                continue
+            seen[k] = t
+            samples.append(Sample(k, sp, {"text": t}))
+    return _derived(base, kind, name, {"text": "text"}, samples, None, {"derived": kind})
+
+
+# ================================================================================ extraction
+def extract_task_features(
+    ds: Dataset,
+    index_path: str | os.PathLike,
+    tasks: Iterable[str] | str | None = TASKS,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    image_encoder: Any = None,
+    text_encoder: Any = None,
+    on_error: str = "raise",
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Cache what the tasks need and record it in the feature index (see the module docstring).
+
+    ``ds``: the dataset ``extract_all`` indexed (checked against the index's manifest hash).
+    ``tasks``: names from :data:`TASKS` (or "all"). ``cache_dir``: default, the index's.
+    ``image_encoder`` / ``text_encoder``: an Encoder, a registry name, or None for the encoder the
+    index records for the dataset's image / text modality (else the kind's default).
+    ``on_error``: "raise" on bad captions / questions, or "skip" them (reports written next to the
+    derived datasets and listed in the index). Returns the index's ``"tasks"`` entry."""
+    from fusionkit.encoders import build_encoder
+    from fusionkit.encoders.base import Encoder
+    from fusionkit.tasks._common import check_on_error
+    from fusionkit.tasks.captioning import CaptionDataset
+    from fusionkit.tasks.vqa import load_vqa
+    from fusionkit.workbook import read_index
+
+    check_on_error(on_error)
+    wanted = _check_tasks(tasks)
+    if not isinstance(ds, Dataset):
+        raise TypeError(f"ds must be a fusionkit Dataset (fusionkit.data.load_dataset), got {type(ds).__name__}")
+    index_path = Path(index_path)
+    index = read_index(index_path)
+    if index.get("manifest_hash") not in (None, ds.manifest_hash()):
+        raise TaskSetupError(
+            f"{index_path}: written for dataset {index.get('dataset')!r} at {index.get('dataset_dir')} "
+            f"(manifest {index.get('manifest_hash')}), not for {ds.name!r} at {ds.root} "
+            f"(manifest {ds.manifest_hash()}); run extract_all on this dataset first"
+        )
+    cache_dir = Path(cache_dir or index.get("cache_dir") or "")
+    if not str(cache_dir):
+        raise ValueError("cache_dir is required (the index records none)")
+    root = Path(ds.root)
+    media_root = Path(ds.media_root or root)
+    base = cache_dir / "tasks" / f"{ds.name}-{ds.manifest_hash()}"
+
+    def pick(kind: str, given: Any) -> Encoder:
+        if isinstance(given, Encoder):
+            if given.kind != kind:
+                raise ValueError(f"{kind}_encoder: {given.name!r} is a {given.kind} encoder")
+            return given
+        if given is None:
+            given = next((e["encoder"] for e in index.get("modalities", {}).values() if e.get("kind") == kind), None)
+        return build_encoder(kind, given)
+
+    status: dict[str, dict[str, Any]] = {t: {"status": "not requested"} for t in TASKS}
+    entry: dict[str, Any] = {
+        "version": INDEX_VERSION,
+        "requested": wanted,
+        "status": status,
+        "on_error": on_error,
+        "dataset_dir": str(root.resolve()),
+        "media_root": str(media_root.resolve()),
+        "features": {},
+        "reports": {},
+    }
+
+    # ---- what the dataset supports
+    cap_path = root / "captions.json"
+    caps = None
+    need_caps = [t for t in wanted if t in ("captioning", "retrieval")]
+    if need_caps:
+        if not cap_path.is_file():
+            for t in need_caps:
+                status[t] = {"status": "skipped", "reason": f"no caption file: {cap_path} does not exist"}
+        else:
+            report_path = base / "captions_report.txt"
+            caps = CaptionDataset.read_karpathy(cap_path, on_error=on_error, image_root=media_root)
+            if on_error == "skip":
+                caps.report.write(report_path)
+                entry["reports"]["captions"] = str(report_path)
+            empty = [sp for sp in SPLITS if not caps.ids(sp)]
+            if empty:
+                for t in need_caps:
+                    status[t] = {"status": "skipped", "reason": f"{cap_path}: no images with captions in {empty}"}
+                caps = None
+            else:
+                entry["captions_file"] = str(cap_path.resolve())
+                for t in need_caps:
+                    status[t] = {"status": "ok"}
+    vqa_files = None
+    tables = {}
+    vqa_refs: dict[str, _ImageRef] = {}
+    if "vqa" in wanted:
+        vqa_files, why = _vqa_files(root)
+        if vqa_files is None:
+            status["vqa"] = {"status": "skipped", "reason": why}
+        else:
+            keys, vqa_refs = _vqa_image_map(root, ds, vqa_files)
+            for sp in SPLITS:
+                rp = base / f"vqa_{sp}_report.txt"
+                tables[sp] = load_vqa(
+                    vqa_files["questions"][sp], vqa_files["annotations"][sp], image_key=keys, on_error=on_error
+                )
+                if on_error == "skip":
+                    tables[sp].report.write(rp)
+                    entry["reports"][f"vqa_{sp}"] = str(rp)
+            entry["vqa_files"] = {k: {sp: str(p.resolve()) for sp, p in v.items()} for k, v in vqa_files.items()}
+            entry["vqa_image_map"] = "captions.json" if cap_path.is_file() else "manifest"
+            status["vqa"] = {"status": "ok"}
+
+    active = [t for t in wanted if status[t]["status"] == "ok"]
+    if active:
+        img_enc = pick("image", image_encoder)
+        entry["image_encoder"] = {"name": img_enc.name, "identity": img_enc.identity()}
+        # ---- images
+        refs: dict[str, _ImageRef] = {}
+        if caps is not None:
+            refs.update(_image_refs_from_captions(caps, media_root))
+        for k, r in vqa_refs.items():
+            if k in refs and refs[k].path != r.path:
+                raise TaskSetupError(f"image {k!r}: two files ({refs[k].path}, {r.path})")
+            if "vqa" in active:
+                refs.setdefault(k, r)
+        if "vqa" in active:
+            used = {rec.image_key for t in tables.values() for rec in t.records}
+            missing = sorted(used - set(refs))
+            if missing:
+                raise TaskSetupError(f"{root}: VQA questions name images without a file: {missing[:5]}")
+        bad_split = sorted(k for k, r in refs.items() if r.split not in SPLITS)
+        if bad_split:
+            raise TaskSetupError(f"{root}: images with an unknown split: {bad_split[:5]}")
+        img_ds = _images_dataset(ds, refs, base, media_root)
+        need_grid = "captioning" in active or "vqa" in active
+        img_mod = "image"
+        feats: dict[str, Any] = {"dataset_dir": str(Path(img_ds.root).resolve()), "modality": img_mod, "files": {}}
+        if img_ds is ds:
+            img_mod = next(m for m, k in ds.modalities.items() if k == "image")
+            feats["modality"] = img_mod
+            feats["dataset_dir"] = str(root.resolve())
+        if need_grid:
+            files, dims = _extract(img_ds, img_mod, img_enc, "grid", cache_dir, progress, batch_size)
+            feats["files"]["grid"] = files
+            feats["dims"] = {"grid": dims, "pooled": [dims[-1]]}
+            side = int(round(math.sqrt(dims[0])))
+            feats["grid_hw"] = [side, side] if side * side == dims[0] else [1, dims[0]]
+        if not need_grid or not _pooled_is_grid_mean(img_enc):
+            files, dims = _extract(img_ds, img_mod, img_enc, "pooled", cache_dir, progress, batch_size)
+            feats["files"]["pooled"] = files
+            feats.setdefault("dims", {})["pooled"] = dims
+            feats["pooled_from"] = "file"
+        else:
+            feats["pooled_from"] = "grid-mean"
+        entry["features"]["images"] = feats
+
+        # ---- texts
+        txt_enc = None
+        if caps is not None and ("retrieval" in active):
+            txt_enc = pick("text", text_encoder)
+            texts = {sp: caps.pairs(sp)[1] for sp in SPLITS}
+            cds = _text_dataset(base, "captions", f"{ds.name}-captions", texts)
+            files, dims = _extract(cds, "text", txt_enc, "pooled", cache_dir, progress, batch_size)
+            entry["features"]["captions"] = {
+                "dataset_dir": str(Path(cds.root).resolve()),
+                "files": {"pooled": files},
+                "dims": {"pooled": dims},
+                "n_captions": sum(len(v) for v in texts.values()),
+                "n_distinct": len(cds.samples),
+            }
+        if "vqa" in active:
+            txt_enc = txt_enc or pick("text", text_encoder)
+            texts = {sp: tables[sp].questions for sp in SPLITS}
+            qds = _text_dataset(base, "questions", f"{ds.name}-questions", texts)
+            qf: dict[str, Any] = {"dataset_dir": str(Path(qds.root).resolve()), "files": {}, "dims": {}}
+            for out in ("pooled",):
+                files, dims = _extract(qds, "text", txt_enc, out, cache_dir, progress, batch_size)
+                qf["files"][out] = files
+                qf["dims"][out] = dims
+            qf["n_questions"] = sum(len(v) for v in texts.values())
+            qf["n_distinct"] = len(qds.samples)
+            entry["features"]["questions"] = qf
+        if txt_enc is not None:
+            entry["text_encoder"] = {"name": txt_enc.name, "identity": txt_enc.identity()}
+
+    index = read_index(index_path)  # re-read: keep whatever else was added meanwhile
+    index["tasks"] = entry
+    atomic_write_text(index_path, json.dumps(index, indent=2, default=str) + "\n")
+    return entry
+
+
+def _images_dataset(ds: Dataset, refs: Mapping[str, _ImageRef], base: Path, media_root: Path) -> Dataset:
+    """``ds`` itself when it is one sample per image with exactly these ids, splits and files;
+    else a derived dataset of the images."""
+    img_mods = [m for m, k in ds.modalities.items() if k == "image"]
+    if len(img_mods) == 1 and len(ds.samples) == len(refs):
+        m = img_mods[0]
+        same = all(
+            s.id in refs and refs[s.id].split == s.split and refs[s.id].path == s.modalities[m] for s in ds.samples
+        )
+        if same:
+            return ds
+    samples = [Sample(r.key, r.split, {"image": r.path}) for r in sorted(refs.values(), key=lambda r: r.key)]
+    return _derived(base, "images", f"{ds.name}-images", {"image": "image"}, samples, media_root, {"derived": "images"})
+
+
+# ================================================================================ reading back
+def read_task_index(index_path: str | os.PathLike) -> dict[str, Any]:
+    """The feature index with its ``"tasks"`` entry (error when extract_task_features has not run)."""
+    from fusionkit.workbook import read_index
+
+    index = read_index(index_path)
+    entry = index.get("tasks")
+    if not isinstance(entry, dict) or entry.get("version") != INDEX_VERSION:
+        raise TaskSetupError(
+            f"{index_path}: no task features recorded; run extract_task_features(ds, {str(index_path)!r}, tasks, "
+            "cache_dir) in 02_feature_extraction first"
+        )
+    return index
+
+
+def task_status(index_path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """``{task: {"status": "ok" | "skipped" | "not requested", "reason": ...}}``."""
+    return read_task_index(index_path)["tasks"]["status"]
+
+
+def _require(index: Mapping[str, Any], task: str, index_path) -> dict[str, Any]:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    entry = index["tasks"]
+    st = entry["status"].get(task, {})
+    if st.get("status") != "ok":
+        why = st.get("reason") or "it was not requested in extract_task_features(tasks=...)"
+        raise TaskSetupError(f"{index_path}: task {task!r} has no features ({st.get('status')}: {why})")
+    return entry
+
+
+def _load_rows(files: Mapping[str, str], keys: Sequence[str], what: str) -> tuple[Tensor, Tensor | None]:
+    """Rows for ``keys`` gathered from the per-split cache files of a derived dataset."""
+    from fusionkit.features import read_feature_set
+
+    where: dict[str, tuple[int, int]] = {}
+    sets = []
+    for n, (_, path) in enumerate(sorted(files.items())):
+        fs = read_feature_set(path, verify=False)
+        sets.append(fs)
+        for r, k in enumerate(fs.ids):
+            where[k] = (n, r)
+    missing = [k for k in keys if k not in where]
+    if missing:
+        raise TaskSetupError(
+            f"{what}: no cached features for {len(missing)} record(s) (e.g. {missing[:3]}); "
+            "re-run extract_task_features"
+        )
+    first = sets[0].values
+    out = first.new_empty((len(keys), *first.shape[1:]))
+    has_mask = sets[0].mask is not None
+    mask = torch.zeros(len(keys), first.shape[1], dtype=torch.long) if has_mask else None
+    by_file: dict[int, tuple[list[int], list[int]]] = {}
+    for i, k in enumerate(keys):
+        n, r = where[k]
+        by_file.setdefault(n, ([], []))
+        by_file[n][0].append(i)
+        by_file[n][1].append(r)
+    for n, (dst, src) in by_file.items():
+        v = sets[n].values[src]
+        if v.dim() == 3 and v.shape[1] != out.shape[1]:  # token grids padded per file
+            length = max(v.shape[1], out.shape[1])
+            if length > out.shape[1]:
+                out = torch.cat([out, out.new_zeros(out.shape[0], length - out.shape[1], out.shape[2])], 1)
+                if mask is not None:
+                    mask = torch.cat([mask, mask.new_zeros(mask.shape[0], length - mask.shape[1])], 1)
+            v = torch.cat([v, v.new_zeros(v.shape[0], length - v.shape[1], v.shape[2])], 1) if v.shape[1] < length else v
+        out[torch.as_tensor(dst)] = v.float()
+        if mask is not None and sets[n].mask is not None:
+            m = sets[n].mask[src]
+            mask[torch.as_tensor(dst), : m.shape[1]] = m.long()
+    return out, mask
+
+
+def image_features(index: Mapping[str, Any], keys: Sequence[str]) -> tuple[Tensor | None, Tensor]:
+    """(grid ``(N, L, D)`` or None, pooled ``(N, D)``) for image ``keys``."""
+    feats = index["tasks"]["features"]["images"]
+    grid = None
+    if "grid" in feats["files"]:
+        grid, _ = _load_rows(feats["files"]["grid"], keys, "image grid features")
+    if feats.get("pooled_from") == "grid-mean":
+        pooled = grid.mean(dim=1)
+    else:
+        pooled, _ = _load_rows(feats["files"]["pooled"], keys, "image pooled features")
+    return grid, pooled
+
+
+# ================================================================================ task data
+@dataclass
+class _CaptionData:
+    caps: Any  # CaptionDataset
+    ids: dict[str, list[str]]  # image ids per split
+    grid: dict[str, Tensor | None]
+    pooled: dict[str, Tensor]
+    media_root: Path
+
+
+def _caption_data(index: Mapping[str, Any], index_path, need_grid: bool = True) -> _CaptionData:
+    from fusionkit.tasks.captioning import CaptionDataset
+
+    entry = index["tasks"]
+    cap_file = Path(entry["captions_file"])
+    media_root = Path(entry["media_root"])
+    caps = CaptionDataset.read_karpathy(cap_file, on_error=entry.get("on_error", "raise"), image_root=media_root)
+    ids = {sp: caps.ids(sp) for sp in SPLITS}
+    feats = entry["features"]["images"]
+    if need_grid and "grid" not in feats["files"]:
+        raise TaskSetupError(f"{index_path}: no image grid features (extract_task_features with captioning)")
+    grid, pooled = {}, {}
+    for sp in SPLITS:
+        if need_grid:
+            grid[sp], pooled[sp] = image_features(index, ids[sp])
+        else:
+            if feats.get("pooled_from") == "grid-mean":
+                g, _ = _load_rows(feats["files"]["grid"], ids[sp], "image grid features")
+                pooled[sp] = g.mean(1)
+                del g
+            else:
+                pooled[sp], _ = _load_rows(feats["files"]["pooled"], ids[sp], "image pooled features")
+            grid[sp] = None
+    return _CaptionData(caps, ids, grid, pooled, media_root)
+
+
+def caption_features(index_path: str | os.PathLike, split: str) -> tuple[Any, Tensor]:
+    """(CaptionDataset, caption features ``(M, D)`` in the order of ``CaptionDataset.pairs(split)``)."""
+    from fusionkit.tasks.captioning import CaptionDataset
+
+    index = read_task_index(index_path)
+    entry = _require(index, "retrieval", index_path)
+    caps = CaptionDataset.read_karpathy(
+        Path(entry["captions_file"]), on_error=entry.get("on_error", "raise"), image_root=Path(entry["media_root"])
+    )
+    _, texts, _ = caps.pairs(split)
+    rows, _ = _load_rows(entry["features"]["captions"]["files"]["pooled"], [text_key(t) for t in texts], "captions")
+    return caps, rows
+
+
+def _vqa_tables(index: Mapping[str, Any], index_path) -> dict[str, Any]:
+    from fusionkit.data.base import load_dataset
+    from fusionkit.tasks.vqa import load_vqa
+
+    entry = index["tasks"]
+    files = {k: {sp: Path(p) for sp, p in v.items()} for k, v in entry["vqa_files"].items()}
+    root = Path(entry["dataset_dir"])
+    ds = load_dataset(root, check_files=False) if entry.get("vqa_image_map") == "manifest" else None
+    keys, _ = _vqa_image_map(root, ds, files)
+    return {
+        sp: load_vqa(files["questions"][sp], files["annotations"][sp], image_key=keys, on_error=entry.get("on_error", "raise"))
+        for sp in SPLITS
+    }
+
+
+# ================================================================================ defaults
+CAPTION_DEFAULTS: dict[str, Any] = {
+    "decoders": ("transformer", "lstm"),
+    "max_len": 0,  # 0: from the training captions (95th percentile of pieces + BOS/EOS, at most 40)
+    "min_count": 1,  # vocabulary: pieces seen at least this often in the training captions
+    "d_model": 256,
+    "layers": 2,
+    "heads": 4,
+    "dropout": 0.1,
+    "lstm_dropout": 0.3,
+    "att_dim": 256,
+    "alpha_c": 1.0,
+    "init_embeddings": False,  # word embeddings from MiniLM's
+    "use_pooled": True,  # the pooled vector as one more memory slot / in the LSTM's initial state
+    "lr": 5e-4,
+    "batch_size": 64,
+    "weight_decay": 1e-2,
+    "label_smoothing": 0.1,
+    "patience": 5,
+    "val_max_images": 300,
+    "beam_size": 3,
+    "length_penalty": 1.0,
+    "nn_k": 1,
+}
+CAPTION_EPOCHS = 30
+
+VQA_DEFAULTS: dict[str, Any] = {
+    "methods": ("film",),  # fusion method(s); several are trained and compared
+    "image": "grid",  # "grid" (regions) or "pooled"
+    "hidden": 128,
+    "context_layers": 1,  # Transformer layers over the regions (per image) before the fusion
+    "heads": 4,
+    "dropout": 0.1,
+    "lr": 2e-3,
+    "images_per_batch": 16,  # each batch: these images with all their questions (~5 each)
+    "weight_decay": 1e-2,
+    "label_smoothing": 0.0,
+    "patience": 8,
+    "top_k": 1000,
+}
+VQA_EPOCHS = 40
+
+RETRIEVAL_DEFAULTS: dict[str, Any] = {
+    "embed_dim": 256,
+    "hidden": 512,  # 0: linear projection heads
+    "dropout": 0.1,
+    "lr": 1e-3,
+    "batch_size": 128,
+    "weight_decay": 1e-2,
+    "patience": 8,
+    "ridge_alphas": (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0),
+    "matcher": "film",  # fusion method of the re-ranking model ("" : no re-ranking)
+    "matcher_epochs": 20,
+    "matcher_hidden": 128,
+    "rerank_k": 10,
+    "hard_k": 10,
+    "n_negatives": 4,
+}
+RETRIEVAL_EPOCHS = 60
+
+DEFAULTS = {"captioning": CAPTION_DEFAULTS, "vqa": VQA_DEFAULTS, "retrieval": RETRIEVAL_DEFAULTS}
+EPOCHS = {"captioning": CAPTION_EPOCHS, "vqa": VQA_EPOCHS, "retrieval": RETRIEVAL_EPOCHS}
+
+
+def _options(task: str, kw: Mapping[str, Any]) -> dict[str, Any]:
+    allowed = DEFAULTS[task]
+    unknown = sorted(set(kw) - set(allowed))
+    if unknown:
+        raise TypeError(f"train_task({task!r}): unknown option(s) {unknown}; valid: {sorted(allowed)}")
+    out = dict(allowed)
+    out.update(kw)
+    return out
+
+
+def _task_dir(out_dir, task: str) -> Path:
+    d = Path(out_dir) / task
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _save(model: torch.nn.Module, path: Path, meta: Mapping[str, Any]) -> Path:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _write_json(path.with_suffix(".json"), dict(meta))
+    return path
+
+
+def _load_meta(path: Path) -> dict[str, Any]:
+    if not path.is_file() or not path.with_suffix(".json").is_file():
+        raise TaskSetupError(f"checkpoint {path} (+ {path.with_suffix('.json').name}) not found; run train_task first")
+    return _read_json(path.with_suffix(".json"), "checkpoint metadata")
+
+
+def _load_state(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+    from safetensors.torch import load_file
+
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except (RuntimeError, OSError) as e:
+        raise TaskSetupError(f"{path}: does not fit the model its .json describes ({e})") from e
+    model.eval()
+    return model
+
+
+# ================================================================================ training
+def train_task(
+    task: str,
+    index_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    method: str | Sequence[str] | None = None,
+    progress: bool = True,
+    **kw: Any,
+) -> dict[str, Any]:
+    """Train ``task``'s models on the cached features, early-stopped on its validation metric
+    with the best state restored, and save them in ``out_dir/<task>/`` (safetensors + json).
+    Returns a summary of numbers (also written to ``out_dir/<task>/summary.json``).
+
+    ``epochs``: maximum epochs (default per task: :data:`EPOCHS`). ``method``: captioning - the
+    decoder(s) ``"transformer"``, ``"lstm"`` (default both); vqa - the fusion method(s) (default
+    ``"film"``; a list trains and compares several); retrieval - the re-ranking matcher's fusion
+    method (default ``"film"``; ``"none"`` skips re-ranking). Further keywords: the task's options
+    in :data:`CAPTION_DEFAULTS`, :data:`VQA_DEFAULTS`, :data:`RETRIEVAL_DEFAULTS`."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
+        raise ValueError(f"epochs={epochs!r}; expected a positive integer")
+    index = read_task_index(index_path)
+    _require(index, task, index_path)
+    opts = _options(task, kw)
+    epochs = int(epochs or EPOCHS[task])
+    out = _task_dir(out_dir, task)
+    t0 = time.perf_counter()
+    fn = {"captioning": _train_captioning, "vqa": _train_vqa, "retrieval": _train_retrieval}[task]
+    summary = fn(index, Path(index_path), out, seed, epochs, method, opts, progress)
+    summary["train_time_s"] = round(time.perf_counter() - t0, 2)
+    _write_json(out / "summary.json", summary)
+    return summary
+
+
+def _methods(method: str | Sequence[str] | None, default: Sequence[str], valid: Sequence[str] | None, what: str):
+    if method is None or method == "" or method == "all" and valid is None:
+        return list(default)
+    if method == "all" and valid is not None:
+        return list(valid)
+    names = [method] if isinstance(method, str) else list(method)
+    if valid is not None:
+        bad = [m for m in names if m not in valid]
+        if bad:
+            raise ValueError(f"{what}: unknown {bad}; expected some of {list(valid)}")
+    return names
+
+
+def _auto_max_len(tok, captions: Sequence[str], cap: int = 40) -> int:
+    import numpy as np
+
+    lengths = [len(p) + 2 for p in tok._tk.encode_batch(list(captions), add_special_tokens=False)]
+    return int(min(cap, max(8, math.ceil(float(np.percentile(lengths, 95))))))
+
+
+def _train_captioning(index, index_path, out, seed, epochs, method, opts, progress) -> dict[str, Any]:
+    from fusionkit.tasks import captioning as C
+    from fusionkit.train import seed_everything
+
+    kinds = _methods(method, opts["decoders"], ("transformer", "lstm"), "captioning decoders")
+    if method in ("both",):
+        kinds = ["transformer", "lstm"]
+    data = _caption_data(index, index_path)
+    caps = data.caps
+    train_caps = caps.captions("train")
+    tok = C.CaptionTokenizer.build(train_caps, max_len=64, min_count=int(opts["min_count"]))
+    max_len = int(opts["max_len"]) or _auto_max_len(tok, train_caps)
+    tok = C.CaptionTokenizer(tok.itos, max_len=max_len, path=tok.path)
+    tok.save(out / "tokenizer.json")
+    pooled = {sp: (data.pooled[sp] if opts["use_pooled"] else None) for sp in SPLITS}
+    splits = {sp: C.caption_split(caps, sp, tok, data.ids[sp], data.grid[sp], pooled[sp]) for sp in ("train", "val")}
+    feat_dim = int(splits["train"].grid.shape[-1])
+    pooled_dim = int(data.pooled["train"].shape[-1]) if opts["use_pooled"] else None
+    summary: dict[str, Any] = {
+        "vocab_size": tok.vocab_size,
+        "max_len": max_len,
+        "n_train_images": len(splits["train"]),
+        "n_train_captions": int(len(splits["train"].tokens)),
+        "n_truncated": int(splits["train"].n_truncated),
+    }
+    for kind in kinds:
+        if kind == "transformer":
+            hp = {"d_model": opts["d_model"], "heads": opts["heads"], "layers": opts["layers"], "dropout": opts["dropout"],
+                  "max_regions": max(256, int(splits["train"].grid.shape[1]))}  # fmt: skip
+        else:
+            hp = {"d_model": opts["d_model"], "att_dim": opts["att_dim"], "dropout": opts["lstm_dropout"],
+                  "alpha_c": opts["alpha_c"]}  # fmt: skip
+        seed_everything(seed)
+        model = C.build_captioner(
+            kind, tok, feat_dim=feat_dim, pooled_dim=pooled_dim, init_embeddings=bool(opts["init_embeddings"]), **hp
+        )
+        cfg = C.CaptionTrainConfig(
+            epochs=epochs,
+            batch_size=int(opts["batch_size"]),
+            lr=float(opts["lr"]),
+            weight_decay=float(opts["weight_decay"]),
+            label_smoothing=float(opts["label_smoothing"]),
+            patience=int(opts["patience"]),
+            val_max_images=int(opts["val_max_images"]) or None,
+            seed=seed,
+        )
+        res = C.train_captioner(model, splits["train"], splits["val"], tok, cfg, show_progress=_show(progress))
+        meta = {
+            "task": "captioning",
+            "kind": kind,
+            "feat_dim": feat_dim,
+            "pooled_dim": pooled_dim,
+            "hparams": hp,
+            "init_embeddings": bool(opts["init_embeddings"]),
+            "tokenizer": "tokenizer.json",
+            "decode": {"beam_size": int(opts["beam_size"]), "length_penalty": float(opts["length_penalty"])},
+            "nn_k": int(opts["nn_k"]),
+            "options": opts,
+            "seed": seed,
+            "train": res.as_dict(),
+            "params": model.num_parameters(),
+        }
+        _save(model, out / f"{kind}.safetensors", meta)
+        summary[f"{kind}/best_val_cider"] = res.best_value
+        summary[f"{kind}/best_epoch"] = res.best_epoch
+        summary[f"{kind}/epochs_run"] = res.epochs_run
+        summary[f"{kind}/train_time_s"] = round(res.train_time_s, 2)
+        summary[f"{kind}/params"] = model.num_parameters()
+    _write_json(out / "decoders.json", {"decoders": kinds})
+    return summary
+
+
+# -------------------------------------------------------------------------------- vqa
+class VQANet(torch.nn.Module):
+    """Answer classifier: image regions (or the pooled vector) and the question, fused by a
+    registered fusion method, then an MLP over the answers.
+
+    Image branch, computed once per *image* (its questions share it): ``Projector`` to ``hidden``,
+    learned region positions, ``context_layers`` Transformer encoder layers over the regions (so
+    that a region knows its neighbours: counting, "left of"). Question branch: ``Projector`` of
+    the sentence vector. Fusion: ``build_fusion(method, {"image": hidden, "question": hidden})`` on
+    (the question's image regions, the question); head: Linear-GELU-Dropout-Linear (none when the
+    method outputs logits itself)."""
+
+    def __init__(
+        self,
+        method: str,
+        image_dim: int,
+        question_dim: int,
+        num_answers: int,
+        *,
+        n_regions: int = 0,
+        hidden: int = 256,
+        dropout: float = 0.1,
+        context_layers: int = 1,
+        heads: int = 4,
+        pca_dim: int = 0,
+        **fusion_hparams: Any,
+    ):
+        super().__init__()
+        from torch import nn
+
+        from fusionkit.fusion import build_fusion, get
+        from fusionkit.model import Projector
+
+        self.method, self.n_regions = method, int(n_regions)
+        self.pca_dim = int(pca_dim) if pca_dim and pca_dim < image_dim else 0
+        if self.pca_dim:  # a fixed PCA whitening of the image features, fitted on the training images (fit_pca)
+            self.register_buffer("pca_mean", torch.zeros(image_dim))
+            self.register_buffer("pca_proj", torch.zeros(image_dim, self.pca_dim))
+        self.image_proj = Projector(self.pca_dim or image_dim, hidden, dropout)
+        self.question_proj = Projector(question_dim, hidden, dropout)
+        self.region_pos = nn.Parameter(torch.randn(self.n_regions, hidden) * 0.02) if self.n_regions else None
+        if self.n_regions and context_layers:
+            layer = nn.TransformerEncoderLayer(
+                hidden, heads, 2 * hidden, dropout, activation="gelu", batch_first=True, norm_first=True
+            )
+            self.context: nn.Module | None = nn.TransformerEncoder(layer, context_layers, enable_nested_tensor=False)
+        else:
+            self.context = None
+        if get(method).outputs_logits:
+            fusion_hparams.setdefault("num_classes", num_answers)
+        self.fusion = build_fusion(method, {"image": hidden, "question": hidden}, **fusion_hparams)
+        if self.fusion.outputs_logits:
+            self.head: nn.Module = nn.Identity()
+        else:
+            self.head = nn.Sequential(
+                nn.Linear(self.fusion.out_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_answers)
+            )
+
+    @torch.no_grad()
+    def fit_pca(self, images: Tensor) -> None:
+        """Fit the whitening PCA on training image features (regions of all images, or pooled vectors)."""
+        if not self.pca_dim:
+            return
+        x = images.reshape(-1, images.shape[-1]).double()
+        mean = x.mean(0)
+        cov = (x - mean).T @ (x - mean) / max(1, len(x) - 1)
+        vals, vecs = torch.linalg.eigh(cov)
+        top = vals.flip(0)[: self.pca_dim].clamp(min=1e-8)
+        self.pca_mean.copy_(mean.float())
+        self.pca_proj.copy_((vecs.flip(1)[:, : self.pca_dim] / top.sqrt()).float())
+
+    def encode_images(self, image: Tensor) -> Tensor:
+        image = image.float()
+        if self.pca_dim:
+            image = (image - self.pca_mean) @ self.pca_proj
+        x = self.image_proj(image)
+        if x.dim() == 3:
+            if self.region_pos is None or x.shape[1] != self.n_regions:
+                raise ValueError(f"this model was built for {self.n_regions} regions; got {tuple(image.shape)}")
+            x = x + self.region_pos
+            if self.context is not None:
+                x = self.context(x)
+        return x
+
+    def answer(self, regions: Tensor, question: Tensor) -> Tensor:
+        out = self.fusion({"image": regions, "question": self.question_proj(question.float())})
+        return self.head(out.fused)
+
+    def forward(self, image: Tensor, question: Tensor, image_index: Tensor | None = None) -> Tensor:
+        regions = self.encode_images(image)
+        if image_index is not None:
+            regions = regions[image_index]
+        return self.answer(regions, question)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+@dataclass
+class _VQAArrays:
+    images: Tensor  # (N_img, L, D) or (N_img, D)
+    image_keys: list[str]
+    questions: Tensor  # (Q, Dq)
+    q_image: Tensor  # (Q,) image row of each question
+    labels: Tensor  # (Q,) answer index, -1 outside the vocabulary
+    table: Any  # the VQATable (rows = questions)
+
+
+def _vqa_arrays(index, index_path, table, vocab, image_kind: str) -> _VQAArrays:
+    keys = sorted({r.image_key for r in table.records})
+    grid, pooled = image_features(index, keys)
+    if image_kind == "grid":
+        if grid is None:
+            raise TaskSetupError(f"{index_path}: no image grid features for VQA (use image='pooled')")
+        images = grid
+    elif image_kind == "pooled":
+        images = pooled
+    else:
+        raise ValueError(f"image={image_kind!r}; expected 'grid' or 'pooled'")
+    files = index["tasks"]["features"]["questions"]["files"]["pooled"]
+    q, _ = _load_rows(files, [text_key(t) for t in table.questions], "question features")
+    row = {k: i for i, k in enumerate(keys)}
+    q_image = torch.as_tensor([row[r.image_key] for r in table.records], dtype=torch.long)
+    for name, x in (("image", images), ("question", q)):
+        if not torch.isfinite(x).all():
+            raise TaskSetupError(f"{index_path}: {name} features have NaN/inf values")
+    return _VQAArrays(images.float(), keys, q.float(), q_image, table.labels(vocab), table)
+
+
+@torch.inference_mode()
+def _vqa_logits(model: VQANet, a: _VQAArrays, batch_images: int = 64) -> Tensor:
+    model.eval()
+    out = torch.empty(len(a.labels), 0)
+    chunks = []
+    order = []
+    for s in range(0, len(a.images), batch_images):
+        rows = torch.arange(s, min(s + batch_images, len(a.images)))
+        qs = ((a.q_image >= s) & (a.q_image < s + len(rows))).nonzero().flatten()
+        if not len(qs):
+            continue
+        chunks.append(model(a.images[rows], a.questions[qs], a.q_image[qs] - s).float())
+        order.append(qs)
+    if not chunks:
+        return out
+    logits = torch.cat(chunks)
+    res = torch.empty_like(logits)
+    res[torch.cat(order)] = logits
+    return res
+
+
+@dataclass
+class VQATrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_acc: float = float("nan")
+    epochs_run: int = 0
+    train_time_s: float = 0.0
+
+
+def _fit_vqa(model: VQANet, train: _VQAArrays, val: _VQAArrays, opts, epochs: int, seed: int, progress: bool):
+    """Batches of ``images_per_batch`` images with all their (answerable) questions: the image
+    branch runs once per image. AdamW, warm-up + cosine, label smoothing, early stopping on the
+    validation accuracy of the top answer (questions outside the vocabulary count as wrong)."""
+    from torch.nn import functional as F
+
+    from fusionkit.progress import progress as bar
+    from fusionkit.tasks._common import EarlyStopping, warmup_cosine
+    from fusionkit.train import seed_everything
+
+    gen = seed_everything(seed)
+    ok = train.labels >= 0
+    by_image: list[list[int]] = [[] for _ in range(len(train.images))]
+    for qi, (img, good) in enumerate(zip(train.q_image.tolist(), ok.tolist())):
+        if good:
+            by_image[img].append(qi)
+    has_q = torch.as_tensor([i for i, b in enumerate(by_image) if b], dtype=torch.long)
+    if not len(has_q):
+        raise TaskSetupError("VQA: no training question has its answer in the vocabulary")
+    bpi = max(1, int(opts["images_per_batch"]))
+    steps = epochs * math.ceil(len(has_q) / bpi)
+    opt = torch.optim.AdamW(model.parameters(), lr=float(opts["lr"]), weight_decay=float(opts["weight_decay"]))
+    sched = warmup_cosine(opt, int(0.05 * steps), steps)
+    stopper = EarlyStopping(int(opts["patience"]), "max")
+    result = VQATrainResult()
+    t0 = time.perf_counter()
+    for epoch in bar(range(epochs), enabled=_show(progress), desc="vqa epochs", leave=False):
+        model.train()
+        perm = has_q[torch.randperm(len(has_q), generator=gen)]
+        loss_sum, n_sum, correct = 0.0, 0, 0
+        for s in range(0, len(perm), bpi):
+            imgs = perm[s : s + bpi]
+            qs = torch.as_tensor([q for i in imgs.tolist() for q in by_image[i]], dtype=torch.long)
+            local = torch.full((len(train.images),), -1, dtype=torch.long)
+            local[imgs] = torch.arange(len(imgs))
+            logits = model(train.images[imgs], train.questions[qs], local[train.q_image[qs]])
+            y = train.labels[qs]
+            loss = F.cross_entropy(logits, y, label_smoothing=float(opts["label_smoothing"]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            loss_sum += float(loss.detach()) * len(qs)
+            n_sum += len(qs)
+            correct += int((logits.argmax(1) == y).sum())
+        vl = _vqa_logits(model, val)
+        val_acc = float((vl.argmax(1) == val.labels).float().mean()) if len(vl) else float("nan")
+        rec = {"epoch": epoch, "train_loss": loss_sum / max(n_sum, 1), "train_acc": correct / max(n_sum, 1),
+               "val_acc": val_acc, "lr": sched.get_last_lr()[0]}  # fmt: skip
+        result.history.append(rec)
+        if stopper.step(val_acc, model, epoch):
+            break
+    stopper.restore(model)
+    model.eval()
+    result.best_epoch, result.best_val_acc = stopper.best_epoch, float(stopper.best)
+    result.epochs_run = len(result.history)
+    result.train_time_s = time.perf_counter() - t0
+    return result
+
+
+def _build_vqa(meta: Mapping[str, Any]) -> VQANet:
+    return VQANet(meta["method"], meta["image_dim"], meta["question_dim"], meta["num_answers"], **meta["hparams"])
+
+
+def _train_vqa(index, index_path, out, seed, epochs, method, opts, progress) -> dict[str, Any]:
+    from fusionkit.fusion import available
+    from fusionkit.tasks.vqa import AnswerVocab
+    from fusionkit.train import seed_everything
+
+    methods = _methods(method, opts["methods"], available(), "vqa fusion methods")
+    tables = _vqa_tables(index, index_path)
+    vocab = AnswerVocab.build(tables["train"], top_k=int(opts["top_k"]))
+    train = _vqa_arrays(index, index_path, tables["train"], vocab, opts["image"])
+    val = _vqa_arrays(index, index_path, tables["val"], vocab, opts["image"])
+    image_dim = int(train.images.shape[-1])
+    q_dim = int(train.questions.shape[-1])
+    n_regions = int(train.images.shape[1]) if train.images.dim() == 3 else 0
+    summary: dict[str, Any] = {
+        "n_answers": len(vocab),
+        "answer_coverage_val": vocab.coverage(tables["val"]),
+        "n_train_questions": int((train.labels >= 0).sum()),
+    }
+    for m in methods:
+        seed_everything(seed)
+        hp = {"n_regions": n_regions, "hidden": int(opts["hidden"]), "dropout": float(opts["dropout"]),
+              "context_layers": int(opts["context_layers"]), "heads": int(opts["heads"])}  # fmt: skip
+        model = VQANet(m, image_dim, q_dim, len(vocab), **hp)
+        res = _fit_vqa(model, train, val, opts, epochs, seed, progress)
+        meta = {
+            "task": "vqa",
+            "method": m,
+            "image_dim": image_dim,
+            "question_dim": q_dim,
+            "num_answers": len(vocab),
+            "hparams": hp,
+            "image": opts["image"],
+            "vocab": vocab.state_dict(),
+            "options": opts,
+            "seed": seed,
+            "train": asdict_(res),
+            "params": model.num_parameters(),
+        }
+        _save(model, out / f"{m}.safetensors", meta)
+        summary[f"{m}/best_val_accuracy"] = res.best_val_acc
+        summary[f"{m}/best_epoch"] = res.best_epoch
+        summary[f"{m}/epochs_run"] = res.epochs_run
+        summary[f"{m}/train_time_s"] = round(res.train_time_s, 2)
+        summary[f"{m}/params"] = model.num_parameters()
+    _write_json(out / "methods.json", {"methods": methods})
+    return summary
+
+
+def asdict_(obj) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(obj)
+
+
+# -------------------------------------------------------------------------------- retrieval
+def _retrieval_splits(index, index_path, splits: Sequence[str]):
+    from fusionkit.tasks.retrieval import retrieval_split
+
+    data = _caption_data(index, index_path, need_grid=False)
+    files = index["tasks"]["features"]["captions"]["files"]["pooled"]
+    out = {}
+    for sp in splits:
+        _, texts, _ = data.caps.pairs(sp)
+        txt, _ = _load_rows(files, [text_key(t) for t in texts], "caption features")
+        out[sp] = retrieval_split(data.caps, sp, data.ids[sp], data.pooled[sp], txt)
+    return data, out
+
+
+def _train_retrieval(index, index_path, out, seed, epochs, method, opts, progress) -> dict[str, Any]:
+    from safetensors.torch import save_file
+
+    from fusionkit.tasks import retrieval as R
+    from fusionkit.train import seed_everything
+
+    matcher_method = opts["matcher"] if method is None else method
+    if isinstance(matcher_method, (list, tuple)):
+        raise ValueError("retrieval: method is one matcher fusion method (or 'none')")
+    if matcher_method in ("", "none", None):
+        matcher_method = ""
+    else:
+        from fusionkit.fusion import available
+
+        if matcher_method not in available():
+            raise ValueError(f"retrieval: unknown matcher fusion method {matcher_method!r}; expected one of {available()}")
+    _, sp = _retrieval_splits(index, index_path, ("train", "val"))
+    train, val = sp["train"], sp["val"]
+    idim, tdim = int(train.image.shape[-1]), int(train.text.shape[-1])
+    seed_everything(seed)
+    dual_hp = {"embed_dim": int(opts["embed_dim"]), "hidden": int(opts["hidden"]) or None, "dropout": float(opts["dropout"])}
+    dual = R.DualEncoder(idim, tdim, **dual_hp)
+    cfg = R.RetrievalTrainConfig(
+        epochs=epochs,
+        batch_size=int(opts["batch_size"]),
+        lr=float(opts["lr"]),
+        weight_decay=float(opts["weight_decay"]),
+        patience=int(opts["patience"]),
+        seed=seed,
+    )
+    res = R.train_dual_encoder(dual, train, val, cfg, show_progress=_show(progress))
+    _save(dual, out / "dual_encoder.safetensors", {
+        "task": "retrieval", "image_dim": idim, "text_dim": tdim, "hparams": dual_hp, "options": opts,
+        "seed": seed, "train": res.as_dict(), "temperature": float(1 / dual.scale()),
+    })  # fmt: skip
+    ridge, ridge_scores = R.fit_ridge(train, val, alphas=tuple(float(a) for a in opts["ridge_alphas"]))
+    ridge_path = out / "ridge.safetensors"
+    save_file({"weight": ridge.weight.contiguous(), "bias": ridge.bias.contiguous(), "x_mean": ridge.x_mean.contiguous()},
+              str(ridge_path))  # fmt: skip
+    _write_json(ridge_path.with_suffix(".json"), {"alpha": ridge.alpha, "val_rsum": {str(k): v for k, v in ridge_scores.items()}})
+    summary: dict[str, Any] = {
+        "dual/best_val_rsum": res.best_rsum,
+        "dual/best_epoch": res.best_epoch,
+        "dual/epochs_run": res.epochs_run,
+        "dual/train_time_s": round(res.train_time_s, 2),
+        "dual/temperature": float(1 / dual.scale()),
+        "ridge/alpha": ridge.alpha,
+        "ridge/val_rsum": ridge_scores[ridge.alpha],
+    }
+    mpath = out / "matcher.safetensors"
+    if matcher_method:
+        seed_everything(seed)
+        m_hp = {"hidden": int(opts["matcher_hidden"]), "dropout": float(opts["dropout"])}
+        matcher = R.build_matcher(matcher_method, idim, tdim, **m_hp)
+        mcfg = R.MatcherTrainConfig(
+            epochs=int(opts["matcher_epochs"]),
+            rerank_k=int(opts["rerank_k"]),
+            hard_k=int(opts["hard_k"]),
+            n_negatives=int(opts["n_negatives"]),
+            seed=seed,
+        )
+        mres = R.train_matcher(matcher, dual, train, val, mcfg, show_progress=_show(progress))
+        _save(matcher, mpath, {
+            "task": "retrieval", "method": matcher_method, "image_dim": idim, "text_dim": tdim, "hparams": m_hp,
+            "rerank_k": int(opts["rerank_k"]), "seed": seed, "train": mres.as_dict(),
+        })  # fmt: skip
+        summary.update({
+            f"matcher/{matcher_method}/best_val_rsum": mres.best_rsum,
+            f"matcher/{matcher_method}/best_epoch": mres.best_epoch,
+            f"matcher/{matcher_method}/train_time_s": round(mres.train_time_s, 2),
+        })  # fmt: skip
+    else:
+        for p in (mpath, mpath.with_suffix(".json")):
+            if p.exists():
+                p.unlink()
+    return summary
+
+
+# ================================================================================ evaluation
+@dataclass
+class TaskResult:
+    """What :func:`evaluate_task` returns: ``metrics`` one row per model / baseline (a ``model``
+    column, then one column per metric), ``tables`` for W&B (``Tracker.log_table``; a column
+    ``image`` holds image paths), ``figures`` (matplotlib), ``summary`` numbers for the run summary."""
+
+    task: str
+    metrics: Any  # pandas.DataFrame
+    tables: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def log(self, tracker, prefix: str | None = None) -> None:
+        """Log everything to a :class:`fusionkit.tracking.Tracker`: tables (image columns as
+        images), figures, the metrics table and the summary."""
+        p = prefix or self.task
+        tracker.log_table(f"{p}_metrics", self.metrics)
+        for k, df in self.tables.items():
+            tracker.log_table(f"{p}_{k}", df, image_columns=["image"] if "image" in df.columns else [])
+        for k, fig in self.figures.items():
+            tracker.log_figure(f"{p}_{k}", fig)
+        tracker.summary(self.summary)
+
+
+def evaluate_task(
+    task: str, index_path: str | os.PathLike, out_dir: str | os.PathLike, *, n_examples: int = 8, progress: bool = True
+) -> TaskResult:
+    """Load ``task``'s checkpoints from ``out_dir/<task>/`` and score them on the test split
+    (see the module docstring); ``n_examples``: images in the attention-map figure (captioning) /
+    rows of the sample tables."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    if not isinstance(n_examples, int) or n_examples < 0:
+        raise ValueError(f"n_examples={n_examples!r}; expected an integer >= 0")
+    index = read_task_index(index_path)
+    _require(index, task, index_path)
+    folder = Path(out_dir) / task
+    if not folder.is_dir():
+        raise TaskSetupError(f"{folder}: no trained {task} models here; run train_task({task!r}, ...) first")
+    fn = {"captioning": _eval_captioning, "vqa": _eval_vqa, "retrieval": _eval_retrieval}[task]
+    res = fn(index, Path(index_path), folder, n_examples, progress)
+    _write_json(folder / "test_metrics.json", {"metrics": res.metrics.to_dict(orient="records"), "summary": res.summary})
+    return res
+
+
+def _eval_captioning(index, index_path, folder: Path, n_examples: int, progress: bool) -> TaskResult:
+    import pandas as pd
+
+    from fusionkit.tasks import captioning as C
+    from fusionkit.tasks.metrics import caption_metrics
+
+    kinds = _read_json(folder / "decoders.json", "list of trained decoders")["decoders"]
+    tok_path = folder / "tokenizer.json"
+    if not tok_path.is_file():
+        raise TaskSetupError(f"{tok_path}: not found; run train_task('captioning', ...) first")
+    tok = C.CaptionTokenizer.load(tok_path)
+    data = _caption_data(index, index_path)
+    caps = data.caps
+    metas = {k: _load_meta(folder / f"{k}.safetensors") for k in kinds}
+    use_pooled = any(m["pooled_dim"] for m in metas.values())
+    test = C.caption_split(caps, "test", tok, data.ids["test"], data.grid["test"], data.pooled["test"] if use_pooled else None)
+    refs = test.reference_dict()
+    rows, preds_all, per_image_all = [], {}, {}
+    models = {}
+    notes: list[str] = []
+    for kind, meta in metas.items():
+        model = C.build_captioner(kind, tok, feat_dim=meta["feat_dim"], pooled_dim=meta["pooled_dim"],
+                                  init_embeddings=False, **meta["hparams"])  # fmt: skip
+        # init_embeddings only sets initial values; the trained ones come from the checkpoint
+        if meta.get("init_embeddings") and model.embed.embedding_dim != 384:
+            pass
+        if meta.get("init_embeddings"):
+            model = C.build_captioner(kind, tok, feat_dim=meta["feat_dim"], pooled_dim=meta["pooled_dim"],
+                                      init_embeddings=True, **meta["hparams"])  # fmt: skip
+        _load_state(model, folder / f"{kind}.safetensors")
+        models[kind] = model
+        split = test if meta["pooled_dim"] else C.CaptionSplit(test.image_ids, test.grid, None, test.references,
+                                                                test.tokens, test.caption_image, test.n_truncated)  # fmt: skip
+        dec = meta.get("decode", {})
+        for how, kw in (("greedy", {"method": "greedy"}),
+                        ("beam", {"method": "beam", "beam_size": int(dec.get("beam_size", 3)),
+                                  "length_penalty": float(dec.get("length_penalty", 1.0))})):  # fmt: skip
+            name = f"{kind}/{how}"
+            preds = C.predict_captions(model, tok, split, **kw)
+            m = caption_metrics(refs, preds, per_image=True)
+            notes += [n for n in m.pop("notes", []) if n not in notes]
+            per_image_all[name] = m.pop("per_image")
+            preds_all[name] = preds
+            rows.append({"model": name, **{k: v for k, v in m.items() if k != "n_images"}, "n_images": m["n_images"]})
+    nn_k = int(next(iter(metas.values())).get("nn_k", 1)) if metas else 1
+    nn_preds = C.nearest_neighbour_captions(
+        data.pooled["train"], data.ids["train"], caps.reference_dict("train"), data.pooled["test"], data.ids["test"], k=nn_k
+    )
+    m = caption_metrics(refs, nn_preds, per_image=True)
+    m.pop("notes", None)
+    per_image_all["nearest_neighbour"] = m.pop("per_image")
+    preds_all["nearest_neighbour"] = nn_preds
+    rows.append({"model": "nearest_neighbour", **{k: v for k, v in m.items() if k != "n_images"}, "n_images": m["n_images"]})
+    metrics = pd.DataFrame(rows)
+    models_only = metrics[metrics.model != "nearest_neighbour"]
+    best = str(models_only.sort_values("CIDEr", ascending=False, kind="stable").iloc[0]["model"]) if len(models_only) else "nearest_neighbour"
+    metrics["best"] = metrics["model"] == best
+    image_paths = {i: str(data.media_root / caps.files[i]) for i in test.image_ids}
+    table = C.caption_table(refs, preds_all[best], per_image_all[best], image_paths, ids=test.image_ids)
+    table.insert(3, "nearest_neighbour", [nn_preds[i] for i in test.image_ids])
+    table.insert(1, "model", best)
+    tables = {"samples": table}
+    figures = {}
+    if n_examples and models:
+        kind = best.split("/")[0]
+        model = models[kind]
+        split = test if metas[kind]["pooled_dim"] else C.CaptionSplit(test.image_ids, test.grid, None, test.references,
+                                                                       test.tokens, test.caption_image, test.n_truncated)  # fmt: skip
+        hw = tuple(index["tasks"]["features"]["images"].get("grid_hw") or ())
+        maps = C.attention_maps(model, tok, split, n=n_examples, grid_hw=hw if len(hw) == 2 else None)
+        figures["attention"] = C.plot_attention_maps(maps, image_paths)
+    summary: dict[str, float] = {}
+    for r in rows:
+        for k in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE"):
+            if k in r:
+                summary[f"captioning/{r['model']}/{k}"] = float(r[k])
+    bm = metrics[metrics.model == best].iloc[0]
+    nnm = metrics[metrics.model == "nearest_neighbour"].iloc[0]
+    for k in ("BLEU-4", "CIDEr", "METEOR", "ROUGE-L"):
+        summary[f"captioning/best/{k}"] = float(bm[k])
+        summary[f"captioning/nn_baseline/{k}"] = float(nnm[k])
+    return TaskResult("captioning", metrics, tables, figures, summary, notes)
+
+
+def _eval_vqa(index, index_path, folder: Path, n_examples: int, progress: bool) -> TaskResult:
+    import pandas as pd
+
+    from fusionkit.tasks.vqa import AnswerVocab, vqa_accuracy
+
+    methods = _read_json(folder / "methods.json", "list of trained VQA models")["methods"]
+    tables = _vqa_tables(index, index_path)
+    table = tables["test"]
+    rows, per_type = [], []
+    arrays: dict[str, _VQAArrays] = {}
+    results = {}
+    for m in methods:
+        meta = _load_meta(folder / f"{m}.safetensors")
+        vocab = AnswerVocab.from_state_dict(meta["vocab"])
+        key = json.dumps([meta["image"], meta["vocab"]["answers"]])
+        if key not in arrays:
+            arrays[key] = _vqa_arrays(index, index_path, table, vocab, meta["image"])
+        a = arrays[key]
+        model = _load_state(_build_vqa(meta), folder / f"{m}.safetensors")
+        answers = vocab.decode_logits(_vqa_logits(model, a))
+        preds = {r.question_id: ans for r, ans in zip(table.records, answers)}
+        acc = vqa_accuracy(preds, table.annotations())
+        results[m] = (acc, preds)
+        rows.append({"model": m, "accuracy": acc["overall"],
+                     **{f"answer_type/{k}": v for k, v in acc["per_answer_type"].items()},
+                     **{f"question_type/{k}": v for k, v in acc["per_question_type"].items()},
+                     "n": acc["n"], "params": model.num_parameters()})  # fmt: skip
+        for k, v in acc["per_question_type"].items():
+            per_type.append({"model": m, "kind": "question_type", "type": k, "accuracy": v})
+        for k, v in acc["per_answer_type"].items():
+            per_type.append({"model": m, "kind": "answer_type", "type": k, "accuracy": v})
+    metrics = pd.DataFrame(rows)
+    best = str(metrics.sort_values("accuracy", ascending=False, kind="stable").iloc[0]["model"])
+    metrics["best"] = metrics["model"] == best
+    breakdown = pd.DataFrame(per_type)
+    by_qtype = breakdown[breakdown.kind == "question_type"].pivot(index="type", columns="model", values="accuracy")
+    by_atype = breakdown[breakdown.kind == "answer_type"].pivot(index="type", columns="model", values="accuracy")
+    acc, preds = results[best]
+    tables_out = {
+        "per_question_type": by_qtype.rename_axis("question_type").reset_index(),
+        "per_answer_type": by_atype.rename_axis("answer_type").reset_index(),
+    }
+    if n_examples:
+        paths = _image_paths(index, table)
+        sample_rows = []
+        for r in table.records[:n_examples]:
+            sample_rows.append({"image": paths.get(r.image_key, ""), "question_id": r.question_id,
+                                "question": r.question, "answer": r.multiple_choice_answer,
+                                "prediction": preds[r.question_id], "accuracy": acc["per_question"][r.question_id],
+                                "question_type": r.question_type, "model": best})  # fmt: skip
+        tables_out["samples"] = pd.DataFrame(sample_rows)
+    figures = {"per_question_type": _bar(by_qtype, "VQA accuracy per question type (test)")}
+    summary = {f"vqa/{r['model']}/accuracy": float(r["accuracy"]) for r in rows}
+    summary["vqa/best/accuracy"] = float(acc["overall"])
+    for k, v in acc["per_question_type"].items():
+        summary[f"vqa/best/question_type/{k}"] = float(v)
+    for k, v in acc["per_answer_type"].items():
+        summary[f"vqa/best/answer_type/{k}"] = float(v)
+    return TaskResult("vqa", metrics, tables_out, figures, summary)
+
+
+def _image_paths(index, table) -> dict[str, str]:
+    """Image key -> absolute image path for the records of a VQA table (from the derived images
+    dataset or the dataset itself)."""
+    from fusionkit.data.base import load_dataset
+
+    feats = index["tasks"]["features"]["images"]
+    ds = load_dataset(feats["dataset_dir"], check_files=False)
+    mod = feats.get("modality", "image")
+    keys = {r.image_key for r in table.records}
+    return {s.id: str(ds.path(s, mod)) for s in ds.samples if s.id in keys}
+
+
+def _bar(df, title: str):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(df) + 1.5))
+    df.plot.barh(ax=ax)
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("VQA accuracy")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def _eval_retrieval(index, index_path, folder: Path, n_examples: int, progress: bool) -> TaskResult:
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    from fusionkit.tasks import retrieval as R
+
+    _, sp = _retrieval_splits(index, index_path, ("test",))
+    test = sp["test"]
+    meta = _load_meta(folder / "dual_encoder.safetensors")
+    dual = _load_state(R.DualEncoder(meta["image_dim"], meta["text_dim"], **meta["hparams"]), folder / "dual_encoder.safetensors")
+    rpath = folder / "ridge.safetensors"
+    rmeta = _load_meta(rpath)
+    t = load_file(str(rpath))
+    ridge = R.RidgeMap(rmeta["alpha"])
+    ridge.weight, ridge.bias, ridge.x_mean = t["weight"], t["bias"], t["x_mean"]
+    rows = []
+    dual_m = R.recall_at_k(R.encode_split(dual, test), test.text_to_image)
+    rows.append({"model": "dual_encoder", **dual_m})
+    rows.append({"model": "ridge", **R.recall_at_k(ridge.embeddings(test), test.text_to_image)})
+    raw_dim_ok = test.image.shape[-1] == test.text.shape[-1]
+    if raw_dim_ok:
+        rows.append({"model": "raw_cosine", **R.recall_at_k((test.image, test.text), test.text_to_image)})
+    mpath = folder / "matcher.safetensors"
+    summary_extra = {}
+    if mpath.is_file():
+        mm = _load_meta(mpath)
+        matcher = _load_state(R.build_matcher(mm["method"], mm["image_dim"], mm["text_dim"], **mm["hparams"]), mpath)
+        rr = R.rerank(dual, matcher, test, k=int(mm.get("rerank_k", 10)))
+        rows.append({"model": f"dual_encoder+rerank({mm['method']}, top {rr['k']})", **rr["after"]})
+        summary_extra = {f"retrieval/rerank/{k}": float(v) for k, v in rr["after"].items()}
+    metrics = pd.DataFrame(rows)
+    order = ["model"] + [c for c in metrics.columns if c != "model"]
+    metrics = metrics[order]
+    summary = {f"retrieval/dual/{k}": float(v) for k, v in dual_m.items()}
+    summary.update({f"retrieval/ridge/{k}": float(v) for k, v in rows[1].items() if k != "model"})
+    summary.update(summary_extra)
+    tables = {}
+    if n_examples:
+        tables["samples"] = _retrieval_samples(index, dual, test, n_examples)
+    fig = _recall_plot(metrics)
+    return TaskResult("retrieval", metrics, tables, {"recall": fig}, summary)
+
+
+def _retrieval_samples(index, dual, test, n: int):
+    """For the first ``n`` test images: the image, its top-3 captions under the dual encoder and
+    whether each is one of the image's own."""
+    import pandas as pd
+
+    from fusionkit.tasks import retrieval as R
+
+    data_caps = None
+    ie, te = R.encode_split(dual, test)
+    _, idx = R.topk_similarity(ie[:n], te, 3)
+    feats = index["tasks"]
+    from fusionkit.tasks.captioning import CaptionDataset
+
+    data_caps = CaptionDataset.read_karpathy(Path(feats["captions_file"]), on_error=feats.get("on_error", "raise"),
+                                             image_root=Path(feats["media_root"]))  # fmt: skip
+    _, texts, _ = data_caps.pairs("test")
+    texts = [texts[j] for j in range(len(texts))]
+    rows = []
+    media_root = Path(feats["media_root"])
+    for r in range(min(n, test.n_images)):
+        iid = test.image_ids[r]
+        row = {"image": str(media_root / data_caps.files[iid]), "image_id": iid}
+        for k, j in enumerate(idx[r].tolist()):
+            row[f"top{k + 1}"] = texts[j]
+            row[f"top{k + 1}_correct"] = bool(int(test.text_to_image[j]) == r)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _recall_plot(metrics):
+    import matplotlib.pyplot as plt
+
+    cols = [c for c in metrics.columns if "_R@" in c]
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    metrics.set_index("model")[cols].T.plot.bar(ax=ax)
+    ax.set_ylabel("recall")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("retrieval recall on the test split")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

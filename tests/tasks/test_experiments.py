@@ -1,0 +1,210 @@
+"""The task experiments end to end on a tiny shapes dataset: task features through the feature
+cache (a re-run does no forward pass), what is skipped and why, training + checkpoints +
+evaluation for captioning, VQA and retrieval, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from fusionkit import workbook as wb
+from fusionkit.data import shapes
+from fusionkit.data.base import load_dataset
+from fusionkit.encoders import build_encoder
+from fusionkit.tasks import experiments as X
+from fusionkit.tasks._common import TaskInputError
+
+# tiny and fast: a random-init EfficientNet-Lite0 at 64 px (2 x 2 regions) and the real MiniLM
+TINY_CAPTION = {"d_model": 32, "layers": 1, "heads": 2, "att_dim": 32, "val_max_images": 8, "batch_size": 32}
+TINY_VQA = {"hidden": 32, "heads": 2, "images_per_batch": 8}
+TINY_RETRIEVAL = {"embed_dim": 32, "hidden": 64, "matcher_epochs": 1, "matcher_hidden": 32}
+
+
+@pytest.fixture(scope="module")
+def encoders():
+    return {
+        "image": build_encoder("image", "efficientnet_lite0", weights=None, image_size=64, seed=0),
+        "text": build_encoder("text", "minilm"),
+    }
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, encoders):
+    """(dataset, index path, cache dir, workspace): 60 scenes, the index written by extract_all
+    (text only: the image modality is extracted by the task code at 64 px) and the task features."""
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("experiments")
+    ds = shapes.generate(tmp / "shapes", n=60, image_size=64, progress=False)
+    index = tmp / "features.json"
+    cache = tmp / "cache"
+    wb.extract_all(ds, {"text": "minilm"}, cache, ["pooled"], index_path=index, progress=False)
+    X.extract_task_features(
+        ds, index, X.TASKS, cache, image_encoder=encoders["image"], text_encoder=encoders["text"], progress=False
+    )
+    return ds, index, cache, tmp
+
+
+def _no_forward(enc):
+    def boom(*a, **k):
+        raise AssertionError(f"{enc.name}: forward called on a warm cache")
+
+    return boom
+
+
+# ----------------------------------------------------------------------------------- features
+def test_index_records_the_task_features_and_a_rerun_is_a_cache_hit(setup, encoders, monkeypatch):
+    ds, index_path, cache, _ = setup
+    index = json.loads(index_path.read_text())
+    entry = index["tasks"]
+    assert index["modalities"]["text"]["encoder"] == "minilm"  # extract_all's part is kept
+    assert {t: s["status"] for t, s in entry["status"].items()} == {t: "ok" for t in X.TASKS}
+    imgs = entry["features"]["images"]
+    # the shapes dataset is one sample per image: it is used as is (its own cache entries)
+    assert Path(imgs["dataset_dir"]) == Path(ds.root).resolve() and imgs["modality"] == "image"
+    assert imgs["dims"]["grid"] == [4, 1280] and imgs["grid_hw"] == [2, 2] and imgs["pooled_from"] == "grid-mean"
+    caps = entry["features"]["captions"]
+    assert caps["n_captions"] == 300 and caps["n_distinct"] <= 300
+    assert entry["features"]["questions"]["n_distinct"] < entry["features"]["questions"]["n_questions"]
+    for feats in entry["features"].values():
+        for files in feats["files"].values():
+            assert all(Path(p).is_file() for p in files.values())
+    # second run: same index content, no forward pass anywhere
+    for enc in encoders.values():
+        monkeypatch.setattr(enc, "forward", _no_forward(enc))
+    again = X.extract_task_features(
+        ds, index_path, "all", cache, image_encoder=encoders["image"], text_encoder=encoders["text"], progress=False
+    )
+    assert again["features"] == entry["features"]
+
+
+def test_caption_feature_rows_follow_the_pairs(setup, encoders):
+    _, index_path, _, _ = setup
+    caps, rows = X.caption_features(index_path, "test")
+    _, texts, _ = caps.pairs("test")
+    assert rows.shape == (len(texts), 384)
+    direct = encoders["text"].encode(texts[:3])["pooled"]
+    assert torch.allclose(rows[:3], direct, atol=1e-5)
+
+
+def test_unsupported_tasks_are_skipped_with_the_reason(setup, encoders, tmp_path):
+    ds, _, cache, _ = setup
+    root = tmp_path / "no_vqa"
+    shutil.copytree(ds.root, root, ignore=shutil.ignore_patterns("vqa", "captions.json"))
+    ds2 = load_dataset(root)
+    index = tmp_path / "features.json"
+    wb.extract_all(ds2, {}, cache, ["pooled"], index_path=index, progress=False)
+    entry = X.extract_task_features(ds2, index, X.TASKS, cache, image_encoder=encoders["image"], progress=False)
+    for t in X.TASKS:
+        assert entry["status"][t]["status"] == "skipped"
+    assert "captions.json" in entry["status"]["captioning"]["reason"]
+    assert "vqa" in entry["status"]["vqa"]["reason"]
+    with pytest.raises(TaskInputError, match="task 'vqa' has no features.*vqa"):
+        X.train_task("vqa", index, tmp_path / "out")
+
+
+# ----------------------------------------------------------------------------------- tasks
+def test_captioning_train_and_evaluate(setup):
+    _, index_path, _, tmp = setup
+    out = tmp / "run"
+    s = X.train_task("captioning", index_path, out, epochs=2, progress=False, **TINY_CAPTION)
+    for kind in ("transformer", "lstm"):
+        assert (out / "captioning" / f"{kind}.safetensors").is_file()
+        meta = json.loads((out / "captioning" / f"{kind}.json").read_text())
+        assert meta["train"]["epochs_run"] <= 2 and 0 <= s[f"{kind}/best_epoch"] < 2
+    res = X.evaluate_task("captioning", index_path, out, n_examples=2)
+    assert list(res.metrics["model"]) == [
+        "transformer/greedy",
+        "transformer/beam",
+        "lstm/greedy",
+        "lstm/beam",
+        "nearest_neighbour",
+    ]
+    for col in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
+        assert res.metrics[col].between(0, 10).all()
+    table = res.tables["samples"]
+    assert {"image", "caption", "references", "CIDEr", "nearest_neighbour"} <= set(table.columns)
+    assert all(Path(p).is_file() for p in table["image"])
+    assert "attention" in res.figures and len(res.figures["attention"].axes) >= 2
+    assert all(isinstance(v, float) for v in res.summary.values())
+    assert "captioning/nn_baseline/CIDEr" in res.summary
+
+
+def test_vqa_train_and_evaluate_several_methods(setup):
+    _, index_path, _, tmp = setup
+    out = tmp / "run"
+    s = X.train_task("vqa", index_path, out, epochs=3, method=["film", "concat"], progress=False, **TINY_VQA)
+    assert s["n_answers"] > 2 and 0 <= s["film/best_val_accuracy"] <= 1
+    res = X.evaluate_task("vqa", index_path, out, n_examples=3)
+    assert list(res.metrics["model"]) == ["film", "concat"] and res.metrics["best"].sum() == 1
+    assert res.metrics["accuracy"].between(0, 1).all()
+    qt = res.tables["per_question_type"]
+    assert set(qt["question_type"]) == {"how many", "is there a", "what color is the", "what is", "what shape is the"}
+    assert len(res.tables["samples"]) == 3 and Path(res.tables["samples"]["image"][0]).is_file()
+    # the checkpoint alone rebuilds the model: same predictions after a reload
+    again = X.evaluate_task("vqa", index_path, out, n_examples=0)
+    pd.testing.assert_frame_equal(again.metrics, res.metrics)
+
+
+def test_retrieval_train_and_evaluate(setup):
+    _, index_path, _, tmp = setup
+    out = tmp / "run"
+    s = X.train_task("retrieval", index_path, out, epochs=3, progress=False, **TINY_RETRIEVAL)
+    assert {"dual/best_val_rsum", "ridge/alpha", "matcher/film/best_val_rsum"} <= set(s)
+    res = X.evaluate_task("retrieval", index_path, out, n_examples=2)
+    models = list(res.metrics["model"])
+    assert models[:2] == ["dual_encoder", "ridge"] and models[-1].startswith("dual_encoder+rerank(film")
+    for col in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_medr", "rsum"):
+        assert col in res.metrics
+    assert res.summary["retrieval/dual/rsum"] == pytest.approx(float(res.metrics["rsum"][0]))
+    assert len(res.tables["samples"]) == 2
+
+
+# ----------------------------------------------------------------------------------- bad input
+def test_bad_arguments_are_named(setup, tmp_path):
+    ds, index_path, cache, _ = setup
+    with pytest.raises(ValueError, match="unknown task 'caption'"):
+        X.train_task("caption", index_path, tmp_path)
+    with pytest.raises(ValueError, match="unknown task"):
+        X.extract_task_features(ds, index_path, ["vqa", "ocr"], cache)
+    with pytest.raises(TypeError, match="unknown option.*'lr_max'"):
+        X.train_task("vqa", index_path, tmp_path, lr_max=1.0)
+    with pytest.raises(ValueError, match="epochs=0"):
+        X.train_task("vqa", index_path, tmp_path, epochs=0)
+    with pytest.raises(ValueError, match="unknown.*'nope'"):
+        X.train_task("vqa", index_path, tmp_path, method="nope")
+    with pytest.raises(TaskInputError, match="no trained retrieval models"):
+        X.evaluate_task("retrieval", index_path, tmp_path / "empty")
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({k: v for k, v in json.loads(index_path.read_text()).items() if k != "tasks"}))
+    with pytest.raises(TaskInputError, match="no task features recorded.*extract_task_features"):
+        X.train_task("vqa", bare, tmp_path)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**json.loads(bare.read_text()), "manifest_hash": "0123456789abcdef"}))
+    with pytest.raises(TaskInputError, match="not for 'shapes'.*run extract_all"):
+        X.extract_task_features(ds, other, X.TASKS, cache)
+
+
+def test_bad_captions_raise_or_are_skipped_with_a_report(setup, encoders, tmp_path):
+    ds, _, cache, _ = setup
+    root = tmp_path / "bad"
+    shutil.copytree(ds.root, root)
+    doc = json.loads((root / "captions.json").read_text())
+    doc["images"][0]["sentences"][1]["raw"] = "   "
+    bad_id = Path(doc["images"][0]["filename"]).stem
+    (root / "captions.json").write_text(json.dumps(doc))
+    ds2 = load_dataset(root)
+    index = tmp_path / "features.json"
+    wb.extract_all(ds2, {}, cache, ["pooled"], index_path=index, progress=False)
+    kw = {"image_encoder": encoders["image"], "text_encoder": encoders["text"], "progress": False}
+    with pytest.raises(TaskInputError, match=rf"captions.json: images\[0\] \({bad_id}\) caption 1: empty caption"):
+        X.extract_task_features(ds2, index, ["retrieval"], cache, **kw)
+    entry = X.extract_task_features(ds2, index, ["retrieval"], cache, on_error="skip", **kw)
+    assert entry["status"]["retrieval"]["status"] == "ok"
+    report = Path(entry["reports"]["captions"]).read_text()
+    assert bad_id in report and "empty caption" in report and "skipped" in report
+    assert entry["features"]["captions"]["n_captions"] == 299
