@@ -73,7 +73,7 @@ from typing import Any
 
 import torch
 
-from fusionkit.data.base import SPLITS, Dataset, DatasetError, Sample, atomic_write_text, write_dataset
+from fusionkit.data.base import SPLITS, Dataset, Sample, atomic_write_text, write_dataset
 from fusionkit.progress import progress_enabled
 from fusionkit.tasks._common import TaskInputError
 
@@ -260,10 +260,14 @@ def _derived(
     if man.is_file() and (root / "dataset.json").is_file():
         try:
             meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
-            meta_ok = meta.get("name") == name and meta.get("modalities") == modalities and (
-                str(Path(meta["media_root"]).resolve()) == str(media_root.resolve())
-                if media_root is not None
-                else "media_root" not in meta
+            meta_ok = (
+                meta.get("name") == name
+                and meta.get("modalities") == modalities
+                and (
+                    str(Path(meta["media_root"]).resolve()) == str(media_root.resolve())
+                    if media_root is not None
+                    else "media_root" not in meta
+                )
             )
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError):
             meta_ok = False
@@ -577,7 +581,11 @@ def _load_rows(files: Mapping[str, str], keys: Sequence[str], what: str) -> tupl
                 out = torch.cat([out, out.new_zeros(out.shape[0], length - out.shape[1], out.shape[2])], 1)
                 if mask is not None:
                     mask = torch.cat([mask, mask.new_zeros(mask.shape[0], length - mask.shape[1])], 1)
-            v = torch.cat([v, v.new_zeros(v.shape[0], length - v.shape[1], v.shape[2])], 1) if v.shape[1] < length else v
+            v = (
+                torch.cat([v, v.new_zeros(v.shape[0], length - v.shape[1], v.shape[2])], 1)
+                if v.shape[1] < length
+                else v
+            )
         out[torch.as_tensor(dst)] = v.float()
         if mask is not None and sets[n].mask is not None:
             m = sets[n].mask[src]
@@ -658,7 +666,9 @@ def _vqa_tables(index: Mapping[str, Any], index_path) -> dict[str, Any]:
     ds = load_dataset(root, check_files=False) if entry.get("vqa_image_map") == "manifest" else None
     keys, _ = _vqa_image_map(root, ds, files)
     return {
-        sp: load_vqa(files["questions"][sp], files["annotations"][sp], image_key=keys, on_error=entry.get("on_error", "raise"))
+        sp: load_vqa(
+            files["questions"][sp], files["annotations"][sp], image_key=keys, on_error=entry.get("on_error", "raise")
+        )
         for sp in SPLITS
     }
 
@@ -1212,12 +1222,18 @@ def _train_retrieval(index, index_path, out, seed, epochs, method, opts, progres
         from fusionkit.fusion import available
 
         if matcher_method not in available():
-            raise ValueError(f"retrieval: unknown matcher fusion method {matcher_method!r}; expected one of {available()}")
+            raise ValueError(
+                f"retrieval: unknown matcher fusion method {matcher_method!r}; expected one of {available()}"
+            )
     _, sp = _retrieval_splits(index, index_path, ("train", "val"))
     train, val = sp["train"], sp["val"]
     idim, tdim = int(train.image.shape[-1]), int(train.text.shape[-1])
     seed_everything(seed)
-    dual_hp = {"embed_dim": int(opts["embed_dim"]), "hidden": int(opts["hidden"]) or None, "dropout": float(opts["dropout"])}
+    dual_hp = {
+        "embed_dim": int(opts["embed_dim"]),
+        "hidden": int(opts["hidden"]) or None,
+        "dropout": float(opts["dropout"]),
+    }
     dual = R.DualEncoder(idim, tdim, **dual_hp)
     cfg = R.RetrievalTrainConfig(
         epochs=epochs,
@@ -1236,7 +1252,10 @@ def _train_retrieval(index, index_path, out, seed, epochs, method, opts, progres
     ridge_path = out / "ridge.safetensors"
     save_file({"weight": ridge.weight.contiguous(), "bias": ridge.bias.contiguous(), "x_mean": ridge.x_mean.contiguous()},
               str(ridge_path))  # fmt: skip
-    _write_json(ridge_path.with_suffix(".json"), {"alpha": ridge.alpha, "val_rsum": {str(k): v for k, v in ridge_scores.items()}})
+    _write_json(
+        ridge_path.with_suffix(".json"),
+        {"alpha": ridge.alpha, "val_rsum": {str(k): v for k, v in ridge_scores.items()}},
+    )
     summary: dict[str, Any] = {
         "dual/best_val_rsum": res.best_rsum,
         "dual/best_epoch": res.best_epoch,
@@ -1318,7 +1337,9 @@ def evaluate_task(
         raise TaskSetupError(f"{folder}: no trained {task} models here; run train_task({task!r}, ...) first")
     fn = {"captioning": _eval_captioning, "vqa": _eval_vqa, "retrieval": _eval_retrieval}[task]
     res = fn(index, Path(index_path), folder, n_examples, progress)
-    _write_json(folder / "test_metrics.json", {"metrics": res.metrics.to_dict(orient="records"), "summary": res.summary})
+    _write_json(
+        folder / "test_metrics.json", {"metrics": res.metrics.to_dict(orient="records"), "summary": res.summary}
+    )
     return res
 
 
@@ -1337,7 +1358,9 @@ def _eval_captioning(index, index_path, folder: Path, n_examples: int, progress:
     caps = data.caps
     metas = {k: _load_meta(folder / f"{k}.safetensors") for k in kinds}
     use_pooled = any(m["pooled_dim"] for m in metas.values())
-    test = C.caption_split(caps, "test", tok, data.ids["test"], data.grid["test"], data.pooled["test"] if use_pooled else None)
+    test = C.caption_split(
+        caps, "test", tok, data.ids["test"], data.grid["test"], data.pooled["test"] if use_pooled else None
+    )
     refs = test.reference_dict()
     rows, preds_all, per_image_all = [], {}, {}
     models = {}
@@ -1368,16 +1391,27 @@ def _eval_captioning(index, index_path, folder: Path, n_examples: int, progress:
             rows.append({"model": name, **{k: v for k, v in m.items() if k != "n_images"}, "n_images": m["n_images"]})
     nn_k = int(next(iter(metas.values())).get("nn_k", 1)) if metas else 1
     nn_preds = C.nearest_neighbour_captions(
-        data.pooled["train"], data.ids["train"], caps.reference_dict("train"), data.pooled["test"], data.ids["test"], k=nn_k
+        data.pooled["train"],
+        data.ids["train"],
+        caps.reference_dict("train"),
+        data.pooled["test"],
+        data.ids["test"],
+        k=nn_k,
     )
     m = caption_metrics(refs, nn_preds, per_image=True)
     m.pop("notes", None)
     per_image_all["nearest_neighbour"] = m.pop("per_image")
     preds_all["nearest_neighbour"] = nn_preds
-    rows.append({"model": "nearest_neighbour", **{k: v for k, v in m.items() if k != "n_images"}, "n_images": m["n_images"]})
+    rows.append(
+        {"model": "nearest_neighbour", **{k: v for k, v in m.items() if k != "n_images"}, "n_images": m["n_images"]}
+    )
     metrics = pd.DataFrame(rows)
     models_only = metrics[metrics.model != "nearest_neighbour"]
-    best = str(models_only.sort_values("CIDEr", ascending=False, kind="stable").iloc[0]["model"]) if len(models_only) else "nearest_neighbour"
+    best = (
+        str(models_only.sort_values("CIDEr", ascending=False, kind="stable").iloc[0]["model"])
+        if len(models_only)
+        else "nearest_neighbour"
+    )
     metrics["best"] = metrics["model"] == best
     image_paths = {i: str(data.media_root / caps.files[i]) for i in test.image_ids}
     table = C.caption_table(refs, preds_all[best], per_image_all[best], image_paths, ids=test.image_ids)
@@ -1501,7 +1535,9 @@ def _eval_retrieval(index, index_path, folder: Path, n_examples: int, progress: 
     _, sp = _retrieval_splits(index, index_path, ("test",))
     test = sp["test"]
     meta = _load_meta(folder / "dual_encoder.safetensors")
-    dual = _load_state(R.DualEncoder(meta["image_dim"], meta["text_dim"], **meta["hparams"]), folder / "dual_encoder.safetensors")
+    dual = _load_state(
+        R.DualEncoder(meta["image_dim"], meta["text_dim"], **meta["hparams"]), folder / "dual_encoder.safetensors"
+    )
     rpath = folder / "ridge.safetensors"
     rmeta = _load_meta(rpath)
     t = load_file(str(rpath))
