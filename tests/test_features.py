@@ -198,6 +198,8 @@ def test_resume_after_kill_9_is_bit_identical(ds, tmp_path, monkeypatch):
         from fusionkit.data.base import load_dataset
         from fusionkit.encoders import build_encoder
         from fusionkit.features import extract_features
+        import torch
+        torch.set_num_threads(int(sys.argv[3]))  # bit-identical needs the same CPU thread count on both sides
         ds = load_dataset(sys.argv[1])
         enc = build_encoder("image", "efficientnet_lite0", weights=None, image_size=32)
         orig, n = enc.forward, [0]
@@ -212,7 +214,10 @@ def test_resume_after_kill_9_is_bit_identical(ds, tmp_path, monkeypatch):
         """
     )
     proc = subprocess.run(
-        [sys.executable, "-c", script, str(ds.root), str(tmp_path / "c")], cwd=REPO, capture_output=True, timeout=120
+        [sys.executable, "-c", script, str(ds.root), str(tmp_path / "c"), str(torch.get_num_threads())],
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     enc = tiny_image_encoder()
