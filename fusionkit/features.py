@@ -388,7 +388,7 @@ def extract_features(
 
     perf = enc.perf.get(dev.type, enc.perf["cpu"])
     bs = int(batch_size or perf["batch_size"])
-    workers = _workers(perf["num_workers"] if num_workers is None else num_workers)
+    workers = _workers(perf["num_workers"] if num_workers is None else num_workers, dev)
     parts = path.with_name(f"{split}-{output}.parts")
     _clean_stale_tmp(path.parent)
     _clean_stale_tmp(parts)
@@ -485,10 +485,21 @@ def extract_features(
     return fs
 
 
-def _workers(n: int | str) -> int:
-    """``"auto"``: one decoding worker per spare core, at most 8 (GPU machines)."""
+def _workers(n: int | str, device: torch.device) -> int:
+    """DataLoader workers from an encoder's ``perf`` entry.
+
+    ``"auto"``: decode on the cores the model leaves free. On CPU the forward already uses
+    ``torch.get_num_threads()`` cores, and a worker that preempts one of them stalls the others at
+    their next barrier, so only spare cores get workers (at most 2; none on a 2-core machine). On a
+    GPU the host only decodes: one worker per core but one, at most 8.
+    ``"cores"``: the encoder's forward is negligible (log-mel): one worker per core, at most 4."""
+    cores = os.cpu_count() or 1
     if n == "auto":
-        return max(0, min(8, (os.cpu_count() or 1) - 1))
+        if device.type == "cpu":
+            return max(0, min(2, cores - torch.get_num_threads()))
+        return max(0, min(8, cores - 1))
+    if n == "cores":
+        return min(4, cores) if cores > 1 else 0
     return int(n)
 
 
@@ -532,6 +543,8 @@ def _compute_chunks(
     desc: str,
 ) -> None:
     kind = dataset.modalities[modality]
+    if num_workers:
+        enc.before_workers()  # e.g. import heavy libraries once, so forked workers inherit them
     values = [s.modalities[modality] for s in samples]
     ids = [s.id for s in samples]
     batches = _batches(enc, values, [chunks[c] for c in todo], batch_size)

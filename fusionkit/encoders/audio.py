@@ -28,7 +28,7 @@ from fusionkit.encoders.base import Encoder, InputError, as_path, seeded
 
 AUDIO_PERF = {
     # measured by benchmarks/extract.py on FSDD (see benchmarks/README.md)
-    "cpu": {"batch_size": 64, "channels_last": False, "num_workers": 1},
+    "cpu": {"batch_size": 64, "channels_last": False, "num_workers": "cores"},
     "cuda": {"batch_size": 128, "channels_last": False, "num_workers": "auto"},  # not measured here (no GPU lent)
 }
 SILENCE_DB = -100.0  # 10 * log10(amin) with amin = 1e-10
@@ -114,6 +114,9 @@ class SpectrogramEncoder(Encoder):
             "db": {"ref": 1.0, "amin": 1e-10, "top_db": None},
             "librosa": version("librosa"),
         }
+
+    def before_workers(self) -> None:
+        import librosa  # noqa: F401 - numba start-up once in the parent, not in every worker
 
     def load(self, value: Any, root: str | os.PathLike | None = None) -> AudioClip:
         return read_audio(as_path(value, root), self.sample_rate, self.seconds)

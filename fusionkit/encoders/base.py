@@ -111,7 +111,7 @@ class Encoder(nn.Module):
     name: str = ""
     #: per-device defaults for extract_features, measured (see benchmarks/README.md)
     perf: dict[str, dict[str, Any]] = {
-        "cpu": {"batch_size": 16, "channels_last": False, "num_workers": 0},
+        "cpu": {"batch_size": 16, "channels_last": False, "num_workers": "auto"},
         "cuda": {"batch_size": 64, "channels_last": False, "num_workers": "auto"},
     }
     #: unit for progress bars
@@ -189,6 +189,9 @@ class Encoder(nn.Module):
     def collate(self, items: list[Any]) -> Any:
         """Stack loaded items into a batch for ``forward`` (also runs in workers)."""
         return torch.stack(items)
+
+    def before_workers(self) -> None:
+        """Called before DataLoader workers are forked (import what ``load``/``collate`` need)."""
 
     def preprocess(self, batch: Any) -> Any:
         """On-device input transform applied inside ``forward`` (image normalisation); identity here."""

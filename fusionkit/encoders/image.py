@@ -35,7 +35,7 @@ _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.
 # Defaults measured by benchmarks/extract.py (EfficientNet-Lite0, 224 px; see benchmarks/README.md):
 # on the 2-core CPU batch 4-8 in channels_last beats every contiguous configuration and larger batches.
 CONV_PERF = {
-    "cpu": {"batch_size": 8, "channels_last": True, "num_workers": 1},
+    "cpu": {"batch_size": 4, "channels_last": True, "num_workers": "auto"},
     "cuda": {"batch_size": 128, "channels_last": True, "num_workers": "auto"},  # not measured here (no GPU lent)
 }
 

@@ -705,6 +705,8 @@ VQA_DEFAULTS: dict[str, Any] = {
     "hidden": 128,
     "context_layers": 1,  # Transformer layers over the regions (per image) before the fusion
     "heads": 4,
+    "glimpses": 2,  # question-guided attention glimpses over the regions (0: the fusion sees every region)
+    "pca_dim": 0,  # whiten the image features to this many principal components first (0: off)
     "dropout": 0.1,
     "lr": 2e-3,
     "images_per_batch": 16,  # each batch: these images with all their questions (~5 each)
@@ -920,12 +922,18 @@ class VQANet(torch.nn.Module):
     """Answer classifier: image regions (or the pooled vector) and the question, fused by a
     registered fusion method, then an MLP over the answers.
 
-    Image branch, computed once per *image* (its questions share it): ``Projector`` to ``hidden``,
-    learned region positions, ``context_layers`` Transformer encoder layers over the regions (so
-    that a region knows its neighbours: counting, "left of"). Question branch: ``Projector`` of
-    the sentence vector. Fusion: ``build_fusion(method, {"image": hidden, "question": hidden})`` on
-    (the question's image regions, the question); head: Linear-GELU-Dropout-Linear (none when the
-    method outputs logits itself)."""
+    * image branch, computed once per *image* (all its questions share it): a fixed PCA whitening
+      (``pca_dim``, fitted on the training images), ``Projector`` to ``hidden``, learned region
+      positions, ``context_layers`` Transformer encoder layers over the regions (a region learns
+      about its neighbours: counting, "left of");
+    * question branch: ``Projector`` of the sentence vector;
+    * question-guided glimpses (``glimpses`` > 0; Yang et al. 2016 "Stacked Attention Networks",
+      the glimpses of MCB/MFB/BAN): ``e = w^T tanh(W_r r_l + W_q q)`` per region and glimpse; a
+      softmax glimpse ``sum_l softmax(e)_l r_l`` (what the question is about) and a count glimpse
+      ``mean_l sigmoid(e)_l r_l`` (how much of it there is) per glimpse. The fusion then sees the
+      ``2 * glimpses`` vectors as the image sequence; ``glimpses=0``: all regions;
+    * fusion: ``build_fusion(method, {"image": hidden, "question": hidden})``; head:
+      Linear-GELU-Dropout-Linear (none when the method outputs logits itself)."""
 
     def __init__(
         self,
@@ -935,10 +943,11 @@ class VQANet(torch.nn.Module):
         num_answers: int,
         *,
         n_regions: int = 0,
-        hidden: int = 256,
+        hidden: int = 128,
         dropout: float = 0.1,
         context_layers: int = 1,
         heads: int = 4,
+        glimpses: int = 2,
         pca_dim: int = 0,
         **fusion_hparams: Any,
     ):
@@ -950,19 +959,23 @@ class VQANet(torch.nn.Module):
 
         self.method, self.n_regions = method, int(n_regions)
         self.pca_dim = int(pca_dim) if pca_dim and pca_dim < image_dim else 0
-        if self.pca_dim:  # a fixed PCA whitening of the image features, fitted on the training images (fit_pca)
+        if self.pca_dim:
             self.register_buffer("pca_mean", torch.zeros(image_dim))
             self.register_buffer("pca_proj", torch.zeros(image_dim, self.pca_dim))
         self.image_proj = Projector(self.pca_dim or image_dim, hidden, dropout)
         self.question_proj = Projector(question_dim, hidden, dropout)
         self.region_pos = nn.Parameter(torch.randn(self.n_regions, hidden) * 0.02) if self.n_regions else None
+        self.context: nn.Module | None = None
         if self.n_regions and context_layers:
             layer = nn.TransformerEncoderLayer(
                 hidden, heads, 2 * hidden, dropout, activation="gelu", batch_first=True, norm_first=True
             )
-            self.context: nn.Module | None = nn.TransformerEncoder(layer, context_layers, enable_nested_tensor=False)
-        else:
-            self.context = None
+            self.context = nn.TransformerEncoder(layer, context_layers, enable_nested_tensor=False)
+        self.glimpses = int(glimpses) if self.n_regions else 0
+        if self.glimpses:
+            self.att_r = nn.Linear(hidden, hidden)
+            self.att_q = nn.Linear(hidden, hidden)
+            self.att_w = nn.Linear(hidden, self.glimpses)
         if get(method).outputs_logits:
             fusion_hparams.setdefault("num_classes", num_answers)
         self.fusion = build_fusion(method, {"image": hidden, "question": hidden}, **fusion_hparams)
@@ -975,7 +988,7 @@ class VQANet(torch.nn.Module):
 
     @torch.no_grad()
     def fit_pca(self, images: Tensor) -> None:
-        """Fit the whitening PCA on training image features (regions of all images, or pooled vectors)."""
+        """Fit the whitening PCA on training image features (all regions, or the pooled vectors)."""
         if not self.pca_dim:
             return
         x = images.reshape(-1, images.shape[-1]).double()
@@ -999,15 +1012,27 @@ class VQANet(torch.nn.Module):
                 x = self.context(x)
         return x
 
-    def answer(self, regions: Tensor, question: Tensor) -> Tensor:
-        out = self.fusion({"image": regions, "question": self.question_proj(question.float())})
-        return self.head(out.fused)
+    def attend(
+        self, regions: Tensor, question: Tensor, image_index: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """(the image input of the fusion, the softmax attention ``(B, L, G)`` or None)."""
+        if image_index is None:
+            image_index = torch.arange(len(question), device=question.device)
+        if regions.dim() == 2 or not self.glimpses:
+            return regions[image_index], None
+        keys = self.att_r(regions)[image_index]  # per image, then shared by its questions
+        r = regions[image_index]
+        e = self.att_w(torch.tanh(keys + self.att_q(question).unsqueeze(1)))  # (B, L, G)
+        soft = torch.softmax(e, dim=1)
+        count = torch.sigmoid(e) / e.shape[1]
+        img = torch.cat([soft.transpose(1, 2) @ r, count.transpose(1, 2) @ r], dim=1)  # (B, 2G, d)
+        return img, soft
 
     def forward(self, image: Tensor, question: Tensor, image_index: Tensor | None = None) -> Tensor:
         regions = self.encode_images(image)
-        if image_index is not None:
-            regions = regions[image_index]
-        return self.answer(regions, question)
+        q = self.question_proj(question.float())
+        img, _ = self.attend(regions, q, image_index)
+        return self.head(self.fusion({"image": img, "question": q}).fused)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -1160,8 +1185,10 @@ def _train_vqa(index, index_path, out, seed, epochs, method, opts, progress) -> 
     for m in methods:
         seed_everything(seed)
         hp = {"n_regions": n_regions, "hidden": int(opts["hidden"]), "dropout": float(opts["dropout"]),
-              "context_layers": int(opts["context_layers"]), "heads": int(opts["heads"])}  # fmt: skip
+              "context_layers": int(opts["context_layers"]), "heads": int(opts["heads"]),
+              "glimpses": int(opts["glimpses"]), "pca_dim": int(opts["pca_dim"])}  # fmt: skip
         model = VQANet(m, image_dim, q_dim, len(vocab), **hp)
+        model.fit_pca(train.images)
         res = _fit_vqa(model, train, val, opts, epochs, seed, progress)
         meta = {
             "task": "vqa",
@@ -1366,14 +1393,9 @@ def _eval_captioning(index, index_path, folder: Path, n_examples: int, progress:
     models = {}
     notes: list[str] = []
     for kind, meta in metas.items():
+        # init_embeddings decides the embedding table's shape (384-d MiniLM rows + a projection)
         model = C.build_captioner(kind, tok, feat_dim=meta["feat_dim"], pooled_dim=meta["pooled_dim"],
-                                  init_embeddings=False, **meta["hparams"])  # fmt: skip
-        # init_embeddings only sets initial values; the trained ones come from the checkpoint
-        if meta.get("init_embeddings") and model.embed.embedding_dim != 384:
-            pass
-        if meta.get("init_embeddings"):
-            model = C.build_captioner(kind, tok, feat_dim=meta["feat_dim"], pooled_dim=meta["pooled_dim"],
-                                      init_embeddings=True, **meta["hparams"])  # fmt: skip
+                                  init_embeddings=bool(meta.get("init_embeddings")), **meta["hparams"])  # fmt: skip
         _load_state(model, folder / f"{kind}.safetensors")
         models[kind] = model
         split = test if meta["pooled_dim"] else C.CaptionSplit(test.image_ids, test.grid, None, test.references,
