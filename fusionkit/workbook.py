@@ -51,16 +51,23 @@ def prepare_dataset(
 ) -> Dataset:
     """Build (or reuse) the dataset folder and return the validated :class:`Dataset`.
 
-    ``shapes`` is generated (``n_scenes``, ``image_size``); every other family of
-    ``fusionkit.data.registry`` (flickr8k, coco, vqa, avdigits, manifest, ...) is read from
-    ``source_dir`` with the loader's ``options``."""
+    ``shapes`` is generated (``n_scenes``, ``image_size``; ``options``: ``questions_per_scene``,
+    ``splits``); every other family of ``fusionkit.data.registry`` (flickr8k, coco, vqa, avdigits,
+    manifest, ...) is read from ``source_dir`` with the loader's ``options``."""
     from fusionkit.data import registry
 
     dataset_dir = Path(dataset_dir)
     if dataset == "shapes":
         from fusionkit.data import shapes
 
-        ds = shapes.generate(dataset_dir, n=n_scenes, seed=seed, image_size=image_size, progress=progress)
+        opts = dict(options or {})
+        unknown = sorted(set(opts) - {"questions_per_scene", "splits"})
+        if unknown:
+            raise DatasetError(
+                f"shapes: unknown dataset_options {unknown}; expected some of ['questions_per_scene', 'splits'] "
+                "(n_scenes and image_size are parameters of their own)"
+            )
+        ds = shapes.generate(dataset_dir, n=n_scenes, seed=seed, image_size=image_size, progress=progress, **opts)
         shapes.validate(dataset_dir)
         return ds
     if dataset not in registry.available():
@@ -456,13 +463,28 @@ def target_labels(ds: Dataset, splits: dict[str, SplitData], target: str) -> dic
 
 
 def train_tasks(
-    tasks: list[str], features_index: str | Path, run_dir: str | Path, tracker, seed: int = 0, **kw
+    tasks: list[str],
+    features_index: str | Path,
+    run_dir: str | Path,
+    tracker,
+    seed: int = 0,
+    options: dict | None = None,
 ) -> dict:
-    """Train every extra task (captioning, vqa, retrieval) and log each one's summary."""
+    """Train every extra task (captioning, vqa, retrieval) and log each one's summary.
+
+    ``options``: task -> keyword arguments of ``experiments.train_task`` (``epochs``, ``method``
+    and the task's options, e.g. ``{"captioning": {"decoders": ["transformer"], "epochs": 12}}``)."""
     from fusionkit.tasks import experiments
 
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(tasks))
+    if unknown:
+        raise ValueError(f"task_options names task(s) {unknown} that are not in tasks={list(tasks)}")
     out = {}
     for task in tasks:
+        kw = options.get(task) or {}
+        if not isinstance(kw, dict):
+            raise TypeError(f"task_options[{task!r}] must be a dict of train_task options, got {kw!r}")
         summary = experiments.train_task(task, features_index, run_dir, seed=seed, **kw)
         tracker.summary({f"{task}/{k}": v for k, v in summary.items() if isinstance(v, (int, float, str, bool))})
         out[task] = summary

@@ -41,8 +41,8 @@ kind identify them); the others may name a subset, always with colours and alway
 red shape. Shape synonyms: circle/disc, square/box, diamond/rhombus; sizes small/little,
 large/big. Colours: red, green, blue, yellow, purple, cyan (no orange or pink, which look red).
 
-VQA: per scene about five questions with unambiguous answers: colour ("what color is the
-circle?" - only when one circle), shape ("what shape is the blue object?"), count ("how many red
+VQA: per scene about five questions (``questions_per_scene``, at most 10) with unambiguous
+answers: colour ("what color is the circle?" - only when one circle), shape ("what shape is the blue object?"), count ("how many red
 shapes are there?"), existence ("is there a green star?", yes/no drawn 50/50) and relation
 ("what is left of the green triangle?" - only when exactly one shape clearly is and no other shape
 is borderline). :func:`answer_question` recomputes any question's answer from a scene.
@@ -192,8 +192,12 @@ def _rng(seed: int, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, stream)))
 
 
-def _params(n: int, seed: int, image_size: int, splits: Sequence[float]) -> dict[str, Any]:
+def _params(
+    n: int, seed: int, image_size: int, splits: Sequence[float], questions_per_scene: int = 5
+) -> dict[str, Any]:
+    extra = {} if questions_per_scene == 5 else {"questions_per_scene": int(questions_per_scene)}
     return {
+        **extra,
         "generator": f"fusionkit.data.shapes v{GENERATOR_VERSION}",
         "n": int(n),
         "seed": int(seed),
@@ -548,14 +552,26 @@ _QUESTION_TYPES = {
 }
 
 
-def _questions(rng: np.random.Generator, shapes: list[Shape], size: int, k: int = 5) -> list[dict[str, str]]:
+def _questions(
+    rng: np.random.Generator,
+    shapes: list[Shape],
+    size: int,
+    k: int = 5,
+    seen: set[str] | None = None,
+    cycle: bool = False,
+) -> list[dict[str, str]]:
+    """Up to ``k`` distinct questions: one of each type first, then counts and existence (``cycle``:
+    every type in turn; used for the questions beyond the first five). ``seen``: questions to avoid."""
     out: list[dict[str, str]] = []
-    seen: set[str] = set()
+    seen = set(seen or ())
     makers = [_q_color, _q_shape, _q_count, _q_exist, _q_relation]
-    for i in range(40):
+    for i in range(8 * max(k, 5)):
         if len(out) == k:
             break
-        make = makers[i] if i < len(makers) else (_q_count, _q_exist)[i % 2]
+        if cycle:
+            make = makers[i % len(makers)]
+        else:
+            make = makers[i] if i < len(makers) else (_q_count, _q_exist)[i % 2]
         qa = make(rng, shapes, size)
         if qa is None or qa[0] in seen:
             continue
@@ -693,6 +709,7 @@ def generate(
     splits: Sequence[float] = (0.7, 0.15, 0.15),
     overwrite: bool = False,
     progress: bool = True,
+    questions_per_scene: int = 5,
 ) -> Dataset:
     """Write the synthetic shapes dataset to ``root`` (see the module docstring) and load it.
 
@@ -706,7 +723,12 @@ def generate(
         raise DatasetError(f"shapes: image_size = {image_size!r}; expected an integer >= 32")
     if len(splits) != 3 or any(p < 0 for p in splits) or not math.isclose(sum(splits), 1.0, abs_tol=1e-6):
         raise DatasetError(f"shapes: splits = {tuple(splits)!r}; expected 3 non-negative fractions summing to 1")
-    params = _params(n, seed, image_size, splits)
+    if not isinstance(questions_per_scene, int) or not 1 <= questions_per_scene <= 10:
+        raise DatasetError(
+            f"shapes: questions_per_scene = {questions_per_scene!r}; expected an integer from 1 to 10 "
+            "(question ids are image_id * 10 + j)"
+        )
+    params = _params(n, seed, image_size, splits, questions_per_scene)
     if not overwrite and (ds := _complete(root, params)) is not None:
         return ds
     _check_replaceable(root)
@@ -755,7 +777,11 @@ def _write_all(out: Path, params: dict[str, Any], progress: bool) -> None:
         wave, audio_meta = _audio(r_aud, TONES[tone])
         sf.write(out / "audio" / f"{sid}.wav", wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
         caps = _captions(r_txt, shapes, size)
-        qas = _questions(r_txt, shapes, size)
+        qas = _questions(r_txt, shapes, size)[: params.get("questions_per_scene", 5)]
+        if params.get("questions_per_scene", 5) > 5:  # the extra ones from their own stream: the rest is unchanged
+            seen = {q["question"] for q in qas}
+            k = params["questions_per_scene"] - len(qas)
+            qas += _questions(_rng(seed, i, 4), shapes, size, k=k, seen=seen, cycle=True)
         for q in qas:  # generation and the independent parser must agree
             got = answer_question(shapes, q["question"], size)
             if got != (q["answer"], q["answer_type"]):  # pragma: no cover - a generator bug

@@ -174,6 +174,45 @@ def test_question_types_all_occur(tmp_path):
     assert summary["n_captions"] == 300 and summary["n_questions"] >= 270
 
 
+def _questions_by_image(root: Path) -> dict[int, list[tuple[str, str, str]]]:
+    """image id -> [(question, answer, answer type)] in question-id order, over every split."""
+    out: dict[int, list] = {}
+    for split in SPLITS:
+        q = json.loads((root / "vqa" / f"questions_{split}.json").read_text())["questions"]
+        a = {
+            x["question_id"]: x
+            for x in json.loads((root / "vqa" / f"annotations_{split}.json").read_text())["annotations"]
+        }
+        for x in sorted(q, key=lambda x: x["question_id"]):
+            ann = a[x["question_id"]]
+            out.setdefault(x["image_id"], []).append((x["question"], ann["multiple_choice_answer"], ann["answer_type"]))
+    return out
+
+
+def test_more_questions_per_scene_keep_everything_else_and_the_first_questions(root, tmp_path):
+    """``questions_per_scene=10``: up to 10 distinct, correctly answered questions per scene; the
+    images, audio, captions, manifest and the first five questions are those of the default dataset."""
+    more = tmp_path / "q10"
+    shapes.generate(more, n=N, seed=SEED, image_size=SIZE, progress=False, questions_per_scene=10)
+    assert _scenes(root) == _scenes(more)
+    base, ten = _questions_by_image(root), _questions_by_image(more)
+    scenes = {s["imgid"]: s for s in _scenes(more).values()}
+    assert base.keys() == ten.keys() == scenes.keys()
+    for img, qs in ten.items():
+        assert qs[: len(base[img])] == base[img]
+        assert len({q for q, _, _ in qs}) == len(qs) <= 10
+        for q, answer, atype in qs:
+            assert shapes.answer_question(scenes[img]["shapes"], q, SIZE) == (answer, atype)
+    assert np.mean([len(q) for q in ten.values()]) >= 8  # most scenes have ten
+    for name in ("images", "audio", "annotations", "manifest.jsonl"):
+        a, b = root / name, more / name
+        assert (_all_files(a) == _all_files(b)) if a.is_dir() else (a.read_bytes() == b.read_bytes())
+    assert shapes.validate(more)["n_questions"] == sum(len(q) for q in ten.values())
+    for bad in (0, 11, 2.5):
+        with pytest.raises(DatasetError, match="questions_per_scene"):
+            shapes.generate(tmp_path / "bad", n=4, progress=False, questions_per_scene=bad)
+
+
 # ------------------------------------------------------------------------------ targets, splits
 def test_labels_match_scene(root):
     ds = load_dataset(root)
@@ -524,3 +563,13 @@ def test_bad_parameters_raise(tmp_path, kwargs):
     with pytest.raises(DatasetError, match="shapes:"):
         shapes.generate(tmp_path / "x", progress=False, **kwargs)
     assert not (tmp_path / "x").exists()
+
+
+def test_prepare_dataset_passes_shapes_options_and_names_unknown_ones(tmp_path):
+    from fusionkit import workbook as wb
+
+    ds = wb.prepare_dataset("shapes", tmp_path / "s", n_scenes=8, image_size=64, options={"questions_per_scene": 7},
+                            progress=False)  # fmt: skip
+    assert max(len(q) for q in _questions_by_image(Path(ds.root)).values()) == 7
+    with pytest.raises(DatasetError, match=r"unknown dataset_options \['n'\]"):
+        wb.prepare_dataset("shapes", tmp_path / "t", n_scenes=8, image_size=64, options={"n": 3}, progress=False)

@@ -164,6 +164,28 @@ def test_retrieval_train_and_evaluate(setup):
     assert len(res.tables["samples"]) == 2
 
 
+class _Tracker:
+    def __init__(self):
+        self.summaries = []
+
+    def summary(self, d):
+        self.summaries.append(d)
+
+
+def test_workbook_train_tasks_passes_each_task_its_own_options(setup, tmp_path):
+    """04_train's ``task_options``: epochs, method and options per task; a task not in ``tasks`` is refused."""
+    _, index_path, _, _ = setup
+    tracker = _Tracker()
+    opts = {"vqa": {"epochs": 2, "method": "concat", **TINY_VQA}}
+    out = wb.train_tasks(["vqa"], index_path, tmp_path, tracker, options=opts)
+    assert out["vqa"]["concat/epochs_run"] <= 2 and "film/epochs_run" not in out["vqa"]
+    assert tracker.summaries and "vqa/concat/best_val_accuracy" in tracker.summaries[0]
+    with pytest.raises(ValueError, match=r"task_options names task\(s\) \['captioning'\]"):
+        wb.train_tasks(["vqa"], index_path, tmp_path, tracker, options={"captioning": {"epochs": 1}})
+    with pytest.raises(TypeError, match=r"task_options\['vqa'\] must be a dict"):
+        wb.train_tasks(["vqa"], index_path, tmp_path, tracker, options={"vqa": 3})
+
+
 # ----------------------------------------------------------------------------------- bad input
 def test_bad_arguments_are_named(setup, tmp_path):
     ds, index_path, cache, _ = setup
