@@ -84,3 +84,24 @@ def test_report_contents(smoke_run):
     assert 0.0 <= acc <= 1.0
     assert f"{acc:.3f}" in html
     assert "wandb sync" in html
+
+
+def test_tasks_run_through_the_chain(smoke_run):
+    """The smoke profile's tasks: trained in 04, evaluated in 05, their tables in the report."""
+    run_dir, _ = smoke_run
+    html = (run_dir / "report.html").read_text()
+    summary = pd.read_csv(run_dir / "summary.csv")
+    metrics = {(r.step, r.metric): r.value for r in summary.itertuples()}
+    for task, key in (
+        ("captioning", "transformer/epochs_run"),
+        ("vqa", "film/best_val_accuracy"),
+        ("retrieval", "dual/best_val_rsum"),
+    ):
+        assert ("04_train", f"{task}/{key}") in metrics, task
+        assert (run_dir / task / "summary.json").is_file(), task
+        assert f"{task}_metrics" in html, task
+    for table in ("captioning_metrics", "vqa_per_question_type", "retrieval_metrics"):
+        assert table in html
+    assert "nearest_neighbour" in html and "ridge" in html  # the baselines are reported next to the models
+    for fig in ("captioning_attention", "vqa_per_question_type", "retrieval_recall"):
+        assert (run_dir / "figures" / f"{fig}.png").is_file(), fig
