@@ -501,5 +501,6 @@ def evaluate_task(task: str, features_index: str | Path, run_dir: str | Path, tr
         tracker.log_table(f"{task}_{key}", table, image_columns=["image"] if "image" in table.columns else [])
     for key, fig in res.figures.items():
         tracker.log_figure(f"{task}_{key}", fig)
-    tracker.summary({f"{task}/{k}": v for k, v in res.summary.items() if isinstance(v, (int, float, str, bool))})
+    # the keys already start with the task's name ("vqa/best/accuracy")
+    tracker.summary({k: v for k, v in res.summary.items() if isinstance(v, (int, float, str, bool))})
     return res

@@ -1273,7 +1273,7 @@ def _train_retrieval(index, index_path, out, seed, epochs, method, opts, progres
     res = R.train_dual_encoder(dual, train, val, cfg, show_progress=_show(progress))
     _save(dual, out / "dual_encoder.safetensors", {
         "task": "retrieval", "image_dim": idim, "text_dim": tdim, "hparams": dual_hp, "options": opts,
-        "seed": seed, "train": res.as_dict(), "temperature": float(1 / dual.scale()),
+        "seed": seed, "train": res.as_dict(), "temperature": float(1 / dual.scale().detach()),
     })  # fmt: skip
     ridge, ridge_scores = R.fit_ridge(train, val, alphas=tuple(float(a) for a in opts["ridge_alphas"]))
     ridge_path = out / "ridge.safetensors"
@@ -1288,7 +1288,7 @@ def _train_retrieval(index, index_path, out, seed, epochs, method, opts, progres
         "dual/best_epoch": res.best_epoch,
         "dual/epochs_run": res.epochs_run,
         "dual/train_time_s": round(res.train_time_s, 2),
-        "dual/temperature": float(1 / dual.scale()),
+        "dual/temperature": float(1 / dual.scale().detach()),
         "ridge/alpha": ridge.alpha,
         "ridge/val_rsum": ridge_scores[ridge.alpha],
     }

@@ -100,6 +100,9 @@ def test_tasks_run_through_the_chain(smoke_run):
         assert ("04_train", f"{task}/{key}") in metrics, task
         assert (run_dir / task / "summary.json").is_file(), task
         assert f"{task}_metrics" in html, task
+    assert 0.0 <= float(metrics[("05_evaluate", "vqa/best/accuracy")]) <= 1.0
+    assert ("05_evaluate", "captioning/nn_baseline/CIDEr") in metrics
+    assert not [m for _, m in metrics if m.startswith(("vqa/vqa/", "captioning/captioning/", "retrieval/retrieval/"))]
     for table in ("captioning_metrics", "vqa_per_question_type", "retrieval_metrics"):
         assert table in html
     assert "nearest_neighbour" in html and "ridge" in html  # the baselines are reported next to the models
