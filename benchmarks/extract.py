@@ -54,6 +54,15 @@ def rss_mb() -> float:
 
 
 def peak_mb(who=resource.RUSAGE_SELF) -> float:
+    """Peak RSS in MB. For this process: ``VmHWM`` (the high-water mark of this process's own
+    memory map, which starts afresh at exec). ``ru_maxrss`` is not used for it: Linux carries it
+    across fork + exec, so a child would report its parent's peak (2,306 MB for both the cold and
+    the warm child in an earlier run of this script). Children (DataLoader workers): ``ru_maxrss``."""
+    if who == resource.RUSAGE_SELF:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
     return resource.getrusage(who).ru_maxrss / 1024  # kB on Linux
 
 
@@ -131,7 +140,9 @@ def naive_run(net, paths: list[Path]) -> float:
     for p in paths:
         img = Image.open(p).convert("RGB")
         x = tf(img).unsqueeze(0)
-        feats.append(net.extract_features(x).mean((2, 3)))  # gradients on, as notebooks forget no_grad
+        # gradients on, as notebooks forget no_grad (the forward records its graph); the result is
+        # detached, as the .numpy() such loops end with does: keeping 800 graphs needs > 24 GB
+        feats.append(net.extract_features(x).mean((2, 3)).detach())
     torch.cat(feats)
     return len(paths) / (time.perf_counter() - t)
 
@@ -143,12 +154,27 @@ def child(args) -> None:
     ds = load_dataset(args.child_dataset)
     kw = json.loads(args.child_kwargs)
     enc = build_encoder(kw.pop("kind"), kw.pop("encoder"))
+    warm_up = kw.pop("warm_up", False)
     base = rss_mb()
+    prime = 0.0
+    if warm_up:
+        # The first forward of a fresh process creates oneDNN's kernels (~2 s on this CPU); the
+        # ceiling is timed after a warm-up batch, so (b) is too - once with the same shapes and
+        # memory format; the cold end-to-end time including this is reported next to it.
+        perf = enc.perf["cpu"]
+        t = time.perf_counter()
+        if perf.get("channels_last"):
+            enc.set_memory_format(torch.channels_last)
+        with torch.inference_mode():
+            enc.eval()(torch.zeros(int(perf["batch_size"]), 3, enc.crop_size, enc.crop_size, dtype=torch.uint8))
+        prime = time.perf_counter() - t
     t = time.perf_counter()
     fs = extract_features(ds, kw.pop("modality"), enc, split="train", cache_dir=args.child_cache, progress=False, **kw)
     dt = time.perf_counter() - t
     out = {
         "seconds": dt,
+        "warm_up_seconds": prime,
+        "per_s_including_warm_up": len(fs.ids) / (dt + prime),
         "n": len(fs.ids),
         "per_s": len(fs.ids) / dt,
         "rss_before_mb": base,
@@ -223,23 +249,39 @@ def main() -> None:
             print(f"  ceiling bs={bs:<3d} {'channels_last' if cl else 'contiguous   '} {r:7.1f} img/s", flush=True)
     best = max(sweep, key=lambda r: r["images_per_s"])
     result["ceiling_sweep"] = sweep
+    # one sweep pass is noisy on a shared machine: each round also measures the ceiling in
+    # fusionkit's own default configuration, and the faster of the two counts (a stricter ceiling)
+    own = {"batch_size": int(defaults["batch_size"]), "channels_last": bool(defaults["channels_last"])}
+    configs = [best] if (best["batch_size"], best["channels_last"]) == tuple(own.values()) else [best, own]
 
     # (b) fusionkit cold, alternating with the best ceiling config
-    ceil_runs, fk_runs = [], []
+    ceil_runs, fk_runs, ceil_cfg = [], [], []
     for i in range(args.rounds):
         fk_runs.append(
             run_child(
-                args, img_root, work / f"cache-cold-{i}", kind="image", encoder="efficientnet_lite0", modality="image"
+                args,
+                img_root,
+                work / f"cache-cold-{i}",
+                kind="image",
+                encoder="efficientnet_lite0",
+                modality="image",
+                warm_up=True,
             )
         )
-        ceil_runs.append(ceiling_run(net, x, best["batch_size"], best["channels_last"]))
+        per_config = [ceiling_run(net, x, c["batch_size"], c["channels_last"]) for c in configs]
+        ceil_runs.append(max(per_config))
+        ceil_cfg.append(configs[per_config.index(max(per_config))])
         print(f"  round {i}: fusionkit {fk_runs[-1]['per_s']:.1f} img/s, ceiling {ceil_runs[-1]:.1f} img/s", flush=True)
     ceiling = max(ceil_runs)
+    best = ceil_cfg[ceil_runs.index(ceiling)]
     cold = max(fk_runs, key=lambda r: r["per_s"])
     result["ceiling"] = {**best, "images_per_s": round(ceiling, 2), "runs": [round(c, 2) for c in ceil_runs]}
     result["fusionkit_cold"] = {
         "images_per_s": round(cold["per_s"], 2),
         "seconds": round(cold["seconds"], 3),
+        "warm_up_seconds": round(cold["warm_up_seconds"], 3),
+        "images_per_s_including_warm_up": round(cold["per_s_including_warm_up"], 2),
+        "runs_images_per_s_including_warm_up": [round(r["per_s_including_warm_up"], 2) for r in fk_runs],
         "runs_images_per_s": [round(r["per_s"], 2) for r in fk_runs],
         "settings": cold["settings"],
         "peak_rss_mb": round(cold["peak_rss_mb"], 1),
@@ -247,6 +289,7 @@ def main() -> None:
         "peak_rss_workers_mb": round(cold["peak_rss_workers_mb"], 1),
     }
     result["ratio_fusionkit_over_ceiling"] = round(cold["per_s"] / ceiling, 3)
+    result["ratio_fusionkit_including_warm_up_over_ceiling"] = round(cold["per_s_including_warm_up"] / ceiling, 3)
 
     # (d) warm cache (same cache folder as the best cold run), separate processes
     best_cache = work / f"cache-cold-{fk_runs.index(cold)}"
@@ -374,6 +417,12 @@ def print_table(r: dict) -> None:
             "(b) fusionkit cold extract_features",
             f"{r['fusionkit_cold']['images_per_s']:.1f} img/s",
             f"ratio to ceiling {r['ratio_fusionkit_over_ceiling']:.3f} (>= 0.85)",
+        ),
+        (
+            "    including the process's first-forward warm-up",
+            f"{r['fusionkit_cold']['images_per_s_including_warm_up']:.1f} img/s",
+            f"ratio {r['ratio_fusionkit_including_warm_up_over_ceiling']:.3f}, "
+            f"warm-up {r['fusionkit_cold']['warm_up_seconds']:.2f} s",
         ),
         (
             "(c) naive loop",
