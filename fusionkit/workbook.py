@@ -61,10 +61,11 @@ def prepare_dataset(
         from fusionkit.data import shapes
 
         opts = dict(options or {})
-        unknown = sorted(set(opts) - {"questions_per_scene", "splits"})
+        allowed = sorted(set(registry.options("shapes")) - {"n", "image_size"})  # those two have parameters
+        unknown = sorted(set(opts) - set(allowed))
         if unknown:
             raise DatasetError(
-                f"shapes: unknown dataset_options {unknown}; expected some of ['questions_per_scene', 'splits'] "
+                f"shapes: unknown dataset_options {unknown}; expected some of {allowed} "
                 "(n_scenes and image_size are parameters of their own)"
             )
         ds = shapes.generate(dataset_dir, n=n_scenes, seed=seed, image_size=image_size, progress=progress, **opts)
