@@ -15,8 +15,8 @@ Metrics (:func:`recall_at_k`)
     (faiss orders ties its own way).
 
 Dual encoder (:class:`DualEncoder`, :func:`train_dual_encoder`)
-    A projection head per modality (LayerNorm -> Linear [-> GELU -> Dropout -> Linear]) onto a
-    shared L2-normalised space; symmetric InfoNCE (CLIP) with a learnable temperature initialised
+    A projection head per modality ([Dropout ->] LayerNorm -> Linear [-> GELU -> Dropout ->
+    Linear]; or no head on the text side, ``text_head="identity"``) onto a shared L2-normalised space; symmetric InfoNCE (CLIP) with a learnable temperature initialised
     at 0.07 (``logit_scale = log(1/0.07)``) and clamped to ``logit_scale <= log(100)``. Several
     captions of one image in a batch are not treated as negatives of each other. AdamW, linear
     warm-up + cosine decay, early stopping on validation RSUM, best state restored. Encoders stay
@@ -355,17 +355,33 @@ def retrieval_split(
 
 
 # ============================================================================== dual encoder
-def _head(in_dim: int, out_dim: int, hidden: int | None, dropout: float) -> nn.Module:
-    if hidden is None:
-        return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim))
+TEXT_HEADS = ("project", "identity")
+
+
+def _head(in_dim: int, out_dim: int, hidden: int | None, dropout: float, input_dropout: float = 0.0) -> nn.Module:
+    pre: list[nn.Module] = [nn.Dropout(input_dropout)] if input_dropout else []
+    if not hidden:
+        return nn.Sequential(*pre, nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim))
     return nn.Sequential(
-        nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim)
+        *pre,
+        nn.LayerNorm(in_dim),
+        nn.Linear(in_dim, hidden),
+        nn.GELU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, out_dim),
     )
 
 
 class DualEncoder(nn.Module):
     """Projection heads for image and text features onto one L2-normalised space, and a
-    learnable temperature (``logit_scale``, CLIP's parametrisation)."""
+    learnable temperature (``logit_scale``, CLIP's parametrisation).
+
+    ``hidden``: width of the heads' hidden layer (``None``/0: linear heads). ``input_dropout``:
+    dropout on the input features of both heads (feature-level augmentation; on a few hundred
+    training images it is what keeps InfoNCE from overfitting in a couple of epochs).
+    ``text_head="identity"``: the text features are used as they are (L2-normalised) and only
+    the image head learns, mapping images into the text encoder's space (``embed_dim`` becomes
+    the text dimension) - the locked-tower recipe of LiT, here with the text tower locked."""
 
     def __init__(
         self,
@@ -377,10 +393,20 @@ class DualEncoder(nn.Module):
         init_temperature: float = 0.07,
         max_logit_scale: float = 100.0,
         learn_temperature: bool = True,
+        input_dropout: float = 0.0,
+        text_head: str = "project",
     ):
         super().__init__()
-        self.image_head = _head(image_dim, embed_dim, hidden, dropout)
-        self.text_head = _head(text_dim, embed_dim, hidden, dropout)
+        if text_head not in TEXT_HEADS:
+            raise ValueError(f"text_head={text_head!r}; expected one of {TEXT_HEADS}")
+        if not 0.0 <= input_dropout < 1.0:
+            raise ValueError(f"input_dropout={input_dropout!r}; expected a value in [0, 1)")
+        if text_head == "identity":
+            embed_dim = text_dim
+        self.image_head = _head(image_dim, embed_dim, hidden, dropout, input_dropout)
+        self.text_head = (
+            nn.Identity() if text_head == "identity" else _head(text_dim, embed_dim, hidden, dropout, input_dropout)
+        )
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)), requires_grad=learn_temperature)
         self.max_log_scale = math.log(max_logit_scale)
         self.embed_dim = embed_dim
@@ -437,9 +463,9 @@ def encode_split(model: DualEncoder, split: RetrievalSplit, batch_size: int = 10
 
 @dataclass
 class RetrievalTrainConfig:
-    epochs: int = 60
-    batch_size: int = 128
-    lr: float = 1e-3
+    epochs: int = 100
+    batch_size: int = 512
+    lr: float = 3e-4
     weight_decay: float = 1e-2
     warmup_frac: float = 0.05
     grad_clip: float = 5.0

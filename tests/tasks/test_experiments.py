@@ -155,6 +155,12 @@ def test_retrieval_train_and_evaluate(setup):
     out = tmp / "run"
     s = X.train_task("retrieval", index_path, out, epochs=3, progress=False, **TINY_RETRIEVAL)
     assert {"dual/best_val_rsum", "ridge/alpha", "matcher/film/best_val_rsum"} <= set(s)
+    # the re-ranking mix is the grid value with the best validation RSUM, and evaluation uses it
+    meta = json.loads((out / "retrieval" / "matcher.json").read_text())
+    by_mix = {float(k): v for k, v in meta["val_rsum_by_mix"].items()}
+    assert set(by_mix) == set(X.RETRIEVAL_DEFAULTS["rerank_mix"])
+    assert meta["mix"] in by_mix and by_mix[meta["mix"]] == max(by_mix.values())
+    assert s["matcher/film/val_rsum_at_mix"] == max(by_mix.values())
     res = X.evaluate_task("retrieval", index_path, out, n_examples=2)
     models = list(res.metrics["model"])
     assert models[:2] == ["dual_encoder", "ridge"] and models[-1].startswith("dual_encoder+rerank(film")

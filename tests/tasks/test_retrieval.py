@@ -189,6 +189,28 @@ def test_dual_encoder_on_synthetic_pairs_and_the_ridge_baseline(paired):
     assert ours["rsum"] > untrained["rsum"] + 200
 
 
+def test_locked_text_head_and_input_dropout(paired):
+    train, val, test = paired
+    torch.manual_seed(0)
+    de = R.DualEncoder(32, 24, embed_dim=99, hidden=None, input_dropout=0.3, text_head="identity")
+    assert de.embed_dim == 24 and not list(de.text_head.parameters())
+    # the text side is the normalised text features, in train and eval mode alike
+    de.train()
+    assert torch.allclose(de.encode_text(test.text), torch.nn.functional.normalize(test.text, dim=-1))
+    # input dropout acts in training only: train-mode image embeddings vary, eval-mode ones do not
+    x = test.image[:8]
+    assert not torch.allclose(de.encode_image(x), de.encode_image(x))
+    de.eval()
+    assert torch.equal(de.encode_image(x), de.encode_image(x))
+    res = R.train_dual_encoder(de, train, val, R.RetrievalTrainConfig(epochs=30, batch_size=64, lr=3e-3, patience=6))
+    ours = R.recall_at_k(R.encode_split(de, test), test.text_to_image)
+    assert res.best_rsum > 400 and ours["t2i_R@1"] > 0.6, ours  # images mapped into the text space
+    with pytest.raises(ValueError, match="text_head"):
+        R.DualEncoder(32, 24, text_head="frozen")
+    with pytest.raises(ValueError, match="input_dropout"):
+        R.DualEncoder(32, 24, input_dropout=1.0)
+
+
 def test_ridge_matches_sklearn():
     from sklearn.linear_model import Ridge
 
