@@ -470,11 +470,14 @@ def train_tasks(
     tracker,
     seed: int = 0,
     options: dict | None = None,
+    resume: bool = False,
 ) -> dict:
     """Train every extra task (captioning, vqa, retrieval) and log each one's summary.
 
     ``options``: task -> keyword arguments of ``experiments.train_task`` (``epochs``, ``method``
-    and the task's options, e.g. ``{"captioning": {"decoders": ["transformer"], "epochs": 12}}``)."""
+    and the task's options, e.g. ``{"captioning": {"decoders": ["transformer"], "epochs": 12}}``).
+    ``resume``: continue interrupted trainings from their per-epoch checkpoints (a task's own
+    ``resume`` option wins)."""
     from fusionkit.tasks import experiments
 
     options = dict(options or {})
@@ -486,7 +489,7 @@ def train_tasks(
         kw = options.get(task) or {}
         if not isinstance(kw, dict):
             raise TypeError(f"task_options[{task!r}] must be a dict of train_task options, got {kw!r}")
-        summary = experiments.train_task(task, features_index, run_dir, seed=seed, **kw)
+        summary = experiments.train_task(task, features_index, run_dir, seed=seed, **{"resume": bool(resume), **kw})
         tracker.summary({f"{task}/{k}": v for k, v in summary.items() if isinstance(v, (int, float, str, bool))})
         out[task] = summary
     return out

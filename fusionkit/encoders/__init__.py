@@ -88,14 +88,18 @@ def build_encoder(kind: str, name: str | None = None, **kw: Any) -> Encoder:
     if kind == "text" and name.startswith("hf:"):
         from fusionkit.encoders.text import HFTextEncoder
 
-        return HFTextEncoder(name[3:], **kw)
-    try:
-        factory = _REGISTRY[kind][name]
-    except KeyError:
-        raise ValueError(
-            f"unknown {kind} encoder {name!r}; available: {', '.join(available_encoders()[kind])}"
-        ) from None
-    return factory(**kw)
+        enc = HFTextEncoder(name[3:], **kw)
+    else:
+        try:
+            factory = _REGISTRY[kind][name]
+        except KeyError:
+            raise ValueError(
+                f"unknown {kind} encoder {name!r}; available: {', '.join(available_encoders()[kind])}"
+            ) from None
+        enc = factory(**kw)
+    # how to build it again (recorded next to cached features, e.g. to fine-tune the same encoder)
+    enc.build_spec = {"kind": kind, "name": name, "kwargs": dict(kw)}
+    return enc
 
 
 __all__ = [

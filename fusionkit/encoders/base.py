@@ -116,6 +116,8 @@ class Encoder(nn.Module):
     }
     #: unit for progress bars
     unit: str = "it"
+    #: ``build_encoder``'s arguments ({"kind", "name", "kwargs"}); set by ``build_encoder``
+    build_spec: dict[str, Any] | None = None
 
     def __init__(self) -> None:
         super().__init__()

@@ -127,3 +127,91 @@ class EarlyStopping:
     def restore(self, model: nn.Module) -> None:
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
+
+
+class TrainCheckpoint:
+    """The full state of a training loop after an epoch, written atomically (temp file + rename),
+    so that ``resume`` continues exactly where an uninterrupted run would be: model, optimizer,
+    learning-rate schedule, early-stopping state, the loop's generator and torch's global RNG
+    (dropout, augmentation), and the history so far.
+
+    ``path=None`` turns it off (every method does nothing)."""
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.path = Path(path) if path is not None else None
+
+    def save(
+        self,
+        epoch: int,
+        stopped: bool,
+        model_state: dict[str, Any],
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        stopper: EarlyStopping,
+        generator: torch.Generator,
+        history: list[dict[str, Any]],
+    ) -> None:
+        if self.path is None:
+            return
+        state = {
+            "epoch": epoch,
+            "stopped": stopped,
+            "model": model_state,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "stopper": {
+                "best": stopper.best,
+                "best_epoch": stopper.best_epoch,
+                "bad": stopper.bad,
+                "best_state": stopper.best_state,
+            },  # fmt: skip
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": history,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, self.path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def restore(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        stopper: EarlyStopping,
+        generator: torch.Generator,
+        epochs: int,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Load the checkpoint when there is one: ``(first epoch to run, history so far)``;
+        ``(0, [])`` without one. A run that had stopped early resumes as finished."""
+        if self.path is None or not self.path.is_file():
+            return 0, []
+        try:
+            state = torch.load(self.path, weights_only=False)
+            model.load_state_dict({**model.state_dict(), **state["model"]})
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, OSError, KeyError, ValueError, EOFError) as e:
+            raise ValueError(
+                f"{self.path}: not a checkpoint of this model and optimizer ({e}); delete it to start over"
+            ) from e
+        scheduler.load_state_dict(state["scheduler"])
+        st = state["stopper"]
+        stopper.best, stopper.best_epoch, stopper.bad, stopper.best_state = (
+            st["best"],
+            st["best_epoch"],
+            st["bad"],
+            st["best_state"],
+        )
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start = epochs if state["stopped"] else int(state["epoch"]) + 1
+        return start, list(state["history"])
+
+    def remove(self) -> None:
+        if self.path is not None and self.path.exists():
+            self.path.unlink()

@@ -84,6 +84,7 @@ from fusionkit.tasks._common import (
     EarlyStopping,
     InputReport,
     TaskInputError,
+    TrainCheckpoint,
     check_on_error,
     problem,
     warmup_cosine,
@@ -1230,11 +1231,17 @@ def train_captioner(
     cfg: CaptionTrainConfig | None = None,
     log_fn: Callable[[dict[str, float]], None] | None = None,
     show_progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> CaptionTrainResult:
     """Teacher forcing over every (image, caption) pair of ``train`` each epoch; validation loss
     and (``monitor="cider"``) greedy CIDEr-D on up to ``val_max_images`` validation images after
     each epoch; early stopping on ``monitor``; the best state is restored. Without ``val`` the
-    model trains for ``epochs`` and keeps its last state."""
+    model trains for ``epochs`` and keeps its last state.
+
+    ``checkpoint``: a file the full training state is written to after every epoch
+    (:class:`~fusionkit.tasks._common.TrainCheckpoint`); ``resume=True`` continues from it, to
+    the same result as an uninterrupted run."""
     cfg = cfg or CaptionTrainConfig()
     cfg.validate()
     from fusionkit.train import seed_everything
@@ -1251,8 +1258,10 @@ def train_captioner(
     if val is not None and cfg.val_max_images and len(val) > cfg.val_max_images:
         val_sub = val.subset(torch.arange(cfg.val_max_images))
     result = CaptionTrainResult(monitor=cfg.monitor)
+    ckpt = TrainCheckpoint(checkpoint)
+    start, result.history = ckpt.restore(model, opt, sched, stopper, gen, cfg.epochs) if resume else (0, [])
     t0 = time.perf_counter()
-    for epoch in progress(range(cfg.epochs), enabled=show_progress, desc="caption epochs", leave=False):
+    for epoch in progress(range(start, cfg.epochs), enabled=show_progress, desc="caption epochs", leave=False):
         model.train()
         perm = torch.randperm(len(train.tokens), generator=gen)
         loss_sum, n_sum = 0.0, 0
@@ -1282,12 +1291,14 @@ def train_captioner(
                     val_sub.reference_dict(), preds, metrics=("CIDEr",), tokenize="simple"
                 )["CIDEr"]
         result.history.append(rec)
+        stop = False
+        if val is not None:
+            stop = stopper.step(rec["val_cider"] if cfg.monitor == "cider" else rec["val_loss"], model, epoch)
+        ckpt.save(epoch, stop, model.state_dict(), opt, sched, stopper, gen, result.history)
         if log_fn is not None:
             log_fn(rec)
-        if val is not None:
-            value = rec["val_cider"] if cfg.monitor == "cider" else rec["val_loss"]
-            if stopper.step(value, model, epoch):
-                break
+        if stop:
+            break
     result.epochs_run = len(result.history)
     result.train_time_s = time.perf_counter() - t0
     if val is not None:

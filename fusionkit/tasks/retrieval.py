@@ -39,6 +39,7 @@ Re-ranking (:class:`MatchingModel`, :func:`train_matcher`, :func:`rerank`)
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,7 +51,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fusionkit.progress import progress
-from fusionkit.tasks._common import EarlyStopping, check_on_error, warmup_cosine
+from fusionkit.tasks._common import EarlyStopping, TrainCheckpoint, check_on_error, warmup_cosine
 
 Tensor = torch.Tensor
 
@@ -493,9 +494,12 @@ def train_dual_encoder(
     cfg: RetrievalTrainConfig | None = None,
     log_fn: Callable[[dict[str, float]], None] | None = None,
     show_progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> RetrievalTrainResult:
     """Every (image, caption) pair once per epoch, shuffled; symmetric InfoNCE; validation RSUM
-    after each epoch, early stopping on it, best state restored (no ``val``: last state)."""
+    after each epoch, early stopping on it, best state restored (no ``val``: last state).
+    ``checkpoint`` / ``resume``: as in :func:`fusionkit.tasks.captioning.train_captioner`."""
     cfg = cfg or RetrievalTrainConfig()
     from fusionkit.train import seed_everything
 
@@ -508,8 +512,10 @@ def train_dual_encoder(
     sched = warmup_cosine(opt, int(cfg.warmup_frac * steps), steps)
     stopper = EarlyStopping(cfg.patience, "max")
     result = RetrievalTrainResult()
+    ckpt = TrainCheckpoint(checkpoint)
+    start, result.history = ckpt.restore(model, opt, sched, stopper, gen, cfg.epochs) if resume else (0, [])
     t0 = time.perf_counter()
-    for epoch in progress(range(cfg.epochs), enabled=show_progress, desc="dual encoder epochs", leave=False):
+    for epoch in progress(range(start, cfg.epochs), enabled=show_progress, desc="dual encoder epochs", leave=False):
         model.train()
         perm = torch.randperm(train.n_texts, generator=gen)
         loss_sum, n_sum = 0.0, 0
@@ -539,9 +545,11 @@ def train_dual_encoder(
             m = recall_at_k((ie, te), val.text_to_image, chunk_size=cfg.chunk_size)
             rec.update({f"val_{k}": v for k, v in m.items()})
         result.history.append(rec)
+        stop = val is not None and stopper.step(rec["val_rsum"], model, epoch)
+        ckpt.save(epoch, stop, model.state_dict(), opt, sched, stopper, gen, result.history)
         if log_fn is not None:
             log_fn(rec)
-        if val is not None and stopper.step(rec["val_rsum"], model, epoch):
+        if stop:
             break
     result.epochs_run = len(result.history)
     result.train_time_s = time.perf_counter() - t0

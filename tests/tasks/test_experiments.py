@@ -170,6 +170,81 @@ def test_retrieval_train_and_evaluate(setup):
     assert len(res.tables["samples"]) == 2
 
 
+def test_retrieval_fine_tuning_the_encoders_is_a_parameter(setup):
+    _, index_path, _, tmp = setup
+    out = tmp / "run_ft"
+    s = X.train_task("retrieval", index_path, out, epochs=2, progress=False, matcher="none",
+                     finetune_image_blocks=1, finetune_text_blocks=1, finetune_epochs=1, **TINY_RETRIEVAL)  # fmt: skip
+    assert s["finetuned/image_blocks"] == 1 and s["finetuned/text_blocks"] == 1 and s["finetuned/epochs_run"] == 1
+    folder = out / "retrieval"
+    meta = json.loads((folder / "dual_encoder_finetuned.json").read_text())
+    assert meta["finetune"]["augment"] is True and meta["image_encoder"] == "efficientnet_lite0"
+    assert not (folder / "finetune_checkpoint.pt").exists()  # finished: removed
+    from safetensors.torch import load_file
+
+    keys = load_file(str(folder / "finetuned_encoders.safetensors"))
+    assert any(k.startswith("image.net._conv_head") for k in keys) and any(k.startswith("text.") for k in keys)
+    res = X.evaluate_task("retrieval", index_path, out, n_examples=0)
+    models = list(res.metrics["model"])
+    assert models[:2] == ["dual_encoder", "ridge"]
+    assert "dual_encoder fine-tuned (image last 1, text last 1, augmented)" in models
+    assert "retrieval/finetuned/rsum" in res.summary
+    # frozen again: the fine-tuned files go, so evaluation cannot report a stale model
+    X.train_task("retrieval", index_path, out, epochs=1, progress=False, matcher="none", **TINY_RETRIEVAL)
+    assert not (folder / "dual_encoder_finetuned.safetensors").exists()
+    assert not any(
+        "fine-tuned" in m for m in X.evaluate_task("retrieval", index_path, out, n_examples=0).metrics["model"]
+    )
+
+
+def test_fine_tuning_refuses_an_encoder_that_differs_from_the_cached_features(setup):
+    _, index_path, _, _ = setup
+    index = json.loads(index_path.read_text())
+    assert index["tasks"]["image_encoder"]["build"]["kwargs"] == {"weights": None, "image_size": 64, "seed": 0}
+    index["tasks"]["image_encoder"]["build"]["kwargs"]["seed"] = 1  # another random init
+    with pytest.raises(X.TaskSetupError, match="differs from the one that made the cached features"):
+        X._task_encoder(index, "image", index_path)
+
+
+@pytest.mark.parametrize(
+    ("task", "opts", "model_file"),
+    [
+        ("vqa", TINY_VQA, "film.safetensors"),
+        ("captioning", {**TINY_CAPTION, "decoders": ["transformer"]}, "transformer.safetensors"),
+        ("retrieval", {**TINY_RETRIEVAL, "matcher": "none"}, "dual_encoder.safetensors"),
+    ],
+)
+def test_resume_after_an_interrupt_saves_what_an_uninterrupted_run_saves(setup, monkeypatch, task, opts, model_file):
+    from safetensors.torch import load_file
+
+    from fusionkit.tasks._common import TrainCheckpoint
+
+    _, index_path, _, tmp = setup
+    full, part = tmp / f"{task}_full", tmp / f"{task}_part"
+    X.train_task(task, index_path, full, epochs=3, progress=False, **opts)
+    save = TrainCheckpoint.save
+
+    def save_then_die(self, epoch, *a, **k):
+        save(self, epoch, *a, **k)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainCheckpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        X.train_task(task, index_path, part, epochs=3, progress=False, **opts)
+    ckpts = list((part / task).glob("*_checkpoint.pt"))
+    assert len(ckpts) == 1 and torch.load(ckpts[0], weights_only=False)["epoch"] == 1
+    monkeypatch.setattr(TrainCheckpoint, "save", save)
+    X.train_task(task, index_path, part, epochs=3, progress=False, resume=True, **opts)
+    assert not list((part / task).glob("*_checkpoint.pt"))  # finished: removed
+    a, b = load_file(str(full / task / model_file)), load_file(str(part / task / model_file))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    hist = lambda d: json.loads((d / task / model_file.replace(".safetensors", ".json")).read_text())["train"][
+        "history"
+    ]  # noqa: E731
+    assert hist(part) == hist(full) and len(hist(full)) == 3
+
+
 class _Tracker:
     def __init__(self):
         self.summaries = []
@@ -190,6 +265,13 @@ def test_workbook_train_tasks_passes_each_task_its_own_options(setup, tmp_path):
         wb.train_tasks(["vqa"], index_path, tmp_path, tracker, options={"captioning": {"epochs": 1}})
     with pytest.raises(TypeError, match=r"task_options\['vqa'\] must be a dict"):
         wb.train_tasks(["vqa"], index_path, tmp_path, tracker, options={"vqa": 3})
+
+
+def test_workbook_train_tasks_resume_reaches_every_task_unless_a_task_says_otherwise(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(X, "train_task", lambda task, *a, **kw: seen.setdefault(task, kw) and {})
+    wb.train_tasks(["vqa", "retrieval"], "idx.json", "run", _Tracker(), options={"vqa": {"resume": False}}, resume=True)
+    assert seen["vqa"]["resume"] is False and seen["retrieval"]["resume"] is True
 
 
 # ----------------------------------------------------------------------------------- bad input
