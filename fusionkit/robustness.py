@@ -23,6 +23,7 @@ from fusionkit.data.base import Dataset, Sample
 from fusionkit.model import MultimodalModel
 from fusionkit.perturb import CORRUPTIONS, LEVELS
 from fusionkit.progress import progress
+from fusionkit.runtime import tune_allocator
 from fusionkit.train import SplitData, accuracy, predict
 
 
@@ -38,6 +39,7 @@ def encode_corrupted(
     batch_size: int = 32,
 ) -> torch.Tensor:
     """Pooled features of ``samples``' modality after corrupting each raw input (seeded per sample)."""
+    tune_allocator()  # fusionkit.runtime: no page faults for every activation of every batch
     fn = CORRUPTIONS[ds.modalities[modality]][corruption]
     root = ds.media_root
     out = []

@@ -16,6 +16,7 @@ from torch import nn
 
 from fusionkit.model import MultimodalModel
 from fusionkit.progress import progress
+from fusionkit.runtime import tune_allocator
 
 Tensor = torch.Tensor
 
@@ -179,6 +180,7 @@ def train(
     show_progress: bool = False,
 ) -> TrainResult:
     """Train with early stopping on validation accuracy; the best state is restored at the end."""
+    tune_allocator()  # fusionkit.runtime: no page faults for every batch-sized tensor
     with cpu_threads(cfg.num_threads):
         return _train(model, train_data, val_data, cfg, log_fn, show_progress)
 

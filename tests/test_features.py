@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import platform
 import signal
 import subprocess
 import sys
@@ -26,6 +28,8 @@ from fusionkit.features import (
     load_cached,
     read_feature_set,
 )
+
+GLIBC = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONS = [
@@ -86,16 +90,17 @@ def tiny_image_encoder():
 
 
 def count_forward(enc, monkeypatch, fail_at: int | None = None) -> list[int]:
+    """Count the encoder's forward passes (a pre-forward hook: it travels with the copy that
+    ``extract_features`` runs, ``Encoder.inference_module``), optionally crashing at one."""
     calls: list[int] = []
-    orig = enc.forward
 
-    def forward(*a, **k):
+    def hook(module, args):
         calls.append(1)
         if fail_at is not None and len(calls) == fail_at:
             raise RuntimeError("simulated crash")
-        return orig(*a, **k)
 
-    monkeypatch.setattr(enc, "forward", forward)
+    handle = enc.register_forward_pre_hook(hook)
+    monkeypatch.setattr(enc, "_fk_count_hook", handle, raising=False)
     return calls
 
 
@@ -136,6 +141,11 @@ def test_warm_cache_makes_zero_forward_passes(ds, tmp_path, monkeypatch):
     assert meta["ids"] == cold.ids and meta["shapes"]["values"] == [12, 1280] and meta["dtype"] == "float32"
     assert meta["sha256"] == sha(warm.path) and meta["versions"]["torch"] == torch.__version__
     assert meta["encoder"]["weights"].startswith("random:0")
+    # a cold extraction applies fusionkit's allocator settings (where the platform has them) and says so
+    from fusionkit.runtime import allocator_tuned
+
+    assert meta["settings"]["allocator_tuned"] is allocator_tuned()
+    assert allocator_tuned() is (os.environ.get("FUSIONKIT_MALLOC_TUNING", "1") != "0" and GLIBC)
     assert not (warm.path.parent / "train-pooled.parts").exists()
     assert torch.equal(warm.rows(["s03", "s01"]), warm.values[[3, 1]])
 
@@ -202,13 +212,12 @@ def test_resume_after_kill_9_is_bit_identical(ds, tmp_path, monkeypatch):
         torch.set_num_threads(int(sys.argv[3]))  # bit-identical needs the same CPU thread count on both sides
         ds = load_dataset(sys.argv[1])
         enc = build_encoder("image", "efficientnet_lite0", weights=None, image_size=32)
-        orig, n = enc.forward, [0]
-        def forward(x):
+        n = [0]
+        def hook(module, args):  # a pre-forward hook travels with extract_features' inference copy
             n[0] += 1
             if n[0] == 4:  # chunk 0 saved, chunk 1 half done
                 os.kill(os.getpid(), signal.SIGKILL)
-            return orig(x)
-        enc.forward = forward
+        enc.register_forward_pre_hook(hook)
         extract_features(ds, "image", enc, split="train", cache_dir=sys.argv[2], chunk_size=4, batch_size=2,
                          num_workers=0, progress=False)
         """

@@ -221,6 +221,11 @@ class Encoder(nn.Module):
         with torch.inference_mode():
             return self(self.batch_to(batch, device))
 
+    def inference_module(self) -> Encoder:
+        """The module ``extract_features`` runs: ``self``, or a faster copy with the same outputs
+        (within float rounding) for frozen inference, e.g. BatchNorm folded into convolutions."""
+        return self
+
     # ---------------------------------------------------------------- fine-tuning
     def freeze(self) -> Encoder:
         """No gradients anywhere; stays in eval mode (BatchNorm statistics and dropout fixed) even

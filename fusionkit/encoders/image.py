@@ -13,6 +13,7 @@ flattened (for ViT: the patch tokens, and ``pooled`` is the class token).
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import re
@@ -286,6 +287,27 @@ class EfficientNetLite0(ImageEncoder):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x)
+
+    # (module attribute of the convolution, of the BatchNorm that follows it) in the package's model
+    _CONV_BN = (("_conv_stem", "_bn0"), ("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"),
+                ("_project_conv", "_bn2"), ("_conv_head", "_bn1"))  # fmt: skip
+
+    def inference_module(self) -> EfficientNetLite0:
+        """A copy with each BatchNorm folded into the convolution before it (``torch.nn.utils.
+        fusion.fuse_conv_bn_eval``: the eval-mode arithmetic, the same features within float
+        rounding, ~5e-6 relative). Measured 1.17-1.2x faster on this project's 2-core CPU
+        (benchmarks/README.md). For frozen inference only: it does not train."""
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        m = copy.deepcopy(self).eval()
+        fmt = m.memory_format
+        for mod in list(m.net.modules()):
+            for conv, bn in self._CONV_BN:
+                c, b = getattr(mod, conv, None), getattr(mod, bn, None)
+                if isinstance(c, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
+                    setattr(mod, conv, fuse_conv_bn_eval(c, b))
+                    setattr(mod, bn, nn.Identity())
+        return m.set_memory_format(fmt)
 
 
 # --------------------------------------------------------------------------------- torchvision

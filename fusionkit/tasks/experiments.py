@@ -75,6 +75,7 @@ import torch
 
 from fusionkit.data.base import SPLITS, Dataset, Sample, atomic_write_text, write_dataset
 from fusionkit.progress import progress_enabled
+from fusionkit.runtime import tune_allocator
 from fusionkit.tasks._common import TaskInputError
 
 Tensor = torch.Tensor
@@ -852,6 +853,7 @@ def train_task(
     index = read_task_index(index_path)
     _require(index, task, index_path)
     opts = _options(task, kw)
+    tune_allocator()  # fusionkit.runtime: no page faults for every batch-sized tensor
     epochs = int(epochs or EPOCHS[task])
     out = _task_dir(out_dir, task)
     t0 = time.perf_counter()

@@ -275,3 +275,27 @@ def test_torchvision_random_init(name, crop, grid_len, dim, mean0):
     assert out["pooled"].shape == (1, dim) and out["grid"].shape == (1, grid_len, dim)
     assert torch.isfinite(out["pooled"]).all()
     assert len(enc.block_names()) >= 5
+
+
+def test_efficientnet_inference_module_folds_batchnorm_and_keeps_the_features():
+    from torch import nn
+
+    enc = build_encoder("image", "efficientnet_lite0", weights=None, image_size=64, seed=0).eval()
+    g = torch.Generator().manual_seed(0)
+    for m in enc.modules():  # non-trivial statistics, so that folding has something to fold
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    folded = enc.inference_module()
+    assert folded is not enc and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in enc.modules()) == 49  # the original is untouched
+    assert all(torch.equal(v, before[k]) for k, v in enc.state_dict().items())
+    x = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=g)
+    with torch.inference_mode():
+        a, b = enc(x), folded(x)
+    for k in ("pooled", "grid"):
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-4), (k, (a[k] - b[k]).abs().max())
+    assert not torch.equal(a["pooled"], torch.zeros_like(a["pooled"]))

@@ -239,9 +239,10 @@ def test_resume_after_an_interrupt_saves_what_an_uninterrupted_run_saves(setup, 
     assert not list((part / task).glob("*_checkpoint.pt"))  # finished: removed
     a, b = load_file(str(full / task / model_file)), load_file(str(part / task / model_file))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    hist = lambda d: json.loads((d / task / model_file.replace(".safetensors", ".json")).read_text())["train"][
-        "history"
-    ]  # noqa: E731
+
+    def hist(d):
+        return json.loads((d / task / model_file.replace(".safetensors", ".json")).read_text())["train"]["history"]
+
     assert hist(part) == hist(full) and len(hist(full)) == 3
 
 
