@@ -215,3 +215,27 @@ class TrainCheckpoint:
     def remove(self) -> None:
         if self.path is not None and self.path.exists():
             self.path.unlink()
+
+
+def end_epoch(
+    rec: dict[str, Any],
+    history: list[dict[str, Any]],
+    epoch: int,
+    value: float | None,
+    model: Any,
+    stopper: EarlyStopping,
+    ckpt: TrainCheckpoint,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    generator: torch.Generator,
+    log_fn: Any = None,
+) -> bool:
+    """What every task's training loop does after an epoch, in this order: record ``rec``, step
+    early stopping on ``value`` (None: no validation, never stops), write the checkpoint, log.
+    ``model``: anything with ``state_dict()`` (the part that trains). Returns True to stop."""
+    history.append(rec)
+    stop = value is not None and stopper.step(value, model, epoch)
+    ckpt.save(epoch, stop, model.state_dict(), optimizer, scheduler, stopper, generator, history)
+    if log_fn is not None:
+        log_fn(rec)
+    return stop

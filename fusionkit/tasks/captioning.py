@@ -86,6 +86,7 @@ from fusionkit.tasks._common import (
     TaskInputError,
     TrainCheckpoint,
     check_on_error,
+    end_epoch,
     problem,
     warmup_cosine,
 )
@@ -1290,14 +1291,8 @@ def train_captioner(
                 rec["val_cider"] = caption_metrics(
                     val_sub.reference_dict(), preds, metrics=("CIDEr",), tokenize="simple"
                 )["CIDEr"]
-        result.history.append(rec)
-        stop = False
-        if val is not None:
-            stop = stopper.step(rec["val_cider"] if cfg.monitor == "cider" else rec["val_loss"], model, epoch)
-        ckpt.save(epoch, stop, model.state_dict(), opt, sched, stopper, gen, result.history)
-        if log_fn is not None:
-            log_fn(rec)
-        if stop:
+        value = None if val is None else rec["val_cider"] if cfg.monitor == "cider" else rec["val_loss"]
+        if end_epoch(rec, result.history, epoch, value, model, stopper, ckpt, opt, sched, gen, log_fn):
             break
     result.epochs_run = len(result.history)
     result.train_time_s = time.perf_counter() - t0

@@ -1151,7 +1151,7 @@ def _fit_vqa(
     from torch.nn import functional as F
 
     from fusionkit.progress import progress as bar
-    from fusionkit.tasks._common import EarlyStopping, TrainCheckpoint, warmup_cosine
+    from fusionkit.tasks._common import EarlyStopping, TrainCheckpoint, end_epoch, warmup_cosine
     from fusionkit.train import seed_everything
 
     gen = seed_everything(seed)
@@ -1196,10 +1196,7 @@ def _fit_vqa(
         val_acc = float((vl.argmax(1) == val.labels).float().mean()) if len(vl) else float("nan")
         rec = {"epoch": epoch, "train_loss": loss_sum / max(n_sum, 1), "train_acc": correct / max(n_sum, 1),
                "val_acc": val_acc, "lr": sched.get_last_lr()[0]}  # fmt: skip
-        result.history.append(rec)
-        stop = stopper.step(val_acc, model, epoch)
-        ckpt.save(epoch, stop, model.state_dict(), opt, sched, stopper, gen, result.history)
-        if stop:
+        if end_epoch(rec, result.history, epoch, val_acc, model, stopper, ckpt, opt, sched, gen):
             break
     stopper.restore(model)
     model.eval()

@@ -51,7 +51,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fusionkit.progress import progress
-from fusionkit.tasks._common import EarlyStopping, TrainCheckpoint, check_on_error, warmup_cosine
+from fusionkit.tasks._common import EarlyStopping, TrainCheckpoint, check_on_error, end_epoch, warmup_cosine
 
 Tensor = torch.Tensor
 
@@ -544,12 +544,8 @@ def train_dual_encoder(
             ie, te = encode_split(model, val)
             m = recall_at_k((ie, te), val.text_to_image, chunk_size=cfg.chunk_size)
             rec.update({f"val_{k}": v for k, v in m.items()})
-        result.history.append(rec)
-        stop = val is not None and stopper.step(rec["val_rsum"], model, epoch)
-        ckpt.save(epoch, stop, model.state_dict(), opt, sched, stopper, gen, result.history)
-        if log_fn is not None:
-            log_fn(rec)
-        if stop:
+        value = rec["val_rsum"] if val is not None else None
+        if end_epoch(rec, result.history, epoch, value, model, stopper, ckpt, opt, sched, gen, log_fn):
             break
     result.epochs_run = len(result.history)
     result.train_time_s = time.perf_counter() - t0

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from fusionkit.progress import progress
-from fusionkit.tasks._common import EarlyStopping, TrainCheckpoint, warmup_cosine
+from fusionkit.tasks._common import EarlyStopping, TrainCheckpoint, end_epoch, warmup_cosine
 from fusionkit.tasks.retrieval import (
     DualEncoder,
     RetrievalTrainResult,
@@ -264,12 +264,9 @@ def finetune_dual_encoder(
             m = recall_at_k((dual.encode_image(vi), dual.encode_text(vt)), val_text_to_image)
         rec = {"epoch": epoch, "train_loss": loss_sum / max(n_sum, 1), "temperature": float(1 / dual.scale().detach())}
         rec.update({f"val_{k}": v for k, v in m.items()})
-        result.history.append(rec)
-        stop = stopper.step(rec["val_rsum"], _StateView(tower), epoch)
-        ckpt.save(epoch, stop, _trainable_state(tower), opt, sched, stopper, gen, result.history)
-        if log_fn is not None:
-            log_fn(rec)
-        if stop:
+        if end_epoch(
+            rec, result.history, epoch, rec["val_rsum"], _StateView(tower), stopper, ckpt, opt, sched, gen, log_fn
+        ):
             break
     result.epochs_run = len(result.history)
     result.train_time_s = time.perf_counter() - t0
