@@ -77,6 +77,7 @@ from fusionkit.data.base import SPLITS, Dataset, Sample, atomic_write_text, writ
 from fusionkit.progress import progress_enabled
 from fusionkit.runtime import tune_allocator
 from fusionkit.tasks._common import TaskInputError
+from fusionkit.tasks.transfer import FinetuneConfig as _FinetuneConfig
 
 Tensor = torch.Tensor
 
@@ -724,6 +725,7 @@ VQA_DEFAULTS: dict[str, Any] = {
 }
 VQA_EPOCHS = 40
 
+_FT = _FinetuneConfig()
 RETRIEVAL_DEFAULTS: dict[str, Any] = {
     # dual encoder (chosen on the validation RSUM of the default and flickr8k-800 datasets)
     "embed_dim": 256,
@@ -739,14 +741,15 @@ RETRIEVAL_DEFAULTS: dict[str, Any] = {
     # transfer learning: after the frozen-feature dual encoder, fine-tune the last blocks of the
     # image / text encoder with it (initialised from it; 0 and 0: frozen only). Slow on a CPU:
     # EfficientNet-Lite0 with 1 block trained, 600 images: ~27 s per epoch on 2 cores.
+    # (the values of these come from fusionkit.tasks.transfer.FinetuneConfig, except the two block counts)
     "finetune_image_blocks": 0,
     "finetune_text_blocks": 0,
-    "augment": True,  # torchvision v2 augmentation of the training images when the image encoder trains
-    "finetune_epochs": 6,
-    "finetune_lr": 1e-4,  # heads
-    "encoder_lr": 3e-5,  # unfrozen encoder blocks
-    "finetune_batch_size": 64,
-    "finetune_patience": 3,
+    "augment": _FT.augment,  # torchvision v2 augmentation of the training images when the image encoder trains
+    "finetune_epochs": _FT.epochs,
+    "finetune_lr": _FT.lr,  # heads
+    "encoder_lr": _FT.encoder_lr,  # unfrozen encoder blocks
+    "finetune_batch_size": _FT.batch_size,
+    "finetune_patience": _FT.patience,
     # continue an interrupted training from <out>/retrieval/{dual,finetune}_checkpoint.pt
     "resume": False,
     "matcher": "film",  # fusion method of the re-ranking model ("" : no re-ranking)
