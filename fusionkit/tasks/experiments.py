@@ -52,9 +52,15 @@ Training (:func:`train_task`) and evaluation (:func:`evaluate_task`)
     retrieval   dual encoder vs ridge map: R@1/5/10 both directions, medr, meanr, RSUM; the fusion
                 matcher's re-ranking of the dual encoder's top-k (before / after).
 
-Transfer learning: the encoders stay frozen (features from the cache). Fine-tuning the last blocks
-of EfficientNet-Lite0 at 224 px costs about three forward passes per image and epoch - minutes per
-epoch on the 2-core CPU this project's demo runs on - so it is not offered here (see the README).
+Transfer learning (``finetune_image_blocks`` / ``finetune_text_blocks`` > 0, every task)
+    After the model trained on frozen features, a copy of it is fine-tuned together with the last
+    blocks of the encoder(s) that made the features (rebuilt from the index, checked by identity),
+    on augmented training images (:mod:`fusionkit.tasks.transfer`), early-stopped on the same
+    validation metric. The copy, the encoders' trained blocks and the fine-tuned test features are
+    saved next to the frozen model (``<model>_finetuned*``); ``evaluate_task`` reports both. A
+    training run without fine-tuning removes them, so evaluation never reports a stale model.
+    Captioning fine-tunes the image encoder only (its decoder reads word pieces, not the text
+    encoder); VQA the image encoder and / or the question encoder; retrieval either or both.
 
 Progress bars honour ``FUSIONKIT_NO_PROGRESS`` (``fusionkit.progress``).
 """
@@ -680,6 +686,28 @@ def _vqa_tables(index: Mapping[str, Any], index_path) -> dict[str, Any]:
 
 
 # ================================================================================ defaults
+_FT = _FinetuneConfig()
+
+
+def _finetune_defaults(batch_size: int, text: bool = True) -> dict[str, Any]:
+    """The transfer-learning options every task shares (values from
+    :class:`fusionkit.tasks.transfer.FinetuneConfig`, measured on flickr8k-800 retrieval).
+    Fine-tuning runs after the frozen-feature model, starting from it; 0 blocks: frozen only.
+    Slow on a CPU: EfficientNet-Lite0 with 1 block trained, 600 images: ~25 s per epoch on 2 cores."""
+    d: dict[str, Any] = {"finetune_image_blocks": 0}  # last blocks of the image encoder trained
+    if text:
+        d["finetune_text_blocks"] = 0  # last transformer layers of the text encoder trained
+    d.update({
+        "augment": _FT.augment,  # torchvision v2 augmentation of the training images when the image encoder trains
+        "finetune_epochs": _FT.epochs,
+        "finetune_lr": _FT.lr,  # the task model
+        "encoder_lr": _FT.encoder_lr,  # unfrozen encoder blocks
+        "finetune_batch_size": batch_size,  # distinct images per step
+        "finetune_patience": _FT.patience,
+    })  # fmt: skip
+    return d
+
+
 CAPTION_DEFAULTS: dict[str, Any] = {
     "decoders": ("transformer", "lstm"),
     "max_len": 0,  # 0: from the training captions (95th percentile of pieces + BOS/EOS, at most 40)
@@ -702,7 +730,8 @@ CAPTION_DEFAULTS: dict[str, Any] = {
     "beam_size": 3,
     "length_penalty": 1.0,
     "nn_k": 1,
-    "resume": False,  # continue an interrupted training from <out>/captioning/<decoder>_checkpoint.pt
+    "resume": False,  # continue an interrupted training from <out>/captioning/<decoder>[_finetune]_checkpoint.pt
+    **_finetune_defaults(32, text=False),  # 32 images per step, each with all its captions
 }
 CAPTION_EPOCHS = 30
 
@@ -721,11 +750,11 @@ VQA_DEFAULTS: dict[str, Any] = {
     "label_smoothing": 0.0,
     "patience": 8,
     "top_k": 1000,
-    "resume": False,  # continue an interrupted training from <out>/vqa/<method>_checkpoint.pt
+    "resume": False,  # continue an interrupted training from <out>/vqa/<method>[_finetune]_checkpoint.pt
+    **_finetune_defaults(16),  # 16 images per step, each with all its questions
 }
 VQA_EPOCHS = 40
 
-_FT = _FinetuneConfig()
 RETRIEVAL_DEFAULTS: dict[str, Any] = {
     # dual encoder (chosen on the validation RSUM of the default and flickr8k-800 datasets)
     "embed_dim": 256,
@@ -738,18 +767,7 @@ RETRIEVAL_DEFAULTS: dict[str, Any] = {
     "weight_decay": 1e-2,
     "patience": 10,
     "ridge_alphas": (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0),
-    # transfer learning: after the frozen-feature dual encoder, fine-tune the last blocks of the
-    # image / text encoder with it (initialised from it; 0 and 0: frozen only). Slow on a CPU:
-    # EfficientNet-Lite0 with 1 block trained, 600 images: ~27 s per epoch on 2 cores.
-    # (the values of these come from fusionkit.tasks.transfer.FinetuneConfig, except the two block counts)
-    "finetune_image_blocks": 0,
-    "finetune_text_blocks": 0,
-    "augment": _FT.augment,  # torchvision v2 augmentation of the training images when the image encoder trains
-    "finetune_epochs": _FT.epochs,
-    "finetune_lr": _FT.lr,  # heads
-    "encoder_lr": _FT.encoder_lr,  # unfrozen encoder blocks
-    "finetune_batch_size": _FT.batch_size,
-    "finetune_patience": _FT.patience,
+    **_finetune_defaults(_FT.batch_size),  # 64 images per step, each with one random caption
     # continue an interrupted training from <out>/retrieval/{dual,finetune}_checkpoint.pt
     "resume": False,
     "matcher": "film",  # fusion method of the re-ranking model ("" : no re-ranking)
@@ -905,6 +923,9 @@ def _train_captioning(index, index_path, out, seed, epochs, method, opts, progre
     splits = {sp: C.caption_split(caps, sp, tok, data.ids[sp], data.grid[sp], pooled[sp]) for sp in ("train", "val")}
     feat_dim = int(splits["train"].grid.shape[-1])
     pooled_dim = int(data.pooled["train"].shape[-1]) if opts["use_pooled"] else None
+    if int(opts["finetune_image_blocks"]):
+        splits["test"] = C.caption_split(caps, "test", tok, data.ids["test"], data.grid["test"], pooled["test"])
+    decoded: dict[str, Tensor] = {}  # the split's images, decoded once for every decoder's fine-tuning
     summary: dict[str, Any] = {
         "vocab_size": tok.vocab_size,
         "max_len": max_len,
@@ -953,6 +974,8 @@ def _train_captioning(index, index_path, out, seed, epochs, method, opts, progre
             "params": model.num_parameters(),
         }
         _save(model, out / f"{kind}.safetensors", meta)
+        summary.update(_finetune_captioning(index, index_path, out, kind, model, meta, tok, splits, opts, seed,
+                                            progress, decoded))  # fmt: skip
         summary[f"{kind}/best_val_cider"] = res.best_value
         summary[f"{kind}/best_epoch"] = res.best_epoch
         summary[f"{kind}/epochs_run"] = res.epochs_run
@@ -960,6 +983,53 @@ def _train_captioning(index, index_path, out, seed, epochs, method, opts, progre
         summary[f"{kind}/params"] = model.num_parameters()
     _write_json(out / "decoders.json", {"decoders": kinds})
     return summary
+
+
+def _finetune_captioning(
+    index, index_path, out: Path, kind: str, model, meta, tok, splits, opts, seed, progress, decoded: dict[str, Tensor]
+) -> dict[str, Any]:
+    """Transfer learning for one decoder (see :mod:`fusionkit.tasks.transfer`): a copy of the
+    frozen-feature decoder fine-tuned with the last blocks of the image encoder; saves it, the
+    encoder's trained blocks and the fine-tuned test features (``<kind>_finetuned*``)."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    from fusionkit.tasks import transfer as T
+
+    files = _finetuned_files(out, kind)
+    cfg = _finetune_cfg(opts, seed)
+    if not cfg.image_blocks:
+        _remove(files.values())
+        return {}
+    enc = _task_encoder(index, "image", index_path)
+    show = _show(progress)
+    for sp in ("train", "val", "test"):
+        if sp not in decoded:
+            decoded[sp] = T.decode_for_training(enc, _split_images(index, splits[sp].image_ids), show)
+    ft = copy.deepcopy(model)
+    ckpt = _checkpoint(files["checkpoint"], opts)
+    res = T.finetune_captioner(
+        ft, enc, splits["train"], decoded["train"], splits["val"], decoded["val"], tok, cfg,
+        label_smoothing=float(opts["label_smoothing"]), val_max_images=int(opts["val_max_images"]) or None,
+        checkpoint=ckpt, resume=bool(opts["resume"]), show_progress=show,
+    )  # fmt: skip
+    from dataclasses import asdict
+
+    _save(ft, files["model"], {**meta, "finetune": asdict(cfg), "train": res.as_dict(),
+                               "image_encoder": index["tasks"]["image_encoder"]["name"],
+                               "test_ids": list(splits["test"].image_ids)})  # fmt: skip
+    _save_encoders(files["encoders"], enc)
+    f = T.encode_image_features(enc, decoded["test"])
+    save_file({f"test/{k}": v.contiguous() for k, v in f.items()}, str(files["features"]))
+    ckpt.unlink(missing_ok=True)  # finished: nothing left to resume
+    return {
+        f"{kind}_finetuned/best_val_cider": res.best_value,
+        f"{kind}_finetuned/best_epoch": res.best_epoch,
+        f"{kind}_finetuned/epochs_run": res.epochs_run,
+        f"{kind}_finetuned/train_time_s": round(res.train_time_s, 2),
+        f"{kind}_finetuned/image_blocks": cfg.image_blocks,
+    }
 
 
 # -------------------------------------------------------------------------------- vqa
@@ -1093,8 +1163,13 @@ class _VQAArrays:
     table: Any  # the VQATable (rows = questions)
 
 
+def _vqa_keys(table) -> list[str]:
+    """The image rows of a VQA split: its distinct image keys, sorted."""
+    return sorted({r.image_key for r in table.records})
+
+
 def _vqa_arrays(index, index_path, table, vocab, image_kind: str) -> _VQAArrays:
-    keys = sorted({r.image_key for r in table.records})
+    keys = _vqa_keys(table)
     grid, pooled = image_features(index, keys)
     if image_kind == "grid":
         if grid is None:
@@ -1226,6 +1301,7 @@ def _train_vqa(index, index_path, out, seed, epochs, method, opts, progress) -> 
     image_dim = int(train.images.shape[-1])
     q_dim = int(train.questions.shape[-1])
     n_regions = int(train.images.shape[1]) if train.images.dim() == 3 else 0
+    decoded: dict[str, Tensor] = {}  # the splits' images, decoded once for every method's fine-tuning
     summary: dict[str, Any] = {
         "n_answers": len(vocab),
         "answer_coverage_val": vocab.coverage(tables["val"]),
@@ -1256,6 +1332,8 @@ def _train_vqa(index, index_path, out, seed, epochs, method, opts, progress) -> 
             "params": model.num_parameters(),
         }
         _save(model, out / f"{m}.safetensors", meta)
+        summary.update(_finetune_vqa(index, index_path, out, m, model, meta, train, val, tables, opts, seed, progress,
+                                     decoded))  # fmt: skip
         summary[f"{m}/best_val_accuracy"] = res.best_val_acc
         summary[f"{m}/best_epoch"] = res.best_epoch
         summary[f"{m}/epochs_run"] = res.epochs_run
@@ -1263,6 +1341,96 @@ def _train_vqa(index, index_path, out, seed, epochs, method, opts, progress) -> 
         summary[f"{m}/params"] = model.num_parameters()
     _write_json(out / "methods.json", {"methods": methods})
     return summary
+
+
+def _encode_distinct(encoder, texts: Sequence[str]) -> Tensor:
+    """Pooled features of ``texts``, each distinct text encoded once."""
+    from fusionkit.tasks.transfer import encode_texts
+
+    uniq = sorted(set(texts))
+    row = {t: i for i, t in enumerate(uniq)}
+    return encode_texts(encoder, uniq)[torch.as_tensor([row[t] for t in texts], dtype=torch.long)]
+
+
+def _finetune_vqa(index, index_path, out: Path, method: str, model, meta, train: _VQAArrays, val: _VQAArrays, tables,
+                  opts, seed, progress, decoded: dict[str, Tensor]) -> dict[str, Any]:  # fmt: skip
+    """Transfer learning for one VQA model (see :mod:`fusionkit.tasks.transfer`): a copy of the
+    frozen-feature model fine-tuned with the last blocks of the image and / or question encoder.
+    Each step: ``finetune_batch_size`` images with all their answerable questions. Saves the
+    copy, the encoders' trained blocks and the fine-tuned test features (``<method>_finetuned*``)."""
+    import copy
+    import dataclasses
+
+    from safetensors.torch import save_file
+    from torch.nn import functional as F
+
+    from fusionkit.tasks import transfer as T
+
+    files = _finetuned_files(out, method)
+    cfg = _finetune_cfg(opts, seed)
+    if not cfg.image_blocks and not cfg.text_blocks:
+        _remove(files.values())
+        return {}
+    img_enc = _task_encoder(index, "image", index_path)
+    txt_enc = _task_encoder(index, "text", index_path) if cfg.text_blocks else None
+    show = _show(progress)
+    keys = {"train": train.image_keys, "val": val.image_keys, "test": _vqa_keys(tables["test"])}
+    for sp, k in keys.items():
+        if sp not in decoded:
+            decoded[sp] = T.decode_for_training(img_enc, _split_images(index, k), show)
+    kind = meta["image"]
+    by_image: list[list[int]] = [[] for _ in range(len(train.image_keys))]
+    for qi, (img, y) in enumerate(zip(train.q_image.tolist(), train.labels.tolist())):
+        if y >= 0:
+            by_image[img].append(qi)
+    rows_with_q = torch.as_tensor([i for i, b in enumerate(by_image) if b], dtype=torch.long)
+    smoothing = float(opts["label_smoothing"])
+    model_ft = copy.deepcopy(model)
+
+    def batch_loss(feats, rows, gen):
+        qs = torch.as_tensor([q for r in rows.tolist() for q in by_image[r]], dtype=torch.long)
+        local = torch.as_tensor([j for j, r in enumerate(rows.tolist()) for _ in by_image[r]], dtype=torch.long)
+        if txt_enc is not None:
+            q = txt_enc(txt_enc.collate([train.table.questions[int(i)] for i in qs]))["pooled"]
+        else:
+            q = train.questions[qs]
+        logits = model_ft(feats[kind], q, local)
+        return F.cross_entropy(logits, train.labels[qs], label_smoothing=smoothing), len(qs)
+
+    def arrays(a: _VQAArrays, feats: dict[str, Tensor]) -> _VQAArrays:
+        q = _encode_distinct(txt_enc, a.table.questions) if txt_enc is not None else a.questions
+        return dataclasses.replace(a, images=feats[kind], questions=q)
+
+    def validate(feats):
+        logits = _vqa_logits(model_ft, arrays(val, feats))
+        return {"val_acc": float((logits.argmax(1) == val.labels).float().mean()) if len(logits) else float("nan")}
+
+    ckpt = _checkpoint(files["checkpoint"], opts)
+    res = T.finetune_on_images(
+        model_ft, img_enc, decoded["train"], decoded["val"], batch_loss, validate, cfg, monitor="val_acc",
+        train_rows=rows_with_q, text_encoder=txt_enc, checkpoint=ckpt, resume=bool(opts["resume"]),
+        show_progress=show, desc="vqa fine-tune epochs",
+    )  # fmt: skip
+    from dataclasses import asdict
+
+    _save(model_ft, files["model"], {**meta, "finetune": asdict(cfg), "train": res.as_dict(), "test_keys": keys["test"],
+                                     "image_encoder": index["tasks"]["image_encoder"]["name"],
+                                     "text_encoder": index["tasks"]["text_encoder"]["name"]})  # fmt: skip
+    _save_encoders(files["encoders"], img_enc, txt_enc)
+    f = T.encode_image_features(img_enc, decoded["test"])
+    feats = {"test/image": f[kind].contiguous()}
+    if txt_enc is not None:
+        feats["test/questions"] = _encode_distinct(txt_enc, tables["test"].questions).contiguous()
+    save_file(feats, str(files["features"]))
+    ckpt.unlink(missing_ok=True)  # finished: nothing left to resume
+    return {
+        f"{method}_finetuned/best_val_accuracy": res.best_value,
+        f"{method}_finetuned/best_epoch": res.best_epoch,
+        f"{method}_finetuned/epochs_run": res.epochs_run,
+        f"{method}_finetuned/train_time_s": round(res.train_time_s, 2),
+        f"{method}_finetuned/image_blocks": cfg.image_blocks,
+        f"{method}_finetuned/text_blocks": cfg.text_blocks,
+    }
 
 
 def asdict_(obj) -> dict[str, Any]:
@@ -1425,6 +1593,53 @@ def _split_images(index: Mapping[str, Any], ids: Sequence[str]) -> list[str]:
     return [paths[i] for i in ids]
 
 
+def _finetune_cfg(opts: Mapping[str, Any], seed: int) -> _FinetuneConfig:
+    """A task's transfer-learning options (:func:`_finetune_defaults`) as a FinetuneConfig."""
+    return _FinetuneConfig(
+        image_blocks=int(opts["finetune_image_blocks"]), text_blocks=int(opts.get("finetune_text_blocks", 0)),
+        augment=bool(opts["augment"]), epochs=int(opts["finetune_epochs"]),
+        batch_size=int(opts["finetune_batch_size"]), lr=float(opts["finetune_lr"]),
+        encoder_lr=float(opts["encoder_lr"]), patience=int(opts["finetune_patience"]), seed=seed,
+    )  # fmt: skip
+
+
+def _finetuned_files(out: Path, stem: str) -> dict[str, Path]:
+    """Where a fine-tuned copy of model ``stem`` lives: weights (+ json), the encoders' trained
+    blocks, the fine-tuned test features, the per-epoch training checkpoint."""
+    return {
+        "model": out / f"{stem}_finetuned.safetensors",
+        "meta": out / f"{stem}_finetuned.json",
+        "encoders": out / f"{stem}_finetuned_encoders.safetensors",
+        "features": out / f"{stem}_finetuned_features.safetensors",
+        "checkpoint": out / f"{stem}_finetune_checkpoint.pt",
+    }
+
+
+def _remove(paths: Iterable[Path]) -> None:
+    for p in paths:
+        if p.exists():
+            p.unlink()
+
+
+def _save_encoders(path: Path, image_encoder, text_encoder=None) -> None:
+    """The trained blocks (and buffers) of the fine-tuned encoders, ``image.*`` / ``text.*``."""
+    from safetensors.torch import save_file
+
+    from fusionkit.tasks.transfer import _trainable_state
+
+    state = {f"image.{k}": v for k, v in _trainable_state(image_encoder).items()}
+    if text_encoder is not None:
+        state.update({f"text.{k}": v for k, v in _trainable_state(text_encoder).items()})
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+
+
+def _finetune_label(c: Mapping[str, Any]) -> str:
+    """``"image last 1, text last 1, augmented"`` from a saved FinetuneConfig."""
+    parts = [f"image last {c['image_blocks']}" if c["image_blocks"] else "",
+             f"text last {c['text_blocks']}" if c.get("text_blocks") else ""]  # fmt: skip
+    return ", ".join(x for x in parts if x) + (", augmented" if c["augment"] and c["image_blocks"] else "")
+
+
 def _finetune_retrieval(index, index_path, out: Path, seed, dual, dual_hp, opts, sp, progress) -> dict[str, Any]:
     """Transfer learning (see :mod:`fusionkit.tasks.transfer`): fine-tune the last blocks of the
     encoders with a copy of the frozen-feature dual encoder; save the heads, the encoders'
@@ -1439,9 +1654,7 @@ def _finetune_retrieval(index, index_path, out: Path, seed, dual, dual_hp, opts,
                                "finetuned_encoders.safetensors", "finetuned_features.safetensors")]  # fmt: skip
     ib, tb = int(opts["finetune_image_blocks"]), int(opts["finetune_text_blocks"])
     if not ib and not tb:
-        for f in files:
-            if f.exists():
-                f.unlink()
+        _remove(files)
         return {}
     img_enc = _task_encoder(index, "image", index_path)
     txt_enc = _task_encoder(index, "text", index_path) if tb else None
@@ -1455,11 +1668,7 @@ def _finetune_retrieval(index, index_path, out: Path, seed, dual, dual_hp, opts,
         if len(caps) != v.n_texts:
             raise TaskSetupError(f"{index_path}: {k}: {len(caps)} captions but {v.n_texts} caption features")
         texts[k] = list(caps) if tb else v.text
-    cfg = T.FinetuneConfig(
-        image_blocks=ib, text_blocks=tb, augment=bool(opts["augment"]), epochs=int(opts["finetune_epochs"]),
-        batch_size=int(opts["finetune_batch_size"]), lr=float(opts["finetune_lr"]),
-        encoder_lr=float(opts["encoder_lr"]), patience=int(opts["finetune_patience"]), seed=seed,
-    )  # fmt: skip
+    cfg = _finetune_cfg(opts, seed)
     ft = copy.deepcopy(dual)
     ckpt = _checkpoint(out / "finetune_checkpoint.pt", opts)
     res = T.finetune_dual_encoder(
@@ -1475,10 +1684,7 @@ def _finetune_retrieval(index, index_path, out: Path, seed, dual, dual_hp, opts,
         "image_encoder": index["tasks"]["image_encoder"]["name"],
         "text_encoder": index["tasks"]["text_encoder"]["name"],
     })  # fmt: skip
-    enc_state = {f"image.{k}": v for k, v in T._trainable_state(img_enc).items()}
-    if txt_enc is not None:
-        enc_state.update({f"text.{k}": v for k, v in T._trainable_state(txt_enc).items()})
-    save_file({k: v.contiguous() for k, v in enc_state.items()}, str(files[2]))
+    _save_encoders(files[2], img_enc, txt_enc)
     feats = {}
     for k in ("val", "test"):
         feats[f"{k}/image"] = T.encode_images(img_enc, images[k]).contiguous()
@@ -1564,27 +1770,44 @@ def _eval_captioning(index, index_path, folder: Path, n_examples: int, progress:
     )
     refs = test.reference_dict()
     rows, preds_all, per_image_all = [], {}, {}
-    models = {}
+    models, splits = {}, {}
     notes: list[str] = []
-    for kind, meta in metas.items():
+    # (name, decoder kind, meta, weights, test grid, test pooled): each decoder, then its fine-tuned copy
+    entries = [(k, k, m, folder / f"{k}.safetensors", test.grid, test.pooled) for k, m in metas.items()]
+    for kind in metas:
+        files = _finetuned_files(folder, kind)
+        if files["model"].is_file():
+            from safetensors.torch import load_file
+
+            fm = _load_meta(files["model"])
+            if fm.get("test_ids") != list(test.image_ids):
+                raise TaskSetupError(f"{files['features']}: fine-tuned features of other test images; train again")
+            f = load_file(str(files["features"]))
+            entries.append((f"{kind}_finetuned", kind, fm, files["model"], f["test/grid"], f.get("test/pooled")))
+    finetuned: dict[str, str] = {}
+    for name_, kind, meta, weights, grid, pooled in entries:
         # init_embeddings decides the embedding table's shape (384-d MiniLM rows + a projection)
         model = C.build_captioner(kind, tok, feat_dim=meta["feat_dim"], pooled_dim=meta["pooled_dim"],
                                   init_embeddings=bool(meta.get("init_embeddings")), **meta["hparams"])  # fmt: skip
-        _load_state(model, folder / f"{kind}.safetensors")
-        models[kind] = model
-        split = test if meta["pooled_dim"] else C.CaptionSplit(test.image_ids, test.grid, None, test.references,
-                                                                test.tokens, test.caption_image, test.n_truncated)  # fmt: skip
+        _load_state(model, weights)
+        models[name_] = model
+        if "finetune" in meta:
+            finetuned[name_] = _finetune_label(meta["finetune"])
+        split = C.CaptionSplit(test.image_ids, grid, pooled if meta["pooled_dim"] else None, test.references,
+                               test.tokens, test.caption_image, test.n_truncated)  # fmt: skip
+        splits[name_] = split
         dec = meta.get("decode", {})
         for how, kw in (("greedy", {"method": "greedy"}),
                         ("beam", {"method": "beam", "beam_size": int(dec.get("beam_size", 3)),
                                   "length_penalty": float(dec.get("length_penalty", 1.0))})):  # fmt: skip
-            name = f"{kind}/{how}"
+            name = f"{name_}/{how}"
             preds = C.predict_captions(model, tok, split, **kw)
             m = caption_metrics(refs, preds, per_image=True)
             notes += [n for n in m.pop("notes", []) if n not in notes]
             per_image_all[name] = m.pop("per_image")
             preds_all[name] = preds
-            rows.append({"model": name, **{k: v for k, v in m.items() if k != "n_images"}, "n_images": m["n_images"]})
+            rows.append({"model": name, **{k: v for k, v in m.items() if k != "n_images"}, "n_images": m["n_images"],
+                         "encoders": finetuned.get(name_, "frozen")})  # fmt: skip
     nn_k = int(next(iter(metas.values())).get("nn_k", 1)) if metas else 1
     nn_preds = C.nearest_neighbour_captions(
         data.pooled["train"],
@@ -1599,7 +1822,12 @@ def _eval_captioning(index, index_path, folder: Path, n_examples: int, progress:
     per_image_all["nearest_neighbour"] = m.pop("per_image")
     preds_all["nearest_neighbour"] = nn_preds
     rows.append(
-        {"model": "nearest_neighbour", **{k: v for k, v in m.items() if k != "n_images"}, "n_images": m["n_images"]}
+        {
+            "model": "nearest_neighbour",
+            **{k: v for k, v in m.items() if k != "n_images"},
+            "n_images": m["n_images"],
+            "encoders": "frozen",
+        }
     )
     metrics = pd.DataFrame(rows)
     models_only = metrics[metrics.model != "nearest_neighbour"]
@@ -1616,12 +1844,9 @@ def _eval_captioning(index, index_path, folder: Path, n_examples: int, progress:
     tables = {"samples": table}
     figures = {}
     if n_examples and models:
-        kind = best.split("/")[0]
-        model = models[kind]
-        split = test if metas[kind]["pooled_dim"] else C.CaptionSplit(test.image_ids, test.grid, None, test.references,
-                                                                       test.tokens, test.caption_image, test.n_truncated)  # fmt: skip
+        name_ = best.split("/")[0]
         hw = tuple(index["tasks"]["features"]["images"].get("grid_hw") or ())
-        maps = C.attention_maps(model, tok, split, n=n_examples, grid_hw=hw if len(hw) == 2 else None)
+        maps = C.attention_maps(models[name_], tok, splits[name_], n=n_examples, grid_hw=hw if len(hw) == 2 else None)
         figures["attention"] = C.plot_attention_maps(maps, image_paths)
     summary: dict[str, float] = {}
     for r in rows:
@@ -1647,14 +1872,26 @@ def _eval_vqa(index, index_path, folder: Path, n_examples: int, progress: bool) 
     rows, per_type = [], []
     arrays: dict[str, _VQAArrays] = {}
     results = {}
-    for m in methods:
-        meta = _load_meta(folder / f"{m}.safetensors")
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    # (name, weights): each method, then its fine-tuned copy
+    entries = [(m, folder / f"{m}.safetensors") for m in methods]
+    entries += [(f"{m}_finetuned", f) for m in methods if (f := _finetuned_files(folder, m)["model"]).is_file()]
+    for m, weights in entries:
+        meta = _load_meta(weights)
         vocab = AnswerVocab.from_state_dict(meta["vocab"])
         key = json.dumps([meta["image"], meta["vocab"]["answers"]])
         if key not in arrays:
             arrays[key] = _vqa_arrays(index, index_path, table, vocab, meta["image"])
         a = arrays[key]
-        model = _load_state(_build_vqa(meta), folder / f"{m}.safetensors")
+        if "finetune" in meta:
+            if meta.get("test_keys") != a.image_keys:
+                raise TaskSetupError(f"{weights}: fine-tuned on other test images than this index's; train again")
+            f = load_file(str(_finetuned_files(folder, m.removesuffix("_finetuned"))["features"]))
+            a = dataclasses.replace(a, images=f["test/image"], questions=f.get("test/questions", a.questions))
+        model = _load_state(_build_vqa(meta), weights)
         answers = vocab.decode_logits(_vqa_logits(model, a))
         preds = {r.question_id: ans for r, ans in zip(table.records, answers)}
         acc = vqa_accuracy(preds, table.annotations())
@@ -1662,7 +1899,8 @@ def _eval_vqa(index, index_path, folder: Path, n_examples: int, progress: bool) 
         rows.append({"model": m, "accuracy": acc["overall"],
                      **{f"answer_type/{k}": v for k, v in acc["per_answer_type"].items()},
                      **{f"question_type/{k}": v for k, v in acc["per_question_type"].items()},
-                     "n": acc["n"], "params": model.num_parameters()})  # fmt: skip
+                     "n": acc["n"], "params": model.num_parameters(),
+                     "encoders": _finetune_label(meta["finetune"]) if "finetune" in meta else "frozen"})  # fmt: skip
         for k, v in acc["per_question_type"].items():
             per_type.append({"model": m, "kind": "question_type", "type": k, "accuracy": v})
         for k, v in acc["per_answer_type"].items():
@@ -1752,15 +1990,7 @@ def _eval_retrieval(index, index_path, folder: Path, n_examples: int, progress: 
             raise TaskSetupError(f"{folder}: fine-tuned features do not match the test split; train again")
         with torch.inference_mode():
             ftm = R.recall_at_k((ft.encode_image(f["test/image"]), ft.encode_text(f["test/text"])), test.text_to_image)
-        c = fm["finetune"]
-        what = ", ".join(x for x in (f"image last {c['image_blocks']}" if c["image_blocks"] else "",
-                                     f"text last {c['text_blocks']}" if c["text_blocks"] else "") if x)  # fmt: skip
-        rows.append(
-            {
-                "model": f"dual_encoder fine-tuned ({what}{', augmented' if c['augment'] and c['image_blocks'] else ''})",
-                **ftm,
-            }
-        )
+        rows.append({"model": f"dual_encoder fine-tuned ({_finetune_label(fm['finetune'])})", **ftm})
         summary_ft = {f"retrieval/finetuned/{k}": float(v) for k, v in ftm.items()}
     else:
         summary_ft = {}

@@ -1,21 +1,25 @@
-"""Transfer learning for the retrieval dual encoder: frozen features or fine-tuning the last
-blocks of the image and/or text encoder, with torchvision transforms v2 augmentation on the
-training images whenever the image encoder is trained.
+"""Transfer learning for the three tasks: frozen features or fine-tuning the last blocks of the
+image (and, for retrieval and VQA, the text) encoder, with torchvision transforms v2
+augmentation of the training images whenever the image encoder is trained.
 
 Frozen (``image_blocks=0, text_blocks=0``)
-    :func:`fusionkit.tasks.retrieval.train_dual_encoder` on cached features: seconds.
+    The task models train on cached features: seconds.
 
-Fine-tuned (:func:`finetune_dual_encoder`)
+Fine-tuned (:func:`finetune_on_images`, one loop for every task)
     ``encoder.unfreeze(n)`` makes the last ``n`` blocks trainable (the rest stays frozen and in
-    eval mode, so no autograd graph is built through it). Each step takes ``batch_size`` distinct
-    training images, each with one of its captions drawn at random, so no two pairs of a batch
-    share an image; symmetric InfoNCE. The images are decoded once (shorter side to the encoder's
-    resize size, centre square) and kept as uint8; each step draws a fresh augmented view of each
-    image (:func:`image_augmentation`: random resized crop, flip, rotation, colour jitter) at the
-    encoder's crop size. Validation uses the encoder's own deterministic preprocessing (resize +
-    centre crop). Two learning rates (AdamW): ``lr`` for the heads, ``encoder_lr`` for the
-    encoder blocks; warm-up + cosine; early stopping on validation RSUM with the best state of
-    heads *and* encoders restored.
+    eval mode, so no autograd graph is built through it). The task model starts from the one
+    trained on frozen features (linear probe, then fine-tuning). Each step takes ``batch_size``
+    distinct training images and runs the encoder once per image; the task's ``batch_loss``
+    turns their features into a loss (retrieval: one random caption per image, symmetric
+    InfoNCE; captioning: every caption of each image, teacher forcing; VQA: every question of
+    each image). The images are decoded once (shorter side to the encoder's resize size, centre
+    square) and kept as uint8; each step draws a fresh augmented view of each image
+    (:func:`image_augmentation`: random resized crop, flip, rotation, colour jitter) at the
+    encoder's crop size. Validation re-encodes the validation images after every epoch with the
+    encoder's own deterministic preprocessing (resize + centre crop) and asks the task for its
+    metric. Two learning rates (AdamW): ``lr`` for the task model, ``encoder_lr`` for the encoder
+    blocks; warm-up + cosine; early stopping on the task's validation metric with the best state
+    of the model *and* the encoders restored.
 
 Resume
     With ``checkpoint=path`` the full training state (model, encoders' trainable blocks,
@@ -30,7 +34,8 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,7 +52,8 @@ from fusionkit.tasks.retrieval import (
 
 Tensor = torch.Tensor
 
-__all__ = ["FinetuneConfig", "decode_for_training", "encode_images", "encode_texts", "finetune_dual_encoder",
+__all__ = ["FinetuneConfig", "FinetuneResult", "decode_for_training", "encode_image_features", "encode_images",
+           "encode_texts", "finetune_captioner", "finetune_dual_encoder", "finetune_on_images",
            "image_augmentation"]  # fmt: skip
 
 
@@ -96,20 +102,26 @@ def _center(images: Tensor, crop: int) -> Tensor:
     return images[..., top : top + crop, left : left + crop]
 
 
-def encode_images(encoder, images: Tensor, batch_size: int = 32) -> Tensor:
-    """Pooled features of decoded uint8 images with the encoder's deterministic preprocessing."""
+def encode_image_features(encoder, images: Tensor, batch_size: int = 32) -> dict[str, Tensor]:
+    """``{"pooled": (N, D), "grid": (N, L, D)}`` of decoded uint8 images with the encoder's
+    deterministic preprocessing (eval mode; the encoder's mode is restored)."""
     was = encoder.training
     encoder.eval()
     crop = int(encoder.crop_size)
+    parts: dict[str, list[Tensor]] = {}
     with torch.inference_mode():
-        out = torch.cat(
-            [
-                encoder(_center(images[s : s + batch_size], crop))["pooled"].float()
-                for s in range(0, len(images), batch_size)
-            ]
-        )
+        for s in range(0, len(images), batch_size):
+            out = encoder(_center(images[s : s + batch_size], crop))
+            for k in ("pooled", "grid"):
+                if k in out:
+                    parts.setdefault(k, []).append(out[k].float())
     encoder.train(was)
-    return out
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def encode_images(encoder, images: Tensor, batch_size: int = 32) -> Tensor:
+    """Pooled features of decoded uint8 images with the encoder's deterministic preprocessing."""
+    return encode_image_features(encoder, images, batch_size)["pooled"]
 
 
 def encode_texts(encoder, texts: Sequence[str], batch_size: int = 128) -> Tensor:
@@ -129,15 +141,15 @@ def encode_texts(encoder, texts: Sequence[str], batch_size: int = 128) -> Tensor
 
 @dataclass
 class FinetuneConfig:
-    """Defaults measured on flickr8k-800 (600 training images; the heads start from the
-    frozen-feature dual encoder, hence the low head learning rate)."""
+    """Defaults measured on flickr8k-800 retrieval (600 training images; the task model starts
+    from the one trained on frozen features, hence the low learning rate of the model)."""
 
     image_blocks: int = 1  # last blocks of the image encoder trained (0: frozen)
     text_blocks: int = 0  # last blocks (transformer layers) of the text encoder trained (0: frozen)
     augment: bool = True  # torchvision v2 augmentation of the training images (when image_blocks > 0)
     epochs: int = 6
-    batch_size: int = 64  # distinct images per step, each with one random caption
-    lr: float = 1e-4  # projection heads
+    batch_size: int = 64  # distinct images per step
+    lr: float = 1e-4  # the task model (heads, decoder, classifier)
     encoder_lr: float = 3e-5  # unfrozen encoder blocks
     weight_decay: float = 1e-2
     warmup_frac: float = 0.1
@@ -146,12 +158,25 @@ class FinetuneConfig:
     seed: int = 0
 
 
-class _Tower(nn.Module):
-    """Heads + encoders in one module, so state dicts and early stopping cover all of them."""
+@dataclass
+class FinetuneResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    monitor: str = ""
+    best_epoch: int = -1
+    best_value: float = float("nan")
+    epochs_run: int = 0
+    train_time_s: float = 0.0
 
-    def __init__(self, dual: DualEncoder, image_encoder, text_encoder):
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Tower(nn.Module):
+    """Task model + encoders in one module, so state dicts and early stopping cover all of them."""
+
+    def __init__(self, model: nn.Module, image_encoder, text_encoder):
         super().__init__()
-        self.dual = dual
+        self.dual = model  # the attribute name keeps the checkpoints of earlier versions loadable
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder if text_encoder is not None else nn.Identity()
 
@@ -162,6 +187,127 @@ def _trainable_state(m: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in m.state_dict().items() if k not in params or params[k].requires_grad}
 
 
+class _StateView:
+    """What :class:`EarlyStopping` copies: only the trainable part of the tower (the frozen
+    encoder blocks never change, so copying them every epoch would only cost memory)."""
+
+    def __init__(self, tower: nn.Module):
+        self.tower = tower
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return _trainable_state(self.tower)
+
+
+BatchLoss = Callable[[dict[str, Tensor], Tensor, torch.Generator], tuple[Tensor, int]]
+Validate = Callable[[dict[str, Tensor]], dict[str, float]]
+
+
+def finetune_on_images(
+    model: nn.Module,
+    image_encoder,
+    train_images: Tensor,
+    val_images: Tensor,
+    batch_loss: BatchLoss,
+    validate: Validate,
+    cfg: FinetuneConfig,
+    *,
+    monitor: str,
+    train_rows: Tensor | None = None,
+    text_encoder=None,
+    min_batch: int = 1,
+    after_step: Callable[[], None] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    log_fn: Callable[[dict[str, float]], None] | None = None,
+    show_progress: bool = False,
+    desc: str = "fine-tune epochs",
+) -> FinetuneResult:
+    """The fine-tuning loop every task uses (see the module docstring).
+
+    ``train_images`` / ``val_images``: uint8 from :func:`decode_for_training`. ``train_rows``:
+    the training images that have targets (default: all). ``batch_loss(features, rows, gen)``:
+    the encoder's outputs (``pooled``, ``grid``) for the images ``rows`` -> ``(loss, number of
+    items)``; it may run ``text_encoder`` itself. ``validate(features)``: the validation images'
+    features -> a record with ``monitor`` (maximised). ``text_encoder``: trained too when
+    ``cfg.text_blocks > 0``. ``after_step``: called after every optimizer step (e.g. clamping a
+    temperature). The encoders are changed in place; the best state of model and encoders is
+    restored at the end and everything is left in eval mode."""
+    from fusionkit.train import seed_everything
+
+    if train_images.dtype != torch.uint8 or val_images.dtype != torch.uint8:
+        raise TypeError("images must be uint8 tensors from decode_for_training")
+    if cfg.text_blocks and text_encoder is None:
+        raise ValueError("text_blocks > 0 needs a text_encoder")
+    gen = seed_everything(cfg.seed)
+    image_encoder.freeze()
+    if cfg.image_blocks:
+        image_encoder.unfreeze(cfg.image_blocks)
+    if text_encoder is not None:
+        text_encoder.freeze()
+        if cfg.text_blocks:
+            text_encoder.unfreeze(cfg.text_blocks)
+    tower = _Tower(model, image_encoder, text_encoder)
+    enc_params = [p for p in image_encoder.parameters() if p.requires_grad]
+    if text_encoder is not None:
+        enc_params += [p for p in text_encoder.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
+    if enc_params:
+        groups.append({"params": enc_params, "lr": cfg.encoder_lr})
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    rows_all = torch.arange(len(train_images)) if train_rows is None else torch.as_tensor(train_rows).long()
+    if not len(rows_all):
+        raise ValueError("no training images to fine-tune on")
+    steps = cfg.epochs * math.ceil(len(rows_all) / cfg.batch_size)
+    sched = warmup_cosine(opt, int(cfg.warmup_frac * steps), steps)
+    stopper = EarlyStopping(cfg.patience, "max")
+    result = FinetuneResult(monitor=monitor)
+    augment = image_augmentation(int(image_encoder.crop_size)) if (cfg.augment and cfg.image_blocks) else None
+    crop = int(image_encoder.crop_size)
+    ckpt = TrainCheckpoint(checkpoint)
+    start, result.history = ckpt.restore(tower, opt, sched, stopper, gen, cfg.epochs) if resume else (0, [])
+    t0 = time.perf_counter()
+    for epoch in progress(range(start, cfg.epochs), enabled=show_progress, desc=desc, leave=False):
+        tower.train()
+        perm = rows_all[torch.randperm(len(rows_all), generator=gen)]
+        loss_sum, n_sum = 0.0, 0
+        for s in range(0, len(perm), cfg.batch_size):
+            rows = perm[s : s + cfg.batch_size]
+            if len(rows) < min_batch:
+                continue
+            imgs = train_images[rows]
+            x = torch.stack([augment(im) for im in imgs]) if augment is not None else _center(imgs, crop)
+            loss, n = batch_loss(image_encoder(x), rows, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            if after_step is not None:
+                after_step()
+            loss_sum += float(loss.detach()) * n
+            n_sum += n
+        tower.eval()
+        vfeats = encode_image_features(image_encoder, val_images)
+        with torch.inference_mode():
+            val = validate(vfeats)
+        if monitor not in val:
+            raise KeyError(f"validate returned no {monitor!r} (got {sorted(val)})")
+        rec = {"epoch": epoch, "train_loss": loss_sum / max(n_sum, 1), "lr": sched.get_last_lr()[0], **val}
+        if end_epoch(rec, result.history, epoch, float(val[monitor]), _StateView(tower), stopper, ckpt, opt, sched,
+                     gen, log_fn):  # fmt: skip
+            break
+    result.epochs_run = len(result.history)
+    result.train_time_s = time.perf_counter() - t0
+    if stopper.best_state is not None:
+        tower.load_state_dict({**tower.state_dict(), **stopper.best_state})
+    result.best_epoch, result.best_value = stopper.best_epoch, float(stopper.best)
+    tower.eval()
+    return result
+
+
+# ------------------------------------------------------------------------------ retrieval
 def finetune_dual_encoder(
     dual: DualEncoder,
     image_encoder,
@@ -180,110 +326,109 @@ def finetune_dual_encoder(
     show_progress: bool = False,
 ) -> RetrievalTrainResult:
     """Train ``dual`` end to end with the last ``cfg.image_blocks`` blocks of ``image_encoder``
-    (and ``cfg.text_blocks`` of ``text_encoder``) unfrozen; see the module docstring.
+    (and ``cfg.text_blocks`` of ``text_encoder``) unfrozen. Each step: ``batch_size`` distinct
+    training images, each with one of its captions drawn at random (so no two pairs of a batch
+    share an image), symmetric InfoNCE; early stopping on validation RSUM.
 
     ``*_images``: uint8 from :func:`decode_for_training`. ``*_texts``: caption strings (needed
     when the text encoder trains) or their cached features ``(M, D)`` (frozen text side).
     ``*_text_to_image``: the image row of each caption. The encoders are changed in place (their
     best state restored at the end)."""
     cfg = cfg or FinetuneConfig()
-    from fusionkit.train import seed_everything
-
     text_trains = cfg.text_blocks > 0
     if text_trains and (text_encoder is None or isinstance(train_texts, Tensor) or isinstance(val_texts, Tensor)):
         raise ValueError("text_blocks > 0 needs a text_encoder and the caption strings (not cached features)")
     if not text_trains and not (isinstance(train_texts, Tensor) and isinstance(val_texts, Tensor)):
         raise ValueError("with a frozen text encoder pass the cached caption features (tensors)")
-    if train_images.dtype != torch.uint8 or val_images.dtype != torch.uint8:
-        raise TypeError("images must be uint8 tensors from decode_for_training")
-    gen = seed_everything(cfg.seed)
-    image_encoder.freeze()
-    if cfg.image_blocks:
-        image_encoder.unfreeze(cfg.image_blocks)
-    if text_encoder is not None:
-        text_encoder.freeze()
-        if text_trains:
-            text_encoder.unfreeze(cfg.text_blocks)
-    tower = _Tower(dual, image_encoder, text_encoder)
-    enc_params = [p for p in image_encoder.parameters() if p.requires_grad]
-    if text_encoder is not None:
-        enc_params += [p for p in text_encoder.parameters() if p.requires_grad]
-    head_params = [p for p in dual.parameters() if p.requires_grad]
-    groups = [{"params": head_params, "lr": cfg.lr}]
-    if enc_params:
-        groups.append({"params": enc_params, "lr": cfg.encoder_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    n_img = len(train_images)
-    steps_per_epoch = math.ceil(n_img / cfg.batch_size)
-    steps = cfg.epochs * steps_per_epoch
-    sched = warmup_cosine(opt, int(cfg.warmup_frac * steps), steps)
-    stopper = EarlyStopping(cfg.patience, "max")
-    result = RetrievalTrainResult()
-    augment = image_augmentation(int(image_encoder.crop_size)) if (cfg.augment and cfg.image_blocks) else None
-    crop = int(image_encoder.crop_size)
     t2i = torch.as_tensor(train_text_to_image, dtype=torch.long)
-    pos = _positives_table(t2i, n_img)  # (N, P) captions of each image, -1 padded
+    pos = _positives_table(t2i, len(train_images))  # (N, P) captions of each image, -1 padded
     n_pos = (pos >= 0).sum(1)
     if int(n_pos.min()) < 1:
         raise ValueError("every training image needs at least one caption")
-    ckpt = TrainCheckpoint(checkpoint)
-    start, result.history = ckpt.restore(tower, opt, sched, stopper, gen, cfg.epochs) if resume else (0, [])
-    t0 = time.perf_counter()
-    epochs = range(start, cfg.epochs)
-    for epoch in progress(epochs, enabled=show_progress, desc="fine-tune epochs", leave=False):
-        tower.train()
-        perm = torch.randperm(n_img, generator=gen)
-        loss_sum, n_sum = 0.0, 0
-        for s in range(0, n_img, cfg.batch_size):
-            rows = perm[s : s + cfg.batch_size]
-            if len(rows) < 2:
-                continue
-            pick = (torch.rand(len(rows), generator=gen) * n_pos[rows]).long()
-            caps = pos[rows, pick]
-            imgs = train_images[rows]
-            x = torch.stack([augment(im) for im in imgs]) if augment is not None else _center(imgs, crop)
-            img_feat = image_encoder(x)["pooled"]
-            if text_trains:
-                txt_feat = text_encoder(text_encoder.collate([train_texts[int(c)] for c in caps]))["pooled"]
-            else:
-                txt_feat = train_texts[caps]
-            ie, te = dual(img_feat, txt_feat)
-            loss = info_nce(ie, te, dual.scale())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
-            opt.step()
-            sched.step()
-            dual.clamp_()
-            loss_sum += loss.item() * len(rows)
-            n_sum += len(rows)
-        vi = encode_images(image_encoder, val_images)
+
+    def batch_loss(feats, rows, gen):
+        caps = pos[rows, (torch.rand(len(rows), generator=gen) * n_pos[rows]).long()]
+        if text_trains:
+            txt = text_encoder(text_encoder.collate([train_texts[int(c)] for c in caps]))["pooled"]
+        else:
+            txt = train_texts[caps]
+        ie, te = dual(feats["pooled"], txt)
+        return info_nce(ie, te, dual.scale()), len(rows)
+
+    def validate(feats):
         vt = encode_texts(text_encoder, val_texts) if text_trains else val_texts
-        dual.eval()
-        with torch.inference_mode():
-            m = recall_at_k((dual.encode_image(vi), dual.encode_text(vt)), val_text_to_image)
-        rec = {"epoch": epoch, "train_loss": loss_sum / max(n_sum, 1), "temperature": float(1 / dual.scale().detach())}
-        rec.update({f"val_{k}": v for k, v in m.items()})
-        if end_epoch(
-            rec, result.history, epoch, rec["val_rsum"], _StateView(tower), stopper, ckpt, opt, sched, gen, log_fn
-        ):
-            break
-    result.epochs_run = len(result.history)
-    result.train_time_s = time.perf_counter() - t0
-    if stopper.best_state is not None:
-        tower.load_state_dict({**tower.state_dict(), **stopper.best_state})
-    result.best_epoch, result.best_rsum = stopper.best_epoch, float(stopper.best)
-    tower.eval()
-    return result
+        m = recall_at_k((dual.encode_image(feats["pooled"]), dual.encode_text(vt)), val_text_to_image)
+        return {"temperature": float(1 / dual.scale()), **{f"val_{k}": v for k, v in m.items()}}
+
+    res = finetune_on_images(
+        dual, image_encoder, train_images, val_images, batch_loss, validate, cfg, monitor="val_rsum",
+        text_encoder=text_encoder, min_batch=2, after_step=dual.clamp_, checkpoint=checkpoint, resume=resume,
+        log_fn=log_fn, show_progress=show_progress,
+    )  # fmt: skip
+    out = RetrievalTrainResult()
+    out.history, out.epochs_run, out.train_time_s = res.history, res.epochs_run, res.train_time_s
+    out.best_epoch, out.best_rsum = res.best_epoch, res.best_value
+    return out
 
 
-class _StateView:
-    """What :class:`EarlyStopping` copies: only the trainable part of the tower (the frozen
-    encoder blocks never change, so copying them every epoch would only cost memory)."""
+# ------------------------------------------------------------------------------ captioning
+def finetune_captioner(
+    model,
+    image_encoder,
+    train,
+    train_images: Tensor,
+    val,
+    val_images: Tensor,
+    tokenizer,
+    cfg: FinetuneConfig | None = None,
+    *,
+    label_smoothing: float = 0.1,
+    val_max_images: int | None = 300,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    log_fn: Callable[[dict[str, float]], None] | None = None,
+    show_progress: bool = False,
+) -> FinetuneResult:
+    """Fine-tune a caption decoder together with the last ``cfg.image_blocks`` blocks of
+    ``image_encoder``. ``train`` / ``val``: :class:`~fusionkit.tasks.captioning.CaptionSplit`
+    (their captions and references; their cached features are not used), ``*_images``: the
+    uint8 images of their rows. Each step: ``batch_size`` images, each with all its captions
+    (teacher forcing, label smoothing); early stopping on the greedy CIDEr-D of up to
+    ``val_max_images`` validation images."""
+    from fusionkit.tasks import captioning as C
+    from fusionkit.tasks.metrics import caption_metrics
 
-    def __init__(self, tower: nn.Module):
-        self.tower = tower
+    cfg = cfg or FinetuneConfig()
+    if cfg.text_blocks:
+        raise ValueError("captioning has no text encoder to fine-tune (the decoder reads word pieces)")
+    if len(train_images) != len(train) or len(val_images) != len(val):
+        raise ValueError("train_images / val_images must hold one image per row of train / val")
+    use_pooled = train.pooled is not None
+    by_image: list[list[int]] = [[] for _ in range(len(train))]
+    for c, i in enumerate(train.caption_image.tolist()):
+        by_image[i].append(c)
+    rows_with_caps = torch.as_tensor([i for i, b in enumerate(by_image) if b], dtype=torch.long)
+    n_val = min(len(val), val_max_images or len(val))
+    val_sub = val.subset(torch.arange(n_val))
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return _trainable_state(self.tower)
+    def batch_loss(feats, rows, gen):
+        caps = torch.as_tensor([c for r in rows.tolist() for c in by_image[r]], dtype=torch.long)
+        local = torch.as_tensor([j for j, r in enumerate(rows.tolist()) for _ in by_image[r]], dtype=torch.long)
+        tok = train.tokens[caps]
+        tok = tok[:, : int((tok != model.pad_id).sum(1).max())]
+        ce, reg = C._loss(model, feats["grid"][local], feats["pooled"][local] if use_pooled else None, tok,
+                          label_smoothing)  # fmt: skip
+        return ce + reg, len(caps)
+
+    def validate(feats):
+        split = C.CaptionSplit(val_sub.image_ids, feats["grid"][:n_val], feats["pooled"][:n_val] if use_pooled else None,
+                               val_sub.references, val_sub.tokens, val_sub.caption_image)  # fmt: skip
+        preds = C.predict_captions(model, tokenizer, split)
+        cider = caption_metrics(split.reference_dict(), preds, metrics=("CIDEr",), tokenize="simple")["CIDEr"]
+        return {"val_cider": float(cider)}
+
+    return finetune_on_images(
+        model, image_encoder, train_images, val_images[:n_val], batch_loss, validate, cfg, monitor="val_cider",
+        train_rows=rows_with_caps, checkpoint=checkpoint, resume=resume, log_fn=log_fn, show_progress=show_progress,
+        desc="caption fine-tune epochs",
+    )  # fmt: skip

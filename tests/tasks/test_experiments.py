@@ -197,6 +197,87 @@ def test_retrieval_fine_tuning_the_encoders_is_a_parameter(setup):
     )
 
 
+def _changed_keys(folder: Path, stem: str) -> set[str]:
+    """Parameter keys of the saved encoder blocks (``image.*`` / ``text.*``) of a fine-tuned model
+    (the file also holds every BatchNorm buffer)."""
+    from safetensors.torch import load_file
+
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    keys = load_file(str(folder / f"{stem}_finetuned_encoders.safetensors"))
+    return {k for k in keys if not k.endswith(buffers)}
+
+
+def test_captioning_fine_tuning_the_image_encoder_is_a_parameter(setup):
+    from safetensors.torch import load_file
+
+    _, index_path, _, tmp = setup
+    out = tmp / "cap_ft"
+    opts = {**TINY_CAPTION, "decoders": ["lstm"]}
+    s = X.train_task("captioning", index_path, out, epochs=1, progress=False, finetune_image_blocks=1,
+                     finetune_epochs=2, **opts)  # fmt: skip
+    assert s["lstm_finetuned/image_blocks"] == 1 and s["lstm_finetuned/epochs_run"] == 2
+    folder = out / "captioning"
+    meta = json.loads((folder / "lstm_finetuned.json").read_text())
+    hist = meta["train"]["history"]
+    assert meta["finetune"]["augment"] is True and meta["train"]["monitor"] == "val_cider"
+    assert meta["train"]["best_value"] == max(h["val_cider"] for h in hist) == s["lstm_finetuned/best_val_cider"]
+    assert not (folder / "lstm_finetune_checkpoint.pt").exists()  # finished: removed
+    last = X._task_encoder(X.read_task_index(index_path), "image", index_path).block_names()[-1]
+    keys = _changed_keys(folder, "lstm")
+    assert keys and all(any(k.startswith(f"image.{p}.") for p in last) for k in keys), sorted(keys)[:5]
+    # the decoder moved away from the frozen-feature one it started from
+    frozen, tuned = load_file(str(folder / "lstm.safetensors")), load_file(str(folder / "lstm_finetuned.safetensors"))
+    assert frozen.keys() == tuned.keys() and any(not torch.equal(frozen[k], tuned[k]) for k in frozen)
+    # and so did the test features: the encoder's last block trained
+    feats = load_file(str(folder / "lstm_finetuned_features.safetensors"))
+    cached = X.image_features(X.read_task_index(index_path), meta["test_ids"])[0]
+    assert feats["test/grid"].shape == cached.shape
+    assert (feats["test/grid"] - cached).norm() > 1e-2 * cached.norm()
+    res = X.evaluate_task("captioning", index_path, out, n_examples=1)
+    assert list(res.metrics["model"]) == ["lstm/greedy", "lstm/beam", "lstm_finetuned/greedy",
+                                          "lstm_finetuned/beam", "nearest_neighbour"]  # fmt: skip
+    enc = dict(zip(res.metrics["model"], res.metrics["encoders"]))
+    assert enc["lstm/beam"] == "frozen" and enc["lstm_finetuned/beam"] == "image last 1, augmented"
+    assert "captioning/lstm_finetuned/beam/CIDEr" in res.summary
+    # frozen again: the fine-tuned files go, so evaluation cannot report a stale model
+    X.train_task("captioning", index_path, out, epochs=1, progress=False, **opts)
+    assert not list(folder.glob("lstm_finetuned*"))
+    assert "lstm_finetuned/beam" not in list(X.evaluate_task("captioning", index_path, out, n_examples=0).metrics.model)
+
+
+def test_vqa_fine_tuning_the_image_and_question_encoders_is_a_parameter(setup):
+    _, index_path, _, tmp = setup
+    out = tmp / "vqa_ft"
+    s = X.train_task("vqa", index_path, out, epochs=2, progress=False, finetune_image_blocks=1,
+                     finetune_text_blocks=1, finetune_epochs=1, **TINY_VQA)  # fmt: skip
+    assert s["film_finetuned/image_blocks"] == 1 and s["film_finetuned/text_blocks"] == 1
+    assert 0 <= s["film_finetuned/best_val_accuracy"] <= 1 and s["film_finetuned/epochs_run"] == 1
+    folder = out / "vqa"
+    keys = _changed_keys(folder, "film")
+    assert any(k.startswith("image.net._conv_head") for k in keys) and any(k.startswith("text.") for k in keys)
+    assert not (folder / "film_finetune_checkpoint.pt").exists()
+    res = X.evaluate_task("vqa", index_path, out, n_examples=0)
+    assert list(res.metrics["model"]) == ["film", "film_finetuned"] and res.metrics["best"].sum() == 1
+    assert list(res.metrics["encoders"]) == ["frozen", "image last 1, text last 1, augmented"]
+    assert res.metrics["accuracy"].between(0, 1).all() and "vqa/film_finetuned/accuracy" in res.summary
+    # the saved copy alone reproduces the fine-tuned accuracy
+    again = X.evaluate_task("vqa", index_path, out, n_examples=0)
+    pd.testing.assert_frame_equal(again.metrics, res.metrics)
+
+
+def test_fine_tuned_features_of_other_test_images_are_refused(setup, tmp_path):
+    _, index_path, _, tmp = setup
+    src = tmp / "cap_ft2"
+    X.train_task("captioning", index_path, src, epochs=1, progress=False, finetune_image_blocks=1, finetune_epochs=1,
+                 augment=False, **{**TINY_CAPTION, "decoders": ["transformer"]})  # fmt: skip
+    meta_path = src / "captioning" / "transformer_finetuned.json"
+    meta = json.loads(meta_path.read_text())
+    meta["test_ids"] = meta["test_ids"][::-1]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(X.TaskSetupError, match="fine-tuned features of other test images"):
+        X.evaluate_task("captioning", index_path, src, n_examples=0)
+
+
 def test_fine_tuning_refuses_an_encoder_that_differs_from_the_cached_features(setup):
     _, index_path, _, _ = setup
     index = json.loads(index_path.read_text())

@@ -116,3 +116,36 @@ def test_bad_arguments(images):
         T.finetune_dual_encoder(dual, enc, imgs, ["a"] * 4, t2i, imgs, ["a"] * 4, t2i, T.FinetuneConfig(text_blocks=1))
     with pytest.raises(TypeError, match="uint8"):
         T.finetune_dual_encoder(dual, enc, imgs.float(), torch.zeros(4, 8), t2i, imgs, torch.zeros(4, 8), t2i)
+
+
+def test_the_loop_trains_on_train_rows_only_and_restores_the_best_epoch(images):
+    """``finetune_on_images``, the loop every task uses: batches hold only ``train_rows``, each
+    image once per epoch; the state of the epoch with the best monitored value comes back."""
+    enc = _encoder()
+    imgs = T.decode_for_training(enc, images[:12])
+    torch.manual_seed(0)
+    head = torch.nn.Linear(1280, 1)
+    seen, weights = [], []
+
+    def batch_loss(feats, rows, gen):
+        seen.extend(rows.tolist())
+        assert feats["pooled"].shape[0] == feats["grid"].shape[0] == len(rows)
+        return (head(feats["pooled"]) - 1).pow(2).mean(), len(rows)
+
+    scores = iter([0.1, 0.5, 0.3])
+
+    def validate(feats):
+        assert feats["pooled"].shape[0] == 4  # the validation images, re-encoded
+        weights.append(head.weight.detach().clone())
+        return {"score": next(scores)}
+
+    cfg = T.FinetuneConfig(image_blocks=1, epochs=3, batch_size=3, patience=5, lr=1e-2)
+    res = T.finetune_on_images(head, enc, imgs, imgs[:4], batch_loss, validate, cfg, monitor="score",
+                               train_rows=torch.tensor([1, 3, 5, 7]))  # fmt: skip
+    assert sorted(seen) == sorted([1, 3, 5, 7] * 3)
+    assert res.best_epoch == 1 and res.best_value == 0.5 and res.epochs_run == 3
+    assert not torch.equal(weights[1], weights[2])
+    assert torch.equal(head.weight, weights[1])  # the best epoch's state, not the last
+    with pytest.raises(KeyError, match="no 'acc'"):
+        T.finetune_on_images(head, enc, imgs, imgs[:4], batch_loss, lambda f: {"score": 1.0},
+                             T.FinetuneConfig(epochs=1), monitor="acc")  # fmt: skip
