@@ -1990,7 +1990,8 @@ def _eval_retrieval(index, index_path, folder: Path, n_examples: int, progress: 
             raise TaskSetupError(f"{folder}: fine-tuned features do not match the test split; train again")
         with torch.inference_mode():
             ftm = R.recall_at_k((ft.encode_image(f["test/image"]), ft.encode_text(f["test/text"])), test.text_to_image)
-        rows.append({"model": f"dual_encoder fine-tuned ({_finetune_label(fm['finetune'])})", **ftm})
+        ft_label = _finetune_label(fm["finetune"])
+        rows.append({"model": f"dual_encoder fine-tuned ({ft_label})", **ftm, "encoders": ft_label})
         summary_ft = {f"retrieval/finetuned/{k}": float(v) for k, v in ftm.items()}
     else:
         summary_ft = {}
@@ -2008,6 +2009,7 @@ def _eval_retrieval(index, index_path, folder: Path, n_examples: int, progress: 
         rows.append({"model": label, **rr["after"]})
         summary_extra = {f"retrieval/rerank/{k}": float(v) for k, v in rr["after"].items()}
     metrics = pd.DataFrame(rows)
+    metrics["encoders"] = metrics["encoders"].fillna("frozen") if "encoders" in metrics else "frozen"
     order = ["model"] + [c for c in metrics.columns if c != "model"]
     metrics = metrics[order]
     summary = {f"retrieval/dual/{k}": float(v) for k, v in dual_m.items()}

@@ -188,6 +188,7 @@ def test_retrieval_fine_tuning_the_encoders_is_a_parameter(setup):
     models = list(res.metrics["model"])
     assert models[:2] == ["dual_encoder", "ridge"]
     assert "dual_encoder fine-tuned (image last 1, text last 1, augmented)" in models
+    assert set(res.metrics["encoders"]) == {"frozen", "image last 1, text last 1, augmented"}
     assert "retrieval/finetuned/rsum" in res.summary
     # frozen again: the fine-tuned files go, so evaluation cannot report a stale model
     X.train_task("retrieval", index_path, out, epochs=1, progress=False, matcher="none", **TINY_RETRIEVAL)
@@ -287,12 +288,17 @@ def test_fine_tuning_refuses_an_encoder_that_differs_from_the_cached_features(se
         X._task_encoder(index, "image", index_path)
 
 
+FT = {"finetune_image_blocks": 1, "finetune_epochs": 3}  # after 1 frozen epoch: the interrupt hits the fine-tuning
+
+
 @pytest.mark.parametrize(
     ("task", "opts", "model_file"),
     [
         ("vqa", TINY_VQA, "film.safetensors"),
         ("captioning", {**TINY_CAPTION, "decoders": ["transformer"]}, "transformer.safetensors"),
         ("retrieval", {**TINY_RETRIEVAL, "matcher": "none"}, "dual_encoder.safetensors"),
+        ("vqa", {**TINY_VQA, **FT}, "film_finetuned.safetensors"),
+        ("captioning", {**TINY_CAPTION, **FT, "decoders": ["lstm"]}, "lstm_finetuned.safetensors"),
     ],
 )
 def test_resume_after_an_interrupt_saves_what_an_uninterrupted_run_saves(setup, monkeypatch, task, opts, model_file):
@@ -301,8 +307,9 @@ def test_resume_after_an_interrupt_saves_what_an_uninterrupted_run_saves(setup, 
     from fusionkit.tasks._common import TrainCheckpoint
 
     _, index_path, _, tmp = setup
-    full, part = tmp / f"{task}_full", tmp / f"{task}_part"
-    X.train_task(task, index_path, full, epochs=3, progress=False, **opts)
+    full, part = tmp / f"{task}_full_{model_file}", tmp / f"{task}_part_{model_file}"
+    epochs = 1 if "finetuned" in model_file else 3
+    X.train_task(task, index_path, full, epochs=epochs, progress=False, **opts)
     save = TrainCheckpoint.save
 
     def save_then_die(self, epoch, *a, **k):
@@ -312,14 +319,18 @@ def test_resume_after_an_interrupt_saves_what_an_uninterrupted_run_saves(setup, 
 
     monkeypatch.setattr(TrainCheckpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        X.train_task(task, index_path, part, epochs=3, progress=False, **opts)
+        X.train_task(task, index_path, part, epochs=epochs, progress=False, **opts)
     ckpts = list((part / task).glob("*_checkpoint.pt"))
     assert len(ckpts) == 1 and torch.load(ckpts[0], weights_only=False)["epoch"] == 1
     monkeypatch.setattr(TrainCheckpoint, "save", save)
-    X.train_task(task, index_path, part, epochs=3, progress=False, resume=True, **opts)
+    X.train_task(task, index_path, part, epochs=epochs, progress=False, resume=True, **opts)
     assert not list((part / task).glob("*_checkpoint.pt"))  # finished: removed
-    a, b = load_file(str(full / task / model_file)), load_file(str(part / task / model_file))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    files = [model_file]
+    if "finetuned" in model_file:  # the encoder's trained block too: its test features
+        files.append(model_file.replace(".safetensors", "_features.safetensors"))
+    for f in files:
+        a, b = load_file(str(full / task / f)), load_file(str(part / task / f))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
 
     def hist(d):
         return json.loads((d / task / model_file.replace(".safetensors", ".json")).read_text())["train"]["history"]
