@@ -36,22 +36,35 @@ def encode_corrupted(
     corruption: str,
     level: float,
     seed: int = 0,
-    batch_size: int = 32,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
-    """Pooled features of ``samples``' modality after corrupting each raw input (seeded per sample)."""
+    """Pooled features of ``samples``' modality after corrupting each raw input (seeded per
+    sample, so the result does not depend on the batch size). Runs like ``extract_features``: the
+    encoder's measured batch size and memory format for its device (``encoder.perf``), its
+    inference module (EfficientNet-Lite0: BatchNorm folded), ``torch.inference_mode``."""
     tune_allocator()  # fusionkit.runtime: no page faults for every activation of every batch
     fn = CORRUPTIONS[ds.modalities[modality]][corruption]
     root = ds.media_root
-    out = []
+    first = next(iter(encoder.parameters()), None) if hasattr(encoder, "parameters") else None
+    device = first.device if first is not None else torch.device("cpu")
+    perf = getattr(encoder, "perf", {}).get(device.type) or getattr(encoder, "perf", {}).get("cpu", {})
+    bs = int(batch_size or perf.get("batch_size", 32))
     encoder.eval()
-    for start in range(0, len(samples), batch_size):
-        items = []
-        for i, s in enumerate(samples[start : start + batch_size]):
-            rng = np.random.default_rng([seed, start + i, int(level * 1000)])
-            raw = encoder.load(s.modalities[modality], root)
-            items.append(_corrupt(raw, fn, level, rng))
-        batch = encoder.collate(items)
-        out.append(encoder(batch)["pooled"].float())
+    if perf.get("channels_last") and hasattr(encoder, "set_memory_format"):
+        encoder.set_memory_format(torch.channels_last)
+    runner = encoder.inference_module() if hasattr(encoder, "inference_module") else encoder
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(samples), bs):
+            items = []
+            for i, s in enumerate(samples[start : start + bs]):
+                rng = np.random.default_rng([seed, start + i, int(level * 1000)])
+                raw = encoder.load(s.modalities[modality], root)
+                items.append(_corrupt(raw, fn, level, rng))
+            batch = encoder.collate(items)
+            if hasattr(encoder, "batch_to"):
+                batch = encoder.batch_to(batch, device)
+            out.append(runner(batch)["pooled"].float().cpu())
     return torch.cat(out)
 
 

@@ -121,3 +121,30 @@ def test_known_information_check_skips_fixed_equal_weights(text_problem):
         ["late"], data, {"y": labels}, {"y": ["text"]}, TrainConfig(epochs=2, batch_size=32), hidden=8
     )
     assert out.empty  # late fusion averages with equal weights: nothing to interpret
+
+
+def test_encode_corrupted_runs_like_extraction_and_ignores_the_batch_size(tmp_path):
+    """An image encoder: level 0 gives the cached features (the encoder's inference module,
+    within float rounding), and the per-sample seeding makes any batch size give the same noise."""
+    from PIL import Image
+
+    from fusionkit.encoders import build_encoder
+    from fusionkit.features import extract_features
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"im{i}.png")
+        samples.append(Sample(f"im{i}", "test", {"image": f"im{i}.png"}, {"y": i % 2}))
+    ds = load_dataset(write_dataset(tmp_path / "ds", "imgs", {"image": "image"}, {"y": ["a", "b"]}, samples,
+                                    media_root=tmp_path))  # fmt: skip
+    enc = build_encoder("image", "efficientnet_lite0", weights=None, image_size=64, seed=0)
+    cached = extract_features(ds, "image", enc, split="test", cache_dir=tmp_path / "cache", progress=False).values
+    ss = ds.split("test")
+    clean = robustness.encode_corrupted(enc, ds, ss, "image", "gaussian_noise", 0.0)
+    assert clean.shape == cached.shape
+    assert torch.allclose(clean, cached.float(), rtol=1e-4, atol=1e-4 * float(cached.abs().max()))
+    noisy = robustness.encode_corrupted(enc, ds, ss, "image", "gaussian_noise", 0.5, batch_size=3)
+    assert not torch.allclose(noisy, clean, rtol=1e-3, atol=1e-3 * float(cached.abs().max()))
+    again = robustness.encode_corrupted(enc, ds, ss, "image", "gaussian_noise", 0.5, batch_size=4)
+    assert torch.allclose(noisy, again, rtol=1e-4, atol=1e-4 * float(cached.abs().max()))
