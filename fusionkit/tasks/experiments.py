@@ -1023,13 +1023,7 @@ def _finetune_captioning(
     f = T.encode_image_features(enc, decoded["test"])
     save_file({f"test/{k}": v.contiguous() for k, v in f.items()}, str(files["features"]))
     ckpt.unlink(missing_ok=True)  # finished: nothing left to resume
-    return {
-        f"{kind}_finetuned/best_val_cider": res.best_value,
-        f"{kind}_finetuned/best_epoch": res.best_epoch,
-        f"{kind}_finetuned/epochs_run": res.epochs_run,
-        f"{kind}_finetuned/train_time_s": round(res.train_time_s, 2),
-        f"{kind}_finetuned/image_blocks": cfg.image_blocks,
-    }
+    return _finetune_summary(f"{kind}_finetuned", "val_cider", res.best_value, res, cfg)
 
 
 # -------------------------------------------------------------------------------- vqa
@@ -1423,14 +1417,7 @@ def _finetune_vqa(index, index_path, out: Path, method: str, model, meta, train:
         feats["test/questions"] = _encode_distinct(txt_enc, tables["test"].questions).contiguous()
     save_file(feats, str(files["features"]))
     ckpt.unlink(missing_ok=True)  # finished: nothing left to resume
-    return {
-        f"{method}_finetuned/best_val_accuracy": res.best_value,
-        f"{method}_finetuned/best_epoch": res.best_epoch,
-        f"{method}_finetuned/epochs_run": res.epochs_run,
-        f"{method}_finetuned/train_time_s": round(res.train_time_s, 2),
-        f"{method}_finetuned/image_blocks": cfg.image_blocks,
-        f"{method}_finetuned/text_blocks": cfg.text_blocks,
-    }
+    return _finetune_summary(f"{method}_finetuned", "val_accuracy", res.best_value, res, cfg)
 
 
 def asdict_(obj) -> dict[str, Any]:
@@ -1603,6 +1590,18 @@ def _finetune_cfg(opts: Mapping[str, Any], seed: int) -> _FinetuneConfig:
     )  # fmt: skip
 
 
+def _finetune_summary(prefix: str, metric: str, best: float, res, cfg: _FinetuneConfig) -> dict[str, Any]:
+    """The numbers ``train_task`` reports for a fine-tuned model."""
+    return {
+        f"{prefix}/best_{metric}": best,
+        f"{prefix}/best_epoch": res.best_epoch,
+        f"{prefix}/epochs_run": res.epochs_run,
+        f"{prefix}/train_time_s": round(res.train_time_s, 2),
+        f"{prefix}/image_blocks": cfg.image_blocks,
+        f"{prefix}/text_blocks": cfg.text_blocks,
+    }
+
+
 def _finetuned_files(out: Path, stem: str) -> dict[str, Path]:
     """Where a fine-tuned copy of model ``stem`` lives: weights (+ json), the encoders' trained
     blocks, the fine-tuned test features, the per-epoch training checkpoint."""
@@ -1691,14 +1690,7 @@ def _finetune_retrieval(index, index_path, out: Path, seed, dual, dual_hp, opts,
         feats[f"{k}/text"] = (T.encode_texts(txt_enc, texts[k]) if tb else sp[k].text).float().contiguous()
     save_file(feats, str(files[3]))
     ckpt.unlink(missing_ok=True)  # finished: nothing left to resume
-    return {
-        "finetuned/best_val_rsum": res.best_rsum,
-        "finetuned/best_epoch": res.best_epoch,
-        "finetuned/epochs_run": res.epochs_run,
-        "finetuned/train_time_s": round(res.train_time_s, 2),
-        "finetuned/image_blocks": ib,
-        "finetuned/text_blocks": tb,
-    }
+    return _finetune_summary("finetuned", "val_rsum", res.best_rsum, res, cfg)
 
 
 # ================================================================================ evaluation
