@@ -176,7 +176,7 @@ class _Tower(nn.Module):
 
     def __init__(self, model: nn.Module, image_encoder, text_encoder):
         super().__init__()
-        self.dual = model  # the attribute name keeps the checkpoints of earlier versions loadable
+        self.model = model
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder if text_encoder is not None else nn.Identity()
 
