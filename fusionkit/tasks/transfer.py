@@ -84,15 +84,12 @@ def decode_for_training(encoder, paths: Sequence[str | os.PathLike], show_progre
     """Decode images once for fine-tuning: ``(N, 3, R, R)`` uint8, shorter side to the encoder's
     resize size ``R`` and a centre square (augmentation then crops from it; the centre
     ``crop_size`` square of it is exactly the encoder's own preprocessing)."""
-    import numpy as np
-
-    from fusionkit.encoders.image import decode_image, resize_crop
+    from fusionkit.encoders.image import decode_image_tensor, resize_crop
 
     r = int(encoder.resize_size)
     out = torch.empty(len(paths), 3, r, r, dtype=torch.uint8)
     for i, p in enumerate(progress(paths, enabled=show_progress, desc="decode images", leave=False)):
-        img = resize_crop(decode_image(p, r), r, r, encoder.interpolation)
-        out[i] = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+        out[i] = resize_crop(decode_image_tensor(p, r), r, r, encoder.interpolation)
     return out
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from fusionkit.encoders import EncoderUnavailableError, InputError, build_encoder
 from fusionkit.encoders import image as image_mod
-from fusionkit.encoders.image import decode_image, resize_crop
+from fusionkit.encoders.image import decode_image, decode_image_tensor, resize_crop
 
 
 def png_bytes(width: int, height: int, bit_depth: int, color_type: int, raw_rows: bytes | None) -> bytes:
@@ -144,16 +144,141 @@ def test_large_jpeg_draft_keeps_at_least_the_resize_size(tmp_path):
 
 @pytest.mark.parametrize("size", [(150, 200), (500, 375), (224, 224), (100, 60)])
 @pytest.mark.parametrize("interp", ["bilinear", "bicubic"])
-def test_resize_crop_matches_torchvision(size, interp):
+def test_resize_crop_matches_torchvision_on_pil(size, interp):
+    """The tensor resize gives what torchvision's Resize + CenterCrop give on the PIL image."""
     from torchvision.transforms import v2
 
     rng = np.random.default_rng(1)
-    img = Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8))
-    ours = np.asarray(resize_crop(img, 256, 224, interp)).astype(int)
+    a = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+    ours = resize_crop(torch.from_numpy(a).permute(2, 0, 1), 256, 224, interp).permute(1, 2, 0).numpy().astype(int)
     mode = v2.InterpolationMode.BILINEAR if interp == "bilinear" else v2.InterpolationMode.BICUBIC
-    ref = np.asarray(v2.CenterCrop(224)(v2.Resize(256, interpolation=mode)(img))).astype(int)
+    ref = np.asarray(v2.CenterCrop(224)(v2.Resize(256, interpolation=mode)(Image.fromarray(a)))).astype(int)
     assert ours.shape == ref.shape == (224, 224, 3)
     assert np.abs(ours - ref).max() <= 2 and np.abs(ours - ref).mean() < 0.05  # rounding only
+
+
+@pytest.mark.parametrize("size", [(150, 200), (375, 500), (60, 100), (10, 20)])
+@pytest.mark.parametrize("interp", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("hwc", [True, False])
+def test_resize_crop_is_torchvisions_tensor_resize_and_crop(size, interp, hwc):
+    from torchvision.transforms import v2
+
+    rng = np.random.default_rng(4)
+    a = torch.from_numpy(rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+    x = a.permute(2, 0, 1) if hwc else a.permute(2, 0, 1).contiguous()
+    mode = v2.InterpolationMode.BILINEAR if interp == "bilinear" else v2.InterpolationMode.BICUBIC
+    for crop in (28, 40):  # 40: larger than the resized image's shorter side, zero-padded
+        ref = v2.functional.center_crop(v2.functional.resize(x, 32, interpolation=mode, antialias=True), [crop, crop])
+        out = resize_crop(x, 32, crop, interp)
+        assert out.shape == ref.shape == (3, crop, crop) and out.dtype == torch.uint8
+        assert torch.equal(out, ref)
+
+
+def test_resize_crop_pads_when_the_crop_is_larger():
+    x = torch.full((3, 10, 20), 200, dtype=torch.uint8)
+    out = resize_crop(x, 16, 24, "bilinear")  # 16x32 after resizing, 24x24 crop: 4 rows of padding each side
+    assert out.shape == (3, 24, 24)
+    assert (out[:, :4] == 0).all() and (out[:, -4:] == 0).all() and (out[:, 4:20] == 200).all()
+
+
+def _jpeg(path: Path, arr: np.ndarray, **save) -> Path:
+    Image.fromarray(arr).save(path, "JPEG", quality=90, **save)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["rgb", "gray", "progressive", "exif_rotated", "cmyk", "large", "png", "rgba_png"])
+def test_tensor_decode_gives_the_pil_pixels(tmp_path, monkeypatch, kind):
+    """Plain JPEGs take libjpeg-turbo through torchvision, the rest PIL: the pixels are the same."""
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    if kind == "rgb":
+        p = _jpeg(tmp_path / "a.jpg", rgb)
+    elif kind == "gray":
+        p = _jpeg(tmp_path / "a.jpg", rgb[..., 0])
+    elif kind == "progressive":
+        p = _jpeg(tmp_path / "a.jpg", rgb, progressive=True)
+    elif kind == "exif_rotated":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        p = _jpeg(tmp_path / "a.jpg", rgb, exif=exif.tobytes())
+    elif kind == "cmyk":
+        p = tmp_path / "a.jpg"
+        Image.fromarray(rgb).convert("CMYK").save(p, "JPEG")
+    elif kind == "large":
+        p = _jpeg(tmp_path / "a.jpg", np.kron(rgb, np.ones((30, 30, 1), np.uint8)))  # 2400x1800
+    elif kind == "png":
+        p = tmp_path / "a.png"
+        Image.fromarray(rgb).save(p)
+    else:
+        p = tmp_path / "a.png"
+        Image.fromarray(np.dstack([rgb, rng.integers(0, 255, (60, 80), dtype=np.uint8)]), "RGBA").save(p)
+    fast = kind in ("rgb", "gray", "progressive", "exif_rotated")
+    decoder, calls = image_mod._jpeg_decoder(), []
+    assert decoder is not None, "TorchCodec is a pinned dependency"
+    monkeypatch.setattr(image_mod, "_JPEG_DECODER", [lambda *a, **k: calls.append(1) or decoder(*a, **k)])
+    got = decode_image_tensor(p, 256)
+    assert len(calls) == fast
+    ref = torch.from_numpy(np.array(decode_image(p, 256))).permute(2, 0, 1)
+    assert got.dtype == torch.uint8 and got.shape == ref.shape
+    assert torch.equal(got, ref)
+    if kind == "exif_rotated":
+        assert got.shape[1:] == (80, 60)
+    if kind == "large":
+        assert min(got.shape[1:]) >= 256 and got.shape[2] < 2400  # PIL's DCT scaling
+
+
+def test_tensor_decode_without_torchcodec_falls_back_to_pil(tmp_path, monkeypatch):
+    p = _jpeg(tmp_path / "a.jpg", np.random.default_rng(3).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    fast = decode_image_tensor(p, 256)
+    monkeypatch.setattr(image_mod, "_JPEG_DECODER", [None])
+    assert torch.equal(decode_image_tensor(p, 256), fast)
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9])
+def test_tensor_decode_reports_truncated_and_corrupt_jpegs(tmp_path, cut):
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    data = buf.getvalue()
+    p = tmp_path / "cut.jpg"
+    p.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(InputError, match="truncated") as e:
+        decode_image_tensor(p, 256)
+    assert str(p) in str(e.value)
+    q = tmp_path / "garbled.jpg"  # a valid header, then noise where the scan data should be
+    head = data.index(b"\xff\xda") + 20
+    q.write_bytes(data[:head] + rng.integers(0, 255, len(data) - head, dtype=np.uint8).tobytes()[:-2] + b"\xff\xd9")
+    try:
+        out = decode_image_tensor(q, 256)  # libjpeg recovers from some corruption, as PIL does...
+        assert out.shape == (3, 64, 64)
+    except InputError as err:  # ...or it is reported with the file
+        assert str(q) in str(err)
+
+
+def test_tensor_decode_refuses_a_decompression_bomb_jpeg(tmp_path, monkeypatch):
+    p = _jpeg(tmp_path / "bomb.jpg", np.zeros((100, 100, 3), np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels > 2x the limit: an error
+    with pytest.raises(InputError, match="decompression bomb") as e:
+        decode_image_tensor(p, 256)
+    assert str(p) in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("garbage.jpg", b"this is not an image at all", "not a readable image"),
+        ("fake.jpg", b"\xff\xd8\xff\xe0 not really a jpeg", "not a readable image|corrupt"),
+        ("empty.jpg", b"", "not a readable image"),
+        ("missing.jpg", None, "not found"),
+    ],
+)
+def test_tensor_decode_names_the_file_for_unreadable_images(tmp_path, name, content, expected):
+    p = tmp_path / name
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises(InputError, match=expected) as e:
+        decode_image_tensor(p)
+    assert str(p) in str(e.value)
 
 
 # ------------------------------------------------------------------------------- encoder
