@@ -291,14 +291,19 @@ class _Records(torch.utils.data.Dataset):
 
 
 class _Collate:
-    def __init__(self, encoder: Encoder) -> None:
-        self.encoder = encoder
+    """A loaded group of records -> ``([(indices, batch), ...], bad)``: the readable records
+    collated into forward batches of ``batch_size`` (one per group unless decoding runs in larger
+    groups than the forward, see ``decode_group``)."""
+
+    def __init__(self, encoder: Encoder, batch_size: int) -> None:
+        self.encoder, self.batch_size = encoder, batch_size
 
     def __call__(self, items):
         ok = [(i, x) for i, x, err in items if err is None]
         bad = [(i, err) for i, x, err in items if err is not None]
-        batch = self.encoder.collate([x for _, x in ok]) if ok else None
-        return [i for i, _ in ok], batch, bad
+        bs = self.batch_size
+        subs = [ok[s : s + bs] for s in range(0, len(ok), bs)]
+        return [([i for i, _ in sub], self.encoder.collate([x for _, x in sub])) for sub in subs], bad
 
 
 def _batches(encoder: Encoder, values: list[Any], chunks: list[range], batch_size: int) -> list[list[int]]:
@@ -390,6 +395,10 @@ def extract_features(
     perf = enc.perf.get(dev.type, enc.perf["cpu"])
     bs = int(batch_size or perf["batch_size"])
     workers = _workers(perf["num_workers"] if num_workers is None else num_workers, dev)
+    # Decoding in the main process (no spare cores) runs in groups of ``decode_group`` records,
+    # each then forwarded in batches of ``bs``: alternating decode and forward every few images
+    # costs the forward its warm caches (measured ~8% of the throughput; benchmarks/README.md).
+    group = max(bs, int(perf.get("decode_group") or bs)) if workers == 0 else bs
     parts = path.with_name(f"{split}-{output}.parts")
     _clean_stale_tmp(path.parent)
     _clean_stale_tmp(parts)
@@ -418,7 +427,8 @@ def extract_features(
         tune_allocator()  # no page faults per batch (fusionkit.runtime; ~1.6x faster forward on 2 CPU cores)
         _compute_chunks(
             enc, samples, modality, dataset, chunks, todo, part_path, chunk_ids_sha,
-            output=output, device=dev, batch_size=bs, num_workers=workers, channels_last=bool(perf.get("channels_last")),
+            output=output, device=dev, batch_size=bs, decode_group=group, num_workers=workers,
+            channels_last=bool(perf.get("channels_last")),
             on_error=on_error, progress=progress, desc=f"{modality} {split} {enc.name}",
         )  # fmt: skip
     compute_s = time.perf_counter() - t0
@@ -471,6 +481,7 @@ def extract_features(
         "settings": {
             "batch_size": bs,
             "num_workers": workers,
+            "decode_group": group,
             "chunk_size": chunk_size,
             "allocator_tuned": allocator_tuned(),
         },  # fmt: skip
@@ -543,6 +554,7 @@ def _compute_chunks(
     output: str,
     device: torch.device,
     batch_size: int,
+    decode_group: int,
     num_workers: int,
     channels_last: bool,
     on_error: str,
@@ -554,11 +566,11 @@ def _compute_chunks(
         enc.before_workers()  # e.g. import heavy libraries once, so forked workers inherit them
     values = [s.modalities[modality] for s in samples]
     ids = [s.id for s in samples]
-    batches = _batches(enc, values, [chunks[c] for c in todo], batch_size)
+    batches = _batches(enc, values, [chunks[c] for c in todo], decode_group)
     loader = torch.utils.data.DataLoader(
         _Records(enc, values, _media_root(dataset), kind),
         batch_sampler=batches,
-        collate_fn=_Collate(enc),
+        collate_fn=_Collate(enc, batch_size),
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
     )
@@ -583,14 +595,23 @@ def _compute_chunks(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     total = sum(len(chunks[c]) for c in todo)
     bar = progress_bar(total=total, enabled=progress, desc=desc, unit=enc.unit, smoothing=0.1)
+
+    def _done(i: int) -> None:  # record i is computed or skipped; its chunk is written when complete
+        ci = chunk_of[i]
+        left[ci] -= 1
+        if left[ci] == 0:
+            _write_part(part_path(ci), rows.pop(ci), skipped[ci], truncated[ci], chunk_ids_sha[ci], output)
+
     try:
         with torch.inference_mode(), autocast:
-            for ok, batch, bad in loader:
+            for subs, bad in loader:
                 for i, (reason, file) in bad:
                     if on_error == "raise":
                         raise InputError(reason, file, ids[i])
                     skipped[chunk_of[i]][ids[i]] = {"file": file, "reason": reason}
-                if ok:
+                for i, _ in bad:
+                    _done(i)
+                for ok, batch in subs:
                     info = enc.batch_info(batch)
                     out = runner(enc.batch_to(batch, device, non_blocking=True))
                     v = out[output].float().cpu()
@@ -601,12 +622,10 @@ def _compute_chunks(
                         rows[chunk_of[i]][i] = (v[j], None if m is None else m[j])
                         if flags is not None and bool(flags[j]):
                             truncated[chunk_of[i]].append(ids[i])
-                for i in ok + [i for i, _ in bad]:
-                    ci = chunk_of[i]
-                    left[ci] -= 1
-                    if left[ci] == 0:
-                        _write_part(part_path(ci), rows.pop(ci), skipped[ci], truncated[ci], chunk_ids_sha[ci], output)
-                bar.update(len(ok) + len(bad))
+                    for i in ok:
+                        _done(i)
+                    bar.update(len(ok))
+                bar.update(len(bad))
     finally:
         bar.close()
         if home != device:

@@ -241,6 +241,27 @@ def test_resume_after_kill_9_is_bit_identical(ds, tmp_path, monkeypatch):
     assert sha(resumed.path) == sha(clean.path)
 
 
+def test_decode_groups_forward_in_batches_with_the_same_features(tmp_path):
+    """On a CPU without spare cores, records are decoded in groups (``perf["decode_group"]``) and
+    forwarded in batches of ``batch_size``; the features are those of batch-by-batch decoding, and a
+    bad record inside a group is skipped without shifting the others."""
+    ds = make_dataset(tmp_path / "ds", bad_image={"s05"})
+    kw = {**KW, "chunk_size": 8, "batch_size": 3, "on_error": "skip"}
+    grouped_enc = tiny_image_encoder()
+    assert grouped_enc.perf["cpu"]["decode_group"] > kw["batch_size"]
+    sizes: list[int] = []
+    grouped_enc.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    grouped = extract_features(ds, "image", grouped_enc, cache_dir=tmp_path / "g", **kw)
+    assert grouped.meta["settings"]["decode_group"] == grouped_enc.perf["cpu"]["decode_group"]
+    assert sizes == [3, 3, 1, 3, 1], sizes  # chunk 0: 7 readable of 8 (s05 skipped); chunk 1: 4
+    plain_enc = tiny_image_encoder()
+    plain_enc.perf = {"cpu": {**plain_enc.perf["cpu"], "decode_group": None}}
+    plain = extract_features(ds, "image", plain_enc, cache_dir=tmp_path / "p", **kw)
+    assert plain.meta["settings"]["decode_group"] == kw["batch_size"]
+    assert grouped.ids == plain.ids and "s05" not in grouped.ids and len(grouped.ids) == 11
+    assert torch.allclose(grouped.values, plain.values, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------- corruption
 @pytest.mark.parametrize("damage", ["flip", "truncate", "no-sidecar", "bad-sidecar"])
 def test_damaged_cache_is_rebuilt_with_a_warning(ds, tmp_path, monkeypatch, damage):

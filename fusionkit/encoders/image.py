@@ -38,7 +38,7 @@ _INTERPOLATIONS = ("bilinear", "bicubic")
 # Defaults measured by benchmarks/extract.py (EfficientNet-Lite0, 224 px; see benchmarks/README.md):
 # on the 2-core CPU batch 4-8 in channels_last beats every contiguous configuration and larger batches.
 CONV_PERF = {
-    "cpu": {"batch_size": 4, "channels_last": True, "num_workers": "auto"},
+    "cpu": {"batch_size": 4, "channels_last": True, "num_workers": "auto", "decode_group": 64},
     "cuda": {"batch_size": 128, "channels_last": True, "num_workers": "auto"},  # not measured here (no GPU lent)
 }
 
