@@ -24,7 +24,8 @@ Guarantees
 * resumable: records are processed in chunks of ``chunk_size`` (fixed positions in the split), each
   chunk saved as soon as it is complete; after a crash (even ``kill -9``) a rerun computes only the
   missing chunks, and the merged result is bit-identical to an uninterrupted run on the same machine
-  and settings (batch size and memory format may change the last float bits, so resume with the same);
+  and settings (batch size, decode group and memory format may change the last float bits, so resume
+  with the same);
 * bad input (``on_error``): ``"raise"`` (default) stops at the first bad record with an
   :class:`~fusionkit.encoders.base.InputError` naming the file and the record id; ``"skip"`` leaves the
   record out and lists it (with the reason) in the sidecar and ``skipped.json``. A cache built with
