@@ -398,7 +398,7 @@ def extract_features(
     workers = _workers(perf["num_workers"] if num_workers is None else num_workers, dev)
     # Decoding in the main process (no spare cores) runs in groups of ``decode_group`` records,
     # each then forwarded in batches of ``bs``: alternating decode and forward every few images
-    # costs the forward its warm caches (measured ~8% of the throughput; benchmarks/README.md).
+    # costs the forward its warm caches (1-8% of the throughput in measurements; benchmarks/README.md).
     group = max(bs, int(perf.get("decode_group") or bs)) if workers == 0 else bs
     parts = path.with_name(f"{split}-{output}.parts")
     _clean_stale_tmp(path.parent)

@@ -220,9 +220,8 @@ def resize_crop(x: torch.Tensor, resize_size: int, crop_size: int, interpolation
         x = x.unsqueeze(0)
         if x.is_contiguous(memory_format=torch.channels_last) and x.stride(0) != x.numel():
             x = x.as_strided((1, c, h, w), (x.numel(), *x.stride()[1:]))
-        x = torch.nn.functional.interpolate(x, size=[th, tw], mode=interpolation, align_corners=False, antialias=True)[
-            0
-        ]
+        x = torch.nn.functional.interpolate(x, size=[th, tw], mode=interpolation, align_corners=False, antialias=True)
+        x = x[0]
     if crop_size > min(tw, th):  # torchvision pads with zeros; only reachable when crop > resize
         pw, ph = max(crop_size - tw, 0), max(crop_size - th, 0)
         x = torch.nn.functional.pad(x, [pw // 2, (pw + 1) // 2, ph // 2, (ph + 1) // 2], value=0)
