@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from fusionkit.data.base import Dataset, Sample
+from fusionkit.encoders.base import InputError
 from fusionkit.model import MultimodalModel
 from fusionkit.perturb import CORRUPTIONS, LEVELS
 from fusionkit.progress import progress
@@ -59,7 +60,10 @@ def encode_corrupted(
             items = []
             for i, s in enumerate(samples[start : start + bs]):
                 rng = np.random.default_rng([seed, start + i, int(level * 1000)])
-                raw = encoder.load(s.modalities[modality], root)
+                try:
+                    raw = encoder.load(s.modalities[modality], root)
+                except InputError as e:  # name the sample too, not only the file
+                    raise e.with_record(s.id) from e
                 items.append(_corrupt(raw, fn, level, rng))
             batch = encoder.collate(items)
             if hasattr(encoder, "batch_to"):

@@ -15,6 +15,7 @@ import seaborn as sns
 import torch
 
 from fusionkit.data.base import SPLITS, Dataset, DatasetError, atomic_write_text, load_dataset
+from fusionkit.data.readers import load_rgb
 from fusionkit.train import SplitData
 
 _IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython"}
@@ -113,9 +114,8 @@ def _captions(ds: Dataset) -> dict[str, list[str]]:
 
 
 def plot_examples(ds: Dataset, n: int = 8, seed: int = 0):
-    """A grid of images with their captions and target labels."""
-    from PIL import Image
-
+    """A grid of images with their captions and target labels. An unreadable image (corrupt, or
+    over PIL's decompression-bomb limit) raises DatasetError naming the file and the sample."""
     rng = np.random.default_rng(seed)
     samples = [ds.samples[i] for i in rng.choice(len(ds.samples), size=min(n, len(ds.samples)), replace=False)]
     caps = _captions(ds)
@@ -127,7 +127,7 @@ def plot_examples(ds: Dataset, n: int = 8, seed: int = 0):
         ax.axis("off")
     for ax, s in zip(axes.flat, samples):
         if img_mod:
-            ax.imshow(Image.open(ds.path(s, img_mod)).convert("RGB"))
+            ax.imshow(load_rgb(ds.path(s, img_mod), s.id))
         labels = ", ".join(f"{t}={ds.targets[t][v]}" for t, v in s.targets.items())
         text = caps.get(s.id, [v for m, v in s.modalities.items() if ds.modalities[m] == "text"])[:2]
         ax.set_title("\n".join([s.id, labels] + [textwrap.shorten(c, 48) for c in text]), fontsize=8)

@@ -148,3 +148,22 @@ def test_encode_corrupted_runs_like_extraction_and_ignores_the_batch_size(tmp_pa
     assert not torch.allclose(noisy, clean, rtol=1e-3, atol=1e-3 * float(cached.abs().max()))
     again = robustness.encode_corrupted(enc, ds, ss, "image", "gaussian_noise", 0.5, batch_size=4)
     assert torch.allclose(noisy, again, rtol=1e-4, atol=1e-4 * float(cached.abs().max()))
+
+
+def test_encode_corrupted_names_the_file_and_the_sample_of_an_image_it_cannot_decode(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from fusionkit.encoders import build_encoder
+    from fusionkit.encoders.base import InputError
+
+    samples = []
+    for i in range(3):
+        Image.new("RGB", (40 + 20 * i, 48 + 20 * i), (50 * i, 10, 10)).save(tmp_path / f"im{i}.png")
+        samples.append(Sample(f"im{i}", "test", {"image": f"im{i}.png"}, {"y": i % 2}))
+    ds = load_dataset(write_dataset(tmp_path / "ds", "imgs", {"image": "image"}, {"y": ["a", "b"]}, samples,
+                                    media_root=tmp_path))  # fmt: skip
+    enc = build_encoder("image", "efficientnet_lite0", weights=None, image_size=64, seed=0)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # only im2 (80 x 88) is over it
+    with pytest.raises(InputError, match=r"im2\.png record 'im2': decompression bomb refused") as e:
+        robustness.encode_corrupted(enc, ds, ds.split("test"), "image", "gaussian_noise", 0.5)
+    assert e.value.record_id == "im2"

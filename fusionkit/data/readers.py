@@ -10,9 +10,14 @@ the line or record and what was expected (ARCHITECTURE.md, "Conventions"). They 
   the header is checked for the required columns, every row for its number of fields;
 * media paths are checked with :func:`safe_media_path`: relative, inside the media root after
   resolving ``..`` and symlinks (``../../etc/passwd``, ``/etc/passwd`` and a symlink out are refused);
-* :func:`check_image` opens the file with PIL and verifies it (``decode=True`` decodes every
-  pixel, slower but it also catches truncated JPEGs); :func:`check_wav` reads the RIFF/WAVE header
-  first (a 0-byte file, or an MP3 renamed to ``.wav``, is named as such) and then asks soundfile.
+* images are opened through :func:`open_image` (or :func:`load_rgb`), the one place that turns
+  what PIL raises - an unknown format, a truncated file, an image over PIL's decompression-bomb
+  limit (``PIL.Image.MAX_IMAGE_PIXELS``; above it PIL warns, above twice it raises; both are
+  refused here) - into a DatasetError naming the file and the record; :func:`check_image` opens
+  the file that way and verifies it (``decode=True`` decodes every pixel, slower but it also
+  catches truncated JPEGs);
+* :func:`check_wav` reads the RIFF/WAVE header first (a 0-byte file, or an MP3 renamed to
+  ``.wav``, is named as such) and then asks soundfile.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ import csv
 import io
 import json
 import os
+import struct
+import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +41,9 @@ __all__ = [
     "check_audio",
     "check_image",
     "check_wav",
+    "image_where",
+    "load_rgb",
+    "open_image",
     "read_csv",
     "read_json",
     "read_jsonl",
@@ -219,26 +230,62 @@ def sniff_media_kind(value: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------- media
-def check_image(path: str | os.PathLike, decode: bool = False) -> tuple[int, int]:
-    """(width, height) of a readable image; DatasetError naming the file otherwise."""
+def image_where(path: str | os.PathLike, record: str | None = None) -> str:
+    """How image messages name the file: ``path`` or ``path (id 'record')``."""
+    return f"{path} (id {record!r})" if record is not None else str(path)
+
+
+@contextmanager
+def open_image(path: str | os.PathLike, record: str | None = None) -> Iterator[Any]:
+    """``with open_image(path, record) as im:`` - ``PIL.Image.open`` where every error PIL raises
+    while opening, verifying or decoding inside the block becomes a DatasetError naming the file
+    (and ``record``, the sample/image id, when given) and what was expected:
+
+    * a missing or empty file, an unknown format, a corrupt or truncated image;
+    * an image over PIL's decompression-bomb limit: PIL only warns between
+      ``PIL.Image.MAX_IMAGE_PIXELS`` and twice that; both are refused here, as the encoders do."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    where = image_where(path, record)
     try:
         size = path.stat().st_size
     except FileNotFoundError as e:
-        raise DatasetError(f"{path}: image file does not exist") from e
+        raise DatasetError(f"{where}: image file does not exist") from e
     if size == 0:
-        raise DatasetError(f"{path}: empty file (0 bytes); expected an image")
+        raise DatasetError(f"{where}: empty file (0 bytes); expected an image")
     try:
-        with Image.open(path) as im:
-            wh = im.size
-            if decode:
-                im.load()
-            else:
-                im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"{path}: corrupt or unreadable image ({e}); expected a JPEG/PNG image") from e
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                yield im
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DatasetError(
+            f"{where}: refused as a possible decompression bomb ({e}); expected an image under "
+            f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} pixels - raise that limit if the file is trusted"
+        ) from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise DatasetError(f"{where}: corrupt or unreadable image ({e}); expected a JPEG/PNG image") from e
+
+
+def load_rgb(path: str | os.PathLike, record: str | None = None, size: tuple[int, int] | None = None) -> Any:
+    """The image at ``path`` decoded as an RGB ``PIL.Image`` (resized bicubic to ``size`` when
+    given); errors as :func:`open_image`."""
+    from PIL import Image
+
+    with open_image(path, record) as im:
+        rgb = im.convert("RGB")
+        return rgb.resize(size, Image.BICUBIC) if size is not None else rgb
+
+
+def check_image(path: str | os.PathLike, decode: bool = False, record: str | None = None) -> tuple[int, int]:
+    """(width, height) of a readable image; DatasetError naming the file (and ``record``) otherwise."""
+    with open_image(path, record) as im:
+        wh = im.size
+        if decode:
+            im.load()
+        else:
+            im.verify()
     return wh
 
 

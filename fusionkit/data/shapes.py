@@ -72,6 +72,7 @@ import soundfile as sf
 from PIL import Image, ImageDraw
 
 from fusionkit.data.base import SPLITS, Dataset, DatasetError, Sample, atomic_write_text, load_dataset, write_dataset
+from fusionkit.data.readers import open_image
 from fusionkit.progress import progress as progress_bar
 
 __all__ = [
@@ -1026,12 +1027,9 @@ def validate(root: str | os.PathLike) -> dict[str, Any]:
     # media files
     for smp in ds.samples:
         img_path = ds.path(smp, "image")
-        try:
-            with Image.open(img_path) as im:
-                im.load()
-                mode, im_size = im.mode, im.size
-        except (OSError, Image.DecompressionBombError) as e:
-            raise DatasetError(f"{img_path} (id {smp.id!r}): not a readable image ({e})") from e
+        with open_image(img_path, smp.id) as im:
+            im.load()
+            mode, im_size = im.mode, im.size
         if mode != "RGB" or im_size != (size, size):
             raise DatasetError(f"{img_path} (id {smp.id!r}): {mode} {im_size}; expected RGB ({size}, {size})")
         wav_path = ds.path(smp, "audio")

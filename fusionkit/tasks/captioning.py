@@ -79,6 +79,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fusionkit.data.base import SPLITS
+from fusionkit.data.readers import load_rgb
 from fusionkit.progress import progress
 from fusionkit.tasks._common import (
     EarlyStopping,
@@ -1435,10 +1436,11 @@ def plot_attention_maps(
     panel_inches: float = 1.8,
 ):
     """One row per image: the image with its generated caption, then one panel per token with
-    the attention upsampled (bilinear) to the image and drawn over it. Returns the figure."""
+    the attention upsampled (bilinear) to the image and drawn over it. Returns the figure. An
+    unreadable image (corrupt, or over PIL's decompression-bomb limit) raises DatasetError naming
+    the file and the image id."""
     import matplotlib.pyplot as plt
     import numpy as np
-    from PIL import Image
 
     if not maps:
         raise ValueError("no attention maps to draw")
@@ -1448,8 +1450,7 @@ def plot_attention_maps(
     )
     for row, m in zip(axes, maps):
         path = image_paths(m.image_id) if callable(image_paths) else image_paths[m.image_id]
-        with Image.open(path) as im:
-            img = np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC))
+        img = np.asarray(load_rgb(path, m.image_id, (size, size)))
         row[0].imshow(img)
         row[0].set_title(f"{m.image_id}", fontsize=7)
         row[0].set_xlabel(m.caption, fontsize=6, wrap=True)

@@ -231,3 +231,24 @@ def test_registry_guards(own, tmp_path):
         registry.prepare("manifest", own.parent, source_dir=own, progress=False)
     rep = check(tmp_path / "nope")
     assert not rep.ok and "does not exist" in rep.issues[0].message
+
+
+def test_check_names_an_image_over_the_decompression_bomb_limit_and_exits_non_zero(own, tmp_path, monkeypatch, capsys):
+    """`fusionkit data check` (raw folder and prepared folder) and `data prepare` on an image over
+    PIL's pixel limit: the file and the record are named, no traceback, a non-zero exit."""
+    ds = registry.prepare("manifest", tmp_path / "prepared", source_dir=own, progress=False)
+    Image.new("RGB", (64, 64)).save(own / "photos" / "p4.png")  # 4,096 pixels > 2 x 1,000
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(registry, "_reuse", lambda out, fp: None)
+    for folder in (own, ds.root):
+        capsys.readouterr()
+        assert cli.main(["data", "check", str(folder)]) == 1
+        out = capsys.readouterr().out
+        assert "Traceback" not in out and "corrupt or unreadable files: 1" in out
+        (line,) = [x for x in out.splitlines() if "decompression bomb" in x]
+        assert "(id 's04')" in line and "p4.png" in line and "MAX_IMAGE_PIXELS" in line
+    rc = cli.main(
+        ["data", "prepare", "manifest", "--source", str(own), "--out", str(tmp_path / "again"), "--no-progress"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "(id 's04')" in err and "p4.png: refused as a possible decompression bomb" in err

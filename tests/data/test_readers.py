@@ -15,6 +15,8 @@ from fusionkit.data.readers import (
     check_audio,
     check_image,
     check_wav,
+    load_rgb,
+    open_image,
     read_csv,
     read_json,
     read_jsonl,
@@ -163,3 +165,29 @@ def test_wav_checks_zero_bytes_mp3_and_real(tmp_path):
     sf.write(empty, np.zeros(0, dtype=np.float32), 8000, subtype="PCM_16")
     with pytest.raises(DatasetError, match="holds no samples"):
         check_wav(empty)
+
+
+def test_images_over_the_decompression_bomb_limit_are_refused_naming_file_and_record(tmp_path, monkeypatch):
+    """PIL raises DecompressionBombError (not an OSError) above twice MAX_IMAGE_PIXELS and only warns
+    above it: both must come out as a DatasetError naming the file and the record, never raw."""
+    big, mid = tmp_path / "big.png", tmp_path / "mid.png"
+    Image.new("RGB", (100, 100)).save(big)  # 10,000 pixels > 2 x 1,000: PIL raises
+    Image.new("RGB", (40, 40)).save(mid)  # 1,600 pixels: PIL would only warn
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    for p in (big, mid):
+        for decode in (False, True):
+            with pytest.raises(
+                DatasetError, match=rf"{p.name} \(id 'rec7'\): refused as a possible decompression bomb"
+            ):
+                check_image(p, decode=decode, record="rec7")
+        with pytest.raises(DatasetError, match=rf"{p.name}: refused .*MAX_IMAGE_PIXELS = 1000 pixels"):
+            load_rgb(p)
+    small = tmp_path / "small.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (10, 20), dtype=np.uint8)).save(small)
+    rgb = load_rgb(small, "r", size=(8, 8))
+    assert rgb.mode == "RGB" and rgb.size == (8, 8)
+    with open_image(small) as im:
+        assert im.size == (20, 10)
+    small.write_bytes(small.read_bytes()[:120])  # truncated: the error comes from decoding inside the block
+    with pytest.raises(DatasetError, match=r"small\.png \(id 'r'\): corrupt or unreadable image"):
+        load_rgb(small, "r")

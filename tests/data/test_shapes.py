@@ -432,6 +432,12 @@ def test_validate_catches_a_truncated_image_and_a_short_wav(copy):
         shapes.validate(copy)
 
 
+def test_validate_names_an_image_over_the_decompression_bomb_limit(copy, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", SIZE * SIZE // 4)  # every image is 4x the limit: PIL raises
+    with pytest.raises(DatasetError, match=r"shapes_\d+\.png \(id 'shapes_\d+'\): refused as a possible decompression"):
+        shapes.validate(copy)
+
+
 def test_validate_catches_a_wrong_vqa_answer(copy):
     def corrupt(doc):
         ann = doc["annotations"][3]

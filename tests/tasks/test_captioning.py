@@ -385,3 +385,17 @@ def test_attention_maps_and_figure(shapes_root, tok):
         C.attention_maps(m, tok, C.caption_split(ds, "test", tok, ids, torch.randn(len(ids), 6, 8), grid.mean(1)))
     table = C.caption_table(sp.reference_dict(), {i: "a red circle" for i in ids[:2]}, {ids[0]: {"CIDEr": 1.5}})
     assert list(table.columns)[:3] == ["image_id", "caption", "references"] and table.loc[0, "CIDEr"] == 1.5
+
+
+def test_plot_attention_maps_names_an_image_over_the_decompression_bomb_limit(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from fusionkit.data.base import DatasetError
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    maps = [C.AttentionMap("img9", "a cat", ["a", "<end>"], torch.full((2, 4), 0.25), (2, 2))]
+    fig = C.plot_attention_maps(maps, {"img9": tmp_path / "big.png"})
+    assert len(fig.axes) == 3
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(DatasetError, match=r"big\.png \(id 'img9'\): refused as a possible decompression bomb"):
+        C.plot_attention_maps(maps, {"img9": tmp_path / "big.png"})

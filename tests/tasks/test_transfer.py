@@ -149,3 +149,12 @@ def test_the_loop_trains_on_train_rows_only_and_restores_the_best_epoch(images):
     with pytest.raises(KeyError, match="no 'acc'"):
         T.finetune_on_images(head, enc, imgs, imgs[:4], batch_loss, lambda f: {"score": 1.0},
                              T.FinetuneConfig(epochs=1), monitor="acc")  # fmt: skip
+
+
+def test_decode_for_training_names_an_image_over_the_decompression_bomb_limit(images, monkeypatch):
+    from fusionkit.encoders.base import InputError
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 80 x 96 = 7,680 pixels: over twice the limit
+    with pytest.raises(InputError, match="decompression bomb refused") as e:
+        T.decode_for_training(_encoder(), images[2:4])
+    assert e.value.path == images[2]
