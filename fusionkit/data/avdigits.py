@@ -58,10 +58,9 @@ from typing import Any
 
 import numpy as np
 
-from fusionkit.data.base import SPLITS, DatasetError, Sample
+from fusionkit.data.base import SPLITS, Built, DatasetError, Sample
+from fusionkit.data.problems import Problems
 from fusionkit.data.readers import check_wav, safe_media_path
-from fusionkit.data.registry import Built
-from fusionkit.data.validate import Problems
 from fusionkit.progress import progress as _progress
 
 __all__ = ["DIGITS", "parse_recordings", "scan"]

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,3 +241,19 @@ def load_dataset(root: str | os.PathLike, check_files: bool = True) -> Dataset:
         info=meta.get("info", {}),
         media_root=media_root,
     )
+
+
+@dataclass
+class Built:
+    """What a loader's ``scan`` returns: everything needed to write the processed folder."""
+
+    name: str
+    format: str  # the raw layout that was read, e.g. "kaggle-csv", "karpathy-json", "vqa-v2"
+    modalities: dict[str, str]
+    targets: dict[str, list[str]]
+    samples: list[Sample]
+    info: dict[str, Any] = field(default_factory=dict)
+    media_root: Path | None = None  # None: paths are relative to the processed folder itself
+    files: dict[str, Any] = field(default_factory=dict)  # relpath -> str, or a JSON-able object
+    writers: list[Callable[[Path, bool], None]] = field(default_factory=list)  # write media into the folder
+    stats: dict[str, Any] = field(default_factory=dict)  # extra counts for the report

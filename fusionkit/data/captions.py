@@ -62,7 +62,8 @@ from typing import Any
 
 import numpy as np
 
-from fusionkit.data.base import SPLITS, DatasetError, Sample
+from fusionkit.data.base import SPLITS, Built, DatasetError, Sample
+from fusionkit.data.problems import Problems
 from fusionkit.data.readers import (
     IMAGE_EXTENSIONS,
     check_image,
@@ -72,8 +73,6 @@ from fusionkit.data.readers import (
     read_lines,
     safe_media_path,
 )
-from fusionkit.data.registry import Built
-from fusionkit.data.validate import Problems
 from fusionkit.progress import progress as _progress
 
 __all__ = [

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusionkit.data.base import DatasetError
+from fusionkit.data.base import Built, DatasetError
 from fusionkit.data.captions import (
     SPLIT_POLICIES,
     CaptionEntry,
@@ -35,8 +35,7 @@ from fusionkit.data.captions import (
     parse_coco_captions,
     parse_karpathy,
 )
-from fusionkit.data.registry import Built
-from fusionkit.data.validate import Problems
+from fusionkit.data.problems import Problems
 
 __all__ = ["scan"]
 

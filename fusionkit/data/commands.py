@@ -58,7 +58,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from fusionkit.data import registry
     from fusionkit.data.base import DatasetError
-    from fusionkit.data.validate import Report
+    from fusionkit.data.problems import Report
 
     opts = _parse_options(args.option)
     try:

@@ -47,7 +47,8 @@ from typing import Any
 
 import numpy as np
 
-from fusionkit.data.base import MODALITY_KINDS, SPLITS, DatasetError, Sample, load_dataset
+from fusionkit.data.base import MODALITY_KINDS, SPLITS, Built, DatasetError, Sample, load_dataset
+from fusionkit.data.problems import Problems
 from fusionkit.data.readers import (
     check_audio,
     check_image,
@@ -57,8 +58,6 @@ from fusionkit.data.readers import (
     safe_media_path,
     sniff_media_kind,
 )
-from fusionkit.data.registry import Built
-from fusionkit.data.validate import Problems
 from fusionkit.progress import progress as _progress
 
 __all__ = ["parse_modalities", "scan"]

@@ -34,7 +34,7 @@ What ``prepare`` guarantees
   ``out_dir`` built from other inputs is marked stale (``dataset.json`` -> ``dataset.json.stale``)
   so nothing downstream mistakes it for the one requested;
 * besides ``dataset.json`` + ``manifest.jsonl`` the folder holds ``report.json`` (the
-  :class:`~fusionkit.data.validate.Report`), ``skipped.json`` (records left out with
+  :class:`~fusionkit.data.problems.Report`), ``skipped.json`` (records left out with
   ``on_error="skip"``: kind, where, message, file) and the loader's own files (caption references,
   VQA annotations, recordings.jsonl ...). Image/audio paths are relative to ``media_root``: the raw
   folder when files are indexed in place (captions, VQA, manifest), the processed folder itself
@@ -50,12 +50,12 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fusionkit.data.base import SPLITS, Dataset, DatasetError, Sample, atomic_write_text, load_dataset, write_dataset
-from fusionkit.data.validate import Issue, Problems, Report, class_balance
+from fusionkit.data.base import SPLITS, Built, Dataset, DatasetError, atomic_write_text, load_dataset, write_dataset
+from fusionkit.data.problems import Issue, Problems, Report, class_balance
 
 __all__ = ["Built", "available", "check_raw", "detect", "fingerprint", "options", "prepare"]
 
@@ -74,22 +74,6 @@ _LOADERS: dict[str, str] = {
 # the download that provides a dataset's raw data (fusionkit data download NAME)
 DOWNLOAD_FOR = {"flickr8k": "flickr8k", "coco": "coco", "vqa": "vqa", "avdigits": "fsdd"}
 _FIXED = {"source", "seed", "problems", "progress"}
-
-
-@dataclass
-class Built:
-    """What a loader's ``scan`` returns: everything needed to write the processed folder."""
-
-    name: str
-    format: str  # the raw layout that was read, e.g. "kaggle-csv", "karpathy-json", "vqa-v2"
-    modalities: dict[str, str]
-    targets: dict[str, list[str]]
-    samples: list[Sample]
-    info: dict[str, Any] = field(default_factory=dict)
-    media_root: Path | None = None  # None: paths are relative to the processed folder itself
-    files: dict[str, Any] = field(default_factory=dict)  # relpath -> str, or a JSON-able object
-    writers: list[Callable[[Path, bool], None]] = field(default_factory=list)  # write media into the folder
-    stats: dict[str, Any] = field(default_factory=dict)  # extra counts for the report
 
 
 def available() -> list[str]:

@@ -48,10 +48,9 @@ from typing import Any
 
 import numpy as np
 
-from fusionkit.data.base import SPLITS, DatasetError, Sample
+from fusionkit.data.base import SPLITS, Built, DatasetError, Sample
+from fusionkit.data.problems import Problems
 from fusionkit.data.readers import IMAGE_EXTENSIONS, check_image, read_json, safe_media_path
-from fusionkit.data.registry import Built
-from fusionkit.data.validate import Problems
 from fusionkit.progress import progress as _progress
 
 __all__ = ["scan"]

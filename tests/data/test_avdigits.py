@@ -12,7 +12,8 @@ from PIL import Image
 
 from fusionkit.data import registry
 from fusionkit.data.base import DatasetError, load_dataset
-from fusionkit.data.validate import Report, check
+from fusionkit.data.problems import Report
+from fusionkit.data.validate import check
 
 pytestmark = pytest.mark.shared_data
 

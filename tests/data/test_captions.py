@@ -12,8 +12,9 @@ import pytest
 
 from fusionkit.data import registry
 from fusionkit.data.base import DatasetError, load_dataset
-from fusionkit.data.captions import Problems, _norm, negatives
-from fusionkit.data.validate import Report, check
+from fusionkit.data.captions import _norm, negatives
+from fusionkit.data.problems import Problems, Report
+from fusionkit.data.validate import check
 
 pytestmark = pytest.mark.shared_data
 

@@ -11,7 +11,8 @@ import pytest
 
 from fusionkit.data import registry, shapes
 from fusionkit.data.base import DatasetError
-from fusionkit.data.validate import Report, check
+from fusionkit.data.problems import Report
+from fusionkit.data.validate import check
 
 ANSWERS = ["yes", "no", "2", "dog", "red", "yes", "no", "yes", "grass", "rare-answer"]
 
