@@ -51,6 +51,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from fusionkit.data.base import Dataset, DatasetError, atomic_write_text
+from fusionkit.data.problems import check_on_error
 from fusionkit.encoders import build_encoder
 from fusionkit.encoders.base import Encoder, InputError
 from fusionkit.progress import progress as progress_bar
@@ -58,7 +59,6 @@ from fusionkit.runtime import allocator_tuned, tune_allocator
 
 CACHE_FORMAT = 1
 OUTPUTS = ("pooled", "grid")
-ON_ERROR = ("raise", "skip")
 
 
 class CacheError(ValueError):
@@ -378,8 +378,7 @@ def extract_features(
     (bf16 autocast there), else CPU. See the module docstring for the cache's guarantees."""
     if output not in OUTPUTS:
         raise ValueError(f"output={output!r}; expected one of {OUTPUTS}")
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error={on_error!r}; expected one of {ON_ERROR}")
+    check_on_error(on_error)
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size}; expected >= 1")
     enc = _resolve(dataset, modality, encoder)

@@ -1,24 +1,29 @@
-"""Problems with input data, in one place: the issue record, the collectors that raise or list
-bad records according to the ``on_error`` policy, and the written reports.
+"""Problems with input data, in one place: the issue record (:class:`Issue`), the ``on_error``
+policy (:data:`ON_ERROR`, :func:`check_on_error`), the error raised for a bad record
+(:class:`~fusionkit.data.base.DatasetError`; :class:`TaskInputError` from the task readers), the
+collectors that raise or list bad records, and the written reports (text and JSON, written
+atomically: temp file, then rename).
 
-A :class:`Problems` collector is handed to a loader while it reads raw data. What it does with a
-bad record depends on ``on_error``:
+``on_error`` (what every reader of fusionkit does with a bad record):
 
-* ``"raise"`` (the default of :func:`fusionkit.data.registry.prepare`): raise
-  :class:`~fusionkit.data.base.DatasetError` at the first problem, naming the file, the line or
-  record and what was expected;
-* ``"skip"``: drop the record, list it (kind, where, message, file) and go on; the list lands in
-  the :class:`Report`, in ``report.json`` and in ``skipped.json`` of the processed folder;
-* ``"collect"`` (what ``fusionkit data check`` uses): like skip, but every problem counts as an
-  error, so the check exits non-zero.
+* ``"raise"`` (the default): raise at the first problem, naming the file, the line or record and
+  what was expected;
+* ``"skip"``: drop the record, list it and go on;
+* ``"collect"`` (only :class:`Problems`, what ``fusionkit data check`` uses): like skip, but every
+  problem counts as an error, so the check exits non-zero.
 
-Problems that make a whole file unusable (a CSV without the expected columns, JSON that does not
-parse, a folder without any known layout) always raise; ``check`` reports them as one error.
-
-:class:`Report` holds: counts per split, extra counts (images, captions, questions, speakers, ...),
-the class balance per target and split, and the issues by kind - ``missing_file``,
+Dataset loaders get a :class:`Problems` collector; what it lists lands in the :class:`Report`, in
+``report.json`` and (the skipped records: kind, where, message, file) in ``skipped.json`` of the
+processed folder. Problems that make a whole file unusable (a CSV without the expected columns,
+JSON that does not parse, a folder without any known layout) always raise; ``check`` reports them
+as one error. :class:`Report` holds: counts per split, extra counts (images, captions, questions,
+speakers, ...), the class balance per target and split, and the issues by kind - ``missing_file``,
 ``duplicate``, ``empty_caption``, ``corrupt``, ``unsafe_path``, ``malformed``, ``unmatched``,
 ``dropped`` (e.g. answers outside the top K) - with :meth:`Report.render` printing all of it.
+
+The task readers (captions and VQA questions for captioning / retrieval / VQA) record what they
+skipped or truncated in an :class:`InputReport` through :func:`problem`; it writes itself as text
+or JSON (``{"source", "counts", "issues": [{"file", "record", "problem", "action"}]}``).
 """
 
 from __future__ import annotations
@@ -30,11 +35,38 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fusionkit.data.base import SPLITS, DatasetError, Sample
+from fusionkit.data.base import SPLITS, DatasetError, Sample, atomic_write_text
 
-__all__ = ["KINDS", "ON_ERROR", "Issue", "Problems", "Report", "class_balance"]
+__all__ = [
+    "KINDS",
+    "ON_ERROR",
+    "InputReport",
+    "Issue",
+    "Problems",
+    "Report",
+    "TaskInputError",
+    "check_on_error",
+    "class_balance",
+    "problem",
+    "write_issues",
+]
 
-ON_ERROR = ("raise", "skip", "collect")
+#: what a caller may pass as ``on_error``
+ON_ERROR = ("raise", "skip")
+#: what :class:`Problems` accepts besides: list every problem as an error (``fusionkit data check``)
+COLLECT = "collect"
+
+
+def check_on_error(on_error: str, allowed: tuple[str, ...] = ON_ERROR) -> str:
+    """``on_error`` when it is one of ``allowed``; DatasetError (a ValueError) otherwise."""
+    if on_error not in allowed:
+        raise DatasetError(f"on_error={on_error!r}; expected one of {allowed}")
+    return on_error
+
+
+class TaskInputError(DatasetError):
+    """Bad task input (a caption, a question, an id): the message names the file and the record."""
+
 
 # kinds the report names in its summary lines (others are listed under "other")
 KINDS = {
@@ -51,23 +83,39 @@ KINDS = {
 
 @dataclass
 class Issue:
+    """One problem: ``where`` names the file and the line or record, ``message`` what is wrong and
+    what was expected."""
+
     kind: str  # one of KINDS
     where: str  # file:line (id ...) or file: record
     message: str  # what is wrong and what was expected
-    severity: str = "error"  # error | skipped | warning
-    file: str | None = None  # the media file concerned, if any
+    severity: str = "error"  # error | skipped | warning; a task reader's action: skipped | truncated
+    file: str | None = None  # the file concerned (a media file for loaders, the input file for task readers)
+    record: str | None = None  # task readers: the record inside ``file``
 
     def line(self) -> str:
         return f"{self.where}: {self.message}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """As written to report.json / skipped.json (``record`` only when there is one)."""
+        d = asdict(self)
+        if d["record"] is None:
+            del d["record"]
+        return d
+
+
+def write_issues(path: str | os.PathLike, issues: list[Issue]) -> Path:
+    """A JSON list of issues (``skipped.json``), written atomically."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps([i.as_dict() for i in issues], indent=1, ensure_ascii=False) + "\n")
+    return path
 
 
 class Problems:
     """Collects (or raises) the problems a loader finds; see the module docstring."""
 
     def __init__(self, on_error: str = "raise"):
-        if on_error not in ON_ERROR:
-            raise DatasetError(f"on_error = {on_error!r}; expected one of {ON_ERROR}")
-        self.on_error = on_error
+        self.on_error = check_on_error(on_error, (*ON_ERROR, COLLECT))
         self.issues: list[Issue] = []
 
     def error(self, kind: str, where: str, message: str, file: str | os.PathLike | None = None) -> None:
@@ -143,6 +191,7 @@ class Report:
     # ------------------------------------------------------------------ io
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["issues"] = [i.as_dict() for i in self.issues]
         d["ok"] = self.ok
         d["n_errors"], d["n_skipped"], d["n_warnings"] = len(self.errors), len(self.skipped), len(self.warnings)
         return d
@@ -165,6 +214,17 @@ class Report:
         p = Path(path)
         p = p / "report.json" if p.is_dir() else p
         return cls.from_dict(json.loads(p.read_text(encoding="utf-8")))
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the report atomically: JSON (``report.json``) when ``path`` ends in ``.json``,
+        else the text :meth:`render` prints."""
+        path = Path(path)
+        if path.suffix == ".json":
+            text = json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n"
+        else:
+            text = self.render() + "\n"
+        atomic_write_text(path, text)
+        return path
 
     def render(self, max_items: int = 10) -> str:
         """The human-readable report ``fusionkit data check`` prints."""
@@ -202,3 +262,55 @@ class Report:
             f"  status: {status} ({len(self.errors)} errors, {len(self.skipped)} skipped, {len(self.warnings)} warnings)"
         )
         return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ task readers
+@dataclass
+class InputReport:
+    """What a task reader found wrong with its input and what it did about it.
+
+    With ``on_error="raise"`` the first problem raises :class:`TaskInputError`; with
+    ``on_error="skip"`` every problem is recorded here (and the record skipped), and
+    :meth:`write` leaves the written report next to the results."""
+
+    source: str = ""
+    issues: list[Issue] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # per action
+
+    def add(self, file: str, record: str, problem: str, action: str, kind: str = "malformed") -> None:
+        file, record = str(file), str(record)
+        self.issues.append(Issue(kind, f"{file}: {record}", problem, action, file, record))
+        self.counts[action] = self.counts.get(action, 0) + 1
+
+    def __len__(self) -> int:
+        return len(self.issues)
+
+    def __bool__(self) -> bool:  # an empty report is still a report (``if ds.report`` is confusing)
+        return True
+
+    def to_text(self) -> str:
+        head = f"input report for {self.source or 'input'}: "
+        if not self.issues:
+            return head + "no problems found\n"
+        lines = [head + ", ".join(f"{n} {a}" for a, n in sorted(self.counts.items()))]
+        lines += [f"- {i.file}: {i.record}: {i.message} -> {i.severity}" for i in self.issues]
+        return "\n".join(lines) + "\n"
+
+    def as_dict(self) -> dict[str, Any]:
+        issues = [{"file": i.file, "record": i.record, "problem": i.message, "action": i.severity} for i in self.issues]
+        return {"source": self.source, "counts": dict(self.counts), "issues": issues}
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the report atomically: JSON when ``path`` ends in ``.json``, plain text otherwise."""
+        path = Path(path)
+        text = json.dumps(self.as_dict(), indent=2) + "\n" if path.suffix == ".json" else self.to_text()
+        atomic_write_text(path, text)
+        return path
+
+
+def problem(report: InputReport, on_error: str, file: str, record: str, what: str, action: str = "skipped") -> None:
+    """A bad record of a task reader: raise :class:`TaskInputError` naming ``file`` and ``record``
+    (``on_error="raise"``), or record it in ``report`` and go on (``"skip"``)."""
+    if on_error == "raise":
+        raise TaskInputError(f"{file}: {record}: {what}")
+    report.add(file, record, what, action)

@@ -50,12 +50,11 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from fusionkit.data.base import SPLITS, Built, Dataset, DatasetError, atomic_write_text, load_dataset, write_dataset
-from fusionkit.data.problems import Issue, Problems, Report, class_balance
+from fusionkit.data.problems import Issue, Problems, Report, check_on_error, class_balance, write_issues
 
 __all__ = ["Built", "available", "check_raw", "detect", "fingerprint", "options", "prepare"]
 
@@ -226,9 +225,8 @@ def _write(out: Path, built: Built, report: Report, meta_info: dict[str, Any], p
         for rel, content in built.files.items():
             text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False, indent=1) + "\n"
             atomic_write_text(tmp / rel, text)
-        atomic_write_text(tmp / "report.json", json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n")
-        skipped = [asdict(i) for i in report.skipped]
-        atomic_write_text(tmp / "skipped.json", json.dumps(skipped, indent=1, ensure_ascii=False) + "\n")
+        report.write(tmp / "report.json")
+        write_issues(tmp / "skipped.json", report.skipped)
         info = dict(built.info)
         info.update(meta_info)
         info["report"] = {
@@ -290,8 +288,7 @@ def prepare(
         ds = shapes.generate(out, seed=seed, overwrite=force, progress=progress, **kw)
         return ds
     loader = _loader(name)
-    if on_error not in ("raise", "skip"):
-        raise DatasetError(f"on_error = {on_error!r}; expected 'raise' or 'skip'")
+    check_on_error(on_error)
     kw = _normalise(name, opts)
     if source_dir is None or str(source_dir) == "":
         hint = (

@@ -11,6 +11,6 @@ Submodules are imported on demand (``from fusionkit.tasks import retrieval``) so
 one task does not pay for the others.
 """
 
-from fusionkit.tasks._common import InputReport, TaskInputError
+from fusionkit.data.problems import InputReport, TaskInputError
 
 __all__ = ["InputReport", "TaskInputError"]

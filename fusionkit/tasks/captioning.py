@@ -53,7 +53,7 @@ Nearest-neighbour baseline (:func:`nearest_neighbour_captions`)
     captions of the k nearest images and picks the one with the highest CIDEr-D against the rest
     of the pool (Devlin et al.'s consensus re-ranking).
 
-Bad input (``on_error="raise"`` raises :class:`~fusionkit.tasks._common.TaskInputError` naming the
+Bad input (``on_error="raise"`` raises :class:`~fusionkit.data.problems.TaskInputError` naming the
 file and the record; ``"skip"`` drops the record and notes it in ``dataset.report``, which
 ``report.write(path)`` writes out): empty or whitespace captions, non-string captions, captions
 longer than ``max_len`` when ``too_long="error"`` (the default ``"truncate"`` keeps them, cut,
@@ -79,18 +79,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from fusionkit.data.base import SPLITS
+from fusionkit.data.problems import InputReport, TaskInputError, check_on_error, problem
 from fusionkit.data.readers import load_rgb
 from fusionkit.progress import progress
-from fusionkit.tasks._common import (
-    EarlyStopping,
-    InputReport,
-    TaskInputError,
-    TrainCheckpoint,
-    check_on_error,
-    end_epoch,
-    problem,
-    warmup_cosine,
-)
+from fusionkit.tasks._common import EarlyStopping, TrainCheckpoint, end_epoch, warmup_cosine
 from fusionkit.tasks.metrics import caption_metrics, consensus_scores, simple_tokenize
 
 Tensor = torch.Tensor
@@ -342,7 +334,7 @@ def _image_id(filename: str) -> str:
 class CaptionDataset:
     """Reference captions per image: ``references[image_id]`` (raw strings, stripped),
     ``splits[image_id]``, ``files[image_id]`` (the file name the source gives), and the
-    :class:`~fusionkit.tasks._common.InputReport` of what was skipped or truncated. Image ids are
+    :class:`~fusionkit.data.problems.InputReport` of what was skipped or truncated. Image ids are
     file stems (``images/shapes_00042.png`` -> ``"shapes_00042"``), as in the feature cache."""
 
     references: dict[str, list[str]]

@@ -80,9 +80,9 @@ from typing import Any
 import torch
 
 from fusionkit.data.base import SPLITS, Dataset, Sample, atomic_write_text, write_dataset
+from fusionkit.data.problems import TaskInputError, check_on_error
 from fusionkit.progress import progress_enabled
 from fusionkit.runtime import tune_allocator
-from fusionkit.tasks._common import TaskInputError
 from fusionkit.tasks.transfer import FinetuneConfig as _FinetuneConfig
 
 Tensor = torch.Tensor
@@ -340,7 +340,6 @@ def extract_task_features(
     derived datasets and listed in the index). Returns the index's ``"tasks"`` entry."""
     from fusionkit.encoders import build_encoder
     from fusionkit.encoders.base import Encoder
-    from fusionkit.tasks._common import check_on_error
     from fusionkit.tasks.captioning import CaptionDataset
     from fusionkit.tasks.vqa import load_vqa
     from fusionkit.workbook import read_index

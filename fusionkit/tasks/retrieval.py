@@ -50,8 +50,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fusionkit.data.problems import check_on_error
 from fusionkit.progress import progress
-from fusionkit.tasks._common import EarlyStopping, TrainCheckpoint, check_on_error, end_epoch, warmup_cosine
+from fusionkit.tasks._common import EarlyStopping, TrainCheckpoint, end_epoch, warmup_cosine
 
 Tensor = torch.Tensor
 

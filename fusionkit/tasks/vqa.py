@@ -31,7 +31,7 @@ as the model gets them.
 
 Bad input: questions without an annotation or with an empty answer list, duplicated question ids,
 annotations for unknown questions, empty question text, images without a key or without
-features: :class:`~fusionkit.tasks._common.TaskInputError` naming the file and the record, or
+features: :class:`~fusionkit.data.problems.TaskInputError` naming the file and the record, or
 (``on_error="skip"``) dropped and listed in ``table.report``.
 """
 
@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from fusionkit.tasks._common import InputReport, TaskInputError, check_on_error, problem
+from fusionkit.data.problems import InputReport, TaskInputError, check_on_error, problem
 
 Tensor = torch.Tensor
 

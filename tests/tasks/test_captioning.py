@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from fusionkit.data.problems import TaskInputError
 from fusionkit.tasks import captioning as C
-from fusionkit.tasks._common import TaskInputError
 from fusionkit.tasks.metrics import caption_metrics
 
 CAPTIONS = [

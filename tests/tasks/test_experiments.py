@@ -15,9 +15,9 @@ import torch
 from fusionkit import workbook as wb
 from fusionkit.data import shapes
 from fusionkit.data.base import load_dataset
+from fusionkit.data.problems import TaskInputError
 from fusionkit.encoders import build_encoder
 from fusionkit.tasks import experiments as X
-from fusionkit.tasks._common import TaskInputError
 
 # tiny and fast: a random-init EfficientNet-Lite0 at 64 px (2 x 2 regions) and the real MiniLM
 TINY_CAPTION = {"d_model": 32, "layers": 1, "heads": 2, "att_dim": 32, "val_max_images": 8, "batch_size": 32}

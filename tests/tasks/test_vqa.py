@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from fusionkit.data.problems import TaskInputError
 from fusionkit.tasks import vqa as V
-from fusionkit.tasks._common import TaskInputError
 from fusionkit.train import TrainConfig, train
 
 
