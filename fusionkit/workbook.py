@@ -15,7 +15,10 @@ import seaborn as sns
 import torch
 
 from fusionkit.data.base import SPLITS, Dataset, DatasetError, atomic_write_text, load_dataset
+from fusionkit.data.caption_formats import karpathy_images
+from fusionkit.data.problems import Problems
 from fusionkit.data.readers import load_rgb
+from fusionkit.data.vqa import read_vqa_file, vqa_annotations, vqa_questions
 from fusionkit.train import SplitData
 
 _IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython"}
@@ -102,15 +105,12 @@ def plot_class_balance(ds: Dataset):
 
 
 def _captions(ds: Dataset) -> dict[str, list[str]]:
+    """{file stem: raw captions} of the dataset's ``captions.json`` (read by the one Karpathy parser)."""
     path = ds.root / "captions.json"
     if not path.exists():
         return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    out: dict[str, list[str]] = {}
-    for img in data["images"]:
-        sid = Path(img["filename"]).stem
-        out[sid] = [s["raw"] for s in img["sentences"]]
-    return out
+    problems = Problems("raise")
+    return {im.stem: [c for c, _ in im.sentences(problems) or []] for im in karpathy_images(path, problems)}
 
 
 def plot_examples(ds: Dataset, n: int = 8, seed: int = 0):
@@ -138,22 +138,26 @@ def plot_examples(ds: Dataset, n: int = 8, seed: int = 0):
 def questions_table(ds: Dataset, n: int = 10) -> pd.DataFrame:
     """A few VQA questions with answers (when the dataset has them)."""
     rows = []
+    problems = Problems("raise")
     for split in SPLITS:
-        q = ds.root / "vqa" / f"questions_{split}.json"
-        a = ds.root / "vqa" / f"annotations_{split}.json"
+        q, a = (ds.root / "vqa" / f"{kind}_{split}.json" for kind in ("questions", "annotations"))
         if not (q.exists() and a.exists()):
             continue
-        qs = json.loads(q.read_text(encoding="utf-8"))["questions"]
-        ans = {x["question_id"]: x for x in json.loads(a.read_text(encoding="utf-8"))["annotations"]}
-        for x in qs:
-            ann = ans[x["question_id"]]
+        qf, af = read_vqa_file(q, "questions"), read_vqa_file(a, "annotations")
+        if qf is None or af is None:
+            raise DatasetError(f"{q}, {a}: expected a VQA v2 questions file and an annotations file")
+        ans = {a.question_id: a.raw for a in vqa_annotations(af, problems)}
+        for x in vqa_questions(qf, problems):
+            ann = ans.get(x.question_id)
+            if ann is None:
+                raise DatasetError(f"{x.where}: no annotation for this question in {af.path}")
             rows.append(
                 {
                     "split": split,
-                    "image_id": x["image_id"],
-                    "question": x["question"],
-                    "answer": ann["multiple_choice_answer"],
-                    "answer_type": ann["answer_type"],
+                    "image_id": x.image_id,
+                    "question": x.question,
+                    "answer": ann.get("multiple_choice_answer"),
+                    "answer_type": ann.get("answer_type"),
                 }
             )
     df = pd.DataFrame(rows)

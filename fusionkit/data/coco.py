@@ -26,15 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from fusionkit.data.base import Built, DatasetError
-from fusionkit.data.captions import (
-    SPLIT_POLICIES,
-    CaptionEntry,
-    ImageIndex,
-    _find,
-    build_matching,
-    parse_coco_captions,
-    parse_karpathy,
-)
+from fusionkit.data.caption_formats import CaptionEntry, parse_coco_captions, parse_karpathy
+from fusionkit.data.captions import SPLIT_POLICIES, ImageIndex, _find, build_matching
 from fusionkit.data.problems import Problems
 
 __all__ = ["scan"]

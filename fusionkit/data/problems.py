@@ -28,9 +28,11 @@ or JSON (``{"source", "counts", "issues": [{"file", "record", "problem", "action
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,9 @@ __all__ = [
     "Issue",
     "Problems",
     "Report",
+    "ReportProblems",
     "TaskInputError",
+    "as_task_error",
     "check_on_error",
     "class_balance",
     "problem",
@@ -314,3 +318,40 @@ def problem(report: InputReport, on_error: str, file: str, record: str, what: st
     if on_error == "raise":
         raise TaskInputError(f"{file}: {record}: {what}")
     report.add(file, record, what, action)
+
+
+class ReportProblems(Problems):
+    """A :class:`Problems` collector for the task readers: what a data-side parser reports as bad
+    goes through :func:`problem` into ``report``, as a record of ``file`` (``where`` without its
+    leading ``"file: "``): :class:`TaskInputError` under ``on_error="raise"``, skipped under
+    ``"skip"``. Warnings and records dropped by an option are not the task readers' concern and
+    are left out of ``report``."""
+
+    def __init__(self, report: InputReport, on_error: str, file: str | os.PathLike):
+        super().__init__(check_on_error(on_error))
+        self.report, self.file = report, str(file)
+
+    def _record(self, where: str) -> str:
+        return where[len(self.file) + 2 :] if where.startswith(f"{self.file}: ") else where
+
+    def error(self, kind: str, where: str, message: str, file: str | os.PathLike | None = None) -> None:
+        problem(self.report, self.on_error, self.file, self._record(where), message)
+        self.report.issues[-1].kind = kind
+
+    def warn(self, kind: str, where: str, message: str, file: str | os.PathLike | None = None) -> None:
+        pass
+
+    def dropped(self, where: str, message: str) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def as_task_error() -> Iterator[None]:
+    """Inside the block, a file-level DatasetError of a data-side parser (file not found, not
+    JSON, not the expected layout) is raised as :class:`TaskInputError` with the same message."""
+    try:
+        yield
+    except TaskInputError:
+        raise
+    except DatasetError as e:
+        raise TaskInputError(str(e)) from e

@@ -43,6 +43,8 @@ import math
 import os
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,16 @@ from fusionkit.data.problems import Problems
 from fusionkit.data.readers import IMAGE_EXTENSIONS, check_image, read_json, safe_media_path
 from fusionkit.progress import progress as _progress
 
-__all__ = ["scan"]
+__all__ = [
+    "VQAAnnotation",
+    "VQAFile",
+    "VQAQuestion",
+    "processed_vqa_files",
+    "read_vqa_file",
+    "scan",
+    "vqa_annotations",
+    "vqa_questions",
+]
 
 _TRAILING_INT = re.compile(r"(\d+)$")
 
@@ -94,6 +105,103 @@ class _ImageById:
 
     def candidates(self, image_id: int) -> list[str]:
         return self.by_id.get(image_id, [])
+
+
+# ------------------------------------------------------------------------------- the VQA v2 format
+@dataclass
+class VQAFile:
+    """A VQA v2 questions or annotations file: its ``data_subtype`` ("" when absent) and records."""
+
+    path: Path
+    subtype: str
+    records: list[Any]
+
+
+def read_vqa_file(path: str | os.PathLike, key: str) -> VQAFile | None:
+    """The file at ``path`` when it is a VQA v2 ``{key: [...]}`` object (``key``: "questions" or
+    "annotations"), else None; JSON that does not parse raises DatasetError naming the line."""
+    path = Path(path)
+    doc = read_json(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get(key), list):
+        return None
+    return VQAFile(path, str(doc.get("data_subtype") or ""), doc[key])
+
+
+@dataclass
+class VQAQuestion:
+    index: int  # k in questions[k]
+    where: str  # "file: questions[k] (question_id N)"
+    question_id: int
+    image_id: int
+    question: str  # as written (may be blank)
+    raw: dict[str, Any]
+
+
+def vqa_questions(f: VQAFile, problems: Problems, progress: bool = False) -> Iterator[VQAQuestion]:
+    """The questions of ``f`` in file order (a generator: each is checked as the caller reaches
+    it): an object with integer ``question_id`` and ``image_id`` and a string ``question``."""
+    for k, q in enumerate(_progress(f.records, enabled=progress, desc=f"vqa: {f.path.name}", unit="q")):
+        where = f"{f.path}: questions[{k}]"
+        if not isinstance(q, dict):
+            problems.error("malformed", where, "expected an object")
+            continue
+        qid, iid, text = q.get("question_id"), q.get("image_id"), q.get("question")
+        if not isinstance(qid, int) or isinstance(qid, bool) or not isinstance(iid, int) or isinstance(iid, bool):
+            problems.error("malformed", where, "expected integer 'question_id' and 'image_id'")
+            continue
+        where = f"{where} (question_id {qid})"
+        if not isinstance(text, str):
+            problems.error("malformed", where, f"question = {text!r}; expected a string")
+            continue
+        yield VQAQuestion(k, where, qid, iid, text, q)
+
+
+@dataclass
+class VQAAnnotation:
+    index: int  # k in annotations[k]
+    where: str  # "file: annotations[k] (question_id N)"
+    question_id: int
+    raw: dict[str, Any]  # image_id, multiple_choice_answer, answers, answer_type, question_type, ...
+
+
+def vqa_annotations(f: VQAFile, problems: Problems) -> Iterator[VQAAnnotation]:
+    """The annotations of ``f`` in file order (a generator): an object with an integer
+    ``question_id``, each question annotated once. The answers are left to the reader."""
+    seen: dict[int, str] = {}
+    for k, a in enumerate(f.records):
+        where = f"{f.path}: annotations[{k}]"
+        qid = a.get("question_id") if isinstance(a, dict) else None
+        if not isinstance(qid, int) or isinstance(qid, bool):
+            problems.error("malformed", where, "expected an object with an integer 'question_id'")
+            continue
+        where = f"{where} (question_id {qid})"
+        if qid in seen:
+            problems.error("duplicate", where, f"question_id annotated twice (duplicated id; first at {seen[qid]})")
+            continue
+        seen[qid] = where
+        yield VQAAnnotation(k, where, qid, a)
+
+
+def processed_vqa_files(root: str | os.PathLike) -> tuple[dict[str, dict[str, Path]] | None, str]:
+    """The VQA v2 files of a processed dataset folder (``vqa/questions_{split}.json`` and
+    ``vqa/annotations_{split}.json``, as :func:`scan` and the shapes generator write them):
+    ``({"questions": {split: path}, "annotations": {...}}, "")``, or ``(None, why not)``."""
+    root = Path(root)
+    vdir = root / "vqa"
+    if not vdir.is_dir():
+        return None, f"no VQA files: {vdir} does not exist"
+    files: dict[str, dict[str, Path]] = {"questions": {}, "annotations": {}}
+    missing = []
+    for sp in SPLITS:
+        q, a = vdir / f"questions_{sp}.json", vdir / f"annotations_{sp}.json"
+        for kind, p in (("questions", q), ("annotations", a)):
+            if p.is_file():
+                files[kind][sp] = p
+            else:
+                missing.append(p.name)
+    if missing:
+        return None, f"VQA needs questions and annotations for train, val and test; {vdir} lacks {', '.join(missing)}"
+    return files, ""
 
 
 def _split_of_subtype(subtype: str) -> str | None:
@@ -141,24 +249,16 @@ def scan(
     # ---------------------------------------------------------------- annotations by subtype
     ann_by_sub: dict[str, tuple[Path, dict[int, tuple[dict[str, Any], str]]]] = {}
     for ap in a_files:
-        doc = read_json(ap)
-        if not isinstance(doc, dict) or not isinstance(doc.get("annotations"), list):
+        af = read_vqa_file(ap, "annotations")
+        if af is None:
             continue  # e.g. COCO instances_*.json: not ours
-        anns = doc["annotations"]
+        anns = af.records
         if anns and not (isinstance(anns[0], dict) and "question_id" in anns[0]):
             continue  # COCO captions/instances annotations
-        sub = str(doc.get("data_subtype") or ap.stem)
+        sub = af.subtype or ap.stem
         table: dict[int, tuple[dict[str, Any], str]] = {}
-        for k, a in enumerate(anns):
-            where = f"{ap}: annotations[{k}]"
-            qid = a.get("question_id") if isinstance(a, dict) else None
-            if not isinstance(qid, int) or isinstance(qid, bool):
-                problems.error("malformed", where, "expected an object with an integer 'question_id'")
-                continue
-            where = f"{where} (question_id {qid})"
-            if qid in table:
-                problems.error("duplicate", where, f"question_id {qid} annotated twice (first at {table[qid][1]})")
-                continue
+        for ann in vqa_annotations(af, problems):
+            a, where = ann.raw, ann.where
             mc, answers = a.get("multiple_choice_answer"), a.get("answers")
             if not isinstance(mc, str) or not mc.strip():
                 problems.error("malformed", where, f"multiple_choice_answer = {mc!r}; expected a non-empty string")
@@ -172,7 +272,7 @@ def scan(
                 continue
             if len(answers) != 10:
                 problems.warn("malformed", where, f"{len(answers)} answers; VQA v2 has 10 per question")
-            table[qid] = (a, where)
+            table[ann.question_id] = (a, where)
         if sub in ann_by_sub:
             raise DatasetError(
                 f"{ap}: a second annotations file for data_subtype {sub!r} (first: {ann_by_sub[sub][0]})"
@@ -187,10 +287,10 @@ def scan(
     used_ann: dict[str, set[int]] = defaultdict(set)
     img_ok: dict[str, bool] = {}
     for qp in q_files:
-        doc = read_json(qp)
-        if not isinstance(doc, dict) or not isinstance(doc.get("questions"), list):
+        qf = read_vqa_file(qp, "questions")
+        if qf is None:
             raise DatasetError(f"{qp}: expected a VQA questions object {{'questions': [...], 'data_subtype': ...}}")
-        sub = str(doc.get("data_subtype") or "")
+        sub = qf.subtype
         if sub not in ann_by_sub:
             alt = [s for s in ann_by_sub if s and s in qp.name]
             sub = alt[0] if len(alt) == 1 and not sub else sub
@@ -205,19 +305,8 @@ def scan(
         if split is None:
             raise DatasetError(f"{qp}: data_subtype {sub!r}; expected it to name train, val or test")
         ap, table = ann_by_sub[sub]
-        for k, q in enumerate(_progress(doc["questions"], enabled=progress, desc=f"vqa: {qp.name}", unit="q")):
-            where = f"{qp}: questions[{k}]"
-            if not isinstance(q, dict):
-                problems.error("malformed", where, "expected an object")
-                continue
-            qid, iid, text = q.get("question_id"), q.get("image_id"), q.get("question")
-            if not isinstance(qid, int) or isinstance(qid, bool) or not isinstance(iid, int) or isinstance(iid, bool):
-                problems.error("malformed", where, "expected integer 'question_id' and 'image_id'")
-                continue
-            where = f"{where} (question_id {qid})"
-            if not isinstance(text, str):
-                problems.error("malformed", where, f"question = {text!r}; expected a string")
-                continue
+        for vq in vqa_questions(qf, problems, progress):
+            q, qid, iid, text, where = vq.raw, vq.question_id, vq.image_id, vq.question, vq.where
             if not text.strip():
                 problems.error("empty_caption", where, "empty question text")
                 continue

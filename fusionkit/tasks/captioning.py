@@ -79,7 +79,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from fusionkit.data.base import SPLITS
-from fusionkit.data.problems import InputReport, TaskInputError, check_on_error, problem
+from fusionkit.data.caption_formats import coco_images, karpathy_images
+from fusionkit.data.problems import (
+    InputReport,
+    ReportProblems,
+    TaskInputError,
+    as_task_error,
+    check_on_error,
+    problem,
+)
 from fusionkit.data.readers import load_rgb
 from fusionkit.progress import progress
 from fusionkit.tasks._common import EarlyStopping, TrainCheckpoint, end_epoch, warmup_cosine
@@ -363,25 +371,18 @@ class CaptionDataset:
         ``image_root``: check that every image file exists there; ``report_path``: write the
         report there."""
         path = Path(path)
-        doc = _read_json(path)
-        images = doc.get("images") if isinstance(doc, dict) else None
-        if not isinstance(images, list):
-            raise TaskInputError(f"{path}: expected a Karpathy caption file {{'images': [...]}}")
+        check_on_error(on_error)
+        report = InputReport(source=str(path))
+        sink = ReportProblems(report, on_error, path)
         entries = []
-        for k, img in enumerate(images):
-            where = f"images[{k}]"
-            if not isinstance(img, dict) or not isinstance(img.get("filename"), str) or not img["filename"]:
-                entries.append((where, None, None, None, None))
-                continue
-            fn = img["filename"]
-            if isinstance(img.get("filepath"), str) and img["filepath"]:
-                fn = f"{img['filepath']}/{fn}"
-            sents = img.get("sentences")
-            caps = None
-            if isinstance(sents, list):
-                caps = [s.get("raw") if isinstance(s, dict) else s for s in sents]
-            entries.append((f"{where} ({_image_id(fn)})", _image_id(fn), img.get("split"), fn, caps))
-        return cls._build(entries, str(path), tokenizer, too_long, on_error, image_root, report_path)
+        with as_task_error():
+            for im in karpathy_images(path, sink):
+                sents = im.sentences(sink)
+                if sents is not None:
+                    entries.append(
+                        (f"images[{im.index}] ({im.stem})", im.stem, im.split, im.ref, [c for c, _ in sents])
+                    )
+        return cls._build(entries, str(path), tokenizer, too_long, on_error, image_root, report_path, report)
 
     @classmethod
     def read_coco(
@@ -399,49 +400,15 @@ class CaptionDataset:
         [{"image_id", "caption"}]}``) as split ``split``. An annotation whose ``image_id`` is not
         among ``images`` is a caption naming a missing image."""
         path = Path(path)
-        doc = _read_json(path)
-        if (
-            not isinstance(doc, dict)
-            or not isinstance(doc.get("images"), list)
-            or not isinstance(doc.get("annotations"), list)
-        ):
-            raise TaskInputError(f"{path}: expected a COCO caption file with 'images' and 'annotations' lists")
         check_on_error(on_error)
         report = InputReport(source=str(path))
-        by_num: dict[Any, int] = {}
-        entries: list[list[Any]] = []
-        for k, im in enumerate(doc["images"]):
-            fn = im.get("file_name") if isinstance(im, dict) else None
-            num = im.get("id") if isinstance(im, dict) else None
-            if not isinstance(fn, str) or not fn or num is None:
-                problem(report, on_error, str(path), f"images[{k}]", "expected 'id' and 'file_name'")
-                continue
-            if num in by_num:
-                problem(
-                    report,
-                    on_error,
-                    str(path),
-                    f"images[{k}] (id {num})",
-                    f"image id {num} repeated (first images[{by_num[num]}])",
-                )
-                continue
-            by_num[num] = len(entries)
-            entries.append([f"images[{k}] ({_image_id(fn)}, id {num})", _image_id(fn), split, fn, []])
-        for k, a in enumerate(doc["annotations"]):
-            num = a.get("image_id") if isinstance(a, dict) else None
-            if num not in by_num:
-                problem(
-                    report,
-                    on_error,
-                    str(path),
-                    f"annotations[{k}] (id {a.get('id') if isinstance(a, dict) else None})",
-                    f"caption names image_id {num!r}, which is not in 'images'",
-                )
-                continue
-            entries[by_num[num]][4].append(a.get("caption"))
-        return cls._build(
-            [tuple(e) for e in entries], str(path), tokenizer, too_long, on_error, image_root, report_path, report
-        )
+        with as_task_error():
+            images = coco_images(path, ReportProblems(report, on_error, path))
+        entries = [
+            (f"images[{im.index}] ({im.stem}, id {im.id})", im.stem, split, im.file_name, [c for c, _ in im.captions])
+            for im in images
+        ]
+        return cls._build(entries, str(path), tokenizer, too_long, on_error, image_root, report_path, report)
 
     @classmethod
     def from_records(
@@ -605,15 +572,6 @@ class CaptionDataset:
             ids.append(i)
             rows.append(where[i])
         return ids, torch.as_tensor(rows, dtype=torch.long)
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise TaskInputError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TaskInputError(f"{path}: not valid UTF-8 JSON ({e})") from e
 
 
 @dataclass

@@ -80,7 +80,9 @@ from typing import Any
 import torch
 
 from fusionkit.data.base import SPLITS, Dataset, Sample, atomic_write_text, write_dataset
-from fusionkit.data.problems import TaskInputError, check_on_error
+from fusionkit.data.caption_formats import karpathy_images
+from fusionkit.data.problems import Problems, TaskInputError, as_task_error, check_on_error
+from fusionkit.data.vqa import processed_vqa_files, read_vqa_file, vqa_questions
 from fusionkit.progress import progress_enabled
 from fusionkit.runtime import tune_allocator
 from fusionkit.tasks.transfer import FinetuneConfig as _FinetuneConfig
@@ -177,25 +179,6 @@ def _pooled_is_grid_mean(enc) -> bool:
 
 
 # ================================================================================ sources
-def _vqa_files(root: Path) -> tuple[dict[str, dict[str, Path]] | None, str]:
-    """({"questions": {split: path}, "annotations": {...}}, "") or (None, why not)."""
-    vdir = root / "vqa"
-    if not vdir.is_dir():
-        return None, f"no VQA files: {vdir} does not exist"
-    files: dict[str, dict[str, Path]] = {"questions": {}, "annotations": {}}
-    missing = []
-    for sp in SPLITS:
-        q, a = vdir / f"questions_{sp}.json", vdir / f"annotations_{sp}.json"
-        for kind, p in (("questions", q), ("annotations", a)):
-            if p.is_file():
-                files[kind][sp] = p
-            else:
-                missing.append(p.name)
-    if missing:
-        return None, f"VQA needs questions and annotations for train, val and test; {vdir} lacks {', '.join(missing)}"
-    return files, ""
-
-
 @dataclass
 class _ImageRef:
     key: str  # feature id (file stem)
@@ -214,20 +197,13 @@ def _vqa_image_map(root: Path, ds: Dataset, vqa_files) -> tuple[dict[Any, str], 
     """VQA image_id -> image key, and the images' references. Through ``captions.json`` when the
     dataset has one (shapes), else through the manifest's ``q{question_id}`` samples (the ``vqa``
     registry loader)."""
-    from fusionkit.tasks.vqa import image_keys_from_karpathy
-
     cap = root / "captions.json"
     if cap.is_file():
-        keys = image_keys_from_karpathy(cap)
-        doc = _read_json(cap, "caption file")
-        refs = {}
-        for img in doc.get("images", []):
-            fn = img.get("filename")
-            if isinstance(img.get("filepath"), str) and img["filepath"]:
-                fn = f"{img['filepath']}/{fn}"
-            stem = Path(fn).stem
-            split = "train" if img.get("split") == "restval" else img.get("split")
-            refs[stem] = _ImageRef(stem, split, fn)
+        keys, refs = {}, {}
+        with as_task_error():  # a bad record: TaskInputError naming the file and the record
+            for im in karpathy_images(cap, Problems("raise")):
+                keys.update(dict.fromkeys(im.ids.values(), im.stem))
+                refs[im.stem] = _ImageRef(im.stem, "train" if im.split == "restval" else im.split, im.ref)
         return keys, refs
     img_mod = next((m for m, k in ds.modalities.items() if k == "image"), None)
     if img_mod is None:
@@ -236,9 +212,9 @@ def _vqa_image_map(root: Path, ds: Dataset, vqa_files) -> tuple[dict[Any, str], 
     keys: dict[Any, str] = {}
     refs: dict[str, _ImageRef] = {}
     for sp in SPLITS:
-        doc = _read_json(vqa_files["questions"][sp], "VQA questions file")
-        for q in doc.get("questions", []):
-            s = by_id.get(f"q{q.get('question_id')}")
+        qf = read_vqa_file(vqa_files["questions"][sp], "questions")
+        for q in vqa_questions(qf, Problems("skip")) if qf is not None else ():
+            s = by_id.get(f"q{q.question_id}")
             if s is None:
                 continue
             path = s.modalities[img_mod]
@@ -247,7 +223,7 @@ def _vqa_image_map(root: Path, ds: Dataset, vqa_files) -> tuple[dict[Any, str], 
             if prev is not None and prev.path != path:
                 raise TaskSetupError(f"{root}: two image files share the stem {stem!r}: {prev.path} and {path}")
             refs[stem] = _ImageRef(stem, s.split, path)
-            keys[q.get("image_id")] = stem
+            keys[q.image_id] = stem
     return keys, refs
 
 
@@ -411,7 +387,7 @@ def extract_task_features(
     tables = {}
     vqa_refs: dict[str, _ImageRef] = {}
     if "vqa" in wanted:
-        vqa_files, why = _vqa_files(root)
+        vqa_files, why = processed_vqa_files(root)
         if vqa_files is None:
             status["vqa"] = {"status": "skipped", "reason": why}
         else:

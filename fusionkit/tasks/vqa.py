@@ -37,7 +37,6 @@ features: :class:`~fusionkit.data.problems.TaskInputError` naming the file and t
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter, defaultdict
@@ -48,7 +47,17 @@ from typing import Any
 
 import torch
 
-from fusionkit.data.problems import InputReport, TaskInputError, check_on_error, problem
+from fusionkit.data.caption_formats import karpathy_images
+from fusionkit.data.problems import (
+    InputReport,
+    Problems,
+    ReportProblems,
+    TaskInputError,
+    as_task_error,
+    check_on_error,
+    problem,
+)
+from fusionkit.data.vqa import VQAFile, read_vqa_file, vqa_annotations, vqa_questions
 
 Tensor = torch.Tensor
 
@@ -280,24 +289,24 @@ class VQATable:
 
 def image_keys_from_karpathy(path: str | os.PathLike) -> dict[Any, str]:
     """``{imgid: file stem}`` (also under ``cocoid``) from a Karpathy ``captions.json``: how VQA's
-    numeric image ids find their feature rows."""
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    numeric image ids find their feature rows. A malformed image record raises
+    :class:`TaskInputError` naming the file and the record."""
     out: dict[Any, str] = {}
-    for img in doc.get("images", []):
-        stem = Path(img["filename"]).stem
-        for key in ("imgid", "cocoid"):
-            if key in img:
-                out[img[key]] = stem
+    with as_task_error():
+        for im in karpathy_images(path, Problems("raise")):
+            for v in im.ids.values():
+                out[v] = im.stem
     return out
 
 
-def _read(path: Path) -> Any:
+def _vqa_file(path: Path, key: str) -> VQAFile:
     if not path.is_file():
         raise TaskInputError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TaskInputError(f"{path}: not valid UTF-8 JSON ({e})") from e
+    with as_task_error():
+        f = read_vqa_file(path, key)
+    if f is None:
+        raise TaskInputError(f"{path}: expected a VQA {key} file {{'{key}': [...]}}")
+    return f
 
 
 def load_vqa(
@@ -308,45 +317,30 @@ def load_vqa(
     on_error: str = "raise",
     report_path: str | os.PathLike | None = None,
 ) -> VQATable:
-    """Read VQA v2 question + annotation files into a :class:`VQATable` (question order kept).
+    """Read VQA v2 question + annotation files into a :class:`VQATable` (question order kept),
+    through the data side's VQA v2 parser (:mod:`fusionkit.data.vqa`).
 
     ``image_key``: maps the files' ``image_id`` to the feature id (a dict or a function; default
     ``str(image_id)``); an image id it does not know is a question about a missing image."""
     check_on_error(on_error)
     qp, ap = Path(questions_path), Path(annotations_path)
-    qdoc, adoc = _read(qp), _read(ap)
-    if not isinstance(qdoc, dict) or not isinstance(qdoc.get("questions"), list):
-        raise TaskInputError(f"{qp}: expected a VQA questions file {{'questions': [...]}}")
-    if not isinstance(adoc, dict) or not isinstance(adoc.get("annotations"), list):
-        raise TaskInputError(f"{ap}: expected a VQA annotations file {{'annotations': [...]}}")
+    qf, af = _vqa_file(qp, "questions"), _vqa_file(ap, "annotations")
     report = InputReport(source=f"{qp} + {ap}")
     anns: dict[Any, dict[str, Any]] = {}
-    for k, a in enumerate(adoc["annotations"]):
-        qid = a.get("question_id") if isinstance(a, dict) else None
-        where = f"annotations[{k}] (question_id {qid})"
-        if qid is None:
-            problem(report, on_error, str(ap), where, "expected a 'question_id'")
-            continue
-        if qid in anns:
-            problem(report, on_error, str(ap), where, "question_id annotated twice (duplicated id)")
-            continue
-        anns[qid] = a
+    for ann in vqa_annotations(af, ReportProblems(report, on_error, ap)):
+        anns[ann.question_id] = ann.raw
     records: list[VQARecord] = []
     seen: dict[Any, int] = {}
-    for k, q in enumerate(qdoc["questions"]):
-        qid = q.get("question_id") if isinstance(q, dict) else None
+    for vq in vqa_questions(qf, ReportProblems(report, on_error, qp)):
+        qid, k, text = vq.question_id, vq.index, vq.question
         where = f"questions[{k}] (question_id {qid})"
-        if qid is None:
-            problem(report, on_error, str(qp), where, "expected a 'question_id'")
-            continue
         if qid in seen:
             problem(
                 report, on_error, str(qp), where, f"question_id repeated (first questions[{seen[qid]}]) (duplicated id)"
             )
             continue
         seen[qid] = k
-        text = q.get("question")
-        if not isinstance(text, str) or not text.strip():
+        if not text.strip():
             problem(report, on_error, str(qp), where, f"empty question text {text!r}")
             continue
         a = anns.get(qid)
@@ -357,7 +351,7 @@ def load_vqa(
         if not answers or not all(isinstance(x, str) and x.strip() for x in answers):
             problem(report, on_error, str(ap), where, f"question without answers: answers {a.get('answers')!r}")
             continue
-        img = q.get("image_id")
+        img = vq.image_id
         if a.get("image_id", img) != img:
             problem(
                 report, on_error, str(ap), where, f"image_id {a.get('image_id')!r} differs from the question's {img!r}"

@@ -240,7 +240,7 @@ def test_coco_captions_json_official_and_karpathy(flickr_small, tmp_path):
         registry.prepare("coco", tmp_path / "out4", source_dir=src, progress=False)
     rep = check(src, name="coco")
     assert Counter(i.kind for i in rep.errors) == {"duplicate": 1, "unmatched": 1}
-    assert any("image_id 4242 is not in the 'images' list" in i.message for i in rep.errors)
+    assert any("names image_id 4242, which is not in the 'images' list" in i.message for i in rep.errors)
 
 
 def test_flickr30k_token_and_imagefolder(flickr_small, tmp_path):
