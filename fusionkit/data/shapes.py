@@ -52,6 +52,10 @@ so the same parameters give byte-identical files. Re-running :func:`generate` wi
 parameters on a complete folder returns it untouched; otherwise the dataset is written into a
 temporary sibling folder and renamed over ``root``, so ``root`` never holds a half-written
 dataset that looks complete.
+
+Modules: the vocabulary, scene layout, drawing and tone synthesis are
+:mod:`fusionkit.data.shapes_scene`; captions, questions and answers :mod:`fusionkit.data.shapes_text`;
+this module generates, writes (dataset, Karpathy / COCO captions, VQA v2 files) and validates.
 """
 
 from __future__ import annotations
@@ -59,30 +63,58 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile as sf
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from fusionkit.data.base import SPLITS, Dataset, DatasetError, Sample, atomic_write_text, load_dataset, write_dataset
 from fusionkit.data.readers import open_image
+from fusionkit.data.shapes_scene import (
+    CEILINGS,
+    CEILINGS_BY_SUBSET,
+    COLOR_WORDS,
+    COLORS,
+    DURATION_S,
+    INFORMATIVE_MODALITIES,
+    KINDS,
+    LABELS,
+    MAX_SHAPES,
+    MODALITIES,
+    NUMBERS,
+    SAMPLE_RATE,
+    TARGETS,
+    TONE_BANDS,
+    TONES,
+    WORD_TO_KIND,
+    _audio,
+    _layout,
+    _render,
+    _rng,
+    caption_words,
+    relation,
+    tokenize,
+)
+from fusionkit.data.shapes_text import _captions, _questions, answer_question
 from fusionkit.progress import progress as progress_bar
 
 __all__ = [
     "CEILINGS",
     "CEILINGS_BY_SUBSET",
     "COLORS",
+    "COLOR_WORDS",
     "KINDS",
     "LABELS",
+    "NUMBERS",
     "TONES",
     "TONE_BANDS",
+    "WORD_TO_KIND",
     "answer_question",
     "caption_words",
     "generate",
@@ -93,104 +125,9 @@ __all__ = [
 
 NAME = "shapes"
 GENERATOR_VERSION = 2
-SAMPLE_RATE = 16_000
-DURATION_S = 1.0
-
-CEILINGS: dict[str, float] = {"chance": 1 / 6, "image": 1 / 3, "text": 1 / 3, "audio": 1 / 2, "fused": 1.0}
-INFORMATIVE_MODALITIES = {"has_red": ["image", "text"], "tone": ["audio"], "label": ["audio", "image", "text"]}
-CEILINGS_BY_SUBSET: dict[str, float] = {
-    "image": 1 / 3,
-    "text": 1 / 3,
-    "audio": 1 / 2,
-    "image+text": 1 / 3,
-    "audio+image": 1.0,
-    "audio+text": 1.0,
-    "audio+image+text": 1.0,
-}
-
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 35, 35),
-    "green": (35, 160, 60),
-    "blue": (40, 80, 220),
-    "yellow": (235, 200, 25),
-    "purple": (135, 55, 185),
-    "cyan": (25, 185, 205),
-}
-# Colour words that must never appear in a caption unless that colour is in the scene (the
-# generator only uses COLORS; the rest are here so a corrupted caption is caught).
-COLOR_WORDS = frozenset(COLORS) | frozenset(
-    "orange pink white black gray grey brown violet magenta turquoise teal gold silver beige maroon navy lime".split()
-)
-KINDS = ("circle", "square", "triangle", "diamond", "star")
-SHAPE_WORDS: dict[str, tuple[str, ...]] = {
-    "circle": ("circle", "disc"),
-    "square": ("square", "box"),
-    "triangle": ("triangle",),
-    "diamond": ("diamond", "rhombus"),
-    "star": ("star",),
-}
-PLURALS = {
-    "circle": "circles",
-    "disc": "discs",
-    "square": "squares",
-    "box": "boxes",
-    "triangle": "triangles",
-    "diamond": "diamonds",
-    "rhombus": "rhombuses",
-    "star": "stars",
-}
-WORD_TO_KIND = {w: k for k, ws in SHAPE_WORDS.items() for w in ws} | {
-    PLURALS[w]: k for k, ws in SHAPE_WORDS.items() for w in ws
-}
-SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
-NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}
-
-TONES = ("low", "mid", "high")
-TONE_BANDS: dict[str, tuple[float, float]] = {"low": (200.0, 300.0), "mid": (500.0, 700.0), "high": (1100.0, 1500.0)}
-LABELS = [f"{r}/{t}" for r in ("no_red", "red") for t in TONES]
-TARGETS = {"label": LABELS, "has_red": ["no", "yes"], "tone": list(TONES)}
-MODALITIES = {"image": "image", "text": "text", "audio": "audio"}
-
-SMALL_SIDE = (0.17, 0.21)  # fraction of the image side (>= 12 %, so red stays salient at 224 px)
-LARGE_SIDE = (0.28, 0.34)
-MAX_SHAPES = 4
-REL_MARGIN = 0.06  # fraction of the image side a centre must lie beyond to count for a relation
-SUPERSAMPLE = 4  # draw at 4x and box-downsample: anti-aliased edges
-
-# direction -> unit vector in image coordinates (y grows downwards)
-DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "above": (0, -1), "below": (0, 1)}
-REL_PHRASES = {
-    "left": ("to the left of", "left of"),
-    "right": ("to the right of", "right of"),
-    "above": ("above",),
-    "below": ("below", "under"),
-}
-PHRASE_TO_DIRECTION = {p: d for d, ps in REL_PHRASES.items() for p in ps}
 
 # files besides the manifest that a complete dataset holds (relative to the root)
 _ENTRIES = {"dataset.json", "manifest.jsonl", "scenes.jsonl", "captions.json", "images", "audio", "annotations", "vqa"}
-
-Shape = dict[str, Any]
-
-
-# ----------------------------------------------------------------------------------- helpers
-def tokenize(text: str) -> list[str]:
-    """Lower-case word tokens, punctuation dropped (the Karpathy ``tokens`` field)."""
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def caption_words(text: str) -> tuple[set[str], set[str]]:
-    """(colour words, shape kinds) named in ``text``; shape synonyms map to their kind."""
-    toks = tokenize(text)
-    return {t for t in toks if t in COLOR_WORDS}, {WORD_TO_KIND[t] for t in toks if t in WORD_TO_KIND}
-
-
-def _pick(rng: np.random.Generator, seq: Sequence[Any]) -> Any:
-    return seq[int(rng.integers(len(seq)))]
-
-
-def _rng(seed: int, index: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, stream)))
 
 
 def _params(
@@ -207,435 +144,6 @@ def _params(
         "sample_rate": SAMPLE_RATE,
         "duration_s": DURATION_S,
     }
-
-
-def relation(a: Shape, b: Shape, direction: str, image_size: int) -> bool | None:
-    """Is shape ``a`` clearly ``direction`` (left/right/above/below) of shape ``b``?
-
-    True: its centre lies more than ``REL_MARGIN`` of the image side beyond b's along the
-    direction, and at least as far along it as across it. False: clearly not (behind b, or at
-    most 0.4x as far along as across). None: borderline - never used in a caption or question."""
-    ux, uy = DIRECTIONS[direction]
-    dx, dy = a["x"] - b["x"], a["y"] - b["y"]
-    along = dx * ux + dy * uy
-    across = abs(dx * uy - dy * ux)
-    if along > REL_MARGIN * image_size and along >= across:
-        return True
-    if along <= 0.4 * across:
-        return False
-    return None
-
-
-def _unique(shapes: list[Shape], **attrs: str) -> list[Shape]:
-    return [s for s in shapes if all(s[k] == v for k, v in attrs.items())]
-
-
-def _relation_target(shapes: list[Shape], ref: Shape, direction: str, image_size: int) -> Shape | None:
-    """The one shape clearly ``direction`` of ``ref`` when every other shape is clearly not."""
-    states = [(s, relation(s, ref, direction, image_size)) for s in shapes if s is not ref]
-    if any(st is None for _, st in states):
-        return None
-    hits = [s for s, st in states if st]
-    return hits[0] if len(hits) == 1 else None
-
-
-# ------------------------------------------------------------------------------------ scenes
-def _layout(rng: np.random.Generator, has_red: bool, size: int) -> list[Shape]:
-    k = int(rng.integers(1, MAX_SHAPES + 1))
-    colors = list(COLORS) if has_red else [c for c in COLORS if c != "red"]
-    for attempt in range(40):
-        force_small = attempt >= 20
-        cols = [_pick(rng, colors) for _ in range(k)]
-        if has_red:
-            cols[0] = "red"
-        shapes: list[Shape] = []
-        for col in cols:
-            kind = _pick(rng, KINDS)
-            large = (not force_small) and bool(rng.random() < 0.5)
-            lo, hi = LARGE_SIDE if large else SMALL_SIDE
-            side = round(float(rng.uniform(lo, hi)) * size, 2)
-            placed = None
-            for _ in range(100):
-                half = side / 2
-                x = round(float(rng.uniform(half + 1, size - half - 1)), 2)
-                y = round(float(rng.uniform(half + 1, size - half - 1)), 2)
-                box = [round(x - half, 2), round(y - half, 2), round(x + half, 2), round(y + half, 2)]
-                if all(
-                    box[2] + 1 <= o[0] or o[2] + 1 <= box[0] or box[3] + 1 <= o[1] or o[3] + 1 <= box[1]
-                    for o in (s["bbox"] for s in shapes)
-                ):
-                    placed = {
-                        "kind": kind,
-                        "color": col,
-                        "size": "large" if large else "small",
-                        "x": x,
-                        "y": y,
-                        "side": side,
-                        "bbox": box,
-                    }
-                    break
-            if placed is None:
-                break
-            shapes.append(placed)
-        if len(shapes) == k:
-            return [shapes[i] for i in rng.permutation(k)]
-    raise RuntimeError(f"could not place {k} shapes in a {size} px image")  # pragma: no cover
-
-
-def _polygon(kind: str, x: float, y: float, side: float) -> list[tuple[float, float]]:
-    h = side / 2
-    if kind == "triangle":
-        return [(x, y - h), (x + h, y + h), (x - h, y + h)]
-    if kind == "diamond":
-        return [(x, y - h), (x + h, y), (x, y + h), (x - h, y)]
-    if kind == "star":
-        pts = []
-        for i in range(10):
-            r = h if i % 2 == 0 else 0.5 * h
-            a = -math.pi / 2 + i * math.pi / 5
-            pts.append((x + r * math.cos(a), y + r * math.sin(a)))
-        return pts
-    raise ValueError(kind)
-
-
-def _render(rng: np.random.Generator, shapes: list[Shape], size: int) -> tuple[np.ndarray, list[int]]:
-    base = int(rng.integers(222, 248))
-    bg = [int(np.clip(base + t, 0, 255)) for t in rng.integers(-6, 7, 3)]
-    ss = SUPERSAMPLE
-    img = Image.new("RGB", (size * ss, size * ss), tuple(bg))
-    draw = ImageDraw.Draw(img)
-    for s in shapes:
-        fill = tuple(
-            int(np.clip(c + j, 0, 255)) for c, j in zip(COLORS[s["color"]], rng.integers(-10, 11, 3), strict=True)
-        )
-        outline = tuple(int(c * 0.55) for c in fill)
-        x, y, side = s["x"] * ss, s["y"] * ss, s["side"] * ss
-        if s["kind"] == "circle":
-            draw.ellipse([x - side / 2, y - side / 2, x + side / 2, y + side / 2], fill=fill, outline=outline, width=ss)
-        elif s["kind"] == "square":
-            draw.rectangle(
-                [x - side / 2, y - side / 2, x + side / 2, y + side / 2], fill=fill, outline=outline, width=ss
-            )
-        else:
-            draw.polygon(_polygon(s["kind"], x, y, side), fill=fill, outline=outline, width=ss)
-    arr = np.asarray(img.reduce(ss), dtype=np.int16)
-    arr = arr + np.rint(rng.normal(0.0, 3.0, arr.shape)).astype(np.int16)
-    return np.clip(arr, 0, 255).astype(np.uint8), bg
-
-
-def _audio(rng: np.random.Generator, tone: str) -> tuple[np.ndarray, dict[str, float]]:
-    lo, hi = TONE_BANDS[tone]
-    f0 = float(rng.uniform(lo, hi))
-    onset = float(rng.uniform(0.0, 0.3))
-    dur = float(min(rng.uniform(0.4, 0.7), 0.98 - onset))
-    attack, release = float(rng.uniform(0.01, 0.04)), float(rng.uniform(0.03, 0.08))
-    h2, h3 = float(rng.uniform(0.2, 0.5)), float(rng.uniform(0.05, 0.25))
-    phases = rng.uniform(0, 2 * np.pi, 3)
-    amp = float(rng.uniform(0.3, 0.6))
-    t = np.arange(int(SAMPLE_RATE * DURATION_S)) / SAMPLE_RATE
-    wave = (
-        np.sin(2 * np.pi * f0 * t + phases[0])
-        + h2 * np.sin(2 * np.pi * 2 * f0 * t + phases[1])
-        + h3 * np.sin(2 * np.pi * 3 * f0 * t + phases[2])
-    )
-    rel = t - onset
-    env = np.clip(rel / attack, 0, 1) * np.clip((dur - rel) / release, 0, 1)
-    env *= np.exp(-1.5 * np.clip(rel, 0, None))  # gentle decay
-    y = amp * env * wave / (1 + h2 + h3) + rng.normal(0.0, 0.01, t.shape)
-    meta = {"f0": round(f0, 3), "onset_s": round(onset, 4), "duration_s": round(dur, 4)}
-    return np.clip(y, -1, 1).astype(np.float32), meta
-
-
-# ---------------------------------------------------------------------------------- captions
-def _desc(rng: np.random.Generator, s: Shape, size_p: float = 0.4) -> str:
-    words = ["a"]
-    if rng.random() < size_p:
-        words.append(_pick(rng, SIZE_WORDS[s["size"]]))
-    return " ".join([*words, s["color"], _pick(rng, SHAPE_WORDS[s["kind"]])])
-
-
-def _join(parts: list[str]) -> str:
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
-def _listing(rng: np.random.Generator, shapes: list[Shape]) -> str:
-    return _join([_desc(rng, shapes[i]) for i in rng.permutation(len(shapes))])
-
-
-def _grouped(rng: np.random.Generator, shapes: list[Shape]) -> str:
-    groups = Counter((s["color"], s["kind"]) for s in shapes)
-    parts = []
-    for (color, kind), c in [list(groups.items())[i] for i in rng.permutation(len(groups))]:
-        if c == 1:
-            parts.append(_desc(rng, _unique(shapes, color=color, kind=kind)[0]))
-        else:
-            parts.append(f"{NUMBERS[c]} {color} {PLURALS[_pick(rng, SHAPE_WORDS[kind])]}")
-    return _join(parts)
-
-
-def _pairs(shapes: list[Shape], size: int) -> list[tuple[Shape, str, Shape]]:
-    """(a, direction, b): a clearly ``direction`` of b, both identified by colour + kind."""
-    ids = [s for s in shapes if len(_unique(shapes, color=s["color"], kind=s["kind"])) == 1]
-    return [(a, d, b) for a in ids for b in ids if a is not b for d in DIRECTIONS if relation(a, b, d, size)]
-
-
-def _rel_text(rng: np.random.Generator, a: Shape, d: str, b: Shape) -> str:
-    ref = _desc(rng, b, 0.25)
-    if rng.random() < 0.3:  # "... left of the blue box"
-        ref = "the" + ref[1:]
-    return f"{_desc(rng, a, 0.25)} {_pick(rng, REL_PHRASES[d])} {ref}"
-
-
-def _cap_list(rng, shapes, size):
-    return _listing(rng, shapes) + "."
-
-
-def _cap_count(rng, shapes, size):
-    if len(shapes) == 1:
-        return f"{_pick(rng, ['a single shape', 'one shape', 'just one object'])}: {_listing(rng, shapes)}."
-    return f"{NUMBERS[len(shapes)]} {_pick(rng, ['shapes', 'objects'])}: {_listing(rng, shapes)}."
-
-
-def _cap_scene(rng, shapes, size):
-    tpl = _pick(
-        rng,
-        [
-            "an image of {}.",
-            "a picture showing {}.",
-            "{} on a light background.",
-            "this image contains {}.",
-            "a plain background with {}.",
-        ],
-    )
-    return tpl.format(_listing(rng, shapes))
-
-
-def _cap_grouped(rng, shapes, size):
-    verb = "are" if len(shapes) > 1 else "is"
-    tpl = _pick(rng, ["{}.", "{} on a plain background.", f"there {verb} {{}} in the picture."])
-    return tpl.format(_grouped(rng, shapes))
-
-
-def _cap_relation(rng, shapes, size):
-    pairs = _pairs(shapes, size)
-    if not pairs:
-        return None
-    a, d, b = _pick(rng, pairs)
-    rest = [s for s in shapes if s is not a and s is not b]
-    text = _rel_text(rng, a, d, b)
-    if rest:
-        text += _pick(rng, [", and also {}", ", plus {}", ", next to {}"]).format(_listing(rng, rest))
-    return text + "."
-
-
-_FULL: list[Callable[[np.random.Generator, list[Shape], int], str | None]] = [
-    _cap_list,
-    _cap_count,
-    _cap_scene,
-    _cap_grouped,
-    _cap_relation,
-]
-
-
-def _cap_partial(rng: np.random.Generator, shapes: list[Shape], size: int) -> str | None:
-    """A caption naming only some shapes: always every red one, always with colours."""
-    red = [s for s in shapes if s["color"] == "red"]
-    others = [s for s in shapes if s["color"] != "red"]
-    if not others or len(shapes) < 2:
-        return None
-    if len(shapes) > 2 and rng.random() < 0.4:  # a relation between two shapes, the red ones among them
-        pairs = [(a, d, b) for a, d, b in _pairs(shapes, size) if all(r is a or r is b for r in red)]
-        if pairs:
-            return _rel_text(rng, *_pick(rng, pairs)) + "."
-    keep = [s for s in others if rng.random() < 0.5]
-    if len(red) + len(keep) == len(shapes):
-        keep = keep[:-1]
-    if not red and not keep:
-        keep = [_pick(rng, others)]
-    sub = red + keep
-    tpl = _pick(rng, ["a picture with {}.", "an image with {}.", "a scene including {}.", "{} among other things."])
-    return tpl.format(_listing(rng, sub))
-
-
-def _captions(rng: np.random.Generator, shapes: list[Shape], size: int) -> list[str]:
-    caps: list[str] = []  # the first three name every shape with its colour
-    for i in rng.permutation(len(_FULL)):
-        if len(caps) == 3:
-            break
-        c = _FULL[i](rng, shapes, size)
-        if c is not None and c not in caps:
-            caps.append(c)
-    for tries in range(40):
-        if len(caps) == 3:
-            break
-        c = _FULL[int(rng.integers(4))](rng, shapes, size)
-        if c not in caps or tries >= 20:
-            caps.append(c)
-    while len(caps) < 5:  # two more, partial or full; unique where the scene allows
-        for _ in range(20):
-            c = _cap_partial(rng, shapes, size) if rng.random() < 0.5 else None
-            c = c or _FULL[int(rng.integers(4))](rng, shapes, size)
-            if c not in caps:
-                break
-        caps.append(c)
-    caps = [caps[i] for i in rng.permutation(5)]
-    return [c[0].upper() + c[1:] for c in caps]
-
-
-# ---------------------------------------------------------------------------------------- VQA
-def _q_color(rng, shapes, size):
-    kinds = [k for k, c in Counter(s["kind"] for s in shapes).items() if c == 1]
-    if not kinds:
-        return None
-    kind = _pick(rng, kinds)
-    return f"what color is the {_pick(rng, SHAPE_WORDS[kind])}?", _unique(shapes, kind=kind)[0]["color"]
-
-
-def _q_shape(rng, shapes, size):
-    colors = [k for k, c in Counter(s["color"] for s in shapes).items() if c == 1]
-    if not colors:
-        return None
-    color = _pick(rng, colors)
-    noun = _pick(rng, ["object", "shape", "thing"])
-    return f"what shape is the {color} {noun}?", _unique(shapes, color=color)[0]["kind"]
-
-
-def _q_count(rng, shapes, size):
-    v = int(rng.integers(3))
-    if v == 0:
-        return f"how many {_pick(rng, ['shapes', 'objects'])} are there?", str(len(shapes))
-    if v == 1:
-        color = _pick(rng, shapes)["color"] if rng.random() < 0.7 else _pick(rng, list(COLORS))
-        return f"how many {color} shapes are there?", str(len(_unique(shapes, color=color)))
-    kind = _pick(rng, shapes)["kind"] if rng.random() < 0.7 else _pick(rng, KINDS)
-    return f"how many {PLURALS[_pick(rng, SHAPE_WORDS[kind])]} are there?", str(len(_unique(shapes, kind=kind)))
-
-
-def _q_exist(rng, shapes, size):
-    yes = bool(rng.random() < 0.5)
-    v = int(rng.integers(3))
-    if v == 0:  # colour + kind
-        present = {(s["color"], s["kind"]) for s in shapes}
-        pool = sorted(present) if yes else [(c, k) for c in COLORS for k in KINDS if (c, k) not in present]
-        color, kind = _pick(rng, pool)
-        return f"is there a {color} {_pick(rng, SHAPE_WORDS[kind])}?", "yes" if yes else "no"
-    if v == 1:  # kind only
-        present = {s["kind"] for s in shapes}
-        kind = _pick(rng, sorted(present) if yes else [k for k in KINDS if k not in present])
-        return f"is there a {_pick(rng, SHAPE_WORDS[kind])}?", "yes" if yes else "no"
-    present = {s["color"] for s in shapes}
-    color = _pick(rng, sorted(present) if yes else [c for c in COLORS if c not in present])
-    return f"is there a {color} {_pick(rng, ['shape', 'object'])}?", "yes" if yes else "no"
-
-
-def _q_relation(rng, shapes, size):
-    options = []
-    for ref in shapes:
-        if len(_unique(shapes, color=ref["color"], kind=ref["kind"])) != 1:
-            continue
-        for d in DIRECTIONS:
-            hit = _relation_target(shapes, ref, d, size)
-            if hit is not None:
-                options.append((ref, d, hit))
-    if not options:
-        return None
-    ref, d, hit = _pick(rng, options)
-    phrase, word = _pick(rng, REL_PHRASES[d]), _pick(rng, SHAPE_WORDS[ref["kind"]])
-    return f"what is {phrase} the {ref['color']} {word}?", hit["kind"]
-
-
-_QUESTION_TYPES = {
-    _q_color: ("what color is the", "other"),
-    _q_shape: ("what shape is the", "other"),
-    _q_count: ("how many", "number"),
-    _q_exist: ("is there a", "yes/no"),
-    _q_relation: ("what is", "other"),
-}
-
-
-def _questions(
-    rng: np.random.Generator,
-    shapes: list[Shape],
-    size: int,
-    k: int = 5,
-    seen: set[str] | None = None,
-    cycle: bool = False,
-) -> list[dict[str, str]]:
-    """Up to ``k`` distinct questions: one of each type first, then counts and existence (``cycle``:
-    every type in turn; used for the questions beyond the first five). ``seen``: questions to avoid."""
-    out: list[dict[str, str]] = []
-    seen = set(seen or ())
-    makers = [_q_color, _q_shape, _q_count, _q_exist, _q_relation]
-    for i in range(8 * max(k, 5)):
-        if len(out) == k:
-            break
-        if cycle:
-            make = makers[i % len(makers)]
-        else:
-            make = makers[i] if i < len(makers) else (_q_count, _q_exist)[i % 2]
-        qa = make(rng, shapes, size)
-        if qa is None or qa[0] in seen:
-            continue
-        qtype, atype = _QUESTION_TYPES[make]
-        seen.add(qa[0])
-        out.append({"question": qa[0], "answer": qa[1], "question_type": qtype, "answer_type": atype})
-    return out
-
-
-_RE_COLOR = re.compile(r"what color is the (\w+)\?")
-_RE_SHAPE = re.compile(r"what shape is the (\w+) (?:object|shape|thing)\?")
-_RE_COUNT_ALL = re.compile(r"how many (?:shapes|objects) are there\?")
-_RE_COUNT_COLOR = re.compile(r"how many (\w+) shapes are there\?")
-_RE_COUNT_KIND = re.compile(r"how many (\w+) are there\?")
-_RE_EXIST_COLOR = re.compile(r"is there a (\w+) (?:shape|object)\?")
-_RE_EXIST_PAIR = re.compile(r"is there a (\w+) (\w+)\?")
-_RE_EXIST_KIND = re.compile(r"is there a (\w+)\?")
-_RE_RELATION = re.compile(r"what is (" + "|".join(PHRASE_TO_DIRECTION) + r") the (\w+) (\w+)\?")
-
-
-def answer_question(shapes: list[Shape], question: str, image_size: int) -> tuple[str, str]:
-    """(answer, answer_type) of a generated question about a scene, recomputed from the scene.
-
-    Raises ValueError for a question it does not know or whose answer is ambiguous."""
-
-    def kind_of(word: str) -> str:
-        if word not in WORD_TO_KIND:
-            raise ValueError(f"unknown shape word {word!r}")
-        return WORD_TO_KIND[word]
-
-    def color_of(word: str) -> str:
-        if word not in COLORS:
-            raise ValueError(f"unknown colour {word!r}")
-        return word
-
-    def one(found: list[Shape], what: str) -> Shape:
-        if len(found) != 1:
-            raise ValueError(f"ambiguous: {len(found)} shapes match {what}")
-        return found[0]
-
-    if m := _RE_COLOR.fullmatch(question):
-        return one(_unique(shapes, kind=kind_of(m[1])), m[1])["color"], "other"
-    if m := _RE_SHAPE.fullmatch(question):
-        return one(_unique(shapes, color=color_of(m[1])), m[1])["kind"], "other"
-    if _RE_COUNT_ALL.fullmatch(question):
-        return str(len(shapes)), "number"
-    if m := _RE_COUNT_COLOR.fullmatch(question):
-        return str(len(_unique(shapes, color=color_of(m[1])))), "number"
-    if m := _RE_COUNT_KIND.fullmatch(question):
-        return str(len(_unique(shapes, kind=kind_of(m[1])))), "number"
-    if m := _RE_EXIST_COLOR.fullmatch(question):
-        return ("yes" if _unique(shapes, color=color_of(m[1])) else "no"), "yes/no"
-    if m := _RE_EXIST_PAIR.fullmatch(question):
-        return ("yes" if _unique(shapes, color=color_of(m[1]), kind=kind_of(m[2])) else "no"), "yes/no"
-    if m := _RE_EXIST_KIND.fullmatch(question):
-        return ("yes" if _unique(shapes, kind=kind_of(m[1])) else "no"), "yes/no"
-    if m := _RE_RELATION.fullmatch(question):
-        ref = one(_unique(shapes, color=color_of(m[2]), kind=kind_of(m[3])), f"{m[2]} {m[3]}")
-        hit = _relation_target(shapes, ref, PHRASE_TO_DIRECTION[m[1]], image_size)
-        if hit is None:
-            raise ValueError(f"no single shape is clearly {m[1]} the {m[2]} {m[3]}")
-        return hit["kind"], "other"
-    raise ValueError("not a question this generator asks")
 
 
 # ------------------------------------------------------------------------------------ splits
