@@ -24,6 +24,18 @@ from pathlib import Path
 from typing import Any
 
 MODALITY_KINDS = ("image", "text", "audio")
+#: split names a raw file may use, and the split each means (the Karpathy files' ``restval`` is
+#: added by :mod:`fusionkit.data.caption_formats`)
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
 SPLITS = ("train", "val", "test")
 
 
@@ -140,56 +152,87 @@ def write_dataset(
     return root
 
 
-def _safe_relpath(root: Path, value: str, where: str) -> str:
-    """Refuse paths that escape the dataset root (absolute, ``..``, symlinks out)."""
-    if not isinstance(value, str) or not value:
-        raise DatasetError(f"{where}: expected a non-empty relative path, got {value!r}")
+def safe_media_path(root: str | os.PathLike, value: Any, where: str) -> str:
+    """``value`` as a clean relative POSIX path inside ``root``; DatasetError when it is empty,
+    absolute, or escapes ``root`` (``..``, a symlink pointing outside)."""
+    if not isinstance(value, str) or not value.strip():
+        raise DatasetError(f"{where}: expected a non-empty relative file path, got {value!r}")
+    value = value.strip().replace("\\", "/")
+    root = Path(root)
     p = Path(value)
-    if p.is_absolute():
-        raise DatasetError(f"{where}: absolute path {value!r} refused; expected a path inside {root}")
+    if p.is_absolute() or value.startswith("/") or (len(value) > 1 and value[1] == ":"):
+        raise DatasetError(f"{where}: absolute path {value!r} refused; expected a path relative to {root}")
     resolved = (root / p).resolve()
     if not resolved.is_relative_to(root.resolve()):
-        raise DatasetError(f"{where}: path {value!r} escapes the dataset root {root}")
-    return value
+        raise DatasetError(f"{where}: path {value!r} escapes the dataset root {root} (via '..' or a symlink); refused")
+    return Path(os.path.normpath(value)).as_posix()
 
 
-def load_dataset(root: str | os.PathLike, check_files: bool = True) -> Dataset:
-    """Read a dataset folder written by :func:`write_dataset` and validate it.
+# ------------------------------------------------------------------------- reading a dataset folder
+#: ``problem(kind, where, message, file, fatal)``: what :func:`read_manifest` calls for a bad row
+#: (``fatal=False``: worth reporting, but the sample is still usable - an empty text)
+ProblemFn = Callable[[str, str, str, "str | None", bool], None]
 
-    Raises :class:`DatasetError` naming the file, the line and what was expected."""
+
+def read_metadata(root: str | os.PathLike) -> tuple[dict[str, Any], Path]:
+    """(``dataset.json`` of the folder, the media root), checked: a JSON object with ``name``,
+    ``modalities`` (kinds in :data:`MODALITY_KINDS`) and ``targets``, and a ``media_root`` that
+    exists. DatasetError naming the file and what was expected otherwise."""
     root = Path(root)
     meta_path = root / "dataset.json"
-    man_path = root / "manifest.jsonl"
     if not root.is_dir():
         raise DatasetError(
             f"dataset directory {root} does not exist; expected a folder with dataset.json and manifest.jsonl"
         )
-    for p in (meta_path, man_path):
+    for p in (meta_path, root / "manifest.jsonl"):
         if not p.is_file():
             raise DatasetError(f"{p}: missing; expected a fusionkit dataset folder (dataset.json + manifest.jsonl)")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DatasetError(f"{meta_path}: not valid UTF-8 JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{meta_path}: expected a JSON object")
     for key in ("name", "modalities", "targets"):
         if key not in meta:
             raise DatasetError(f"{meta_path}: missing key {key!r}")
-    modalities: dict[str, str] = meta["modalities"]
-    for m, kind in modalities.items():
+    if not isinstance(meta["modalities"], dict) or not isinstance(meta["targets"], dict):
+        raise DatasetError(f"{meta_path}: 'modalities' and 'targets' must be objects")
+    for m, kind in meta["modalities"].items():
         if kind not in MODALITY_KINDS:
             raise DatasetError(f"{meta_path}: modality {m!r} has kind {kind!r}; expected one of {MODALITY_KINDS}")
-    targets: dict[str, list[str]] = meta["targets"]
     media_root = Path(meta["media_root"]) if meta.get("media_root") else root
     if not media_root.is_dir():
         raise DatasetError(
             f"{meta_path}: media_root {media_root} does not exist; expected the folder holding the files"
         )
-    samples: list[Sample] = []
-    seen: dict[str, int] = {}
+    return meta, media_root
+
+
+def read_manifest(
+    man_path: Path,
+    modalities: dict[str, str],
+    targets: dict[str, list[str]],
+    media_root: Path,
+    problem: ProblemFn,
+    *,
+    check_files: bool = True,
+    check_media: Callable[[str, Path], None] | None = None,
+) -> tuple[list[Sample], int]:
+    """The rules of a ``manifest.jsonl`` row, written once for :func:`load_dataset` and
+    ``fusionkit data check``: (usable samples, number of rows with an id). Each row: a JSON object
+    with a non-empty string ``id`` seen once, ``split`` in :data:`SPLITS`, every modality (text: a
+    string, not empty; image/audio: a relative path inside ``media_root``, the file there when
+    ``check_files``, and ``check_media(kind, path)`` happy with it, each file checked once) and
+    every target (an integer class index). Every problem goes to ``problem`` (which may raise);
+    a row with a fatal one is left out."""
     try:
         text = man_path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise DatasetError(f"{man_path}: not valid UTF-8 ({e})") from e
+    samples: list[Sample] = []
+    seen: dict[str, int] = {}
+    checked: set[str] = set()
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -197,46 +240,95 @@ def load_dataset(root: str | os.PathLike, check_files: bool = True) -> Dataset:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DatasetError(f"{where}: not valid JSON ({e})") from e
+            problem("malformed", where, f"not valid JSON ({e.msg})", None, True)
+            continue
         if not isinstance(row, dict):
-            raise DatasetError(f"{where}: expected a JSON object")
+            problem("malformed", where, "expected a JSON object", None, True)
+            continue
         sid = row.get("id")
         if not isinstance(sid, str) or not sid:
-            raise DatasetError(f"{where}: expected a non-empty string 'id', got {sid!r}")
+            problem("malformed", where, f"expected a non-empty string 'id', got {sid!r}", None, True)
+            continue
         where = f"{where} (id {sid!r})"
         if sid in seen:
-            raise DatasetError(f"{where}: id appears twice (first on line {seen[sid]})")
+            problem("duplicate", where, f"id appears twice (first on line {seen[sid]})", None, True)
+            continue
         seen[sid] = lineno
-        split = row.get("split")
-        if split not in SPLITS:
-            raise DatasetError(f"{where}: split {split!r}; expected one of {SPLITS}")
+        bad = False
+        if row.get("split") not in SPLITS:
+            problem("malformed", where, f"split {row.get('split')!r}; expected one of {SPLITS}", None, True)
+            bad = True
         mods: dict[str, str] = {}
         for m, kind in modalities.items():
             if m not in row:
-                raise DatasetError(f"{where}: missing modality {m!r}")
+                problem("malformed", where, f"missing modality {m!r}", None, True)
+                bad = True
+                continue
             v = row[m]
             if kind == "text":
                 if not isinstance(v, str):
-                    raise DatasetError(f"{where}: text modality {m!r} must be a string, got {type(v).__name__}")
-            else:
-                v = _safe_relpath(media_root, v, f"{where} modality {m!r}")
-                if check_files and not (media_root / v).is_file():
-                    raise DatasetError(f"{where}: {kind} file {media_root / v} does not exist")
-            mods[m] = v
+                    problem("malformed", where, f"text modality {m!r} must be a string, got {v!r}", None, True)
+                    bad = True
+                elif not v.strip():
+                    problem("empty_caption", where, f"text modality {m!r} is empty", None, False)
+                mods[m] = v
+                continue
+            try:
+                rel = safe_media_path(media_root, v, f"modality {m!r}")
+            except DatasetError as e:
+                problem("unsafe_path" if isinstance(v, str) and v else "malformed", where, str(e), None, True)
+                bad = True
+                continue
+            p = media_root / rel
+            if check_files and not p.is_file():
+                problem("missing_file", where, f"{kind} file {p} does not exist", str(p), True)
+                bad = True
+            elif check_media is not None and rel not in checked:
+                checked.add(rel)
+                try:
+                    check_media(kind, p)
+                except DatasetError as e:
+                    problem("corrupt", where, str(e), str(p), True)
+                    bad = True
+            mods[m] = rel
         tg: dict[str, int] = {}
         for t, classes in targets.items():
             v = row.get(t)
             if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < len(classes):
-                raise DatasetError(f"{where}: target {t!r} = {v!r}; expected an integer in [0, {len(classes)})")
-            tg[t] = v
-        samples.append(Sample(id=sid, split=split, modalities=mods, targets=tg))
+                msg = f"target {t!r} = {v!r}; expected an integer in [0, {len(classes)})"
+                problem("malformed", where, msg, None, True)
+                bad = True
+            else:
+                tg[t] = v
+        if not bad:
+            samples.append(Sample(id=sid, split=row["split"], modalities=mods, targets=tg))
+    return samples, len(seen)
+
+
+def _raise_fatal(kind: str, where: str, message: str, file: str | None, fatal: bool) -> None:
+    if fatal:
+        raise DatasetError(f"{where}: {message}")
+
+
+def load_dataset(root: str | os.PathLike, check_files: bool = True) -> Dataset:
+    """Read a dataset folder written by :func:`write_dataset` and validate it (the rules of
+    :func:`read_metadata` and :func:`read_manifest`; an empty text is allowed).
+
+    Raises :class:`DatasetError` at the first problem, naming the file, the line and what was
+    expected."""
+    root = Path(root)
+    meta, media_root = read_metadata(root)
+    man_path = root / "manifest.jsonl"
+    samples, _ = read_manifest(
+        man_path, meta["modalities"], meta["targets"], media_root, _raise_fatal, check_files=check_files
+    )
     if not samples:
         raise DatasetError(f"{man_path}: no samples")
     return Dataset(
         name=meta["name"],
         root=root,
-        modalities=modalities,
-        targets=targets,
+        modalities=meta["modalities"],
+        targets=meta["targets"],
         samples=samples,
         info=meta.get("info", {}),
         media_root=media_root,

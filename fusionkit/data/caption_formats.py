@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fusionkit.data.base import SPLIT_ALIASES as BASE_SPLIT_ALIASES
 from fusionkit.data.base import DatasetError
 from fusionkit.data.problems import Problems
 from fusionkit.data.readers import read_csv, read_json, read_jsonl, read_lines
@@ -43,17 +44,8 @@ __all__ = [
 
 IMAGE_COLUMNS = ("image", "image_name", "filename", "file_name", "file", "img", "path", "image_path")
 CAPTION_COLUMNS = ("caption", "comment", "text", "sentence", "description", "raw")
-SPLIT_ALIASES = {
-    "train": "train",
-    "restval": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "dev": "val",
-    "test": "test",
-    "testing": "test",
-}
+#: the split names of :data:`fusionkit.data.base.SPLIT_ALIASES`, and the Karpathy files' ``restval`` (train)
+SPLIT_ALIASES = {**BASE_SPLIT_ALIASES, "restval": "train"}
 
 
 @dataclass

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from fusionkit.data.base import MODALITY_KINDS, SPLITS, Built, DatasetError, Sample, load_dataset
+from fusionkit.data.base import MODALITY_KINDS, SPLIT_ALIASES, SPLITS, Built, DatasetError, Sample, load_dataset
 from fusionkit.data.problems import Problems
 from fusionkit.data.readers import (
     check_audio,
@@ -63,16 +63,6 @@ from fusionkit.progress import progress as _progress
 __all__ = ["parse_modalities", "scan"]
 
 TEXT_COLUMNS = ("text", "caption", "question", "sentence", "transcript", "description", "utterance", "title")
-SPLIT_ALIASES = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "dev": "val",
-    "test": "test",
-    "testing": "test",
-}
 TABLE_EXTENSIONS = (".csv", ".tsv", ".txt", ".jsonl", ".parquet")
 _INT = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fusionkit.data.base import DatasetError
+from fusionkit.data.base import DatasetError, safe_media_path
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -203,22 +203,6 @@ def _isnull(v: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- paths
-def safe_media_path(root: str | os.PathLike, value: Any, where: str) -> str:
-    """``value`` as a clean relative POSIX path inside ``root``; DatasetError when it is empty,
-    absolute, or escapes ``root`` (``..``, a symlink pointing outside)."""
-    if not isinstance(value, str) or not value.strip():
-        raise DatasetError(f"{where}: expected a non-empty relative file path, got {value!r}")
-    value = value.strip().replace("\\", "/")
-    root = Path(root)
-    p = Path(value)
-    if p.is_absolute() or value.startswith("/") or (len(value) > 1 and value[1] == ":"):
-        raise DatasetError(f"{where}: absolute path {value!r} refused; expected a path relative to {root}")
-    resolved = (root / p).resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise DatasetError(f"{where}: path {value!r} escapes the dataset root {root} (via '..' or a symlink); refused")
-    return Path(os.path.normpath(value)).as_posix()
-
-
 def sniff_media_kind(value: str) -> str | None:
     """'image' / 'audio' from a file extension, else None."""
     ext = os.path.splitext(value.lower())[1]
