@@ -61,6 +61,7 @@ def _cmd_fusion_compare(args: argparse.Namespace) -> int:
 
     import fusionkit.fusion as fusion
     from fusionkit import compare, workbook
+    from fusionkit.index import FeatureIndex
     from fusionkit.train import TrainConfig
 
     try:
@@ -69,7 +70,7 @@ def _cmd_fusion_compare(args: argparse.Namespace) -> int:
         )
         for m in methods:
             fusion.get(m)
-        splits, class_names = workbook.load_splits(args.features_index, target=args.target)
+        splits, class_names = FeatureIndex.read(args.features_index).splits(target=args.target)
     except (KeyError, FileNotFoundError, ValueError) as e:
         print(f"fusionkit: error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from fusionkit import tracking
 from fusionkit.evaluate import classification_metrics
 from fusionkit.model import build_model
 from fusionkit.progress import progress
@@ -85,6 +86,38 @@ def compare(
         if on_result is not None:
             on_result(row, model, res)
     return pd.DataFrame(rows)
+
+
+class PerRunLogger:
+    """``on_result`` for :func:`compare`: each (method, seed) training becomes a W&B run of its
+    own (grouped with the pipeline run, named ``method/seedN``; its per-epoch history and its row
+    logged), and the models trained with ``keep_seed`` are kept in :attr:`models` (method ->
+    model) for the robustness and interpretability studies."""
+
+    def __init__(
+        self, run_dir, step: str, params: dict[str, Any], *, group: str, mode: str | None, keep_seed: int
+    ) -> None:
+        self.run_dir, self.step, self.params = run_dir, step, dict(params)
+        self.group, self.mode, self.keep_seed = group, mode, keep_seed
+        self.models: dict[str, Any] = {}
+
+    def __call__(self, row: dict[str, Any], model, result) -> None:
+        run_params = {**self.params, "method": row["method"], "seed": row["seed"]}
+        name = f"{row['method']}/seed{row['seed']}"
+        with tracking.start(self.run_dir, self.step, run_params, group=self.group, mode=self.mode, name=name) as t:
+            for rec in result.history:
+                t.log(rec, step=rec["epoch"])
+            t.summary(row)
+        if row["seed"] == self.keep_seed:
+            self.models[row["method"]] = model
+
+
+def best_method(summary: pd.DataFrame) -> str:
+    """The method :func:`summarize` marked best."""
+    best = summary[summary.is_best]
+    if best.empty:
+        raise ValueError("the comparison summary marks no method as best (is_best)")
+    return str(best.iloc[0]["method"])
 
 
 def ci95(values: np.ndarray) -> float:

@@ -12,6 +12,8 @@ from typing import Any
 import pandas as pd
 
 from fusionkit.data.base import atomic_write_text
+from fusionkit.headline import STEP as HEADLINE_STEP
+from fusionkit.headline import Headline
 from fusionkit.tracking import read_mirror
 
 #: long tables the report links to instead of showing
@@ -36,16 +38,23 @@ def collect_summary(run_dir: str | Path) -> pd.DataFrame:
 
 
 def headline(summary: pd.DataFrame) -> dict[str, Any]:
-    """The result in one sentence: the fused model vs the best single modality."""
+    """The result in one sentence: the fused model vs the best single modality (03's
+    :class:`~fusionkit.headline.Headline`), and the final model's test accuracy (04, 05)."""
     vals = {(r.step, r.metric): r.value for r in summary.itertuples()}
     out: dict[str, Any] = {}
-    cmp_keys = ("best_fusion_method", "best_fusion_accuracy", "best_unimodal", "best_unimodal_accuracy")
-    if all(("03_fusion_comparison", k) in vals for k in cmp_keys):
-        out.update({k: vals[("03_fusion_comparison", k)] for k in cmp_keys})
-        out["margin"] = float(out["best_fusion_accuracy"]) - float(out["best_unimodal_accuracy"])
-    for k in ("weights_point_to_informative", "most_robust_method", "most_robust_relative_robustness"):
-        if ("03_fusion_comparison", k) in vals:
-            out[k] = vals[("03_fusion_comparison", k)]
+    head = Headline.from_summary({k: v for (step, k), v in vals.items() if step == HEADLINE_STEP})
+    if head is not None and head.margin is not None:
+        out.update(
+            best_fusion_method=head.best_fusion_method,
+            best_fusion_accuracy=head.best_fusion_accuracy,
+            best_unimodal=head.best_unimodal,
+            best_unimodal_accuracy=head.best_unimodal_accuracy,
+            margin=head.margin,
+        )
+    if head is not None:
+        for k in ("weights_point_to_informative", "most_robust_method", "most_robust_relative_robustness"):
+            if getattr(head, k) is not None:
+                out[k] = getattr(head, k)
     if ("05_evaluate", "test_accuracy") in vals:
         out["final_method"] = vals.get(("04_train", "method"))
         out["final_test_accuracy"] = vals[("05_evaluate", "test_accuracy")]

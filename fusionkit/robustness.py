@@ -14,18 +14,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import torch
 
+from fusionkit.compare import run_one
 from fusionkit.data.base import Dataset, Sample
 from fusionkit.encoders.base import InputError
 from fusionkit.model import MultimodalModel
 from fusionkit.perturb import CORRUPTIONS, LEVELS
 from fusionkit.progress import progress
 from fusionkit.runtime import tune_allocator
-from fusionkit.train import SplitData, accuracy, predict
+from fusionkit.train import SplitData, TrainConfig, accuracy, predict
 
 
 @torch.inference_mode()
@@ -217,3 +219,22 @@ def by_method(summary: pd.DataFrame) -> pd.DataFrame:
     cols = ["clean_accuracy", "worst_accuracy", "relative_robustness", "effective_robustness"]
     out = summary.groupby("method")[cols].mean().reset_index()
     return out.sort_values("relative_robustness", ascending=False).reset_index(drop=True)
+
+
+def modality_dropout_study(
+    method: str,
+    splits: dict[str, SplitData],
+    cfg: TrainConfig,
+    num_classes: int,
+    *,
+    rate: float,
+    reference: MultimodalModel,
+    hidden: int = 128,
+    dropout: float = 0.1,
+) -> pd.DataFrame:
+    """What training with modality dropout buys: ``method`` retrained (seed ``cfg.seed``) with
+    each modality dropped per training sample with probability ``rate``, next to ``reference``
+    (the same method trained without), each with every modality dropped at test time in turn
+    (:func:`missing_modality`)."""
+    model, _, _ = run_one(method, splits, replace(cfg, modality_dropout=rate), num_classes, hidden, dropout)
+    return missing_modality({f"{method} (p={rate})": model, method: reference}, splits["test"])

@@ -1,9 +1,8 @@
 """What the notebooks call: one small function per thing a notebook shows or does, so that the
-cells stay narrative + parameters + plots (ARCHITECTURE.md, "Conventions")."""
+cells stay narrative + parameters + plots (docs/architecture.md, "Layers")."""
 
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,15 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from fusionkit.data.base import SPLITS, Dataset, DatasetError, atomic_write_text, load_dataset
+from fusionkit.data.base import SPLITS, Dataset, DatasetError
 from fusionkit.data.caption_formats import karpathy_images
 from fusionkit.data.problems import Problems
 from fusionkit.data.readers import load_rgb
 from fusionkit.data.vqa import read_vqa_file, vqa_annotations, vqa_questions
+from fusionkit.encoders import build_encoder
+from fusionkit.features import extract_features
+from fusionkit.index import FeatureIndex, ModalityFeatures
+from fusionkit.tasks import experiments
 from fusionkit.train import SplitData
 
 _IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython"}
@@ -174,26 +177,22 @@ def extract_all(
     batch_size: int = 0,
     index_path: str | Path,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> FeatureIndex:
     """Encode every modality x split x output into the feature cache; write the feature index
-    (the file later notebooks take as ``features_index``)."""
-    from fusionkit.encoders import build_encoder
-    from fusionkit.features import extract_features
-
-    index: dict[str, Any] = {
-        "dataset_dir": str(Path(ds.root).resolve()),
-        "dataset": ds.name,
-        "manifest_hash": ds.manifest_hash(),
-        "cache_dir": str(Path(cache_dir).resolve()),
-        "targets": ds.targets,
-        "modalities": {},
-    }
+    (the file later notebooks take as ``features_index``) and return it."""
+    index = FeatureIndex(
+        dataset_dir=str(Path(ds.root).resolve()),
+        dataset=ds.name,
+        manifest_hash=ds.manifest_hash(),
+        cache_dir=str(Path(cache_dir).resolve()),
+        targets=ds.targets,
+    )
     for modality, kind in sorted(ds.modalities.items()):
         name = encoders.get(kind)
         if not name:
             continue
         enc = build_encoder(kind, name)
-        entry: dict[str, Any] = {"kind": kind, "encoder": enc.name, "identity": enc.identity(), "files": {}}
+        entry = ModalityFeatures(kind=kind, encoder=enc.name, identity=enc.identity())
         for output in outputs:
             for split in SPLITS:
                 if not ds.split(split):
@@ -208,49 +207,11 @@ def extract_all(
                     batch_size=batch_size or None,
                     progress=progress,
                 )
-                entry["files"].setdefault(output, {})[split] = str(Path(fs.path).resolve())
-                entry.setdefault("dims", {})[output] = list(fs.values.shape[1:])
-        index["modalities"][modality] = entry
-    atomic_write_text(index_path, json.dumps(index, indent=2, default=str) + "\n")
+                entry.files.setdefault(output, {})[split] = str(Path(fs.path).resolve())
+                entry.dims[output] = list(fs.values.shape[1:])
+        index.modalities[modality] = entry
+    index.write(index_path)
     return index
-
-
-def read_index(index_path: str | Path) -> dict[str, Any]:
-    p = Path(index_path)
-    if not p.is_file():
-        raise FileNotFoundError(f"feature index {p} does not exist; run 02_feature_extraction first")
-    return json.loads(p.read_text(encoding="utf-8"))
-
-
-def load_splits(
-    index_path: str | Path, target: str = "label", output: str = "pooled", modalities: list[str] | None = None
-) -> tuple[dict[str, SplitData], list[str]]:
-    """The cached features of every split as :class:`SplitData`, aligned with the dataset's labels;
-    returns (splits, class names)."""
-    from fusionkit.features import read_feature_set
-
-    index = read_index(index_path)
-    ds = load_dataset(index["dataset_dir"], check_files=False)
-    if target not in ds.targets:
-        raise KeyError(f"target {target!r} not in dataset {ds.name}; valid: {', '.join(ds.targets)}")
-    mods = modalities or sorted(index["modalities"])
-    out: dict[str, SplitData] = {}
-    for split in SPLITS:
-        samples = ds.split(split)
-        if not samples:
-            continue
-        labels = torch.tensor([s.targets[target] for s in samples])
-        ids = [s.id for s in samples]
-        feats = {}
-        for m in mods:
-            fs = read_feature_set(index["modalities"][m]["files"][output][split])
-            pos = {sid: i for i, sid in enumerate(fs.ids)}
-            missing = [sid for sid in ids if sid not in pos]
-            if missing:
-                raise ValueError(f"{fs.path}: features missing for {len(missing)} samples (e.g. {missing[:3]})")
-            feats[m] = torch.as_tensor(fs.values[[pos[sid] for sid in ids]]).float()
-        out[split] = SplitData(feats, labels, ids)
-    return out, ds.targets[target]
 
 
 def feature_stats(splits: dict[str, SplitData]) -> pd.DataFrame:
@@ -322,44 +283,7 @@ def plot_comparison(
     return fig
 
 
-# ------------------------------------------------------------------------------ 04/05 model files
-def save_checkpoint(path: str | Path, model, meta: dict[str, Any]) -> Path:
-    """Model weights as safetensors + a JSON with what is needed to rebuild it (written atomically)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(path)
-    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str) + "\n")
-    return path
-
-
-def load_checkpoint(path: str | Path):
-    """Rebuild the model saved by :func:`save_checkpoint` (safe loader: safetensors)."""
-    from safetensors.torch import load_file
-
-    from fusionkit.model import build_model
-
-    path = Path(path)
-    meta_path = path.with_suffix(".json")
-    if not path.is_file() or not meta_path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} (+ {meta_path.name}) not found; run 04_train first")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    model = build_model(
-        meta["fusion"],
-        meta["in_dims"],
-        meta["num_classes"],
-        hidden=meta["hidden"],
-        dropout=meta["dropout"],
-        **meta.get("fusion_kwargs", {}),
-    )
-    model.load_state_dict(load_file(str(path)))
-    model.eval()
-    return model, meta
-
-
+# ------------------------------------------------------------------------------ 04/05
 def plot_history(history: list[dict[str, float]]):
     df = pd.DataFrame(history)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
@@ -442,25 +366,6 @@ def choose_method(method: str, comparison_csv: str | Path) -> str:
     return str(best.iloc[0]["method"])
 
 
-def encoders_from_index(index_path: str | Path) -> dict[str, Any]:
-    """Rebuild the frozen encoders that made the cached features of a feature index, checking that
-    they are the same (identity hash) so re-encoded inputs are comparable to the cache."""
-    from fusionkit.encoders import build_encoder
-
-    index = read_index(index_path)
-    out = {}
-    for modality, entry in index["modalities"].items():
-        enc = build_encoder(entry["kind"], entry["encoder"])
-        if json.dumps(enc.identity(), sort_keys=True, default=str) != json.dumps(
-            entry["identity"], sort_keys=True, default=str
-        ):
-            raise ValueError(
-                f"{index_path}: encoder {entry['encoder']!r} for {modality!r} differs from the one that made the cache"
-            )
-        out[modality] = enc.eval()
-    return out
-
-
 def target_labels(ds: Dataset, splits: dict[str, SplitData], target: str) -> dict[str, torch.Tensor]:
     """Labels of another target of the dataset, aligned with ``splits``' sample order."""
     by_id = {s.id: s for s in ds.samples}
@@ -482,8 +387,6 @@ def train_tasks(
     and the task's options, e.g. ``{"captioning": {"decoders": ["transformer"], "epochs": 12}}``).
     ``resume``: continue interrupted trainings from their per-epoch checkpoints (a task's own
     ``resume`` option wins)."""
-    from fusionkit.tasks import experiments
-
     options = dict(options or {})
     unknown = sorted(set(options) - set(tasks))
     if unknown:
@@ -501,8 +404,6 @@ def train_tasks(
 
 def evaluate_task(task: str, features_index: str | Path, run_dir: str | Path, tracker, n_examples: int = 8):
     """Evaluate one extra task on the test split and log its metrics, tables and figures."""
-    from fusionkit.tasks import experiments
-
     res = experiments.evaluate_task(task, features_index, run_dir, n_examples=n_examples)
     tracker.log_table(f"{task}_metrics", res.metrics)
     for key, table in res.tables.items():

@@ -45,3 +45,26 @@ def test_summary_statistics(results):
 def test_ci95():
     assert np.isnan(ci95(np.array([0.5])))
     assert ci95(np.array([0.5, 0.5, 0.5])) == 0.0
+
+
+def test_per_run_logger_logs_each_training_and_keeps_the_first_seeds_models(tmp_path):
+    import json
+
+    from fusionkit.compare import PerRunLogger, best_method
+
+    data = label_problem(n=120, seed=2)
+    cfg = TrainConfig(epochs=3, batch_size=32, patience=5)
+    runs = PerRunLogger(tmp_path, "03_fusion_comparison", {"lr": 0.1}, group="g", mode="disabled", keep_seed=1)
+    res = compare(["concat"], data, cfg, num_classes=6, seeds=[1, 2], hidden=16, on_result=runs, show_progress=False)
+    assert sorted(runs.models) == ["concat", "unimodal:audio", "unimodal:image"]
+    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    summaries = {r["run"]: r["data"] for r in recs if r["kind"] == "summary"}
+    assert set(summaries) == {f"{m}/seed{s}" for m in res.method.unique() for s in (1, 2)}
+    assert summaries["concat/seed2"]["test_accuracy"] == pytest.approx(
+        float(res[(res.method == "concat") & (res.seed == 2)].test_accuracy.iloc[0])
+    )
+    configs = [r["data"] for r in recs if r["kind"] == "config" and r["run"] == "concat/seed1"]
+    assert configs == [{"lr": 0.1, "method": "concat", "seed": 1}]
+    epochs = [r for r in recs if r["kind"] == "metrics" and r["run"] == "concat/seed1"]
+    assert [r["i"] for r in epochs] == list(range(len(epochs))) and epochs
+    assert best_method(summarize(res)) in ("concat", "unimodal:audio", "unimodal:image")

@@ -167,3 +167,21 @@ def test_encode_corrupted_names_the_file_and_the_sample_of_an_image_it_cannot_de
     with pytest.raises(InputError, match=r"im2\.png record 'im2': decompression bomb refused") as e:
         robustness.encode_corrupted(enc, ds, ds.split("test"), "image", "gaussian_noise", 0.5)
     assert e.value.record_id == "im2"
+
+
+def test_modality_dropout_study_retrains_with_dropout_next_to_the_reference():
+    from tests.synthetic import label_problem
+
+    data = label_problem(n=160, seed=3)
+    cfg = TrainConfig(epochs=4, batch_size=32, patience=5, seed=0)
+    ref = build_model("concat", {m: int(x.shape[-1]) for m, x in data["train"].features.items()}, 6, hidden=16)
+    train(ref, data["train"], data["val"], cfg)
+    study = robustness.modality_dropout_study("concat", data, cfg, 6, rate=0.5, reference=ref, hidden=16)
+    assert set(study.method) == {"concat (p=0.5)", "concat"}
+    assert set(study.dropped) == {"none", "audio", "image"}
+    ref_rows = study[study.method == "concat"].set_index("dropped").accuracy
+    again = robustness.missing_modality({"concat": ref}, data["test"]).set_index("dropped").accuracy
+    assert ref_rows.to_dict() == again.to_dict()  # the reference is scored as it is, not retrained
+    first = study[study.method == "concat (p=0.5)"].set_index("dropped").accuracy
+    second = robustness.modality_dropout_study("concat", data, cfg, 6, rate=0.5, reference=ref, hidden=16)
+    assert second[second.method == "concat (p=0.5)"].set_index("dropped").accuracy.to_dict() == first.to_dict()

@@ -1,4 +1,4 @@
-"""One interface for every fusion method (ARCHITECTURE.md, "The core model").
+"""One interface for every fusion method (docs/architecture.md, "The core model").
 
 ``Fusion.forward(features, mask=None) -> FusionOutput``
 

@@ -79,10 +79,12 @@ from typing import Any
 
 import torch
 
+from fusionkit import bundle
 from fusionkit.data.base import SPLITS, Dataset, Sample, atomic_write_text, write_dataset
 from fusionkit.data.caption_formats import karpathy_images
 from fusionkit.data.problems import Problems, TaskInputError, as_task_error, check_on_error
 from fusionkit.data.vqa import processed_vqa_files, read_vqa_file, vqa_questions
+from fusionkit.index import FeatureIndex
 from fusionkit.progress import progress_enabled
 from fusionkit.runtime import tune_allocator
 from fusionkit.tasks.transfer import FinetuneConfig as _FinetuneConfig
@@ -318,14 +320,13 @@ def extract_task_features(
     from fusionkit.encoders.base import Encoder
     from fusionkit.tasks.captioning import CaptionDataset
     from fusionkit.tasks.vqa import load_vqa
-    from fusionkit.workbook import read_index
 
     check_on_error(on_error)
     wanted = _check_tasks(tasks)
     if not isinstance(ds, Dataset):
         raise TypeError(f"ds must be a fusionkit Dataset (fusionkit.data.load_dataset), got {type(ds).__name__}")
     index_path = Path(index_path)
-    index = read_index(index_path)
+    index = FeatureIndex.read(index_path).to_dict()
     if index.get("manifest_hash") not in (None, ds.manifest_hash()):
         raise TaskSetupError(
             f"{index_path}: written for dataset {index.get('dataset')!r} at {index.get('dataset_dir')} "
@@ -481,9 +482,9 @@ def extract_task_features(
                 "build": _build_spec(txt_enc),
             }
 
-    index = read_index(index_path)  # re-read: keep whatever else was added meanwhile
-    index["tasks"] = entry
-    atomic_write_text(index_path, json.dumps(index, indent=2, default=str) + "\n")
+    fi = FeatureIndex.read(index_path)  # re-read: keep whatever else was added meanwhile
+    fi.tasks = entry
+    fi.write(index_path)
     return entry
 
 
@@ -505,9 +506,7 @@ def _images_dataset(ds: Dataset, refs: Mapping[str, _ImageRef], base: Path, medi
 # ================================================================================ reading back
 def read_task_index(index_path: str | os.PathLike) -> dict[str, Any]:
     """The feature index with its ``"tasks"`` entry (error when extract_task_features has not run)."""
-    from fusionkit.workbook import read_index
-
-    index = read_index(index_path)
+    index = FeatureIndex.read(index_path).to_dict()
     entry = index.get("tasks")
     if not isinstance(entry, dict) or entry.get("version") != INDEX_VERSION:
         raise TaskSetupError(
@@ -776,36 +775,27 @@ def _task_dir(out_dir, task: str) -> Path:
     return d
 
 
-def _save(model: torch.nn.Module, path: Path, meta: Mapping[str, Any]) -> Path:
-    from safetensors.torch import save_file
+#: the bundle kind (fusionkit.bundle) of each task model, from its meta's "task" (and "kind")
+_BUNDLE_KIND = {"captioning": "captioner", "vqa": "vqa", "retrieval": "dual_encoder"}
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _write_json(path.with_suffix(".json"), dict(meta))
-    return path
+
+def _save(model: torch.nn.Module, path: Path, meta: Mapping[str, Any], kind: str | None = None) -> Path:
+    """A task model as a :mod:`fusionkit.bundle` (safetensors + JSON, written atomically)."""
+    return bundle.save(path, model, kind or _BUNDLE_KIND[meta["task"]], meta)
 
 
 def _load_meta(path: Path) -> dict[str, Any]:
-    if not path.is_file() or not path.with_suffix(".json").is_file():
-        raise TaskSetupError(f"checkpoint {path} (+ {path.with_suffix('.json').name}) not found; run train_task first")
-    return _read_json(path.with_suffix(".json"), "checkpoint metadata")
+    try:
+        return bundle.read_meta(path)
+    except bundle.BundleError as e:
+        raise TaskSetupError(f"{e.args[0]}; run train_task first" if "not found" in e.args[0] else e.args[0]) from e
 
 
 def _load_state(model: torch.nn.Module, path: Path) -> torch.nn.Module:
-    from safetensors.torch import load_file
-
     try:
-        model.load_state_dict(load_file(str(path)))
-    except (RuntimeError, OSError) as e:
-        raise TaskSetupError(f"{path}: does not fit the model its .json describes ({e})") from e
-    model.eval()
-    return model
+        return bundle.load_weights(model, path)
+    except bundle.BundleError as e:
+        raise TaskSetupError(e.args[0]) from e
 
 
 def _checkpoint(path: Path, opts: Mapping[str, Any]) -> Path:
@@ -968,8 +958,6 @@ def _finetune_captioning(
     encoder's trained blocks and the fine-tuned test features (``<kind>_finetuned*``)."""
     import copy
 
-    from safetensors.torch import save_file
-
     from fusionkit.tasks import transfer as T
 
     files = _finetuned_files(out, kind)
@@ -996,7 +984,7 @@ def _finetune_captioning(
                                "test_ids": list(splits["test"].image_ids)})  # fmt: skip
     _save_encoders(files["encoders"], enc)
     f = T.encode_image_features(enc, decoded["test"])
-    save_file({f"test/{k}": v.contiguous() for k, v in f.items()}, str(files["features"]))
+    bundle.save_tensors(files["features"], {f"test/{k}": v for k, v in f.items()})
     ckpt.unlink(missing_ok=True)  # finished: nothing left to resume
     return _finetune_summary(f"{kind}_finetuned", "val_cider", res.best_value, res, cfg)
 
@@ -1330,7 +1318,6 @@ def _finetune_vqa(index, index_path, out: Path, method: str, model, meta, train:
     import copy
     import dataclasses
 
-    from safetensors.torch import save_file
     from torch.nn import functional as F
 
     from fusionkit.tasks import transfer as T
@@ -1390,7 +1377,7 @@ def _finetune_vqa(index, index_path, out: Path, method: str, model, meta, train:
     feats = {"test/image": f[kind].contiguous()}
     if txt_enc is not None:
         feats["test/questions"] = _encode_distinct(txt_enc, tables["test"].questions).contiguous()
-    save_file(feats, str(files["features"]))
+    bundle.save_tensors(files["features"], feats)
     ckpt.unlink(missing_ok=True)  # finished: nothing left to resume
     return _finetune_summary(f"{method}_finetuned", "val_accuracy", res.best_value, res, cfg)
 
@@ -1416,8 +1403,6 @@ def _retrieval_splits(index, index_path, splits: Sequence[str]):
 
 
 def _train_retrieval(index, index_path, out, seed, epochs, method, opts, progress) -> dict[str, Any]:
-    from safetensors.torch import save_file
-
     from fusionkit.tasks import retrieval as R
     from fusionkit.train import seed_everything
 
@@ -1463,11 +1448,11 @@ def _train_retrieval(index, index_path, out, seed, epochs, method, opts, progres
     })  # fmt: skip
     ridge, ridge_scores = R.fit_ridge(train, val, alphas=tuple(float(a) for a in opts["ridge_alphas"]))
     ridge_path = out / "ridge.safetensors"
-    save_file({"weight": ridge.weight.contiguous(), "bias": ridge.bias.contiguous(), "x_mean": ridge.x_mean.contiguous()},
-              str(ridge_path))  # fmt: skip
-    _write_json(
-        ridge_path.with_suffix(".json"),
-        {"alpha": ridge.alpha, "val_rsum": {str(k): v for k, v in ridge_scores.items()}},
+    bundle.save(
+        ridge_path,
+        {"weight": ridge.weight, "bias": ridge.bias, "x_mean": ridge.x_mean},
+        "ridge",
+        {"task": "retrieval", "alpha": ridge.alpha, "val_rsum": {str(k): v for k, v in ridge_scores.items()}},
     )
     summary: dict[str, Any] = {
         "dual/best_val_rsum": res.best_rsum,
@@ -1496,7 +1481,7 @@ def _train_retrieval(index, index_path, out, seed, epochs, method, opts, progres
                                     else [opts["rerank_mix"]])]  # fmt: skip
         mix_rsum = {m: R.rerank(dual, matcher, val, k=int(opts["rerank_k"]), mix=m)["after"]["rsum"] for m in mixes}
         mix = max(mixes, key=lambda m: (mix_rsum[m], -mixes.index(m)))
-        _save(matcher, mpath, {
+        _save(matcher, mpath, kind="matcher", meta={
             "task": "retrieval", "method": matcher_method, "image_dim": idim, "text_dim": tdim, "hparams": m_hp,
             "rerank_k": int(opts["rerank_k"]), "mix": mix, "val_rsum_by_mix": {str(k): v for k, v in mix_rsum.items()},
             "seed": seed, "train": mres.as_dict(),
@@ -1597,14 +1582,12 @@ def _remove(paths: Iterable[Path]) -> None:
 
 def _save_encoders(path: Path, image_encoder, text_encoder=None) -> None:
     """The trained blocks (and buffers) of the fine-tuned encoders, ``image.*`` / ``text.*``."""
-    from safetensors.torch import save_file
-
     from fusionkit.tasks.transfer import _trainable_state
 
     state = {f"image.{k}": v for k, v in _trainable_state(image_encoder).items()}
     if text_encoder is not None:
         state.update({f"text.{k}": v for k, v in _trainable_state(text_encoder).items()})
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    bundle.save_tensors(path, state)
 
 
 def _finetune_label(c: Mapping[str, Any]) -> str:
@@ -1619,8 +1602,6 @@ def _finetune_retrieval(index, index_path, out: Path, seed, dual, dual_hp, opts,
     encoders with a copy of the frozen-feature dual encoder; save the heads, the encoders'
     trained blocks and the fine-tuned features of val / test (evaluation reads those)."""
     import copy
-
-    from safetensors.torch import save_file
 
     from fusionkit.tasks import transfer as T
 
@@ -1663,7 +1644,7 @@ def _finetune_retrieval(index, index_path, out: Path, seed, dual, dual_hp, opts,
     for k in ("val", "test"):
         feats[f"{k}/image"] = T.encode_images(img_enc, images[k]).contiguous()
         feats[f"{k}/text"] = (T.encode_texts(txt_enc, texts[k]) if tb else sp[k].text).float().contiguous()
-    save_file(feats, str(files[3]))
+    bundle.save_tensors(files[3], feats)
     ckpt.unlink(missing_ok=True)  # finished: nothing left to resume
     return _finetune_summary("finetuned", "val_rsum", res.best_rsum, res, cfg)
 
@@ -1744,12 +1725,10 @@ def _eval_captioning(index, index_path, folder: Path, n_examples: int, progress:
     for kind in metas:
         files = _finetuned_files(folder, kind)
         if files["model"].is_file():
-            from safetensors.torch import load_file
-
             fm = _load_meta(files["model"])
             if fm.get("test_ids") != list(test.image_ids):
                 raise TaskSetupError(f"{files['features']}: fine-tuned features of other test images; train again")
-            f = load_file(str(files["features"]))
+            f = bundle.load_tensors(files["features"])
             entries.append((f"{kind}_finetuned", kind, fm, files["model"], f["test/grid"], f.get("test/pooled")))
     finetuned: dict[str, str] = {}
     for name_, kind, meta, weights, grid, pooled in entries:
@@ -1841,8 +1820,6 @@ def _eval_vqa(index, index_path, folder: Path, n_examples: int, progress: bool) 
     results = {}
     import dataclasses
 
-    from safetensors.torch import load_file
-
     # (name, weights): each method, then its fine-tuned copy
     entries = [(m, folder / f"{m}.safetensors") for m in methods]
     entries += [(f"{m}_finetuned", f) for m in methods if (f := _finetuned_files(folder, m)["model"]).is_file()]
@@ -1856,7 +1833,7 @@ def _eval_vqa(index, index_path, folder: Path, n_examples: int, progress: bool) 
         if "finetune" in meta:
             if meta.get("test_keys") != a.image_keys:
                 raise TaskSetupError(f"{weights}: fine-tuned on other test images than this index's; train again")
-            f = load_file(str(_finetuned_files(folder, m.removesuffix("_finetuned"))["features"]))
+            f = bundle.load_tensors(_finetuned_files(folder, m.removesuffix("_finetuned"))["features"])
             a = dataclasses.replace(a, images=f["test/image"], questions=f.get("test/questions", a.questions))
         model = _load_state(_build_vqa(meta), weights)
         answers = vocab.decode_logits(_vqa_logits(model, a))
@@ -1929,7 +1906,6 @@ def _bar(df, title: str):
 
 def _eval_retrieval(index, index_path, folder: Path, n_examples: int, progress: bool) -> TaskResult:
     import pandas as pd
-    from safetensors.torch import load_file
 
     from fusionkit.tasks import retrieval as R
 
@@ -1941,7 +1917,7 @@ def _eval_retrieval(index, index_path, folder: Path, n_examples: int, progress: 
     )
     rpath = folder / "ridge.safetensors"
     rmeta = _load_meta(rpath)
-    t = load_file(str(rpath))
+    t = bundle.load_tensors(rpath)
     ridge = R.RidgeMap(rmeta["alpha"])
     ridge.weight, ridge.bias, ridge.x_mean = t["weight"], t["bias"], t["x_mean"]
     rows = []
@@ -1952,7 +1928,7 @@ def _eval_retrieval(index, index_path, folder: Path, n_examples: int, progress: 
     if fpath.is_file():
         fm = _load_meta(fpath)
         ft = _load_state(R.DualEncoder(fm["image_dim"], fm["text_dim"], **fm["hparams"]), fpath)
-        f = load_file(str(folder / "finetuned_features.safetensors"))
+        f = bundle.load_tensors(folder / "finetuned_features.safetensors")
         if len(f["test/image"]) != test.n_images or len(f["test/text"]) != test.n_texts:
             raise TaskSetupError(f"{folder}: fine-tuned features do not match the test split; train again")
         with torch.inference_mode():

@@ -1,0 +1,217 @@
+"""The feature index: the typed contract ``02_feature_extraction`` hands to 03, 04 and 05.
+
+``features.json`` in a run folder says which dataset was encoded (folder, manifest hash, targets),
+by which encoder per modality (name + identity hash of weights and preprocessing), where each
+cached feature file is (per output and split) and, when the tasks ran in 02, what they cached
+(``tasks``: written by :func:`fusionkit.tasks.experiments.extract_task_features`).
+
+::
+
+    index = FeatureIndex.read("reports/latest/features.json")
+    splits, class_names = index.splits(target="label")      # {split: SplitData}
+    ds = index.dataset()                                     # the fusionkit Dataset it indexes
+    encoders = index.encoders()                              # the frozen encoders, identity-checked
+
+The file carries ``format`` and ``version``. Version 1 is the layout fusionkit wrote before the
+format was versioned (no ``version`` key): it is the same layout and still loads. A newer version
+than this fusionkit knows is refused with a message that says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fusionkit.data.base import SPLITS, Dataset, DatasetError, atomic_write_text, load_dataset
+from fusionkit.encoders import build_encoder
+from fusionkit.features import read_feature_set
+from fusionkit.train import SplitData
+
+FORMAT = "fusionkit.feature_index"
+VERSION = 2
+#: the layout before versioning; same fields, no ``format`` / ``version``
+LEGACY_VERSION = 1
+
+
+class FeatureIndexError(DatasetError):
+    """A feature index that cannot be read: the message names the file and the field."""
+
+
+def _encoder_identity_equal(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+@dataclass
+class ModalityFeatures:
+    """One modality's cached features: its kind, the encoder that made them, and the files."""
+
+    kind: str
+    encoder: str
+    identity: dict[str, Any]
+    files: dict[str, dict[str, str]] = field(default_factory=dict)  # output -> split -> path
+    dims: dict[str, list[int]] = field(default_factory=dict)  # output -> feature shape per sample
+
+    def file(self, output: str, split: str, modality: str = "") -> str:
+        try:
+            return self.files[output][split]
+        except KeyError:
+            have = {o: sorted(s) for o, s in self.files.items()}
+            raise FeatureIndexError(
+                f"no cached {output!r} features of {modality or self.kind} for split {split!r}; the index has {have} "
+                "(re-run 02_feature_extraction with that output)"
+            ) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "encoder": self.encoder, "identity": self.identity, "files": self.files,
+                "dims": self.dims}  # fmt: skip
+
+
+@dataclass
+class FeatureIndex:
+    """What 02 cached, read back by every later notebook (see the module docstring)."""
+
+    dataset_dir: str
+    dataset: str
+    manifest_hash: str
+    cache_dir: str
+    targets: dict[str, list[str]]
+    modalities: dict[str, ModalityFeatures] = field(default_factory=dict)
+    #: the tasks' cached features (``extract_task_features``); None when the tasks did not run
+    tasks: dict[str, Any] | None = None
+    version: int = VERSION
+    path: Path | None = field(default=None, compare=False)
+
+    # ------------------------------------------------------------------ reading and writing
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> FeatureIndex:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"feature index {p} does not exist; run 02_feature_extraction first")
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FeatureIndexError(f"{p}: not a feature index (not valid UTF-8 JSON: {e})") from e
+        return cls.from_dict(doc, source=p)
+
+    @classmethod
+    def from_dict(cls, doc: Any, source: str | os.PathLike = "feature index") -> FeatureIndex:
+        src = str(source)
+        if not isinstance(doc, dict):
+            raise FeatureIndexError(f"{src}: expected a JSON object, got {type(doc).__name__}")
+        fmt = doc.get("format", FORMAT)
+        if fmt != FORMAT:
+            raise FeatureIndexError(f"{src}: format {fmt!r} is not a fusionkit feature index ({FORMAT!r})")
+        version = doc.get("version", LEGACY_VERSION)
+        if not isinstance(version, int) or version < LEGACY_VERSION:
+            raise FeatureIndexError(f"{src}: version {version!r}; expected an integer >= {LEGACY_VERSION}")
+        if version > VERSION:
+            raise FeatureIndexError(
+                f"{src}: made by a newer fusionkit (feature index version {version}; this fusionkit reads up to "
+                f"{VERSION}); upgrade fusionkit or re-run 02_feature_extraction"
+            )
+        for key in ("dataset_dir", "dataset", "cache_dir", "targets", "modalities"):
+            if key not in doc:
+                raise FeatureIndexError(f"{src}: field {key!r} missing; re-run 02_feature_extraction")
+        mods = {}
+        for name, entry in doc["modalities"].items():
+            try:
+                mods[name] = ModalityFeatures(entry["kind"], entry["encoder"], entry.get("identity", {}),
+                                              entry.get("files", {}), entry.get("dims", {}))  # fmt: skip
+            except (KeyError, TypeError) as e:
+                raise FeatureIndexError(f"{src}: modalities.{name}: missing or malformed field {e}") from None
+        tasks = doc.get("tasks")
+        if tasks is not None and not isinstance(tasks, dict):
+            raise FeatureIndexError(f"{src}: field 'tasks' must be an object")
+        return cls(
+            dataset_dir=str(doc["dataset_dir"]),
+            dataset=str(doc["dataset"]),
+            manifest_hash=str(doc.get("manifest_hash") or ""),
+            cache_dir=str(doc["cache_dir"]),
+            targets={k: list(v) for k, v in doc["targets"].items()},
+            modalities=mods,
+            tasks=tasks,
+            version=VERSION,
+            path=Path(source) if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".json" else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "dataset_dir": self.dataset_dir,
+            "dataset": self.dataset,
+            "manifest_hash": self.manifest_hash,
+            "cache_dir": self.cache_dir,
+            "targets": self.targets,
+            "modalities": {m: e.to_dict() for m, e in self.modalities.items()},
+        }
+        if self.tasks is not None:
+            doc["tasks"] = self.tasks
+        return doc
+
+    def write(self, path: str | os.PathLike | None = None) -> Path:
+        """Write atomically (temporary file, then rename) to ``path`` (default: where it was read)."""
+        p = Path(path) if path is not None else self.path
+        if p is None:
+            raise ValueError("FeatureIndex.write: no path given and the index was not read from a file")
+        atomic_write_text(p, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+        self.path = p
+        return p
+
+    # ------------------------------------------------------------------ what later notebooks need
+    def load_dataset(self, check_files: bool = False) -> Dataset:
+        """The dataset these features were computed from."""
+        return load_dataset(self.dataset_dir, check_files=check_files)
+
+    def modality(self, name: str) -> ModalityFeatures:
+        if name not in self.modalities:
+            raise FeatureIndexError(
+                f"{self.path or 'feature index'}: no features for modality {name!r}; it has {sorted(self.modalities)}"
+            )
+        return self.modalities[name]
+
+    def splits(
+        self, target: str = "label", output: str = "pooled", modalities: list[str] | None = None
+    ) -> tuple[dict[str, SplitData], list[str]]:
+        """The cached features of every split as :class:`SplitData`, aligned with the dataset's
+        labels of ``target``; returns (splits, class names)."""
+        ds = self.load_dataset()
+        if target not in ds.targets:
+            raise KeyError(f"target {target!r} not in dataset {ds.name}; valid: {', '.join(ds.targets)}")
+        mods = modalities or sorted(self.modalities)
+        out: dict[str, SplitData] = {}
+        for split in SPLITS:
+            samples = ds.split(split)
+            if not samples:
+                continue
+            labels = torch.tensor([s.targets[target] for s in samples])
+            ids = [s.id for s in samples]
+            feats = {}
+            for m in mods:
+                fs = read_feature_set(self.modality(m).file(output, split, m))
+                pos = {sid: i for i, sid in enumerate(fs.ids)}
+                missing = [sid for sid in ids if sid not in pos]
+                if missing:
+                    raise ValueError(f"{fs.path}: features missing for {len(missing)} samples (e.g. {missing[:3]})")
+                feats[m] = torch.as_tensor(fs.values[[pos[sid] for sid in ids]]).float()
+            out[split] = SplitData(feats, labels, ids)
+        return out, ds.targets[target]
+
+    def encoders(self) -> dict[str, Any]:
+        """The frozen encoders that made the cached features, checked to be the same (identity
+        hash of weights and preprocessing), so that re-encoded inputs are comparable to the cache."""
+        out = {}
+        for modality, entry in self.modalities.items():
+            enc = build_encoder(entry.kind, entry.encoder)
+            if not _encoder_identity_equal(enc.identity(), entry.identity):
+                raise FeatureIndexError(
+                    f"{self.path or 'feature index'}: encoder {entry.encoder!r} for {modality!r} differs from the one "
+                    "that made the cache (weights or preprocessing); re-run 02_feature_extraction"
+                )
+            out[modality] = enc.eval()
+        return out

@@ -1,0 +1,113 @@
+"""fusionkit.index: the feature index 02 hands to 03/04/05, read back exactly, old files loading,
+newer and malformed ones refused with the file and the field named."""
+
+import json
+
+import pytest
+import torch
+
+from fusionkit import workbook as wb
+from fusionkit.data import shapes
+from fusionkit.index import LEGACY_VERSION, VERSION, FeatureIndex, FeatureIndexError
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("index")
+    ds = shapes.generate(tmp / "shapes", n=40, image_size=32, progress=False)
+    path = tmp / "features.json"
+    index = wb.extract_all(ds, {"audio": "logmel"}, tmp / "cache", ["pooled"], index_path=path, progress=False)
+    return ds, path, index
+
+
+def test_written_index_reads_back_equal_and_versioned(indexed):
+    ds, path, index = indexed
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "fusionkit.feature_index" and doc["version"] == VERSION
+    back = FeatureIndex.read(path)
+    assert back == index
+    assert back.path == path
+    assert back.manifest_hash == ds.manifest_hash() and back.targets == ds.targets
+    assert sorted(back.modalities) == ["audio"] and back.modalities["audio"].encoder == "logmel"
+
+
+def test_splits_align_features_with_the_dataset_labels(indexed):
+    ds, path, _ = indexed
+    splits, class_names = FeatureIndex.read(path).splits(target="tone")
+    assert class_names == ds.targets["tone"]
+    for split, data in splits.items():
+        samples = ds.split(split)
+        assert data.ids == [s.id for s in samples]
+        assert data.labels.tolist() == [s.targets["tone"] for s in samples]
+        assert data.features["audio"].shape[0] == len(samples) and torch.isfinite(data.features["audio"]).all()
+    with pytest.raises(KeyError, match="target 'nope' not in dataset"):
+        FeatureIndex.read(path).splits(target="nope")
+
+
+def test_an_index_without_version_from_an_earlier_fusionkit_still_loads(indexed, tmp_path):
+    _, path, index = indexed
+    doc = json.loads(path.read_text())
+    del doc["format"], doc["version"]
+    old = tmp_path / "features.json"
+    old.write_text(json.dumps(doc))
+    back = FeatureIndex.read(old)
+    assert back == index and LEGACY_VERSION < VERSION
+    splits, _ = back.splits(target="label")
+    assert set(splits) == {"train", "val", "test"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.update(version=VERSION + 1), "made by a newer fusionkit"),
+        (lambda d: d.update(format="something.else"), "not a fusionkit feature index"),
+        (lambda d: d.pop("cache_dir"), "field 'cache_dir' missing"),
+        (lambda d: d["modalities"]["audio"].pop("kind"), "modalities.audio: missing or malformed field 'kind'"),
+        (lambda d: d.update(tasks=[1]), "field 'tasks' must be an object"),
+    ],
+)
+def test_bad_index_files_name_the_file_and_the_field(indexed, tmp_path, change, message):
+    _, path, _ = indexed
+    doc = json.loads(path.read_text())
+    change(doc)
+    bad = tmp_path / "features.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(FeatureIndexError, match=message) as e:
+        FeatureIndex.read(bad)
+    assert str(bad) in str(e.value)
+
+
+def test_missing_or_garbled_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run 02_feature_extraction first"):
+        FeatureIndex.read(tmp_path / "absent.json")
+    garbled = tmp_path / "features.json"
+    garbled.write_text("{not json")
+    with pytest.raises(FeatureIndexError, match=f"{garbled}: not a feature index"):
+        FeatureIndex.read(garbled)
+
+
+def test_an_output_that_was_not_cached_is_named(indexed):
+    _, path, _ = indexed
+    with pytest.raises(FeatureIndexError, match="no cached 'grid' features of audio for split 'train'"):
+        FeatureIndex.read(path).splits(target="label", output="grid")
+    with pytest.raises(FeatureIndexError, match="no features for modality 'image'"):
+        FeatureIndex.read(path).splits(target="label", modalities=["image"])
+
+
+def test_encoders_are_rebuilt_and_checked_by_identity(indexed, tmp_path):
+    _, path, index = indexed
+    assert set(FeatureIndex.read(path).encoders()) == {"audio"}
+    other = FeatureIndex.read(path)
+    other.modalities["audio"].identity = {**other.modalities["audio"].identity, "n_mels": -1}
+    other.write(tmp_path / "features.json")
+    with pytest.raises(FeatureIndexError, match="differs from the one that made the cache"):
+        FeatureIndex.read(tmp_path / "features.json").encoders()
+
+
+def test_write_is_atomic_and_keeps_the_tasks_entry(indexed, tmp_path):
+    _, path, index = indexed
+    copy = FeatureIndex.read(path)
+    copy.tasks = {"version": 1, "status": {}}
+    out = copy.write(tmp_path / "features.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["features.json"]  # no temporary file left behind
+    assert FeatureIndex.read(out).tasks == {"version": 1, "status": {}}
