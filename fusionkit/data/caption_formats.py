@@ -175,11 +175,12 @@ class KarpathyImage:
         return out
 
 
-def karpathy_images(path: str | Path, problems: Problems) -> Iterator[KarpathyImage]:
+def karpathy_images(path: str | Path, problems: Problems, doc: Any = None) -> Iterator[KarpathyImage]:
     """The ``images`` of a Karpathy split file, in file order (a generator: each record is checked
-    as the caller reaches it). A file that is not ``{"images": [...]}`` raises DatasetError."""
+    as the caller reaches it). A file that is not ``{"images": [...]}`` raises DatasetError.
+    ``doc``: the file's JSON when the caller has read it already."""
     path = Path(path)
-    doc = read_json(path)
+    doc = read_json(path) if doc is None else doc
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise DatasetError(f"{path}: expected a Karpathy split object {{'images': [...], 'dataset': ...}}")
     for k, im in enumerate(doc["images"]):
@@ -234,14 +235,15 @@ class CocoImage:
         return Path(self.file_name).stem
 
 
-def coco_images(path: str | Path, problems: Problems) -> list[CocoImage]:
+def coco_images(path: str | Path, problems: Problems, doc: Any = None) -> list[CocoImage]:
     """The images of a COCO captions file (``images`` + ``annotations``), in file order, each with
     its captions in annotation order. Bad records (an image without an integer ``id`` and a
     ``file_name``, a repeated image or annotation id, an annotation without an integer
     ``image_id`` and a string ``caption``, or naming an image the file does not list) go to
-    ``problems``; a file without both lists raises DatasetError."""
+    ``problems``; a file without both lists raises DatasetError. ``doc``: the file's JSON when
+    the caller has read it already."""
     path = Path(path)
-    doc = read_json(path)
+    doc = read_json(path) if doc is None else doc
     if (
         not isinstance(doc, dict)
         or not isinstance(doc.get("images"), list)

@@ -50,7 +50,6 @@ captions of one image are kept once and listed as warnings.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -765,8 +764,3 @@ def scan_imagefolder(
         max_images=max_images,
         stats={"captions_file": captions_path.name, "image_files_found": index.n},
     )
-
-
-def load_captions(root: str | os.PathLike) -> dict[str, Any]:
-    """The ``captions.json`` of a processed caption dataset."""
-    return json.loads((Path(root) / "captions.json").read_text(encoding="utf-8"))

@@ -75,6 +75,8 @@ import soundfile as sf
 from PIL import Image
 
 from fusionkit.data.base import SPLITS, Dataset, DatasetError, Sample, atomic_write_text, load_dataset, write_dataset
+from fusionkit.data.caption_formats import coco_images, karpathy_images
+from fusionkit.data.problems import Problems
 from fusionkit.data.readers import open_image
 from fusionkit.data.shapes_scene import (
     CEILINGS,
@@ -102,6 +104,7 @@ from fusionkit.data.shapes_scene import (
     tokenize,
 )
 from fusionkit.data.shapes_text import _captions, _questions, answer_question
+from fusionkit.data.vqa import VQAFile, read_vqa_file, vqa_annotations, vqa_questions
 from fusionkit.progress import progress as progress_bar
 
 __all__ = [
@@ -441,6 +444,12 @@ def _read_json(path: Path) -> Any:
         raise DatasetError(f"{path}: not valid UTF-8 JSON ({e})") from e
 
 
+def _vqa_file(path: Path, key: str) -> VQAFile | None:
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing; expected a file written by fusionkit.data.shapes.generate")
+    return read_vqa_file(path, key)
+
+
 def _field(obj: Any, key: str, where: str, typ: type | tuple[type, ...]) -> Any:
     if not isinstance(obj, dict) or key not in obj:
         raise DatasetError(f"{where}: missing key {key!r}")
@@ -477,6 +486,7 @@ def validate(root: str | os.PathLike) -> dict[str, Any]:
     subset of the scene's, every red shape named), the VQA files (ids, splits, 10 identical
     answers, each answer recomputed from the scene). Raises DatasetError naming the file and the
     record; returns a summary dict."""
+    raise_all = Problems("raise")  # the shared parsers raise at the first malformed record
     root = Path(root)
     ds = load_dataset(root)
     meta_path = root / "dataset.json"
@@ -558,10 +568,8 @@ def validate(root: str | os.PathLike) -> dict[str, Any]:
         raise DatasetError(f"{cap_path}: expected {{'dataset': 'shapes', 'images': [...]}}")
     captions_of: dict[int, list[str]] = {}
     sentids: set[int] = set()
-    for k, img in enumerate(caps["images"]):
-        where = f"{cap_path}: images[{k}]"
-        fn = _field(img, "filename", where, str)
-        where = f"{where} ({fn})"
+    for im in karpathy_images(cap_path, raise_all, caps):
+        img, fn, where = im.raw, im.filename, im.where
         imgid = _field(img, "imgid", where, int)
         sc = scene_by_imgid.get(imgid)
         if (
@@ -609,44 +617,35 @@ def validate(root: str | os.PathLike) -> dict[str, Any]:
         coco = _read_json(coco_path)
         if not isinstance(coco, dict) or coco.get("type") != "captions":
             raise DatasetError(f"{coco_path}: expected a COCO captions object with type 'captions'")
-        coco_ids = {
-            _field(im, "id", f"{coco_path}: images[{k}]", int)
-            for k, im in enumerate(_field(coco, "images", str(coco_path), list))
-        }
+        coco_imgs = coco_images(coco_path, raise_all, coco)
+        coco_ids = {im.id for im in coco_imgs}
         if coco_ids != ids:
             raise DatasetError(
                 f"{coco_path}: image ids differ from the {sp!r} split of manifest.jsonl "
                 f"(extra {sorted(coco_ids - ids)[:5]}, missing {sorted(ids - coco_ids)[:5]})"
             )
-        got: dict[int, list[str]] = {}
-        for k, a in enumerate(_field(coco, "annotations", str(coco_path), list)):
-            w = f"{coco_path}: annotations[{k}] (id {a.get('id') if isinstance(a, dict) else None})"
-            got.setdefault(_field(a, "image_id", w, int), []).append(_field(a, "caption", w, str))
+        got = {im.id: [c for c, _ in im.captions] for im in coco_imgs if im.captions}
         for i in ids:
             if got.get(i) != captions_of[i]:
                 raise DatasetError(f"{coco_path}: image_id {i}: captions {got.get(i)} differ from {cap_path}")
         q_path = root / "vqa" / f"questions_{sp}.json"
         a_path = root / "vqa" / f"annotations_{sp}.json"
-        qdoc, adoc = _read_json(q_path), _read_json(a_path)
-        if not isinstance(qdoc, dict) or qdoc.get("task_type") != "Open-Ended" or qdoc.get("data_subtype") != sp:
+        qf, af = _vqa_file(q_path, "questions"), _vqa_file(a_path, "annotations")
+        if qf is None or qf.doc.get("task_type") != "Open-Ended" or qf.subtype != sp:
             raise DatasetError(
                 f"{q_path}: expected a VQA v2 questions object (task_type Open-Ended, data_subtype {sp!r})"
             )
+        if af is None:
+            raise DatasetError(f"{a_path}: expected a VQA v2 annotations object {{'annotations': [...]}}")
         questions: dict[int, dict[str, Any]] = {}
-        for k, q in enumerate(_field(qdoc, "questions", str(q_path), list)):
-            w = f"{q_path}: questions[{k}]"
-            qid = _field(q, "question_id", w, int)
-            if qid in questions or _field(q, "image_id", w, int) not in ids:
-                raise DatasetError(
-                    f"{w} (question_id {qid}): repeated id, or image_id {q.get('image_id')} not in split {sp!r}"
-                )
-            _field(q, "question", w, str)
-            questions[qid] = q
+        for vq in vqa_questions(qf, raise_all):
+            qid, w = vq.question_id, vq.where
+            if qid in questions or vq.image_id not in ids:
+                raise DatasetError(f"{w}: repeated id, or image_id {vq.image_id} not in split {sp!r}")
+            questions[qid] = vq.raw
         seen_a: set[int] = set()
-        for k, a in enumerate(_field(adoc, "annotations", str(a_path), list)):
-            w = f"{a_path}: annotations[{k}]"
-            qid = _field(a, "question_id", w, int)
-            w = f"{w} (question_id {qid})"
+        for ann in vqa_annotations(af, raise_all):
+            a, qid, w = ann.raw, ann.question_id, ann.where
             q = questions.get(qid)
             if q is None or qid in seen_a or a.get("image_id") != q["image_id"]:
                 raise DatasetError(f"{w}: no matching question in {q_path} (or repeated / different image_id)")

@@ -115,6 +115,7 @@ class VQAFile:
     path: Path
     subtype: str
     records: list[Any]
+    doc: dict[str, Any]  # the whole object (task_type, info, ...)
 
 
 def read_vqa_file(path: str | os.PathLike, key: str) -> VQAFile | None:
@@ -124,7 +125,7 @@ def read_vqa_file(path: str | os.PathLike, key: str) -> VQAFile | None:
     doc = read_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get(key), list):
         return None
-    return VQAFile(path, str(doc.get("data_subtype") or ""), doc[key])
+    return VQAFile(path, str(doc.get("data_subtype") or ""), doc[key], doc)
 
 
 @dataclass

@@ -468,6 +468,28 @@ def test_validate_catches_a_question_missing_its_annotation(copy):
         shapes.validate(copy)
 
 
+def test_validate_reads_captions_and_vqa_through_the_shared_parsers(copy):
+    """validate iterates captions.json, the COCO references and the VQA files with the parsers of
+    caption_formats / vqa, so their record rules (and messages) are the loaders' and the tasks'."""
+    original = (copy / "vqa" / "annotations_val.json").read_bytes()
+    _edit_json(copy / "vqa" / "annotations_val.json", lambda d: d["annotations"].append(dict(d["annotations"][0])))
+    with pytest.raises(
+        DatasetError,
+        match=r"annotations_val\.json: annotations\[\d+\] \(question_id \d+\): question_id annotated twice",
+    ):
+        shapes.validate(copy)
+    (copy / "vqa" / "annotations_val.json").write_bytes(original)
+    assert shapes.validate(copy)["n_questions"] > 0
+    _edit_json(
+        copy / "annotations" / "captions_test.json",
+        lambda d: d["annotations"].append({"id": 10**6, "image_id": 10**6, "caption": "x"}),
+    )
+    with pytest.raises(
+        DatasetError, match=r"captions_test\.json: annotations\[\d+\] \(id 1000000\): caption names image_id 1000000"
+    ):
+        shapes.validate(copy)
+
+
 # --------------------------------------------------------------------------- regenerate or reuse
 def _stamp(root: Path) -> dict[str, tuple[int, int]]:
     return {
