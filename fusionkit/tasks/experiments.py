@@ -2,7 +2,7 @@
 
 ::
 
-    # 02_feature_extraction, after workbook.extract_all(...)
+    # 02_feature_extraction, after FeatureIndex.build(...)
     extract_task_features(ds, features_index, tasks, cache_dir)          # adds index["tasks"]
     # 04_train
     summary = train_task("captioning", features_index, task_dir, seed=seed)
@@ -19,7 +19,7 @@ Features (:func:`extract_task_features`)
                    :class:`~fusionkit.tasks.captioning.CaptionDataset` and
                    :class:`~fusionkit.tasks.vqa.VQATable` call the image). When the dataset itself is
                    already one sample per image with those ids (the shapes dataset), it is used as is,
-                   so whatever ``extract_all`` cached for it is reused.
+                   so whatever ``FeatureIndex.build`` cached for it is reused.
     ``captions``   one sample per *distinct* reference caption (after CaptionDataset's whitespace
                    clean-up), id = :func:`text_key` of the text; a caption's features are found by its
                    text, so the rows of ``CaptionDataset.pairs(split)`` map to feature rows by
@@ -34,7 +34,7 @@ Features (:func:`extract_task_features`)
     ``pooled`` (sentence vectors). A second run is a
     cache hit everywhere: no forward pass.
 
-    The result is written into the feature index (the same JSON file ``extract_all`` wrote,
+    The result is written into the feature index (the same JSON file ``FeatureIndex.build`` wrote,
     atomically rewritten) under ``"tasks"``: per task ``status`` ("ok" / "skipped") with the reason
     when skipped (no ``captions.json`` -> no captioning/retrieval; no ``vqa/`` -> no VQA), the
     source files, the encoders, and the cached files per split.
@@ -334,7 +334,7 @@ def extract_task_features(
 ) -> dict[str, Any]:
     """Cache what the tasks need and record it in the feature index (see the module docstring).
 
-    ``ds``: the dataset ``extract_all`` indexed (checked against the index's manifest hash).
+    ``ds``: the dataset ``FeatureIndex.build`` indexed (checked against the index's manifest hash).
     ``tasks``: names from :data:`TASKS` (or "all"). ``cache_dir``: default, the index's.
     ``image_encoder`` / ``text_encoder``: an Encoder, a registry name, or None for the encoder the
     index records for the dataset's image / text modality (else the kind's default).
@@ -356,7 +356,7 @@ def extract_task_features(
         raise TaskSetupError(
             f"{index_path}: written for dataset {index.get('dataset')!r} at {index.get('dataset_dir')} "
             f"(manifest {index.get('manifest_hash')}), not for {ds.name!r} at {ds.root} "
-            f"(manifest {ds.manifest_hash()}); run extract_all on this dataset first"
+            f"(manifest {ds.manifest_hash()}); run FeatureIndex.build on this dataset first"
         )
     cache_dir = Path(cache_dir or index.get("cache_dir") or "")
     if not str(cache_dir):
