@@ -108,3 +108,32 @@ def test_tasks_run_through_the_chain(smoke_run):
     assert "nearest_neighbour" in html and "ridge" in html  # the baselines are reported next to the models
     for fig in ("captioning_attention", "vqa_per_question_type", "retrieval_recall"):
         assert (run_dir / "figures" / f"{fig}.png").is_file(), fig
+
+
+def test_numbers_are_pinned(smoke_run):
+    """Restructuring must not move a number: every table, task summary and headline of the smoke
+    chain equals ``smoke_numbers.json`` (timings and paths left out; see ``pinned.py``). The pin
+    was made with the CPU count it records: reductions differ bitwise across thread counts."""
+    import os
+
+    from tests.notebooks import pinned
+
+    want = json.loads(pinned.PIN.read_text(encoding="utf-8"))
+    cpus = want.pop("cpus")
+    if len(os.sched_getaffinity(0)) != cpus:
+        pytest.skip(f"smoke_numbers.json was made on {cpus} CPUs; this process has {len(os.sched_getaffinity(0))}")
+    run_dir, _ = smoke_run
+    diffs = pinned.differences(pinned.numbers(run_dir), want)
+    assert not diffs, f"{len(diffs)} number(s) moved:\n" + "\n".join(diffs[:60])
+
+
+def test_pin_comparison_catches_a_moved_number():
+    from tests.notebooks import pinned
+
+    want = {"tables": {"t": {"acc": [0.5, 0.25], "method": ["a", "b"]}}, "summary": {"x": "0.75"}}
+    assert pinned.differences(json.loads(json.dumps(want)), want) == []
+    moved = {"tables": {"t": {"acc": [0.5, 0.2500011], "method": ["a", "b"]}}, "summary": {"x": "0.75"}}
+    assert pinned.differences(moved, want) == ["/tables/t/acc[1]: 0.2500011, pinned 0.25"]
+    renamed = {"tables": {"t": {"acc": [0.5, 0.25], "method": ["a", "c"]}}, "summary": {"x": 0.7500001}}
+    assert pinned.differences(renamed, want) == ["/tables/t/method[1]: 'c', pinned 'b'"]
+    assert pinned.differences({"tables": {}, "summary": {"x": "0.75"}}, want) == ["/tables/t: missing"]
