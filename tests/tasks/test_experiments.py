@@ -305,7 +305,7 @@ FT = {"finetune_image_blocks": 1, "finetune_epochs": 3}  # after 1 frozen epoch:
 def test_resume_after_an_interrupt_saves_what_an_uninterrupted_run_saves(setup, monkeypatch, task, opts, model_file):
     from safetensors.torch import load_file
 
-    from fusionkit.tasks._common import TrainCheckpoint
+    from fusionkit.training import TrainCheckpoint
 
     _, index_path, _, tmp = setup
     full, part = tmp / f"{task}_full_{model_file}", tmp / f"{task}_part_{model_file}"
