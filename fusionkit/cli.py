@@ -60,8 +60,9 @@ def _cmd_fusion_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import fusionkit.fusion as fusion
-    from fusionkit import compare, workbook
+    from fusionkit import compare
     from fusionkit.index import FeatureIndex
+    from fusionkit.report import figures
     from fusionkit.train import TrainConfig
 
     try:
@@ -91,7 +92,7 @@ def _cmd_fusion_compare(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results.to_csv(out / "comparison_runs.csv", index=False)
     summary.to_csv(out / "comparison_summary.csv", index=False)
-    workbook.plot_comparison(results, summary).savefig(out / "comparison.png", dpi=110, bbox_inches="tight")
+    figures.plot_comparison(results, summary).savefig(out / "comparison.png", dpi=110, bbox_inches="tight")
     cols = [
         "method",
         "test_accuracy_mean",

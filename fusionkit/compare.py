@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from scipy import stats
 
 from fusionkit import tracking
 from fusionkit.evaluate import classification_metrics
+from fusionkit.fusion import get
 from fusionkit.model import build_model
 from fusionkit.progress import progress
 from fusionkit.train import SplitData, TrainConfig, predict, seed_everything, train
@@ -117,6 +119,23 @@ def best_method(summary: pd.DataFrame) -> str:
     best = summary[summary.is_best]
     if best.empty:
         raise ValueError("the comparison summary marks no method as best (is_best)")
+    return str(best.iloc[0]["method"])
+
+
+def choose_method(method: str, comparison_csv: str | Path) -> str:
+    """``method`` itself, or for "best" the best fusion method of 03's summary table."""
+    if method != "best":
+        get(method)  # unknown names fail here with the list of valid ones
+        return method
+    path = Path(comparison_csv)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: method='best' needs 03_fusion_comparison's summary (or name a method)"
+        )
+    df = pd.read_csv(path)
+    best = df[df["is_best"]]
+    if best.empty:
+        raise ValueError(f"{path}: no row has is_best = True")
     return str(best.iloc[0]["method"])
 
 

@@ -29,7 +29,7 @@ import torch
 
 from fusionkit.data.base import SPLITS, Dataset, DatasetError, atomic_write_text, load_dataset
 from fusionkit.encoders import build_encoder
-from fusionkit.features import read_feature_set
+from fusionkit.features import extract_features, read_feature_set
 from fusionkit.train import SplitData
 
 FORMAT = "fusionkit.feature_index"
@@ -85,6 +85,46 @@ class FeatureIndex:
     tasks: dict[str, Any] | None = None
     version: int = VERSION
     path: Path | None = field(default=None, compare=False)
+
+    @classmethod
+    def build(
+        cls,
+        ds: Dataset,
+        encoders: dict[str, str],
+        cache_dir: str | os.PathLike,
+        outputs: list[str],
+        *,
+        path: str | os.PathLike,
+        batch_size: int = 0,
+        progress: bool = True,
+    ) -> FeatureIndex:
+        """Encode every modality x split x output of ``ds`` into the feature cache (``encoders``:
+        kind -> encoder name; kinds without one are left out), write the index to ``path`` (the
+        file later notebooks take as ``features_index``) and return it."""
+        index = cls(
+            dataset_dir=str(Path(ds.root).resolve()),
+            dataset=ds.name,
+            manifest_hash=ds.manifest_hash(),
+            cache_dir=str(Path(cache_dir).resolve()),
+            targets=ds.targets,
+        )
+        for modality, kind in sorted(ds.modalities.items()):
+            name = encoders.get(kind)
+            if not name:
+                continue
+            enc = build_encoder(kind, name)
+            entry = ModalityFeatures(kind=kind, encoder=enc.name, identity=enc.identity())
+            for output in outputs:
+                for split in SPLITS:
+                    if not ds.split(split):
+                        continue
+                    fs = extract_features(ds, modality, enc, split=split, cache_dir=cache_dir, output=output,
+                                          batch_size=batch_size or None, progress=progress)  # fmt: skip
+                    entry.files.setdefault(output, {})[split] = str(Path(fs.path).resolve())
+                    entry.dims[output] = list(fs.values.shape[1:])
+            index.modalities[modality] = entry
+        index.write(path)
+        return index
 
     # ------------------------------------------------------------------ reading and writing
     @classmethod
@@ -201,6 +241,14 @@ class FeatureIndex:
                 feats[m] = torch.as_tensor(fs.values[[pos[sid] for sid in ids]]).float()
             out[split] = SplitData(feats, labels, ids)
         return out, ds.targets[target]
+
+    def labels(self, splits: dict[str, SplitData], target: str) -> dict[str, torch.Tensor]:
+        """The labels of another ``target`` of the dataset, aligned with ``splits``' samples."""
+        ds = self.load_dataset()
+        if target not in ds.targets:
+            raise KeyError(f"target {target!r} not in dataset {ds.name}; valid: {', '.join(ds.targets)}")
+        by_id = {s.id: s for s in ds.samples}
+        return {split: torch.tensor([by_id[i].targets[target] for i in d.ids]) for split, d in splits.items()}
 
     def encoders(self) -> dict[str, Any]:
         """The frozen encoders that made the cached features, checked to be the same (identity

@@ -121,23 +121,6 @@ def known_information_check(
     return pd.DataFrame(rows)
 
 
-def plot_weights(weights: pd.DataFrame):
-    """Distribution of the learned modality weights, per method (rows) and class (x)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    methods = sorted(weights["method"].unique())
-    fig, axes = plt.subplots(len(methods), 1, figsize=(10, 2.8 * len(methods)), squeeze=False, sharey=True)
-    for ax, method in zip(axes[:, 0], methods):
-        sub = weights[weights.method == method]
-        sns.boxplot(sub, x="class", y="weight", hue="modality", ax=ax, fliersize=1)
-        ax.set_title(f"{method}: per-sample modality weights by class")
-        ax.set_ylim(0, 1)
-        ax.tick_params(axis="x", rotation=20)
-    fig.tight_layout()
-    return fig
-
-
 def has_weights(model: MultimodalModel, data: SplitData) -> bool:
     """Whether the model's fusion method returns per-sample modality weights."""
     small = SplitData({m: x[:2] for m, x in data.features.items()}, data.labels[:2], data.ids[:2])

@@ -187,32 +187,6 @@ def robustness_summary(curves: pd.DataFrame, reference: str = "late") -> pd.Data
     return out
 
 
-def plot_curves(curves: pd.DataFrame):
-    """One panel per (modality, corruption): accuracy vs level, one line per method."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    panels = (
-        curves[["modality", "corruption"]].drop_duplicates().sort_values(["modality", "corruption"]).values.tolist()
-    )
-    cols = min(3, len(panels))
-    rows = int(np.ceil(len(panels) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False, sharey=True)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (modality, corruption) in zip(axes.flat, panels):
-        ax.axis("on")
-        sub = curves[(curves.modality == modality) & (curves.corruption == corruption)]
-        sns.lineplot(
-            sub, x="level", y="accuracy", hue="method", ax=ax, marker="o", markersize=3, legend=ax is axes.flat[0]
-        )
-        ax.set_title(f"{modality}: {corruption}")
-    if len(panels):
-        axes.flat[0].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    return fig
-
-
 def by_method(summary: pd.DataFrame) -> pd.DataFrame:
     """Mean clean accuracy, relative and effective robustness of each method over every
     (modality, corruption), most robust first."""

@@ -1,24 +1,25 @@
-"""The training loop for models on cached features: AdamW (or SGD), weight decay, dropout,
-class weights, modality dropout, early stopping on validation accuracy, best state restored."""
+"""Classification on cached features: the splits (:class:`SplitData`), the settings
+(:class:`TrainConfig`) and :func:`train`, which runs :func:`fusionkit.training.fit` with AdamW (or
+SGD), weight decay, class weights, modality dropout and early stopping on validation accuracy
+(ties broken by the lower validation loss), the best state restored; :func:`predict` for a
+whole split."""
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
-import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import os
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from fusionkit.model import MultimodalModel
-from fusionkit.progress import progress
 from fusionkit.runtime import tune_allocator
+from fusionkit.training import Step, TrainResult, cpu_threads, fit, seed_everything, warmup_cosine
 
 Tensor = torch.Tensor
+
+__all__ = ["SplitData", "TrainConfig", "TrainResult", "accuracy", "cpu_threads", "predict", "seed_everything", "train"]
 
 
 @dataclass
@@ -78,51 +79,6 @@ class TrainConfig:
             raise ValueError("modality_dropout must be in [0, 1)")
 
 
-@dataclass
-class TrainResult:
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = -1
-    best_val_acc: float = float("nan")
-    train_time_s: float = 0.0
-    epochs_run: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def warmup_cosine(opt: torch.optim.Optimizer, total_steps: int, warmup_frac: float = 0.1):
-    """Linear warm-up over the first ``warmup_frac`` of the steps, then cosine decay to 0."""
-    warm = max(1, int(round(warmup_frac * total_steps)))
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(1, total_steps - warm)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int | None):
-    """Temporarily run torch's CPU ops on ``n`` threads (no-op for None)."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2**32))
-    return torch.Generator().manual_seed(seed)
-
-
 def _batch(data: SplitData, idx: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
     feats = {m: x[idx] for m, x in data.features.items()}
     mask = None if data.mask is None else {m: v[idx] for m, v in data.mask.items()}
@@ -178,92 +134,49 @@ def train(
     cfg: TrainConfig,
     log_fn=None,
     show_progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> TrainResult:
-    """Train with early stopping on validation accuracy; the best state is restored at the end."""
+    """Train with early stopping on validation accuracy (``monitor="val_acc"``, ties broken by
+    the lower ``val_loss``); the best state is restored at the end. ``checkpoint`` / ``resume``:
+    the loop's opt-in per-epoch checkpoint (:func:`fusionkit.training.fit`)."""
     tune_allocator()  # fusionkit.runtime: no page faults for every batch-sized tensor
     with cpu_threads(cfg.num_threads):
-        return _train(model, train_data, val_data, cfg, log_fn, show_progress)
+        cfg.validate()
+        train_data.check("train")
+        val_data.check("val")
+        num_classes = int(max(train_data.labels.max(), val_data.labels.max())) + 1
+        weight = None
+        if cfg.class_weights:
+            counts = torch.bincount(train_data.labels, minlength=num_classes).float()
+            weight = counts.sum() / (num_classes * counts.clamp(min=1))
+        loss_fn = nn.CrossEntropyLoss(weight=weight)
+        if cfg.optimizer == "adamw":
+            opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        total = cfg.epochs * math.ceil(len(train_data) / cfg.batch_size)
+        sched = warmup_cosine(opt, total, max(1, round(0.1 * total)), peak_in_warmup=True)
+        modalities = sorted(train_data.features)
 
+        def batches(gen: torch.Generator):
+            perm = torch.randperm(len(train_data), generator=gen)
+            for start in range(0, len(perm), cfg.batch_size):
+                yield perm[start : start + cfg.batch_size]
 
-def _train(
-    model: MultimodalModel,
-    train_data: SplitData,
-    val_data: SplitData,
-    cfg: TrainConfig,
-    log_fn=None,
-    show_progress: bool = False,
-) -> TrainResult:
-    """Train with early stopping on validation accuracy; the best state is restored at the end."""
-    cfg.validate()
-    train_data.check("train")
-    val_data.check("val")
-    gen = seed_everything(cfg.seed)
-    num_classes = int(max(train_data.labels.max(), val_data.labels.max())) + 1
-    weight = None
-    if cfg.class_weights:
-        counts = torch.bincount(train_data.labels, minlength=num_classes).float()
-        weight = counts.sum() / (num_classes * counts.clamp(min=1))
-    loss_fn = nn.CrossEntropyLoss(weight=weight)
-    if cfg.optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
-    sched = warmup_cosine(opt, total_steps=cfg.epochs * steps_per_epoch, warmup_frac=0.1)
-    modalities = sorted(train_data.features)
-    result = TrainResult()
-    best_state = copy.deepcopy(model.state_dict())
-    best_loss = float("inf")
-    bad_epochs = 0
-    t0 = time.perf_counter()
-    bar = progress(range(cfg.epochs), enabled=show_progress, desc="epochs", leave=False)
-    for epoch in bar:
-        model.train()
-        perm = torch.randperm(len(train_data), generator=gen)
-        total, correct, loss_sum = 0, 0, 0.0
-        for start in range(0, len(perm), cfg.batch_size):
-            idx = perm[start : start + cfg.batch_size]
+        def step(idx: Tensor, gen: torch.Generator) -> Step:
             feats, mask = _batch(train_data, idx)
             mask = _modality_dropout(mask, modalities, len(idx), cfg.modality_dropout, gen)
             out = model(feats, mask)
-            loss = loss_fn(out.logits, train_data.labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((out.logits.argmax(1) == train_data.labels[idx]).sum())
-            total += len(idx)
-        val_logits, _ = predict(model, val_data)
-        val_loss = float(nn.functional.cross_entropy(val_logits, val_data.labels))
-        val_acc = accuracy(val_logits, val_data.labels)
-        rec = {
-            "epoch": epoch,
-            "train_loss": loss_sum / total,
-            "train_acc": correct / total,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-        }
-        result.history.append(rec)
-        if log_fn is not None:
-            log_fn(rec)
-        improved = (
-            val_acc > result.best_val_acc
-            or (val_acc == result.best_val_acc and val_loss < best_loss)
-            or result.best_epoch < 0
-        )
-        if improved:
-            result.best_val_acc, best_loss, result.best_epoch = val_acc, val_loss, epoch
-            best_state = copy.deepcopy(model.state_dict())
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-            if bad_epochs >= cfg.patience:
-                break
-    result.epochs_run = len(result.history)
-    result.train_time_s = time.perf_counter() - t0
-    model.load_state_dict(best_state)
-    model.eval()
-    return result
+            labels = train_data.labels[idx]
+            correct = int((out.logits.argmax(1) == labels).sum())
+            return Step(loss_fn(out.logits, labels), len(idx), sums={"train_acc": correct})
+
+        def evaluate() -> dict[str, float]:
+            val_logits, _ = predict(model, val_data)
+            val_loss = float(nn.functional.cross_entropy(val_logits, val_data.labels))
+            return {"val_loss": val_loss, "val_acc": accuracy(val_logits, val_data.labels)}
+
+        return fit(model, opt, sched, batches, step, evaluate, epochs=cfg.epochs, seed=cfg.seed, monitor="val_acc",
+                   mode="max", patience=cfg.patience, tiebreak="val_loss", grad_clip=cfg.grad_clip,
+                   checkpoint=checkpoint, resume=resume, log_fn=log_fn, show_progress=show_progress)  # fmt: skip

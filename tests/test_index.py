@@ -6,7 +6,6 @@ import json
 import pytest
 import torch
 
-from fusionkit import workbook as wb
 from fusionkit.data import shapes
 from fusionkit.index import LEGACY_VERSION, VERSION, FeatureIndex, FeatureIndexError
 
@@ -16,7 +15,7 @@ def indexed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("index")
     ds = shapes.generate(tmp / "shapes", n=40, image_size=32, progress=False)
     path = tmp / "features.json"
-    index = wb.extract_all(ds, {"audio": "logmel"}, tmp / "cache", ["pooled"], index_path=path, progress=False)
+    index = FeatureIndex.build(ds, {"audio": "logmel"}, tmp / "cache", ["pooled"], path=path, progress=False)
     return ds, path, index
 
 

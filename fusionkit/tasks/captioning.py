@@ -67,10 +67,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +89,8 @@ from fusionkit.data.problems import (
 )
 from fusionkit.data.readers import load_rgb
 from fusionkit.progress import progress
-from fusionkit.tasks._common import EarlyStopping, TrainCheckpoint, end_epoch, warmup_cosine
 from fusionkit.tasks.metrics import caption_metrics, consensus_scores, simple_tokenize
+from fusionkit.training import Step, TrainResult, fit, warmup_cosine
 
 Tensor = torch.Tensor
 
@@ -101,7 +100,6 @@ __all__ = [
     "CaptionSplit",
     "CaptionTokenizer",
     "CaptionTrainConfig",
-    "CaptionTrainResult",
     "Generation",
     "LSTMAttentionCaptioner",
     "TransformerCaptioner",
@@ -1122,19 +1120,6 @@ class CaptionTrainConfig:
             raise ValueError("label_smoothing and warmup_frac must be in [0, 1)")
 
 
-@dataclass
-class CaptionTrainResult:
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = -1
-    best_value: float = float("nan")
-    monitor: str = "cider"
-    epochs_run: int = 0
-    train_time_s: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def _loss(model: CaptionDecoder, grid, pooled, tokens, smoothing: float) -> tuple[Tensor, Tensor]:
     inp, tgt = tokens[:, :-1], tokens[:, 1:]
     out = model(grid, inp, pooled)
@@ -1185,56 +1170,44 @@ def train_captioner(
     show_progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
-) -> CaptionTrainResult:
+) -> TrainResult:
     """Teacher forcing over every (image, caption) pair of ``train`` each epoch; validation loss
     and (``monitor="cider"``) greedy CIDEr-D on up to ``val_max_images`` validation images after
     each epoch; early stopping on ``monitor``; the best state is restored. Without ``val`` the
-    model trains for ``epochs`` and keeps its last state.
+    model trains for ``epochs`` and keeps its last state. The result's ``monitor`` is the
+    config's name of the metric (``"cider"`` / ``"loss"``, watched as ``val_cider`` / ``val_loss``).
 
     ``checkpoint``: a file the full training state is written to after every epoch
-    (:class:`~fusionkit.tasks._common.TrainCheckpoint`); ``resume=True`` continues from it, to
+    (:class:`~fusionkit.training.TrainCheckpoint`); ``resume=True`` continues from it, to
     the same result as an uninterrupted run."""
     cfg = cfg or CaptionTrainConfig()
     cfg.validate()
-    from fusionkit.train import seed_everything
-
-    gen = seed_everything(cfg.seed)
     dev = next(model.parameters()).device
     opt = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
     steps = cfg.epochs * math.ceil(len(train.tokens) / cfg.batch_size)
-    sched = warmup_cosine(opt, int(cfg.warmup_frac * steps), steps)
-    stopper = EarlyStopping(cfg.patience, "max" if cfg.monitor == "cider" else "min")
+    sched = warmup_cosine(opt, steps, int(cfg.warmup_frac * steps))
     val_sub = val
     if val is not None and cfg.val_max_images and len(val) > cfg.val_max_images:
         val_sub = val.subset(torch.arange(cfg.val_max_images))
-    result = CaptionTrainResult(monitor=cfg.monitor)
-    ckpt = TrainCheckpoint(checkpoint)
-    start, result.history = ckpt.restore(model, opt, sched, stopper, gen, cfg.epochs) if resume else (0, [])
-    t0 = time.perf_counter()
-    for epoch in progress(range(start, cfg.epochs), enabled=show_progress, desc="caption epochs", leave=False):
-        model.train()
+
+    def batches(gen: torch.Generator):
         perm = torch.randperm(len(train.tokens), generator=gen)
-        loss_sum, n_sum = 0.0, 0
         for s in range(0, len(perm), cfg.batch_size):
-            idx = perm[s : s + cfg.batch_size]
-            tok = train.tokens[idx]
-            tok = tok[:, : int((tok != model.pad_id).sum(1).max())].to(dev)  # trim the batch's padding
-            rows = train.caption_image[idx]
-            g = train.grid[rows].to(dev)
-            p = None if train.pooled is None else train.pooled[rows].to(dev)
-            ce, reg = _loss(model, g, p, tok, cfg.label_smoothing)
-            loss = ce + reg
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            loss_sum += ce.item() * len(idx)
-            n_sum += len(idx)
-        rec: dict[str, float] = {"epoch": epoch, "train_loss": loss_sum / max(n_sum, 1), "lr": sched.get_last_lr()[0]}
+            yield perm[s : s + cfg.batch_size]
+
+    def step(idx: Tensor, gen: torch.Generator) -> Step:
+        tok = train.tokens[idx]
+        tok = tok[:, : int((tok != model.pad_id).sum(1).max())].to(dev)  # trim the batch's padding
+        rows = train.caption_image[idx]
+        g = train.grid[rows].to(dev)
+        p = None if train.pooled is None else train.pooled[rows].to(dev)
+        ce, reg = _loss(model, g, p, tok, cfg.label_smoothing)
+        return Step(ce + reg, len(idx), logged=ce.detach())
+
+    def evaluate() -> dict[str, float]:
+        rec: dict[str, float] = {"lr": sched.get_last_lr()[0]}
         if val is not None:
             rec["val_loss"] = caption_loss(model, val)
             if cfg.monitor == "cider":
@@ -1242,18 +1215,15 @@ def train_captioner(
                 rec["val_cider"] = caption_metrics(
                     val_sub.reference_dict(), preds, metrics=("CIDEr",), tokenize="simple"
                 )["CIDEr"]
-        value = None if val is None else rec["val_cider"] if cfg.monitor == "cider" else rec["val_loss"]
-        if end_epoch(rec, result.history, epoch, value, model, stopper, ckpt, opt, sched, gen, log_fn):
-            break
-    result.epochs_run = len(result.history)
-    result.train_time_s = time.perf_counter() - t0
-    if val is not None:
-        stopper.restore(model)
-        result.best_epoch, result.best_value = stopper.best_epoch, float(stopper.best)
-    else:
-        result.best_epoch = result.epochs_run - 1
-    model.eval()
-    return result
+        return rec
+
+    monitor = None if val is None else f"val_{cfg.monitor}"
+    res = fit(model, opt, sched, batches, step, evaluate, epochs=cfg.epochs, seed=cfg.seed, monitor=monitor,
+              mode="max" if cfg.monitor == "cider" else "min", patience=cfg.patience, grad_clip=cfg.grad_clip,
+              checkpoint=checkpoint, resume=resume, log_fn=log_fn, show_progress=show_progress,
+              desc="caption epochs")  # fmt: skip
+    res.monitor = cfg.monitor
+    return res
 
 
 def evaluate_captioner(

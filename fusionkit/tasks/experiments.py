@@ -2,7 +2,7 @@
 
 ::
 
-    # 02_feature_extraction, after workbook.extract_all(...)
+    # 02_feature_extraction, after FeatureIndex.build(...)
     extract_task_features(ds, features_index, tasks, cache_dir)          # adds index["tasks"]
     # 04_train
     summary = train_task("captioning", features_index, task_dir, seed=seed)
@@ -19,7 +19,7 @@ Features (:func:`extract_task_features`)
                    :class:`~fusionkit.tasks.captioning.CaptionDataset` and
                    :class:`~fusionkit.tasks.vqa.VQATable` call the image). When the dataset itself is
                    already one sample per image with those ids (the shapes dataset), it is used as is,
-                   so whatever ``extract_all`` cached for it is reused.
+                   so whatever ``FeatureIndex.build`` cached for it is reused.
     ``captions``   one sample per *distinct* reference caption (after CaptionDataset's whitespace
                    clean-up), id = :func:`text_key` of the text; a caption's features are found by its
                    text, so the rows of ``CaptionDataset.pairs(split)`` map to feature rows by
@@ -34,7 +34,7 @@ Features (:func:`extract_task_features`)
     ``pooled`` (sentence vectors). A second run is a
     cache hit everywhere: no forward pass.
 
-    The result is written into the feature index (the same JSON file ``extract_all`` wrote,
+    The result is written into the feature index (the same JSON file ``FeatureIndex.build`` wrote,
     atomically rewritten) under ``"tasks"``: per task ``status`` ("ok" / "skipped") with the reason
     when skipped (no ``captions.json`` -> no captioning/retrieval; no ``vqa/`` -> no VQA), the
     source files, the encoders, and the cached files per split.
@@ -78,6 +78,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn import functional as F
 
 from fusionkit import bundle
 from fusionkit.data.base import SPLITS, Dataset, Sample, atomic_write_text, write_dataset
@@ -88,6 +89,7 @@ from fusionkit.index import FeatureIndex
 from fusionkit.progress import progress_enabled
 from fusionkit.runtime import tune_allocator
 from fusionkit.tasks.transfer import FinetuneConfig as _FinetuneConfig
+from fusionkit.training import Step, TrainResult, fit, seed_everything, warmup_cosine
 
 Tensor = torch.Tensor
 
@@ -310,7 +312,7 @@ def extract_task_features(
 ) -> dict[str, Any]:
     """Cache what the tasks need and record it in the feature index (see the module docstring).
 
-    ``ds``: the dataset ``extract_all`` indexed (checked against the index's manifest hash).
+    ``ds``: the dataset ``FeatureIndex.build`` indexed (checked against the index's manifest hash).
     ``tasks``: names from :data:`TASKS` (or "all"). ``cache_dir``: default, the index's.
     ``image_encoder`` / ``text_encoder``: an Encoder, a registry name, or None for the encoder the
     index records for the dataset's image / text modality (else the kind's default).
@@ -331,7 +333,7 @@ def extract_task_features(
         raise TaskSetupError(
             f"{index_path}: written for dataset {index.get('dataset')!r} at {index.get('dataset_dir')} "
             f"(manifest {index.get('manifest_hash')}), not for {ds.name!r} at {ds.root} "
-            f"(manifest {ds.manifest_hash()}); run extract_all on this dataset first"
+            f"(manifest {ds.manifest_hash()}); run FeatureIndex.build on this dataset first"
         )
     cache_dir = Path(cache_dir or index.get("cache_dir") or "")
     if not str(cache_dir):
@@ -1167,29 +1169,13 @@ def _vqa_logits(model: VQANet, a: _VQAArrays, batch_images: int = 64) -> Tensor:
     return res
 
 
-@dataclass
-class VQATrainResult:
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = -1
-    best_val_acc: float = float("nan")
-    epochs_run: int = 0
-    train_time_s: float = 0.0
-
-
 def _fit_vqa(
     model: VQANet, train: _VQAArrays, val: _VQAArrays, opts, epochs: int, seed: int, progress: bool, checkpoint=None
-):
+) -> TrainResult:
     """Batches of ``images_per_batch`` images with all their (answerable) questions: the image
     branch runs once per image. AdamW, warm-up + cosine, label smoothing, early stopping on the
     validation accuracy of the top answer (questions outside the vocabulary count as wrong).
     ``checkpoint``: training state after every epoch; ``opts["resume"]``: continue from it."""
-    from torch.nn import functional as F
-
-    from fusionkit.progress import progress as bar
-    from fusionkit.tasks._common import EarlyStopping, TrainCheckpoint, end_epoch, warmup_cosine
-    from fusionkit.train import seed_everything
-
-    gen = seed_everything(seed)
     ok = train.labels >= 0
     by_image: list[list[int]] = [[] for _ in range(len(train.images))]
     for qi, (img, good) in enumerate(zip(train.q_image.tolist(), ok.tolist())):
@@ -1201,44 +1187,30 @@ def _fit_vqa(
     bpi = max(1, int(opts["images_per_batch"]))
     steps = epochs * math.ceil(len(has_q) / bpi)
     opt = torch.optim.AdamW(model.parameters(), lr=float(opts["lr"]), weight_decay=float(opts["weight_decay"]))
-    sched = warmup_cosine(opt, int(0.05 * steps), steps)
-    stopper = EarlyStopping(int(opts["patience"]), "max")
-    result = VQATrainResult()
-    ckpt = TrainCheckpoint(checkpoint)
-    start, result.history = ckpt.restore(model, opt, sched, stopper, gen, epochs) if opts["resume"] else (0, [])
-    t0 = time.perf_counter()
-    for epoch in bar(range(start, epochs), enabled=_show(progress), desc="vqa epochs", leave=False):
-        model.train()
+    sched = warmup_cosine(opt, steps, int(0.05 * steps))
+
+    def batches(gen: torch.Generator):
         perm = has_q[torch.randperm(len(has_q), generator=gen)]
-        loss_sum, n_sum, correct = 0.0, 0, 0
         for s in range(0, len(perm), bpi):
-            imgs = perm[s : s + bpi]
-            qs = torch.as_tensor([q for i in imgs.tolist() for q in by_image[i]], dtype=torch.long)
-            local = torch.full((len(train.images),), -1, dtype=torch.long)
-            local[imgs] = torch.arange(len(imgs))
-            logits = model(train.images[imgs], train.questions[qs], local[train.q_image[qs]])
-            y = train.labels[qs]
-            loss = F.cross_entropy(logits, y, label_smoothing=float(opts["label_smoothing"]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            sched.step()
-            loss_sum += float(loss.detach()) * len(qs)
-            n_sum += len(qs)
-            correct += int((logits.argmax(1) == y).sum())
+            yield perm[s : s + bpi]
+
+    def step(imgs: Tensor, gen: torch.Generator) -> Step:
+        qs = torch.as_tensor([q for i in imgs.tolist() for q in by_image[i]], dtype=torch.long)
+        local = torch.full((len(train.images),), -1, dtype=torch.long)
+        local[imgs] = torch.arange(len(imgs))
+        logits = model(train.images[imgs], train.questions[qs], local[train.q_image[qs]])
+        y = train.labels[qs]
+        loss = F.cross_entropy(logits, y, label_smoothing=float(opts["label_smoothing"]))
+        return Step(loss, len(qs), sums={"train_acc": int((logits.argmax(1) == y).sum())})
+
+    def evaluate() -> dict[str, float]:
         vl = _vqa_logits(model, val)
         val_acc = float((vl.argmax(1) == val.labels).float().mean()) if len(vl) else float("nan")
-        rec = {"epoch": epoch, "train_loss": loss_sum / max(n_sum, 1), "train_acc": correct / max(n_sum, 1),
-               "val_acc": val_acc, "lr": sched.get_last_lr()[0]}  # fmt: skip
-        if end_epoch(rec, result.history, epoch, val_acc, model, stopper, ckpt, opt, sched, gen):
-            break
-    stopper.restore(model)
-    model.eval()
-    result.best_epoch, result.best_val_acc = stopper.best_epoch, float(stopper.best)
-    result.epochs_run = len(result.history)
-    result.train_time_s = time.perf_counter() - t0
-    return result
+        return {"val_acc": val_acc, "lr": sched.get_last_lr()[0]}
+
+    return fit(model, opt, sched, batches, step, evaluate, epochs=epochs, seed=seed, monitor="val_acc",
+               patience=int(opts["patience"]), grad_clip=5.0, checkpoint=checkpoint, resume=bool(opts["resume"]),
+               show_progress=_show(progress), desc="vqa epochs")  # fmt: skip
 
 
 def _build_vqa(meta: Mapping[str, Any]) -> VQANet:
@@ -1248,7 +1220,6 @@ def _build_vqa(meta: Mapping[str, Any]) -> VQANet:
 def _train_vqa(index, index_path, out, seed, epochs, method, opts, progress) -> dict[str, Any]:
     from fusionkit.fusion import available
     from fusionkit.tasks.vqa import AnswerVocab
-    from fusionkit.train import seed_everything
 
     methods = _methods(method, opts["methods"], available(), "vqa fusion methods")
     tables = _vqa_tables(index, index_path)
@@ -1285,7 +1256,7 @@ def _train_vqa(index, index_path, out, seed, epochs, method, opts, progress) -> 
             "vocab": vocab.state_dict(),
             "options": opts,
             "seed": seed,
-            "train": asdict_(res),
+            "train": res.as_dict(),
             "params": model.num_parameters(),
         }
         _save(model, out / f"{m}.safetensors", meta)
@@ -1380,12 +1351,6 @@ def _finetune_vqa(index, index_path, out: Path, method: str, model, meta, train:
     bundle.save_tensors(files["features"], feats)
     ckpt.unlink(missing_ok=True)  # finished: nothing left to resume
     return _finetune_summary(f"{method}_finetuned", "val_accuracy", res.best_value, res, cfg)
-
-
-def asdict_(obj) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(obj)
 
 
 # -------------------------------------------------------------------------------- retrieval

@@ -40,9 +40,8 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,8 +50,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fusionkit.data.problems import check_on_error
-from fusionkit.progress import progress
-from fusionkit.tasks._common import EarlyStopping, TrainCheckpoint, end_epoch, warmup_cosine
+from fusionkit.training import Step, TrainResult, fit, warmup_cosine
 
 Tensor = torch.Tensor
 
@@ -62,7 +60,6 @@ __all__ = [
     "MatchingModel",
     "RetrievalSplit",
     "RetrievalTrainConfig",
-    "RetrievalTrainResult",
     "RidgeMap",
     "build_matcher",
     "encode_split",
@@ -476,18 +473,6 @@ class RetrievalTrainConfig:
     seed: int = 0
 
 
-@dataclass
-class RetrievalTrainResult:
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = -1
-    best_rsum: float = float("nan")
-    epochs_run: int = 0
-    train_time_s: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def train_dual_encoder(
     model: DualEncoder,
     train: RetrievalSplit,
@@ -497,66 +482,42 @@ def train_dual_encoder(
     show_progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
-) -> RetrievalTrainResult:
+) -> TrainResult:
     """Every (image, caption) pair once per epoch, shuffled; symmetric InfoNCE; validation RSUM
     after each epoch, early stopping on it, best state restored (no ``val``: last state).
     ``checkpoint`` / ``resume``: as in :func:`fusionkit.tasks.captioning.train_captioner`."""
     cfg = cfg or RetrievalTrainConfig()
-    from fusionkit.train import seed_everything
-
-    gen = seed_everything(cfg.seed)
     dev = next(model.parameters()).device
     opt = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
     steps = cfg.epochs * math.ceil(train.n_texts / cfg.batch_size)
-    sched = warmup_cosine(opt, int(cfg.warmup_frac * steps), steps)
-    stopper = EarlyStopping(cfg.patience, "max")
-    result = RetrievalTrainResult()
-    ckpt = TrainCheckpoint(checkpoint)
-    start, result.history = ckpt.restore(model, opt, sched, stopper, gen, cfg.epochs) if resume else (0, [])
-    t0 = time.perf_counter()
-    for epoch in progress(range(start, cfg.epochs), enabled=show_progress, desc="dual encoder epochs", leave=False):
-        model.train()
+    sched = warmup_cosine(opt, steps, int(cfg.warmup_frac * steps))
+
+    def batches(gen: torch.Generator):
         perm = torch.randperm(train.n_texts, generator=gen)
-        loss_sum, n_sum = 0.0, 0
         for s in range(0, len(perm), cfg.batch_size):
             idx = perm[s : s + cfg.batch_size]
-            if len(idx) < 2:
-                continue
-            rows = train.text_to_image[idx]
-            img, txt = model(train.image[rows].to(dev), train.text[idx].to(dev))
-            loss = info_nce(img, txt, model.scale(), rows.to(dev))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            model.clamp_()
-            loss_sum += loss.item() * len(idx)
-            n_sum += len(idx)
-        rec: dict[str, float] = {
-            "epoch": epoch,
-            "train_loss": loss_sum / max(n_sum, 1),
-            "temperature": float(1 / model.scale().detach()),
-        }
+            if len(idx) >= 2:  # InfoNCE needs a negative
+                yield idx
+
+    def step(idx: Tensor, gen: torch.Generator) -> Step:
+        rows = train.text_to_image[idx]
+        img, txt = model(train.image[rows].to(dev), train.text[idx].to(dev))
+        return Step(info_nce(img, txt, model.scale(), rows.to(dev)), len(idx))
+
+    def evaluate() -> dict[str, float]:
+        rec = {"temperature": float(1 / model.scale().detach())}
         if val is not None:
             ie, te = encode_split(model, val)
             m = recall_at_k((ie, te), val.text_to_image, chunk_size=cfg.chunk_size)
             rec.update({f"val_{k}": v for k, v in m.items()})
-        value = rec["val_rsum"] if val is not None else None
-        if end_epoch(rec, result.history, epoch, value, model, stopper, ckpt, opt, sched, gen, log_fn):
-            break
-    result.epochs_run = len(result.history)
-    result.train_time_s = time.perf_counter() - t0
-    if val is not None:
-        stopper.restore(model)
-        result.best_epoch, result.best_rsum = stopper.best_epoch, float(stopper.best)
-    else:
-        result.best_epoch = result.epochs_run - 1
-    model.eval()
-    return result
+        return rec
+
+    return fit(model, opt, sched, batches, step, evaluate, epochs=cfg.epochs, seed=cfg.seed,
+               monitor=None if val is None else "val_rsum", patience=cfg.patience, grad_clip=cfg.grad_clip,
+               after_step=model.clamp_, checkpoint=checkpoint, resume=resume, log_fn=log_fn,
+               show_progress=show_progress, desc="dual encoder epochs")  # fmt: skip
 
 
 # ============================================================================== ridge baseline
@@ -696,76 +657,60 @@ def train_matcher(
     cfg: MatcherTrainConfig | None = None,
     log_fn: Callable[[dict[str, float]], None] | None = None,
     show_progress: bool = False,
-) -> RetrievalTrainResult:
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> TrainResult:
     """Train the matching model with the dual encoder's hard negatives (mined once on ``train``):
     per caption, a softmax over (its image, ``n_negatives`` hard wrong images) and over (the
     caption, ``n_negatives`` hard wrong captions of its image). Early stopping on the validation
-    RSUM after re-ranking the dual encoder's top ``rerank_k``."""
+    RSUM after re-ranking the dual encoder's top ``rerank_k``. ``checkpoint`` / ``resume``: as in
+    :func:`fusionkit.tasks.captioning.train_captioner`."""
     cfg = cfg or MatcherTrainConfig()
-    from fusionkit.train import seed_everything
-
-    gen = seed_everything(cfg.seed)
     dev = next(matcher.parameters()).device
     neg_i2t, neg_t2i = mine_hard_negatives(dual, train, cfg.hard_k, cfg.chunk_size)
     n_neg = min(cfg.n_negatives, neg_i2t.shape[1], neg_t2i.shape[1])
     opt = torch.optim.AdamW(matcher.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * math.ceil(train.n_texts / cfg.batch_size)
-    sched = warmup_cosine(opt, int(cfg.warmup_frac * steps), steps)
-    stopper = EarlyStopping(cfg.patience, "max")
-    result = RetrievalTrainResult()
-    t0 = time.perf_counter()
-    for epoch in progress(range(cfg.epochs), enabled=show_progress, desc="matcher epochs", leave=False):
-        matcher.train()
+    sched = warmup_cosine(opt, steps, int(cfg.warmup_frac * steps))
+
+    def batches(gen: torch.Generator):
         perm = torch.randperm(train.n_texts, generator=gen)
-        loss_sum, n_sum = 0.0, 0
         for s in range(0, len(perm), cfg.batch_size):
-            t = perm[s : s + cfg.batch_size]
-            b = len(t)
-            img = train.text_to_image[t]
-            pick_i = torch.rand(b, neg_t2i.shape[1], generator=gen).argsort(1)[:, :n_neg]
-            pick_t = torch.rand(b, neg_i2t.shape[1], generator=gen).argsort(1)[:, :n_neg]
-            neg_img = neg_t2i[t].gather(1, pick_i)  # (b, n) wrong images for caption t
-            neg_txt = neg_i2t[img].gather(1, pick_t)  # (b, n) wrong captions for image img
-            # group 1 (text -> image): (img, t), (neg_img, t); group 2 (image -> text): (img, t), (img, neg_txt)
-            g1_i = torch.cat([img[:, None], neg_img], 1)
-            g1_t = t[:, None].expand(-1, n_neg + 1)
-            g2_i = img[:, None].expand(-1, n_neg + 1)
-            g2_t = torch.cat([t[:, None], neg_txt], 1)
-            ii = torch.cat([g1_i, g2_i[:, 1:]], 1).reshape(-1)
-            tt = torch.cat([g1_t, g2_t[:, 1:]], 1).reshape(-1)
-            logits = matcher(train.image[ii].to(dev), train.text[tt].to(dev)).view(b, 2 * n_neg + 1)
-            pos = logits[:, :1]
-            target = torch.zeros(b, dtype=torch.long, device=dev)
-            loss = (
-                F.cross_entropy(torch.cat([pos, logits[:, 1 : n_neg + 1]], 1), target)
-                + F.cross_entropy(torch.cat([pos, logits[:, n_neg + 1 :]], 1), target)
-            ) / 2
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(matcher.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            loss_sum += loss.item() * b
-            n_sum += b
-        rec: dict[str, float] = {"epoch": epoch, "train_loss": loss_sum / max(n_sum, 1)}
-        if val is not None:
-            after = rerank(dual, matcher, val, k=cfg.rerank_k, chunk_size=cfg.chunk_size)["after"]
-            rec.update({f"val_{k}": v for k, v in after.items()})
-        result.history.append(rec)
-        if log_fn is not None:
-            log_fn(rec)
-        if val is not None and stopper.step(rec["val_rsum"], matcher, epoch):
-            break
-    result.epochs_run = len(result.history)
-    result.train_time_s = time.perf_counter() - t0
-    if val is not None:
-        stopper.restore(matcher)
-        result.best_epoch, result.best_rsum = stopper.best_epoch, float(stopper.best)
-    else:
-        result.best_epoch = result.epochs_run - 1
-    matcher.eval()
-    return result
+            yield perm[s : s + cfg.batch_size]
+
+    def step(t: Tensor, gen: torch.Generator) -> Step:
+        b = len(t)
+        img = train.text_to_image[t]
+        pick_i = torch.rand(b, neg_t2i.shape[1], generator=gen).argsort(1)[:, :n_neg]
+        pick_t = torch.rand(b, neg_i2t.shape[1], generator=gen).argsort(1)[:, :n_neg]
+        neg_img = neg_t2i[t].gather(1, pick_i)  # (b, n) wrong images for caption t
+        neg_txt = neg_i2t[img].gather(1, pick_t)  # (b, n) wrong captions for image img
+        # group 1 (text -> image): (img, t), (neg_img, t); group 2 (image -> text): (img, t), (img, neg_txt)
+        g1_i = torch.cat([img[:, None], neg_img], 1)
+        g1_t = t[:, None].expand(-1, n_neg + 1)
+        g2_i = img[:, None].expand(-1, n_neg + 1)
+        g2_t = torch.cat([t[:, None], neg_txt], 1)
+        ii = torch.cat([g1_i, g2_i[:, 1:]], 1).reshape(-1)
+        tt = torch.cat([g1_t, g2_t[:, 1:]], 1).reshape(-1)
+        logits = matcher(train.image[ii].to(dev), train.text[tt].to(dev)).view(b, 2 * n_neg + 1)
+        pos = logits[:, :1]
+        target = torch.zeros(b, dtype=torch.long, device=dev)
+        loss = (
+            F.cross_entropy(torch.cat([pos, logits[:, 1 : n_neg + 1]], 1), target)
+            + F.cross_entropy(torch.cat([pos, logits[:, n_neg + 1 :]], 1), target)
+        ) / 2
+        return Step(loss, b)
+
+    def evaluate() -> dict[str, float]:
+        if val is None:
+            return {}
+        after = rerank(dual, matcher, val, k=cfg.rerank_k, chunk_size=cfg.chunk_size)["after"]
+        return {f"val_{k}": v for k, v in after.items()}
+
+    return fit(matcher, opt, sched, batches, step, evaluate, epochs=cfg.epochs, seed=cfg.seed,
+               monitor=None if val is None else "val_rsum", patience=cfg.patience, grad_clip=cfg.grad_clip,
+               checkpoint=checkpoint, resume=resume, log_fn=log_fn, show_progress=show_progress,
+               desc="matcher epochs")  # fmt: skip
 
 
 def _rerank_direction(new_scores: Tensor, is_pos: Tensor, old_ranks: Tensor) -> Tensor:

@@ -32,27 +32,21 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from fusionkit.progress import progress
-from fusionkit.tasks._common import EarlyStopping, TrainCheckpoint, end_epoch, warmup_cosine
-from fusionkit.tasks.retrieval import (
-    DualEncoder,
-    RetrievalTrainResult,
-    _positives_table,
-    info_nce,
-    recall_at_k,
-)
+from fusionkit.tasks import captioning as C
+from fusionkit.tasks.metrics import caption_metrics
+from fusionkit.tasks.retrieval import DualEncoder, _positives_table, info_nce, recall_at_k
+from fusionkit.training import Step, TrainResult, fit, warmup_cosine
 
 Tensor = torch.Tensor
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "decode_for_training", "encode_image_features", "encode_images",
+__all__ = ["FinetuneConfig", "decode_for_training", "encode_image_features", "encode_images",
            "encode_texts", "finetune_captioner", "finetune_dual_encoder", "finetune_on_images",
            "image_augmentation"]  # fmt: skip
 
@@ -155,19 +149,6 @@ class FinetuneConfig:
     seed: int = 0
 
 
-@dataclass
-class FinetuneResult:
-    history: list[dict[str, float]] = field(default_factory=list)
-    monitor: str = ""
-    best_epoch: int = -1
-    best_value: float = float("nan")
-    epochs_run: int = 0
-    train_time_s: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 class _Tower(nn.Module):
     """Task model + encoders in one module, so state dicts and early stopping cover all of them."""
 
@@ -182,17 +163,6 @@ def _trainable_state(m: nn.Module) -> dict[str, Tensor]:
     """Parameters that train, plus every buffer (BatchNorm running statistics of the trained blocks)."""
     params = dict(m.named_parameters())
     return {k: v.detach().clone() for k, v in m.state_dict().items() if k not in params or params[k].requires_grad}
-
-
-class _StateView:
-    """What :class:`EarlyStopping` copies: only the trainable part of the tower (the frozen
-    encoder blocks never change, so copying them every epoch would only cost memory)."""
-
-    def __init__(self, tower: nn.Module):
-        self.tower = tower
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return _trainable_state(self.tower)
 
 
 BatchLoss = Callable[[dict[str, Tensor], Tensor, torch.Generator], tuple[Tensor, int]]
@@ -218,8 +188,11 @@ def finetune_on_images(
     log_fn: Callable[[dict[str, float]], None] | None = None,
     show_progress: bool = False,
     desc: str = "fine-tune epochs",
-) -> FinetuneResult:
-    """The fine-tuning loop every task uses (see the module docstring).
+) -> TrainResult:
+    """The fine-tuning set-up every task uses (see the module docstring): the encoders' blocks
+    unfrozen, two learning rates, augmented batches of training images; the epochs are
+    :func:`fusionkit.training.fit`'s, with early stopping on ``monitor`` and only the trainable
+    part of model and encoders copied for the best epoch and the checkpoint.
 
     ``train_images`` / ``val_images``: uint8 from :func:`decode_for_training`. ``train_rows``:
     the training images that have targets (default: all). ``batch_loss(features, rows, gen)``:
@@ -229,13 +202,10 @@ def finetune_on_images(
     ``cfg.text_blocks > 0``. ``after_step``: called after every optimizer step (e.g. clamping a
     temperature). The encoders are changed in place; the best state of model and encoders is
     restored at the end and everything is left in eval mode."""
-    from fusionkit.train import seed_everything
-
     if train_images.dtype != torch.uint8 or val_images.dtype != torch.uint8:
         raise TypeError("images must be uint8 tensors from decode_for_training")
     if cfg.text_blocks and text_encoder is None:
         raise ValueError("text_blocks > 0 needs a text_encoder")
-    gen = seed_everything(cfg.seed)
     image_encoder.freeze()
     if cfg.image_blocks:
         image_encoder.unfreeze(cfg.image_blocks)
@@ -250,58 +220,40 @@ def finetune_on_images(
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
     if enc_params:
         groups.append({"params": enc_params, "lr": cfg.encoder_lr})
-    params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     rows_all = torch.arange(len(train_images)) if train_rows is None else torch.as_tensor(train_rows).long()
     if not len(rows_all):
         raise ValueError("no training images to fine-tune on")
     steps = cfg.epochs * math.ceil(len(rows_all) / cfg.batch_size)
-    sched = warmup_cosine(opt, int(cfg.warmup_frac * steps), steps)
-    stopper = EarlyStopping(cfg.patience, "max")
-    result = FinetuneResult(monitor=monitor)
+    sched = warmup_cosine(opt, steps, int(cfg.warmup_frac * steps))
     augment = image_augmentation(int(image_encoder.crop_size)) if (cfg.augment and cfg.image_blocks) else None
     crop = int(image_encoder.crop_size)
-    ckpt = TrainCheckpoint(checkpoint)
-    start, result.history = ckpt.restore(tower, opt, sched, stopper, gen, cfg.epochs) if resume else (0, [])
-    t0 = time.perf_counter()
-    for epoch in progress(range(start, cfg.epochs), enabled=show_progress, desc=desc, leave=False):
-        tower.train()
+
+    def batches(gen: torch.Generator):
         perm = rows_all[torch.randperm(len(rows_all), generator=gen)]
-        loss_sum, n_sum = 0.0, 0
         for s in range(0, len(perm), cfg.batch_size):
             rows = perm[s : s + cfg.batch_size]
             if len(rows) < min_batch:
                 continue
             imgs = train_images[rows]
             x = torch.stack([augment(im) for im in imgs]) if augment is not None else _center(imgs, crop)
-            loss, n = batch_loss(image_encoder(x), rows, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            if after_step is not None:
-                after_step()
-            loss_sum += float(loss.detach()) * n
-            n_sum += n
-        tower.eval()
+            yield x, rows
+
+    def step(batch: tuple[Tensor, Tensor], gen: torch.Generator) -> Step:
+        x, rows = batch
+        loss, n = batch_loss(image_encoder(x), rows, gen)
+        return Step(loss, n)
+
+    def evaluate() -> dict[str, float]:
         vfeats = encode_image_features(image_encoder, val_images)
         with torch.inference_mode():
             val = validate(vfeats)
-        if monitor not in val:
-            raise KeyError(f"validate returned no {monitor!r} (got {sorted(val)})")
-        rec = {"epoch": epoch, "train_loss": loss_sum / max(n_sum, 1), "lr": sched.get_last_lr()[0], **val}
-        if end_epoch(rec, result.history, epoch, float(val[monitor]), _StateView(tower), stopper, ckpt, opt, sched,
-                     gen, log_fn):  # fmt: skip
-            break
-    result.epochs_run = len(result.history)
-    result.train_time_s = time.perf_counter() - t0
-    if stopper.best_state is not None:
-        tower.load_state_dict({**tower.state_dict(), **stopper.best_state})
-    result.best_epoch, result.best_value = stopper.best_epoch, float(stopper.best)
-    tower.eval()
-    return result
+        return {"lr": sched.get_last_lr()[0], **val}
+
+    return fit(tower, opt, sched, batches, step, evaluate, epochs=cfg.epochs, seed=cfg.seed, monitor=monitor,
+               patience=cfg.patience, grad_clip=cfg.grad_clip, after_step=after_step,
+               trainable_state=lambda: _trainable_state(tower), checkpoint=checkpoint, resume=resume,
+               log_fn=log_fn, show_progress=show_progress, desc=desc)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ retrieval
@@ -321,7 +273,7 @@ def finetune_dual_encoder(
     resume: bool = False,
     log_fn: Callable[[dict[str, float]], None] | None = None,
     show_progress: bool = False,
-) -> RetrievalTrainResult:
+) -> TrainResult:
     """Train ``dual`` end to end with the last ``cfg.image_blocks`` blocks of ``image_encoder``
     (and ``cfg.text_blocks`` of ``text_encoder``) unfrozen. Each step: ``batch_size`` distinct
     training images, each with one of its captions drawn at random (so no two pairs of a batch
@@ -357,15 +309,11 @@ def finetune_dual_encoder(
         m = recall_at_k((dual.encode_image(feats["pooled"]), dual.encode_text(vt)), val_text_to_image)
         return {"temperature": float(1 / dual.scale()), **{f"val_{k}": v for k, v in m.items()}}
 
-    res = finetune_on_images(
+    return finetune_on_images(
         dual, image_encoder, train_images, val_images, batch_loss, validate, cfg, monitor="val_rsum",
         text_encoder=text_encoder, min_batch=2, after_step=dual.clamp_, checkpoint=checkpoint, resume=resume,
         log_fn=log_fn, show_progress=show_progress,
     )  # fmt: skip
-    out = RetrievalTrainResult()
-    out.history, out.epochs_run, out.train_time_s = res.history, res.epochs_run, res.train_time_s
-    out.best_epoch, out.best_rsum = res.best_epoch, res.best_value
-    return out
 
 
 # ------------------------------------------------------------------------------ captioning
@@ -385,16 +333,13 @@ def finetune_captioner(
     resume: bool = False,
     log_fn: Callable[[dict[str, float]], None] | None = None,
     show_progress: bool = False,
-) -> FinetuneResult:
+) -> TrainResult:
     """Fine-tune a caption decoder together with the last ``cfg.image_blocks`` blocks of
     ``image_encoder``. ``train`` / ``val``: :class:`~fusionkit.tasks.captioning.CaptionSplit`
     (their captions and references; their cached features are not used), ``*_images``: the
     uint8 images of their rows. Each step: ``batch_size`` images, each with all its captions
     (teacher forcing, label smoothing); early stopping on the greedy CIDEr-D of up to
     ``val_max_images`` validation images."""
-    from fusionkit.tasks import captioning as C
-    from fusionkit.tasks.metrics import caption_metrics
-
     cfg = cfg or FinetuneConfig()
     if cfg.text_blocks:
         raise ValueError("captioning has no text encoder to fine-tune (the decoder reads word pieces)")

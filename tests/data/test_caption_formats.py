@@ -46,7 +46,7 @@ def test_karpathy_records_reach_the_loader_and_the_task_reader_alike(shapes_ds):
     assert {caps.splits[Path(r).stem] for r in entries} <= {"train", "val", "test"}
     assert all(caps.splits[Path(r).stem] == e.split for r, e in entries.items())
     assert V.image_keys_from_karpathy(path) == {d["imgid"]: Path(d["filename"]).stem for d in doc["images"]}
-    assert wb._captions(shapes_ds) == caps.references
+    assert wb.captions_by_sample(shapes_ds) == caps.references
 
 
 def test_a_malformed_karpathy_record_is_named_on_both_sides(tmp_path):

@@ -17,6 +17,7 @@ from fusionkit.data import shapes
 from fusionkit.data.base import load_dataset
 from fusionkit.data.problems import TaskInputError
 from fusionkit.encoders import build_encoder
+from fusionkit.index import FeatureIndex
 from fusionkit.tasks import experiments as X
 
 # tiny and fast: a random-init EfficientNet-Lite0 at 64 px (2 x 2 regions) and the real MiniLM
@@ -35,14 +36,14 @@ def encoders():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, encoders):
-    """(dataset, index path, cache dir, workspace): 60 scenes, the index written by extract_all
+    """(dataset, index path, cache dir, workspace): 60 scenes, the index written by FeatureIndex.build
     (text only: the image modality is extracted by the task code at 64 px) and the task features."""
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("experiments")
     ds = shapes.generate(tmp / "shapes", n=60, image_size=64, progress=False)
     index = tmp / "features.json"
     cache = tmp / "cache"
-    wb.extract_all(ds, {"text": "minilm"}, cache, ["pooled"], index_path=index, progress=False)
+    FeatureIndex.build(ds, {"text": "minilm"}, cache, ["pooled"], path=index, progress=False)
     X.extract_task_features(
         ds, index, X.TASKS, cache, image_encoder=encoders["image"], text_encoder=encoders["text"], progress=False
     )
@@ -61,7 +62,7 @@ def test_index_records_the_task_features_and_a_rerun_is_a_cache_hit(setup, encod
     ds, index_path, cache, _ = setup
     index = json.loads(index_path.read_text())
     entry = index["tasks"]
-    assert index["modalities"]["text"]["encoder"] == "minilm"  # extract_all's part is kept
+    assert index["modalities"]["text"]["encoder"] == "minilm"  # FeatureIndex.build's part is kept
     assert {t: s["status"] for t, s in entry["status"].items()} == {t: "ok" for t in X.TASKS}
     imgs = entry["features"]["images"]
     # the shapes dataset is one sample per image: it is used as is (its own cache entries)
@@ -97,7 +98,7 @@ def test_unsupported_tasks_are_skipped_with_the_reason(setup, encoders, tmp_path
     shutil.copytree(ds.root, root, ignore=shutil.ignore_patterns("vqa", "captions.json"))
     ds2 = load_dataset(root)
     index = tmp_path / "features.json"
-    wb.extract_all(ds2, {}, cache, ["pooled"], index_path=index, progress=False)
+    FeatureIndex.build(ds2, {}, cache, ["pooled"], path=index, progress=False)
     entry = X.extract_task_features(ds2, index, X.TASKS, cache, image_encoder=encoders["image"], progress=False)
     for t in X.TASKS:
         assert entry["status"][t]["status"] == "skipped"
@@ -304,7 +305,7 @@ FT = {"finetune_image_blocks": 1, "finetune_epochs": 3}  # after 1 frozen epoch:
 def test_resume_after_an_interrupt_saves_what_an_uninterrupted_run_saves(setup, monkeypatch, task, opts, model_file):
     from safetensors.torch import load_file
 
-    from fusionkit.tasks._common import TrainCheckpoint
+    from fusionkit.training import TrainCheckpoint
 
     _, index_path, _, tmp = setup
     full, part = tmp / f"{task}_full_{model_file}", tmp / f"{task}_part_{model_file}"
@@ -388,7 +389,7 @@ def test_bad_arguments_are_named(setup, tmp_path):
         X.train_task("vqa", bare, tmp_path)
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**json.loads(bare.read_text()), "manifest_hash": "0123456789abcdef"}))
-    with pytest.raises(TaskInputError, match="not for 'shapes'.*run extract_all"):
+    with pytest.raises(TaskInputError, match="not for 'shapes'.*run FeatureIndex.build"):
         X.extract_task_features(ds, other, X.TASKS, cache)
 
 
@@ -402,7 +403,7 @@ def test_bad_captions_raise_or_are_skipped_with_a_report(setup, encoders, tmp_pa
     (root / "captions.json").write_text(json.dumps(doc))
     ds2 = load_dataset(root)
     index = tmp_path / "features.json"
-    wb.extract_all(ds2, {}, cache, ["pooled"], index_path=index, progress=False)
+    FeatureIndex.build(ds2, {}, cache, ["pooled"], path=index, progress=False)
     kw = {"image_encoder": encoders["image"], "text_encoder": encoders["text"], "progress": False}
     with pytest.raises(TaskInputError, match=rf"captions.json: images\[0\] \({bad_id}\) caption 1: empty caption"):
         X.extract_task_features(ds2, index, ["retrieval"], cache, **kw)

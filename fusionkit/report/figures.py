@@ -1,0 +1,167 @@
+"""Every figure the notebooks and the report show: one function per figure, each returning a
+matplotlib ``Figure`` (the notebook displays it; ``Tracker.log_figure`` saves it for the report)."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from sklearn.decomposition import PCA
+
+from fusionkit.data.base import SPLITS, Dataset
+from fusionkit.data.readers import load_rgb
+from fusionkit.train import SplitData
+
+
+def plot_class_balance(balance: pd.DataFrame):
+    """Bars of ``workbook.balance_table``: samples per class and split, one panel per target."""
+    df = balance
+    targets = list(dict.fromkeys(df["target"]))
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.2), squeeze=False)
+    for ax, t in zip(axes[0], targets):
+        sub = df[df.target == t]
+        sns.barplot(sub, x="class", y="count", hue="split", hue_order=list(SPLITS), ax=ax)
+        ax.set_title(f"class balance: {t}")
+        ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    return fig
+
+
+def plot_examples(ds: Dataset, n: int = 8, seed: int = 0, captions: dict[str, list[str]] | None = None):
+    """A grid of images with their captions (``captions``: sample id -> captions, else the
+    sample's own text) and target labels. An unreadable image (corrupt, or over PIL's
+    decompression-bomb limit) raises DatasetError naming the file and the sample."""
+    rng = np.random.default_rng(seed)
+    samples = [ds.samples[i] for i in rng.choice(len(ds.samples), size=min(n, len(ds.samples)), replace=False)]
+    caps = captions or {}
+    img_mod = next((m for m, k in ds.modalities.items() if k == "image"), None)
+    cols = 4
+    rows = int(np.ceil(len(samples) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, s in zip(axes.flat, samples):
+        if img_mod:
+            ax.imshow(load_rgb(ds.path(s, img_mod), s.id))
+        labels = ", ".join(f"{t}={ds.targets[t][v]}" for t, v in s.targets.items())
+        text = caps.get(s.id, [v for m, v in s.modalities.items() if ds.modalities[m] == "text"])[:2]
+        ax.set_title("\n".join([s.id, labels] + [textwrap.shorten(c, 48) for c in text]), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_projection(data: SplitData, class_names: list[str], max_points: int = 1500, seed: int = 0):
+    """PCA of each modality's features, coloured by label."""
+    mods = sorted(data.features)
+    fig, axes = plt.subplots(1, len(mods), figsize=(4.6 * len(mods), 4), squeeze=False)
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(data))[:max_points]
+    labels = [class_names[i] for i in data.labels[idx].tolist()]
+    for ax, m in zip(axes[0], mods):
+        x = data.features[m][idx].reshape(len(idx), -1).numpy()
+        xy = PCA(n_components=2, random_state=seed).fit_transform(x)
+        sns.scatterplot(
+            x=xy[:, 0], y=xy[:, 1], hue=labels, hue_order=class_names, s=12, ax=ax, legend=ax is axes[0][-1]
+        )
+        ax.set_title(f"{m}: PCA of features")
+    if len(mods):
+        axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_comparison(
+    results: pd.DataFrame, summary: pd.DataFrame, metric: str = "test_accuracy", ceilings: dict | None = None
+):
+    order = summary["method"].tolist()
+    fig, axes = plt.subplots(
+        1, 2, figsize=(13, max(3.5, 0.38 * len(order) + 1.5)), gridspec_kw={"width_ratios": [2, 1]}
+    )
+    sns.barplot(results, y="method", x=metric, order=order, errorbar=("ci", 95), ax=axes[0], color="#7aa6c2")
+    sns.stripplot(results, y="method", x=metric, order=order, ax=axes[0], color="k", size=3)
+    if ceilings:
+        by_value: dict[float, list[str]] = {}
+        for k, v in ceilings.items():
+            by_value.setdefault(round(float(v), 4), []).append(k)
+        for v, names in by_value.items():
+            axes[0].axvline(v, ls=":" if "fused" not in names else "-", color="grey", lw=1)
+            axes[0].text(v, -0.6, "/".join(names), fontsize=7, color="grey", ha="center")
+    axes[0].set_title(f"{metric} per method (mean, 95% CI, seeds as dots)")
+    sns.scatterplot(summary, x="params", y=f"{metric}_mean", hue="kind", ax=axes[1])
+    for _, r in summary.iterrows():
+        axes[1].annotate(r["method"].replace("unimodal:", "uni:"), (r["params"], r[f"{metric}_mean"]), fontsize=7)
+    axes[1].set_xscale("log")
+    axes[1].set_title("accuracy vs parameters")
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: list[dict[str, float]]):
+    df = pd.DataFrame(history)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    df.plot(x="epoch", y=["train_loss", "val_loss"], ax=axes[0], title="loss")
+    df.plot(x="epoch", y=["train_acc", "val_acc"], ax=axes[1], title="accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(cm: np.ndarray, class_names: list[str]):
+    fig, ax = plt.subplots(figsize=(1 + 0.8 * len(class_names), 0.8 + 0.7 * len(class_names)))
+    sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", xticklabels=class_names, yticklabels=class_names, ax=ax)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    return fig
+
+
+def plot_ablation(rows: list[dict[str, Any]], ceilings: dict | None = None):
+    df = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(df) + 1.2))
+    sns.barplot(df, y="condition", x="accuracy", ax=ax, color="#d08c60")
+    for i, v in enumerate(df["accuracy"]):
+        ax.text(v, i, f" {v:.3f}", va="center", fontsize=8)
+    ax.set_xlim(0, 1.08)
+    ax.set_title("test accuracy when modalities are dropped at test time")
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(curves: pd.DataFrame):
+    """One panel per (modality, corruption): accuracy vs level, one line per method."""
+    panels = (
+        curves[["modality", "corruption"]].drop_duplicates().sort_values(["modality", "corruption"]).values.tolist()
+    )
+    cols = min(3, len(panels))
+    rows = int(np.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (modality, corruption) in zip(axes.flat, panels):
+        ax.axis("on")
+        sub = curves[(curves.modality == modality) & (curves.corruption == corruption)]
+        sns.lineplot(
+            sub, x="level", y="accuracy", hue="method", ax=ax, marker="o", markersize=3, legend=ax is axes.flat[0]
+        )
+        ax.set_title(f"{modality}: {corruption}")
+    if len(panels):
+        axes.flat[0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_weights(weights: pd.DataFrame):
+    """Distribution of the learned modality weights, per method (rows) and class (x)."""
+    methods = sorted(weights["method"].unique())
+    fig, axes = plt.subplots(len(methods), 1, figsize=(10, 2.8 * len(methods)), squeeze=False, sharey=True)
+    for ax, method in zip(axes[:, 0], methods):
+        sub = weights[weights.method == method]
+        sns.boxplot(sub, x="class", y="weight", hue="modality", ax=ax, fliersize=1)
+        ax.set_title(f"{method}: per-sample modality weights by class")
+        ax.set_ylim(0, 1)
+        ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    return fig

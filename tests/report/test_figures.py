@@ -1,0 +1,100 @@
+"""fusionkit.report.figures: each figure draws what it is given (panels, bars, lines, labels)."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from fusionkit import workbook as wb  # noqa: E402
+from fusionkit.compare import summarize  # noqa: E402
+from fusionkit.data import shapes  # noqa: E402
+from fusionkit.report import figures  # noqa: E402
+from fusionkit.train import SplitData  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return shapes.generate(tmp_path_factory.mktemp("fig") / "shapes", n=24, image_size=32, progress=False)
+
+
+def test_class_balance_has_one_panel_per_target_with_every_count(ds):
+    balance = wb.balance_table(ds)
+    fig = figures.plot_class_balance(balance)
+    axes = [a for a in fig.axes if a.get_title().startswith("class balance")]
+    assert sorted(a.get_title() for a in axes) == sorted(f"class balance: {t}" for t in ds.targets)
+    first = axes[0].get_title().removeprefix("class balance: ")
+    heights = sorted(p.get_height() for p in axes[0].patches if p.get_height() > 0)
+    want = balance[balance.target == first]["count"]
+    assert heights == sorted(want.tolist())
+
+
+def test_examples_show_the_images_with_their_captions(ds):
+    caps = wb.captions_by_sample(ds)
+    fig = figures.plot_examples(ds, n=4, seed=0, captions=caps)
+    shown = [a for a in fig.axes if a.images]
+    assert len(shown) == 4
+    for ax in shown:
+        sid = ax.get_title().splitlines()[0]
+        assert caps[sid][0][:20] in ax.get_title()
+
+
+def test_projection_comparison_history_confusion_ablation_curves_weights():
+    g = torch.Generator().manual_seed(0)
+    data = SplitData({"a": torch.randn(30, 5, generator=g), "b": torch.randn(30, 3, generator=g)},
+                     torch.arange(30) % 3, [str(i) for i in range(30)])  # fmt: skip
+    fig = figures.plot_projection(data, ["x", "y", "z"])
+    assert [a.get_title() for a in fig.axes[:2]] == ["a: PCA of features", "b: PCA of features"]
+
+    rows = [{"method": m, "seed": s, "test_accuracy": acc + 0.01 * s, "params": p, "train_time_s": 0.1,
+             "infer_samples_per_s": 1.0} for m, acc, p in (("concat", 0.9, 100), ("unimodal:a", 0.5, 50))
+            for s in range(3)]  # fmt: skip
+    results = pd.DataFrame(rows)
+    fig = figures.plot_comparison(results, summarize(results), ceilings={"a": 0.5, "fused": 1.0})
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["concat", "unimodal:a"]
+    assert {t.get_text() for t in fig.axes[0].texts} == {"a", "fused"}
+
+    history = [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1), "train_acc": 0.1 * e,
+                "val_acc": 0.09 * e} for e in range(4)]  # fmt: skip
+    fig = figures.plot_history(history)
+    assert [a.get_title() for a in fig.axes] == ["loss", "accuracy"]
+    assert len(fig.axes[0].lines) == 2
+
+    cm = np.array([[3, 1], [0, 4]])
+    fig = figures.plot_confusion(cm, ["no", "yes"])
+    assert [t.get_text() for t in fig.axes[0].texts] == ["3", "1", "0", "4"]
+
+    fig = figures.plot_ablation([{"condition": "all", "accuracy": 0.9}, {"condition": "drop a", "accuracy": 0.4}])
+    assert [t.get_text().strip() for t in fig.axes[0].texts] == ["0.900", "0.400"]
+
+    curves = pd.DataFrame({"method": ["m"] * 4, "modality": ["a"] * 2 + ["b"] * 2,
+                           "corruption": ["noise"] * 2 + ["blur"] * 2, "level": [0, 1] * 2,
+                           "accuracy": [0.9, 0.5, 0.9, 0.7]})  # fmt: skip
+    fig = figures.plot_curves(curves)
+    assert sorted(a.get_title() for a in fig.axes if a.get_title()) == ["a: noise", "b: blur"]
+
+    weights = pd.DataFrame({"method": ["m"] * 4, "class": ["x", "x", "y", "y"], "modality": ["a", "b"] * 2,
+                            "weight": [0.7, 0.3, 0.2, 0.8]})  # fmt: skip
+    fig = figures.plot_weights(weights)
+    assert fig.axes[0].get_title() == "m: per-sample modality weights by class"
+
+
+def test_examples_name_an_image_over_the_decompression_bomb_limit(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from fusionkit.data.base import DatasetError, Sample, load_dataset, write_dataset
+
+    samples = []
+    for i in range(3):
+        Image.new("RGB", (16, 16) if i else (64, 64), (60 * i, 20, 20)).save(tmp_path / f"im{i}.png")
+        samples.append(Sample(f"s{i}", "train", {"image": f"im{i}.png", "text": f"photo {i}"}, {"y": i % 2}))
+    ds = load_dataset(write_dataset(tmp_path / "ds", "imgs", {"image": "image", "text": "text"}, {"y": ["a", "b"]},
+                                    samples, media_root=tmp_path))  # fmt: skip
+    fig = figures.plot_examples(ds, n=3)
+    assert sorted(a.get_title().split("\n")[0] for a in fig.axes if a.get_title()) == ["s0", "s1", "s2"]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # im0: 4,096 pixels, over twice the limit
+    with pytest.raises(DatasetError, match=r"im0\.png \(id 's0'\): refused as a possible decompression bomb"):
+        figures.plot_examples(ds, n=3)
