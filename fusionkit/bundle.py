@@ -8,7 +8,7 @@ pickle) and ``NAME.json`` (what rebuilds the model, and how it was trained)::
 
 ``kind`` says which model it is: ``classifier`` (04's fusion model, :class:`ClassifierSpec`),
 ``captioner``, ``vqa``, ``dual_encoder``, ``matcher``, ``ridge`` (the tasks' models; their fields
-are written by :mod:`fusionkit.tasks.experiments`). Both files are written atomically (temporary
+are written by each task's ``fusionkit.tasks.<task>.task``). Both files are written atomically (temporary
 file, then rename), the weights first, so a reader never sees a description of weights that are
 not there yet.
 
@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from fusionkit import __version__
 from fusionkit.data.base import DatasetError, atomic_write_text
+from fusionkit.data.readers import read_json
 from fusionkit.model import MultimodalModel, build_model
 
 FORMAT = "fusionkit.model"
@@ -43,7 +44,8 @@ class BundleError(DatasetError):
     """A bundle that cannot be read or does not fit its model: the message names the file."""
 
 
-def _json_default(v: Any) -> Any:
+def json_default(v: Any) -> Any:
+    """JSON for what model descriptions hold besides JSON types: paths, tensors, numpy scalars."""
     if isinstance(v, Path):
         return str(v)
     if isinstance(v, torch.Tensor):
@@ -91,7 +93,7 @@ def save(
     path = Path(path)
     save_tensors(path, model.state_dict() if isinstance(model, torch.nn.Module) else model)
     doc = {"format": FORMAT, "version": VERSION, "fusionkit_version": __version__, "kind": kind, **dict(meta)}
-    atomic_write_text(meta_path(path), json.dumps(doc, indent=1, ensure_ascii=False, default=_json_default) + "\n")
+    atomic_write_text(meta_path(path), json.dumps(doc, indent=1, ensure_ascii=False, default=json_default) + "\n")
     return path
 
 
@@ -102,10 +104,7 @@ def read_meta(path: str | os.PathLike, kind: str | None = None) -> dict[str, Any
     mp = meta_path(path)
     if not path.is_file() or not mp.is_file():
         raise BundleError(f"model {path} (+ {mp.name}) not found; train it first (04_train)")
-    try:
-        doc = json.loads(mp.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{mp}: not valid UTF-8 JSON ({e})") from e
+    doc = read_json(mp, error=BundleError)
     if not isinstance(doc, dict):
         raise BundleError(f"{mp}: expected a JSON object describing a model")
     if "format" in doc:  # versioned bundle; without the key: an earlier fusionkit's, same fields

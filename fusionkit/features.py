@@ -52,6 +52,7 @@ from safetensors.torch import save_file
 
 from fusionkit.data.base import Dataset, DatasetError, atomic_write_text
 from fusionkit.data.problems import check_on_error
+from fusionkit.data.readers import read_json
 from fusionkit.encoders import build_encoder
 from fusionkit.encoders.base import Encoder, InputError
 from fusionkit.progress import progress as progress_bar
@@ -200,10 +201,7 @@ def read_feature_set(path: str | os.PathLike, verify: bool = True) -> FeatureSet
         raise CacheError(f"{path}: missing")
     if not side.is_file():
         raise CacheError(f"{path}: its sidecar {side.name} is missing (interrupted write)")
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CacheError(f"{side}: unreadable sidecar ({e})") from e
+    meta = read_json(side, error=CacheError)
     if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
         raise CacheError(f"{side}: not a fusionkit feature sidecar of format {CACHE_FORMAT}")
     size = path.stat().st_size

@@ -3,7 +3,7 @@
 ``features.json`` in a run folder says which dataset was encoded (folder, manifest hash, targets),
 by which encoder per modality (name + identity hash of weights and preprocessing), where each
 cached feature file is (per output and split) and, when the tasks ran in 02, what they cached
-(``tasks``: written by :func:`fusionkit.tasks.experiments.extract_task_features`).
+(``tasks``: written by :func:`fusionkit.tasks.features.extract_task_features`).
 
 ::
 
@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from fusionkit.data.base import SPLITS, Dataset, DatasetError, atomic_write_text, load_dataset
+from fusionkit.data.readers import read_json
 from fusionkit.encoders import build_encoder
 from fusionkit.features import extract_features, read_feature_set
 from fusionkit.train import SplitData
@@ -132,11 +133,7 @@ class FeatureIndex:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"feature index {p} does not exist; run 02_feature_extraction first")
-        try:
-            doc = json.loads(p.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise FeatureIndexError(f"{p}: not a feature index (not valid UTF-8 JSON: {e})") from e
-        return cls.from_dict(doc, source=p)
+        return cls.from_dict(read_json(p, error=FeatureIndexError), source=p)
 
     @classmethod
     def from_dict(cls, doc: Any, source: str | os.PathLike = "feature index") -> FeatureIndex:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fusionkit.fusion import build_fusion
-from fusionkit.fusion.base import Fusion, Tensor
+from fusionkit.fusion.base import Fusion, Tensor, get
 
 
 class Projector(nn.Module):
@@ -56,7 +56,6 @@ def build_model(
     """Projectors to ``hidden`` dims, the named fusion method, and a 2-layer MLP head (or none when
     the method already outputs logits, as late fusion does)."""
     projectors = {m: Projector(d, hidden, dropout) for m, d in in_dims.items()}
-    from fusionkit.fusion.base import get
 
     cls = get(method)
     if cls.outputs_logits:

@@ -14,7 +14,8 @@ from fusionkit.data.base import SPLITS, Dataset, DatasetError
 from fusionkit.data.caption_formats import karpathy_images
 from fusionkit.data.problems import Problems
 from fusionkit.data.vqa import read_vqa_file, vqa_annotations, vqa_questions
-from fusionkit.tasks import experiments
+from fusionkit.report import figures
+from fusionkit.tasks import run
 from fusionkit.train import SplitData
 
 _IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython"}
@@ -185,7 +186,7 @@ def train_tasks(
 ) -> dict:
     """Train every extra task (captioning, vqa, retrieval) and log each one's summary.
 
-    ``options``: task -> keyword arguments of ``experiments.train_task`` (``epochs``, ``method``
+    ``options``: task -> keyword arguments of ``fusionkit.tasks.run.train_task`` (``epochs``, ``method``
     and the task's options, e.g. ``{"captioning": {"decoders": ["transformer"], "epochs": 12}}``).
     ``resume``: continue interrupted trainings from their per-epoch checkpoints (a task's own
     ``resume`` option wins)."""
@@ -198,7 +199,7 @@ def train_tasks(
         kw = options.get(task) or {}
         if not isinstance(kw, dict):
             raise TypeError(f"task_options[{task!r}] must be a dict of train_task options, got {kw!r}")
-        summary = experiments.train_task(task, features_index, run_dir, seed=seed, **{"resume": bool(resume), **kw})
+        summary = run.train_task(task, features_index, run_dir, seed=seed, **{"resume": bool(resume), **kw})
         tracker.summary({f"{task}/{k}": v for k, v in summary.items() if isinstance(v, (int, float, str, bool))})
         out[task] = summary
     return out
@@ -206,11 +207,11 @@ def train_tasks(
 
 def evaluate_task(task: str, features_index: str | Path, run_dir: str | Path, tracker, n_examples: int = 8):
     """Evaluate one extra task on the test split and log its metrics, tables and figures."""
-    res = experiments.evaluate_task(task, features_index, run_dir, n_examples=n_examples)
+    res = run.evaluate_task(task, features_index, run_dir, n_examples=n_examples)
     tracker.log_table(f"{task}_metrics", res.metrics)
     for key, table in res.tables.items():
         tracker.log_table(f"{task}_{key}", table, image_columns=["image"] if "image" in table.columns else [])
-    for key, fig in res.figures.items():
+    for key, fig in figures.task_figures(res).items():
         tracker.log_figure(f"{task}_{key}", fig)
     # the keys already start with the task's name ("vqa/best/accuracy")
     tracker.summary({k: v for k, v in res.summary.items() if isinstance(v, (int, float, str, bool))})

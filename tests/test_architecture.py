@@ -65,3 +65,13 @@ def test_no_import_cycles():
     assert not cycles, "import cycles (counting imports inside functions):\n" + "\n".join(
         " <-> ".join(c) for c in cycles[:20]
     )
+
+
+MAX_LINES = 800
+
+
+def test_every_module_stays_a_readable_size():
+    """A module that grows a second job becomes two (experiments.py was 2,100 lines, captioning.py
+    1,500, shapes.py 1,200 before the split)."""
+    sizes = {str(p.relative_to(PKG.parent)): len(p.read_text(encoding="utf-8").splitlines()) for p in PKG.rglob("*.py")}
+    assert {p: n for p, n in sizes.items() if n > MAX_LINES} == {}

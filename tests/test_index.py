@@ -81,7 +81,7 @@ def test_missing_or_garbled_file(tmp_path):
         FeatureIndex.read(tmp_path / "absent.json")
     garbled = tmp_path / "features.json"
     garbled.write_text("{not json")
-    with pytest.raises(FeatureIndexError, match=f"{garbled}: not a feature index"):
+    with pytest.raises(FeatureIndexError, match=f"{garbled}:1:2: not valid JSON"):
         FeatureIndex.read(garbled)
 
 

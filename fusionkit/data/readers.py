@@ -59,29 +59,30 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 
 # ----------------------------------------------------------------------------------------- text
-def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
+def read_text(path: str | os.PathLike, encoding: str = "utf-8", error: type[Exception] = DatasetError) -> str:
     """The file's text, BOM dropped, line ends normalised to ``\\n``.
 
-    A file that is not valid in ``encoding`` raises DatasetError naming the line and byte offset."""
+    A file that is not valid in ``encoding`` raises ``error`` (DatasetError unless a caller names
+    its own) naming the line and byte offset."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError as e:
-        raise DatasetError(f"{path}: file not found") from e
+        raise error(f"{path}: file not found") from e
     except IsADirectoryError as e:
-        raise DatasetError(f"{path}: is a folder; expected a file") from e
+        raise error(f"{path}: is a folder; expected a file") from e
     enc = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     try:
         text = data.decode(enc)
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         bad = data[e.start : e.start + 1].hex()
-        raise DatasetError(
+        raise error(
             f"{path}:{line}: not valid {encoding} text (byte 0x{bad} at offset {e.start}); "
             f"expected a {encoding} file - re-save it as UTF-8 (or pass encoding=...)"
         ) from e
     except LookupError as e:
-        raise DatasetError(f"{path}: unknown encoding {encoding!r}") from e
+        raise error(f"{path}: unknown encoding {encoding!r}") from e
     if text.startswith("\ufeff"):  # a BOM in a non-UTF-8-named encoding
         text = text[1:]
     return text.replace("\r\n", "\n").replace("\r", "\n")
@@ -95,13 +96,14 @@ def read_lines(path: str | os.PathLike, encoding: str = "utf-8") -> Iterator[tup
             yield lineno, line
 
 
-def read_json(path: str | os.PathLike, encoding: str = "utf-8") -> Any:
-    """Parse a JSON file; a syntax error names the line and column."""
-    text = read_text(path, encoding)
+def read_json(path: str | os.PathLike, encoding: str = "utf-8", error: type[Exception] = DatasetError) -> Any:
+    """Parse a JSON file; a missing or unreadable file, or a syntax error (with its line and
+    column), raises ``error`` naming the file. Every JSON file fusionkit reads goes through here."""
+    text = read_text(path, encoding, error)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); expected a JSON document") from e
+        raise error(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); expected a JSON document") from e
 
 
 def read_jsonl(path: str | os.PathLike, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:

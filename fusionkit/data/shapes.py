@@ -77,7 +77,7 @@ from PIL import Image
 from fusionkit.data.base import SPLITS, Dataset, DatasetError, Sample, atomic_write_text, load_dataset, write_dataset
 from fusionkit.data.caption_formats import coco_images, karpathy_images
 from fusionkit.data.problems import Problems
-from fusionkit.data.readers import open_image
+from fusionkit.data.readers import open_image, read_json
 from fusionkit.data.shapes_scene import (
     CEILINGS,
     CEILINGS_BY_SUBSET,
@@ -438,10 +438,7 @@ def _write_vqa(out: Path, scenes: list[dict[str, Any]]) -> None:
 def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise DatasetError(f"{path}: missing; expected a file written by fusionkit.data.shapes.generate")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{path}: not valid UTF-8 JSON ({e})") from e
+    return read_json(path)
 
 
 def _vqa_file(path: Path, key: str) -> VQAFile | None:

@@ -3,7 +3,9 @@ matplotlib ``Figure`` (the notebook displays it; ``Tracker.log_figure`` saves it
 
 from __future__ import annotations
 
+import os
 import textwrap
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -11,6 +13,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from sklearn.decomposition import PCA
+from torch.nn import functional as F
 
 from fusionkit.data.base import SPLITS, Dataset
 from fusionkit.data.readers import load_rgb
@@ -165,3 +168,87 @@ def plot_weights(weights: pd.DataFrame):
         ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()
     return fig
+
+
+def plot_attention_maps(
+    maps: Sequence[Any],
+    image_paths: Mapping[str, str | os.PathLike] | Callable[[str], str | os.PathLike],
+    max_tokens: int = 8,
+    size: int = 224,
+    alpha: float = 0.55,
+    panel_inches: float = 1.8,
+):
+    """One row per image: the image with its generated caption, then one panel per token with
+    the attention upsampled (bilinear) to the image and drawn over it. Returns the figure. An
+    unreadable image (corrupt, or over PIL's decompression-bomb limit) raises DatasetError naming
+    the file and the image id."""
+    if not maps:
+        raise ValueError("no attention maps to draw")
+    cols = 1 + min(max_tokens, max(len(m.tokens) for m in maps))
+    fig, axes = plt.subplots(
+        len(maps), cols, figsize=(panel_inches * cols, panel_inches * 1.15 * len(maps)), squeeze=False
+    )
+    for row, m in zip(axes, maps):
+        path = image_paths(m.image_id) if callable(image_paths) else image_paths[m.image_id]
+        img = np.asarray(load_rgb(path, m.image_id, (size, size)))
+        row[0].imshow(img)
+        row[0].set_title(f"{m.image_id}", fontsize=7)
+        row[0].set_xlabel(m.caption, fontsize=6, wrap=True)
+        for c, ax in enumerate(row[1:]):
+            if c < min(len(m.tokens), max_tokens):
+                h, w = m.grid_hw
+                a = m.attention[c].reshape(1, 1, h, w)
+                a = F.interpolate(a, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+                a = (a - a.min()) / (a.max() - a.min() + 1e-12)
+                ax.imshow(img)
+                ax.imshow(a.numpy(), cmap="jet", alpha=alpha)
+                ax.set_title(m.tokens[c], fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        row[0].set_xticks([])
+        row[0].set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def plot_vqa_accuracy(df: pd.DataFrame, title: str = "VQA accuracy per question type (test)"):
+    """Horizontal bars: VQA accuracy per type (rows) and model (colours)."""
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(df) + 1.5))
+    df.plot.barh(ax=ax)
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("VQA accuracy")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_recall(metrics: pd.DataFrame):
+    """Recall@K of each retrieval model, both directions."""
+    cols = [c for c in metrics.columns if "_R@" in c]
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    metrics.set_index("model")[cols].T.plot.bar(ax=ax)
+    ax.set_ylabel("recall")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("retrieval recall on the test split")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def task_figures(result) -> dict[str, Any]:
+    """The figures of a task's evaluation (:class:`fusionkit.tasks.common.TaskResult`), drawn from
+    what it returned in ``plots``: captioning ``attention`` maps, VQA accuracy ``per_question_type``,
+    retrieval ``recall``."""
+    out = {}
+    for key, data in result.plots.items():
+        if key == "attention":
+            maps, image_paths = data
+            out[key] = plot_attention_maps(maps, image_paths)
+        elif key == "per_question_type":
+            out[key] = plot_vqa_accuracy(data)
+        elif key == "recall":
+            out[key] = plot_recall(data)
+        else:
+            raise ValueError(f"{result.task}: no figure is drawn for {key!r}")
+    return out

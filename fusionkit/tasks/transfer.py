@@ -38,10 +38,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fusionkit.encoders.image import decode_image_tensor, resize_crop
 from fusionkit.progress import progress
 from fusionkit.tasks import captioning as C
-from fusionkit.tasks.metrics import caption_metrics
-from fusionkit.tasks.retrieval import DualEncoder, _positives_table, info_nce, recall_at_k
+from fusionkit.tasks.captioning.metrics import caption_metrics
+from fusionkit.tasks.captioning.training import batch_loss as caption_batch_loss
+from fusionkit.tasks.retrieval.dual_encoder import DualEncoder, info_nce
+from fusionkit.tasks.retrieval.ranking import _positives_table, recall_at_k
 from fusionkit.training import Step, TrainResult, fit, warmup_cosine
 
 Tensor = torch.Tensor
@@ -78,7 +81,6 @@ def decode_for_training(encoder, paths: Sequence[str | os.PathLike], show_progre
     """Decode images once for fine-tuning: ``(N, 3, R, R)`` uint8, shorter side to the encoder's
     resize size ``R`` and a centre square (augmentation then crops from it; the centre
     ``crop_size`` square of it is exactly the encoder's own preprocessing)."""
-    from fusionkit.encoders.image import decode_image_tensor, resize_crop
 
     r = int(encoder.resize_size)
     out = torch.empty(len(paths), 3, r, r, dtype=torch.uint8)
@@ -159,7 +161,7 @@ class _Tower(nn.Module):
         self.text_encoder = text_encoder if text_encoder is not None else nn.Identity()
 
 
-def _trainable_state(m: nn.Module) -> dict[str, Tensor]:
+def trainable_state(m: nn.Module) -> dict[str, Tensor]:
     """Parameters that train, plus every buffer (BatchNorm running statistics of the trained blocks)."""
     params = dict(m.named_parameters())
     return {k: v.detach().clone() for k, v in m.state_dict().items() if k not in params or params[k].requires_grad}
@@ -252,7 +254,7 @@ def finetune_on_images(
 
     return fit(tower, opt, sched, batches, step, evaluate, epochs=cfg.epochs, seed=cfg.seed, monitor=monitor,
                patience=cfg.patience, grad_clip=cfg.grad_clip, after_step=after_step,
-               trainable_state=lambda: _trainable_state(tower), checkpoint=checkpoint, resume=resume,
+               trainable_state=lambda: trainable_state(tower), checkpoint=checkpoint, resume=resume,
                log_fn=log_fn, show_progress=show_progress, desc=desc)  # fmt: skip
 
 
@@ -358,7 +360,7 @@ def finetune_captioner(
         local = torch.as_tensor([j for j, r in enumerate(rows.tolist()) for _ in by_image[r]], dtype=torch.long)
         tok = train.tokens[caps]
         tok = tok[:, : int((tok != model.pad_id).sum(1).max())]
-        ce, reg = C._loss(model, feats["grid"][local], feats["pooled"][local] if use_pooled else None, tok,
+        ce, reg = caption_batch_loss(model, feats["grid"][local], feats["pooled"][local] if use_pooled else None, tok,
                           label_smoothing)  # fmt: skip
         return ce + reg, len(caps)
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from fusionkit.tasks import metrics as M
+from fusionkit.tasks.captioning import metrics as M
 
 pytestmark = pytest.mark.skipif(
     shutil.which("java") is None, reason="pycocoevalcap's PTB tokenizer and METEOR need java"

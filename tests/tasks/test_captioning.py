@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from fusionkit.data.problems import TaskInputError
+from fusionkit.report import figures
 from fusionkit.tasks import captioning as C
-from fusionkit.tasks.metrics import caption_metrics
+from fusionkit.tasks.captioning import search
+from fusionkit.tasks.captioning.metrics import caption_metrics
 
 CAPTIONS = [
     "A red circle left of a blue box.",
@@ -269,7 +271,7 @@ def test_beam_search_with_a_wide_beam_is_exhaustive_search(alpha, min_len):
     if min_len == 0 and alpha == 0.0:
         assert empty > 0  # this model likes to stop at once: min_len matters
     # GNMT length penalty on |y| counting EOS
-    assert C._length_penalty(3, alpha) == pytest.approx(((5 + 3) / 6) ** alpha)
+    assert search._length_penalty(3, alpha) == pytest.approx(((5 + 3) / 6) ** alpha)
     # batched beam search equals one image at a time
     one = [C.generate(m, g[i : i + 1], method="beam", beam_size=3, min_len=min_len).tokens[0] for i in range(6)]
     assert one == C.generate(m, g, method="beam", beam_size=3, min_len=min_len).tokens
@@ -373,7 +375,7 @@ def test_attention_maps_and_figure(shapes_root, tok):
         assert x.grid_hw == (4, 4) and x.attention.shape == (len(x.tokens), 16) and x.tokens[-1] == "<end>"
         torch.testing.assert_close(x.attention.sum(-1), torch.ones(len(x.tokens)))
         assert x.caption == tok.decode(tok.encode(x.caption)) if x.caption else True
-    fig = C.plot_attention_maps(maps, lambda i: shapes_root / ds.files[i], max_tokens=3)
+    fig = figures.plot_attention_maps(maps, lambda i: shapes_root / ds.files[i], max_tokens=3)
     assert len(fig.axes) == 2 * 4
     import matplotlib.pyplot as plt
 
@@ -394,8 +396,8 @@ def test_plot_attention_maps_names_an_image_over_the_decompression_bomb_limit(tm
 
     Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
     maps = [C.AttentionMap("img9", "a cat", ["a", "<end>"], torch.full((2, 4), 0.25), (2, 2))]
-    fig = C.plot_attention_maps(maps, {"img9": tmp_path / "big.png"})
+    fig = figures.plot_attention_maps(maps, {"img9": tmp_path / "big.png"})
     assert len(fig.axes) == 3
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(DatasetError, match=r"big\.png \(id 'img9'\): refused as a possible decompression bomb"):
-        C.plot_attention_maps(maps, {"img9": tmp_path / "big.png"})
+        figures.plot_attention_maps(maps, {"img9": tmp_path / "big.png"})

@@ -11,6 +11,7 @@ import torch
 
 from fusionkit.tasks import captioning as C
 from fusionkit.tasks import retrieval as R
+from fusionkit.tasks.retrieval import ranking
 
 
 def brute_force(sim: torch.Tensor, t2i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,13 +93,13 @@ def test_topk_equals_a_full_sort(case, request):
 def test_blocks_never_hold_the_full_matrix(random_case, monkeypatch):
     img, txt, t2i = random_case
     shapes = []
-    real = R._block_scores
+    real = ranking._block_scores
 
     def spy(q, k):
         shapes.append((q.shape[0], k.shape[0]))
         return real(q, k)
 
-    monkeypatch.setattr(R, "_block_scores", spy)
+    monkeypatch.setattr(ranking, "_block_scores", spy)
     R.recall_at_k((img, txt), t2i, chunk_size=64)
     R.topk_similarity(img, txt, 10, chunk_size=64, backend="torch")
     assert shapes and max(a * b for a, b in shapes) <= 64 * 64
@@ -121,7 +122,7 @@ def test_hand_example_and_input_errors():
         R.recall_at_k(sim, [0, 0, 1, 2])
     with pytest.raises(ValueError, match="one image row per text"):
         R.recall_at_k(sim, [0, 1])
-    if R._faiss() is None:
+    if ranking._faiss() is None:
         with pytest.raises(ImportError, match="faiss is not installed"):
             R.topk_similarity(sim, sim, 1, backend="faiss")
 

@@ -11,7 +11,7 @@ import torch
 
 from fusionkit.data.problems import TaskInputError
 from fusionkit.tasks import vqa as V
-from fusionkit.train import TrainConfig, train
+from fusionkit.tasks.vqa.task import VQAArrays, fit_vqa, vqa_logits
 
 
 # ----------------------------------------------------------------------------------- metric
@@ -165,42 +165,24 @@ def _problem(n: int, img_map: torch.Tensor, q_map: torch.Tensor, g: torch.Genera
 
 @pytest.mark.parametrize(("method", "grid"), [("film", False), ("concat", False), ("cross_attention", True)])
 def test_vqa_model_learns_a_synthetic_problem(method, grid):
+    """The task's one VQA path (VQANet trained by fit_vqa, scored with the VQA accuracy) solves a
+    problem where the answer is the colour in the slot the question names."""
     g = torch.Generator().manual_seed(0)
     img_map, q_map = torch.randn(24, 32, generator=g), torch.randn(4, 16, generator=g)
     splits = [_problem(n, img_map, q_map, g, grid) for n in (1200, 200, 200)]
     vocab = V.AnswerVocab.build(splits[0][0])
-    data = []
-    for tab, img, q in splits:
-        d, kept = V.vqa_split_data(tab, vocab, [f"im{i}" for i in range(len(tab))], img, q)
-        data.append((d, kept))
+    arrays = [
+        VQAArrays(img, [f"im{i}" for i in range(len(tab))], q, torch.arange(len(tab)), tab.labels(vocab), tab)
+        for tab, img, q in splits
+    ]
     torch.manual_seed(0)
-    model = V.build_vqa_model(method, 32, 16, len(vocab), hidden=64, dropout=0.0)
-    train(model, data[0][0], data[1][0], TrainConfig(epochs=25, batch_size=64, lr=3e-3, patience=6))
-    out = V.evaluate_vqa(model, data[2][0], splits[2][0], vocab, data[2][1])
+    model = V.VQANet(method, 32, 16, len(vocab), n_regions=4 if grid else 0, hidden=64, dropout=0.0, heads=2)
+    opts = {"images_per_batch": 64, "lr": 3e-3, "weight_decay": 1e-2, "patience": 6, "label_smoothing": 0.0,
+            "resume": False}  # fmt: skip
+    res = fit_vqa(model, arrays[0], arrays[1], opts, epochs=25, seed=0, progress=False)
+    assert res.best_value == max(r["val_acc"] for r in res.history)
+    test_tab = splits[2][0]
+    answers = vocab.decode_logits(vqa_logits(model, arrays[2]))
+    out = V.vqa_accuracy({r.question_id: a for r, a in zip(test_tab.records, answers)}, test_tab.annotations())
     assert out["overall"] > 0.9, out["overall"]
     assert set(out["per_answer_type"]) == {"other"} and out["n"] == 200
-
-
-def test_split_data_alignment_and_errors():
-    recs = [
-        V.VQARecord(1, 0, "b", "q1", ["red"] * 10, "red"),
-        V.VQARecord(2, 0, "a", "q2", ["zebra"] * 10, "zebra"),
-        V.VQARecord(3, 0, "missing", "q3", ["red"] * 10, "red"),
-    ]
-    tab = V.VQATable(recs, "t")
-    vocab = V.AnswerVocab(["red", "blue"])
-    img = torch.arange(6.0).reshape(2, 3)
-    q = torch.arange(9.0).reshape(3, 3)
-    with pytest.raises(TaskInputError, match="question_id 3: image 'missing' has no feature row"):
-        V.vqa_split_data(tab, vocab, ["a", "b"], img, q)
-    data, kept = V.vqa_split_data(tab, vocab, ["a", "b"], img, q, on_error="skip")
-    assert kept == [0, 1] and data.ids == ["1", "2"] and data.labels.tolist() == [0, -1]
-    assert torch.equal(data.features["image"], img[[1, 0]]) and torch.equal(data.features["question"], q[:2])
-    data, kept = V.vqa_split_data(tab, vocab, ["a", "b"], img, q, on_error="skip", answerable_only=True)
-    assert kept == [0] and data.labels.tolist() == [0]
-    tokens = torch.ones(3, 4, 2)
-    mask = torch.tensor([[1, 1, 0, 0]] * 3)
-    data, _ = V.vqa_split_data(tab, vocab, ["a", "b"], img, tokens, question_mask=mask, on_error="skip")
-    assert data.features["question"][:, 2:].abs().sum() == 0 and data.features["question"].shape == (2, 4, 2)
-    with pytest.raises(ValueError, match="rows"):
-        V.vqa_split_data(tab, vocab, ["a", "b"], img, q[:2])

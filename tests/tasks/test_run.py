@@ -18,7 +18,11 @@ from fusionkit.data.base import load_dataset
 from fusionkit.data.problems import TaskInputError
 from fusionkit.encoders import build_encoder
 from fusionkit.index import FeatureIndex
-from fusionkit.tasks import experiments as X
+from fusionkit.report import figures
+from fusionkit.tasks import features as F
+from fusionkit.tasks import run
+from fusionkit.tasks.common import TaskSetupError
+from fusionkit.tasks.retrieval import task as retrieval_task
 
 # tiny and fast: a random-init EfficientNet-Lite0 at 64 px (2 x 2 regions) and the real MiniLM
 TINY_CAPTION = {"d_model": 32, "layers": 1, "heads": 2, "att_dim": 32, "val_max_images": 8, "batch_size": 32}
@@ -44,8 +48,8 @@ def setup(tmp_path_factory, encoders):
     index = tmp / "features.json"
     cache = tmp / "cache"
     FeatureIndex.build(ds, {"text": "minilm"}, cache, ["pooled"], path=index, progress=False)
-    X.extract_task_features(
-        ds, index, X.TASKS, cache, image_encoder=encoders["image"], text_encoder=encoders["text"], progress=False
+    F.extract_task_features(
+        ds, index, F.TASKS, cache, image_encoder=encoders["image"], text_encoder=encoders["text"], progress=False
     )
     return ds, index, cache, tmp
 
@@ -63,7 +67,7 @@ def test_index_records_the_task_features_and_a_rerun_is_a_cache_hit(setup, encod
     index = json.loads(index_path.read_text())
     entry = index["tasks"]
     assert index["modalities"]["text"]["encoder"] == "minilm"  # FeatureIndex.build's part is kept
-    assert {t: s["status"] for t, s in entry["status"].items()} == {t: "ok" for t in X.TASKS}
+    assert {t: s["status"] for t, s in entry["status"].items()} == {t: "ok" for t in F.TASKS}
     imgs = entry["features"]["images"]
     # the shapes dataset is one sample per image: it is used as is (its own cache entries)
     assert Path(imgs["dataset_dir"]) == Path(ds.root).resolve() and imgs["modality"] == "image"
@@ -77,7 +81,7 @@ def test_index_records_the_task_features_and_a_rerun_is_a_cache_hit(setup, encod
     # second run: same index content, no forward pass anywhere
     for enc in encoders.values():
         monkeypatch.setattr(enc, "forward", _no_forward(enc))
-    again = X.extract_task_features(
+    again = F.extract_task_features(
         ds, index_path, "all", cache, image_encoder=encoders["image"], text_encoder=encoders["text"], progress=False
     )
     assert again["features"] == entry["features"]
@@ -85,7 +89,7 @@ def test_index_records_the_task_features_and_a_rerun_is_a_cache_hit(setup, encod
 
 def test_caption_feature_rows_follow_the_pairs(setup, encoders):
     _, index_path, _, _ = setup
-    caps, rows = X.caption_features(index_path, "test")
+    caps, rows = F.caption_features(index_path, "test")
     _, texts, _ = caps.pairs("test")
     assert rows.shape == (len(texts), 384)
     direct = encoders["text"].encode(texts[:3])["pooled"]
@@ -99,25 +103,25 @@ def test_unsupported_tasks_are_skipped_with_the_reason(setup, encoders, tmp_path
     ds2 = load_dataset(root)
     index = tmp_path / "features.json"
     FeatureIndex.build(ds2, {}, cache, ["pooled"], path=index, progress=False)
-    entry = X.extract_task_features(ds2, index, X.TASKS, cache, image_encoder=encoders["image"], progress=False)
-    for t in X.TASKS:
+    entry = F.extract_task_features(ds2, index, F.TASKS, cache, image_encoder=encoders["image"], progress=False)
+    for t in F.TASKS:
         assert entry["status"][t]["status"] == "skipped"
     assert "captions.json" in entry["status"]["captioning"]["reason"]
     assert "vqa" in entry["status"]["vqa"]["reason"]
     with pytest.raises(TaskInputError, match="task 'vqa' has no features.*vqa"):
-        X.train_task("vqa", index, tmp_path / "out")
+        run.train_task("vqa", index, tmp_path / "out")
 
 
 # ----------------------------------------------------------------------------------- tasks
 def test_captioning_train_and_evaluate(setup):
     _, index_path, _, tmp = setup
     out = tmp / "run"
-    s = X.train_task("captioning", index_path, out, epochs=2, progress=False, **TINY_CAPTION)
+    s = run.train_task("captioning", index_path, out, epochs=2, progress=False, **TINY_CAPTION)
     for kind in ("transformer", "lstm"):
         assert (out / "captioning" / f"{kind}.safetensors").is_file()
         meta = json.loads((out / "captioning" / f"{kind}.json").read_text())
         assert meta["train"]["epochs_run"] <= 2 and 0 <= s[f"{kind}/best_epoch"] < 2
-    res = X.evaluate_task("captioning", index_path, out, n_examples=2)
+    res = run.evaluate_task("captioning", index_path, out, n_examples=2)
     assert list(res.metrics["model"]) == [
         "transformer/greedy",
         "transformer/beam",
@@ -127,10 +131,17 @@ def test_captioning_train_and_evaluate(setup):
     ]
     for col in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
         assert res.metrics[col].between(0, 10).all()
+    # the nearest neighbour's captions are real captions: they share words with the references
+    nn_row = res.metrics.set_index("model").loc["nearest_neighbour"]
+    assert nn_row["BLEU-1"] > 0.2 and nn_row["CIDEr"] > 0
     table = res.tables["samples"]
+    # corpus CIDEr-D is the mean of the per-image scores: the table and the metrics agree
+    best = res.metrics.set_index("model").loc[table["model"][0]]
+    assert table["CIDEr"].mean() == pytest.approx(best["CIDEr"], rel=1e-6)
     assert {"image", "caption", "references", "CIDEr", "nearest_neighbour"} <= set(table.columns)
     assert all(Path(p).is_file() for p in table["image"])
-    assert "attention" in res.figures and len(res.figures["attention"].axes) >= 2
+    figs = figures.task_figures(res)
+    assert "attention" in figs and len(figs["attention"].axes) >= 2
     assert all(isinstance(v, float) for v in res.summary.values())
     assert "captioning/nn_baseline/CIDEr" in res.summary
 
@@ -138,43 +149,52 @@ def test_captioning_train_and_evaluate(setup):
 def test_vqa_train_and_evaluate_several_methods(setup):
     _, index_path, _, tmp = setup
     out = tmp / "run"
-    s = X.train_task("vqa", index_path, out, epochs=3, method=["film", "concat"], progress=False, **TINY_VQA)
+    s = run.train_task("vqa", index_path, out, epochs=3, method=["film", "concat"], progress=False, **TINY_VQA)
     assert s["n_answers"] > 2 and 0 <= s["film/best_val_accuracy"] <= 1
-    res = X.evaluate_task("vqa", index_path, out, n_examples=3)
+    res = run.evaluate_task("vqa", index_path, out, n_examples=3)
     assert list(res.metrics["model"]) == ["film", "concat"] and res.metrics["best"].sum() == 1
     assert res.metrics["accuracy"].between(0, 1).all()
+    # recomputed from every test question's own score: the reported accuracy is their mean
+    every = run.evaluate_task("vqa", index_path, out, n_examples=10**6).tables["samples"]
+    best = res.metrics[res.metrics.best].iloc[0]
+    assert len(every) == best["n"] and every["accuracy"].mean() == pytest.approx(best["accuracy"])
+    assert res.summary["vqa/best/accuracy"] == pytest.approx(best["accuracy"])
     qt = res.tables["per_question_type"]
     assert set(qt["question_type"]) == {"how many", "is there a", "what color is the", "what is", "what shape is the"}
     assert len(res.tables["samples"]) == 3 and Path(res.tables["samples"]["image"][0]).is_file()
     # the checkpoint alone rebuilds the model: same predictions after a reload
-    again = X.evaluate_task("vqa", index_path, out, n_examples=0)
+    again = run.evaluate_task("vqa", index_path, out, n_examples=0)
     pd.testing.assert_frame_equal(again.metrics, res.metrics)
 
 
 def test_retrieval_train_and_evaluate(setup):
     _, index_path, _, tmp = setup
     out = tmp / "run"
-    s = X.train_task("retrieval", index_path, out, epochs=3, progress=False, **TINY_RETRIEVAL)
+    s = run.train_task("retrieval", index_path, out, epochs=3, progress=False, **TINY_RETRIEVAL)
     assert {"dual/best_val_rsum", "ridge/alpha", "matcher/film/best_val_rsum"} <= set(s)
     # the re-ranking mix is the grid value with the best validation RSUM, and evaluation uses it
     meta = json.loads((out / "retrieval" / "matcher.json").read_text())
     by_mix = {float(k): v for k, v in meta["val_rsum_by_mix"].items()}
-    assert set(by_mix) == set(X.RETRIEVAL_DEFAULTS["rerank_mix"])
+    assert set(by_mix) == set(retrieval_task.DEFAULTS["rerank_mix"])
     assert meta["mix"] in by_mix and by_mix[meta["mix"]] == max(by_mix.values())
     assert s["matcher/film/val_rsum_at_mix"] == max(by_mix.values())
-    res = X.evaluate_task("retrieval", index_path, out, n_examples=2)
+    res = run.evaluate_task("retrieval", index_path, out, n_examples=2)
     models = list(res.metrics["model"])
     assert models[:2] == ["dual_encoder", "ridge"] and models[-1].startswith("dual_encoder+rerank(film")
     for col in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_medr", "rsum"):
         assert col in res.metrics
     assert res.summary["retrieval/dual/rsum"] == pytest.approx(float(res.metrics["rsum"][0]))
+    # RSUM is the six recalls in percent: a table of zeros (or of swapped columns) fails here
+    recalls = [f"{d}_R@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
+    for _, r in res.metrics.iterrows():
+        assert r["rsum"] == pytest.approx(100 * sum(r[c] for c in recalls))
     assert len(res.tables["samples"]) == 2
 
 
 def test_retrieval_fine_tuning_the_encoders_is_a_parameter(setup):
     _, index_path, _, tmp = setup
     out = tmp / "run_ft"
-    s = X.train_task("retrieval", index_path, out, epochs=2, progress=False, matcher="none",
+    s = run.train_task("retrieval", index_path, out, epochs=2, progress=False, matcher="none",
                      finetune_image_blocks=1, finetune_text_blocks=1, finetune_epochs=1, **TINY_RETRIEVAL)  # fmt: skip
     assert s["finetuned/image_blocks"] == 1 and s["finetuned/text_blocks"] == 1 and s["finetuned/epochs_run"] == 1
     folder = out / "retrieval"
@@ -185,17 +205,17 @@ def test_retrieval_fine_tuning_the_encoders_is_a_parameter(setup):
 
     keys = load_file(str(folder / "finetuned_encoders.safetensors"))
     assert any(k.startswith("image.net._conv_head") for k in keys) and any(k.startswith("text.") for k in keys)
-    res = X.evaluate_task("retrieval", index_path, out, n_examples=0)
+    res = run.evaluate_task("retrieval", index_path, out, n_examples=0)
     models = list(res.metrics["model"])
     assert models[:2] == ["dual_encoder", "ridge"]
     assert "dual_encoder fine-tuned (image last 1, text last 1, augmented)" in models
     assert set(res.metrics["encoders"]) == {"frozen", "image last 1, text last 1, augmented"}
     assert "retrieval/finetuned/rsum" in res.summary
     # frozen again: the fine-tuned files go, so evaluation cannot report a stale model
-    X.train_task("retrieval", index_path, out, epochs=1, progress=False, matcher="none", **TINY_RETRIEVAL)
+    run.train_task("retrieval", index_path, out, epochs=1, progress=False, matcher="none", **TINY_RETRIEVAL)
     assert not (folder / "dual_encoder_finetuned.safetensors").exists()
     assert not any(
-        "fine-tuned" in m for m in X.evaluate_task("retrieval", index_path, out, n_examples=0).metrics["model"]
+        "fine-tuned" in m for m in run.evaluate_task("retrieval", index_path, out, n_examples=0).metrics["model"]
     )
 
 
@@ -215,7 +235,7 @@ def test_captioning_fine_tuning_the_image_encoder_is_a_parameter(setup):
     _, index_path, _, tmp = setup
     out = tmp / "cap_ft"
     opts = {**TINY_CAPTION, "decoders": ["lstm"]}
-    s = X.train_task("captioning", index_path, out, epochs=1, progress=False, finetune_image_blocks=1,
+    s = run.train_task("captioning", index_path, out, epochs=1, progress=False, finetune_image_blocks=1,
                      finetune_epochs=2, **opts)  # fmt: skip
     assert s["lstm_finetuned/image_blocks"] == 1 and s["lstm_finetuned/epochs_run"] == 2
     folder = out / "captioning"
@@ -224,7 +244,7 @@ def test_captioning_fine_tuning_the_image_encoder_is_a_parameter(setup):
     assert meta["finetune"]["augment"] is True and meta["train"]["monitor"] == "val_cider"
     assert meta["train"]["best_value"] == max(h["val_cider"] for h in hist) == s["lstm_finetuned/best_val_cider"]
     assert not (folder / "lstm_finetune_checkpoint.pt").exists()  # finished: removed
-    last = X._task_encoder(X.read_task_index(index_path), "image", index_path).block_names()[-1]
+    last = F.task_encoder(F.read_task_index(index_path), "image", index_path).block_names()[-1]
     keys = _changed_keys(folder, "lstm")
     assert keys and all(any(k.startswith(f"image.{p}.") for p in last) for k in keys), sorted(keys)[:5]
     # the decoder moved away from the frozen-feature one it started from
@@ -232,25 +252,27 @@ def test_captioning_fine_tuning_the_image_encoder_is_a_parameter(setup):
     assert frozen.keys() == tuned.keys() and any(not torch.equal(frozen[k], tuned[k]) for k in frozen)
     # and so did the test features: the encoder's last block trained
     feats = load_file(str(folder / "lstm_finetuned_features.safetensors"))
-    cached = X.image_features(X.read_task_index(index_path), meta["test_ids"])[0]
+    cached = F.image_features(F.read_task_index(index_path), meta["test_ids"])[0]
     assert feats["test/grid"].shape == cached.shape
     assert (feats["test/grid"] - cached).norm() > 1e-2 * cached.norm()
-    res = X.evaluate_task("captioning", index_path, out, n_examples=1)
+    res = run.evaluate_task("captioning", index_path, out, n_examples=1)
     assert list(res.metrics["model"]) == ["lstm/greedy", "lstm/beam", "lstm_finetuned/greedy",
                                           "lstm_finetuned/beam", "nearest_neighbour"]  # fmt: skip
     enc = dict(zip(res.metrics["model"], res.metrics["encoders"]))
     assert enc["lstm/beam"] == "frozen" and enc["lstm_finetuned/beam"] == "image last 1, augmented"
     assert "captioning/lstm_finetuned/beam/CIDEr" in res.summary
     # frozen again: the fine-tuned files go, so evaluation cannot report a stale model
-    X.train_task("captioning", index_path, out, epochs=1, progress=False, **opts)
+    run.train_task("captioning", index_path, out, epochs=1, progress=False, **opts)
     assert not list(folder.glob("lstm_finetuned*"))
-    assert "lstm_finetuned/beam" not in list(X.evaluate_task("captioning", index_path, out, n_examples=0).metrics.model)
+    assert "lstm_finetuned/beam" not in list(
+        run.evaluate_task("captioning", index_path, out, n_examples=0).metrics.model
+    )
 
 
 def test_vqa_fine_tuning_the_image_and_question_encoders_is_a_parameter(setup):
     _, index_path, _, tmp = setup
     out = tmp / "vqa_ft"
-    s = X.train_task("vqa", index_path, out, epochs=2, progress=False, finetune_image_blocks=1,
+    s = run.train_task("vqa", index_path, out, epochs=2, progress=False, finetune_image_blocks=1,
                      finetune_text_blocks=1, finetune_epochs=1, **TINY_VQA)  # fmt: skip
     assert s["film_finetuned/image_blocks"] == 1 and s["film_finetuned/text_blocks"] == 1
     assert 0 <= s["film_finetuned/best_val_accuracy"] <= 1 and s["film_finetuned/epochs_run"] == 1
@@ -258,26 +280,26 @@ def test_vqa_fine_tuning_the_image_and_question_encoders_is_a_parameter(setup):
     keys = _changed_keys(folder, "film")
     assert any(k.startswith("image.net._conv_head") for k in keys) and any(k.startswith("text.") for k in keys)
     assert not (folder / "film_finetune_checkpoint.pt").exists()
-    res = X.evaluate_task("vqa", index_path, out, n_examples=0)
+    res = run.evaluate_task("vqa", index_path, out, n_examples=0)
     assert list(res.metrics["model"]) == ["film", "film_finetuned"] and res.metrics["best"].sum() == 1
     assert list(res.metrics["encoders"]) == ["frozen", "image last 1, text last 1, augmented"]
     assert res.metrics["accuracy"].between(0, 1).all() and "vqa/film_finetuned/accuracy" in res.summary
     # the saved copy alone reproduces the fine-tuned accuracy
-    again = X.evaluate_task("vqa", index_path, out, n_examples=0)
+    again = run.evaluate_task("vqa", index_path, out, n_examples=0)
     pd.testing.assert_frame_equal(again.metrics, res.metrics)
 
 
 def test_fine_tuned_features_of_other_test_images_are_refused(setup, tmp_path):
     _, index_path, _, tmp = setup
     src = tmp / "cap_ft2"
-    X.train_task("captioning", index_path, src, epochs=1, progress=False, finetune_image_blocks=1, finetune_epochs=1,
+    run.train_task("captioning", index_path, src, epochs=1, progress=False, finetune_image_blocks=1, finetune_epochs=1,
                  augment=False, **{**TINY_CAPTION, "decoders": ["transformer"]})  # fmt: skip
     meta_path = src / "captioning" / "transformer_finetuned.json"
     meta = json.loads(meta_path.read_text())
     meta["test_ids"] = meta["test_ids"][::-1]
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(X.TaskSetupError, match="fine-tuned features of other test images"):
-        X.evaluate_task("captioning", index_path, src, n_examples=0)
+    with pytest.raises(TaskSetupError, match="fine-tuned features of other test images"):
+        run.evaluate_task("captioning", index_path, src, n_examples=0)
 
 
 def test_fine_tuning_refuses_an_encoder_that_differs_from_the_cached_features(setup):
@@ -285,8 +307,8 @@ def test_fine_tuning_refuses_an_encoder_that_differs_from_the_cached_features(se
     index = json.loads(index_path.read_text())
     assert index["tasks"]["image_encoder"]["build"]["kwargs"] == {"weights": None, "image_size": 64, "seed": 0}
     index["tasks"]["image_encoder"]["build"]["kwargs"]["seed"] = 1  # another random init
-    with pytest.raises(X.TaskSetupError, match="differs from the one that made the cached features"):
-        X._task_encoder(index, "image", index_path)
+    with pytest.raises(TaskSetupError, match="differs from the one that made the cached features"):
+        F.task_encoder(index, "image", index_path)
 
 
 FT = {"finetune_image_blocks": 1, "finetune_epochs": 3}  # after 1 frozen epoch: the interrupt hits the fine-tuning
@@ -310,7 +332,7 @@ def test_resume_after_an_interrupt_saves_what_an_uninterrupted_run_saves(setup, 
     _, index_path, _, tmp = setup
     full, part = tmp / f"{task}_full_{model_file}", tmp / f"{task}_part_{model_file}"
     epochs = 1 if "finetuned" in model_file else 3
-    X.train_task(task, index_path, full, epochs=epochs, progress=False, **opts)
+    run.train_task(task, index_path, full, epochs=epochs, progress=False, **opts)
     save = TrainCheckpoint.save
 
     def save_then_die(self, epoch, *a, **k):
@@ -320,11 +342,11 @@ def test_resume_after_an_interrupt_saves_what_an_uninterrupted_run_saves(setup, 
 
     monkeypatch.setattr(TrainCheckpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        X.train_task(task, index_path, part, epochs=epochs, progress=False, **opts)
+        run.train_task(task, index_path, part, epochs=epochs, progress=False, **opts)
     ckpts = list((part / task).glob("*_checkpoint.pt"))
-    assert len(ckpts) == 1 and torch.load(ckpts[0], weights_only=False)["epoch"] == 1
+    assert len(ckpts) == 1 and torch.load(ckpts[0], weights_only=True)["epoch"] == 1
     monkeypatch.setattr(TrainCheckpoint, "save", save)
-    X.train_task(task, index_path, part, epochs=epochs, progress=False, resume=True, **opts)
+    run.train_task(task, index_path, part, epochs=epochs, progress=False, resume=True, **opts)
     assert not list((part / task).glob("*_checkpoint.pt"))  # finished: removed
     files = [model_file]
     if "finetuned" in model_file:  # the encoder's trained block too: its test features
@@ -363,7 +385,7 @@ def test_workbook_train_tasks_passes_each_task_its_own_options(setup, tmp_path):
 
 def test_workbook_train_tasks_resume_reaches_every_task_unless_a_task_says_otherwise(monkeypatch):
     seen = {}
-    monkeypatch.setattr(X, "train_task", lambda task, *a, **kw: seen.setdefault(task, kw) and {})
+    monkeypatch.setattr(run, "train_task", lambda task, *a, **kw: seen.setdefault(task, kw) and {})
     wb.train_tasks(["vqa", "retrieval"], "idx.json", "run", _Tracker(), options={"vqa": {"resume": False}}, resume=True)
     assert seen["vqa"]["resume"] is False and seen["retrieval"]["resume"] is True
 
@@ -372,25 +394,25 @@ def test_workbook_train_tasks_resume_reaches_every_task_unless_a_task_says_other
 def test_bad_arguments_are_named(setup, tmp_path):
     ds, index_path, cache, _ = setup
     with pytest.raises(ValueError, match="unknown task 'caption'"):
-        X.train_task("caption", index_path, tmp_path)
+        run.train_task("caption", index_path, tmp_path)
     with pytest.raises(ValueError, match="unknown task"):
-        X.extract_task_features(ds, index_path, ["vqa", "ocr"], cache)
+        F.extract_task_features(ds, index_path, ["vqa", "ocr"], cache)
     with pytest.raises(TypeError, match="unknown option.*'lr_max'"):
-        X.train_task("vqa", index_path, tmp_path, lr_max=1.0)
+        run.train_task("vqa", index_path, tmp_path, lr_max=1.0)
     with pytest.raises(ValueError, match="epochs=0"):
-        X.train_task("vqa", index_path, tmp_path, epochs=0)
+        run.train_task("vqa", index_path, tmp_path, epochs=0)
     with pytest.raises(ValueError, match="unknown.*'nope'"):
-        X.train_task("vqa", index_path, tmp_path, method="nope")
+        run.train_task("vqa", index_path, tmp_path, method="nope")
     with pytest.raises(TaskInputError, match="no trained retrieval models"):
-        X.evaluate_task("retrieval", index_path, tmp_path / "empty")
+        run.evaluate_task("retrieval", index_path, tmp_path / "empty")
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps({k: v for k, v in json.loads(index_path.read_text()).items() if k != "tasks"}))
     with pytest.raises(TaskInputError, match="no task features recorded.*extract_task_features"):
-        X.train_task("vqa", bare, tmp_path)
+        run.train_task("vqa", bare, tmp_path)
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**json.loads(bare.read_text()), "manifest_hash": "0123456789abcdef"}))
     with pytest.raises(TaskInputError, match="not for 'shapes'.*run FeatureIndex.build"):
-        X.extract_task_features(ds, other, X.TASKS, cache)
+        F.extract_task_features(ds, other, F.TASKS, cache)
 
 
 def test_bad_captions_raise_or_are_skipped_with_a_report(setup, encoders, tmp_path):
@@ -406,8 +428,8 @@ def test_bad_captions_raise_or_are_skipped_with_a_report(setup, encoders, tmp_pa
     FeatureIndex.build(ds2, {}, cache, ["pooled"], path=index, progress=False)
     kw = {"image_encoder": encoders["image"], "text_encoder": encoders["text"], "progress": False}
     with pytest.raises(TaskInputError, match=rf"captions.json: images\[0\] \({bad_id}\) caption 1: empty caption"):
-        X.extract_task_features(ds2, index, ["retrieval"], cache, **kw)
-    entry = X.extract_task_features(ds2, index, ["retrieval"], cache, on_error="skip", **kw)
+        F.extract_task_features(ds2, index, ["retrieval"], cache, **kw)
+    entry = F.extract_task_features(ds2, index, ["retrieval"], cache, on_error="skip", **kw)
     assert entry["status"]["retrieval"]["status"] == "ok"
     report = Path(entry["reports"]["captions"]).read_text()
     assert bad_id in report and "empty caption" in report and "skipped" in report

@@ -1,0 +1,120 @@
+"""The three tasks end to end, as 04 and 05 call them (02 caches their features:
+:mod:`fusionkit.tasks.features`)::
+
+    summary = train_task("captioning", features_index, run_dir, seed=seed)      # 04_train
+    res = evaluate_task("captioning", features_index, run_dir, n_examples=8)    # 05_evaluate
+    res.metrics, res.tables["samples"], res.plots["attention"], res.summary
+
+Each task is a package (``captioning``, ``vqa``, ``retrieval``) whose ``task`` module holds its
+options (``DEFAULTS``), its maximum epochs (``EPOCHS``), ``train(...)`` and ``evaluate(...)``;
+this module checks the arguments, dispatches and writes ``summary.json`` / ``test_metrics.json``.
+
+Training (:func:`train_task`) and evaluation (:func:`evaluate_task`)
+    ``out_dir/<task>/``: ``*.safetensors`` weights + a ``.json`` each (what rebuilds the model,
+    the training history, the hyper-parameters) and ``summary.json``. Early stopping on the task's
+    validation metric (CIDEr-D of greedy captions; VQA accuracy of the top answer; RSUM), best state
+    restored before saving. ``evaluate_task`` loads the checkpoints and scores the *test* split:
+
+    captioning  Transformer and Show-Attend-Tell decoders, greedy and beam, plus the nearest-neighbour
+                baseline: BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap, PTB tokenised); a table of
+                test images (path, captions, references, per-image scores); attention maps.
+    vqa         every trained fusion method: VQA accuracy overall, per answer type and per question type.
+    retrieval   dual encoder vs ridge map: R@1/5/10 both directions, medr, meanr, RSUM; the fusion
+                matcher's re-ranking of the dual encoder's top-k (before / after).
+
+Transfer learning (``finetune_image_blocks`` / ``finetune_text_blocks`` > 0, every task)
+    After the model trained on frozen features, a copy of it is fine-tuned together with the last
+    blocks of the encoder(s) that made the features (rebuilt from the index, checked by identity),
+    on augmented training images (:mod:`fusionkit.tasks.transfer`), early-stopped on the same
+    validation metric. The copy, the encoders' trained blocks and the fine-tuned test features are
+    saved next to the frozen model (``<model>_finetuned*``); ``evaluate_task`` reports both. A
+    training run without fine-tuning removes them, so evaluation never reports a stale model.
+    Captioning fine-tunes the image encoder only (its decoder reads word pieces, not the text
+    encoder); VQA the image encoder and / or the question encoder; retrieval either or both.
+
+Progress bars honour ``FUSIONKIT_NO_PROGRESS`` (``fusionkit.progress``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fusionkit.runtime import tune_allocator
+from fusionkit.tasks.captioning import task as captioning_task
+from fusionkit.tasks.common import TaskResult, TaskSetupError, task_dir, task_options, write_json
+from fusionkit.tasks.features import TASKS, read_task_index, require_task
+from fusionkit.tasks.retrieval import task as retrieval_task
+from fusionkit.tasks.vqa import task as vqa_task
+
+Tensor = torch.Tensor
+
+#: each task's module: its ``DEFAULTS`` (options), ``EPOCHS``, ``train(...)`` and ``evaluate(...)``
+TASK_MODULES = {"captioning": captioning_task, "vqa": vqa_task, "retrieval": retrieval_task}
+
+
+def train_task(
+    task: str,
+    index_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    method: str | Sequence[str] | None = None,
+    progress: bool = True,
+    **kw: Any,
+) -> dict[str, Any]:
+    """Train ``task``'s models on the cached features, early-stopped on its validation metric
+    with the best state restored, and save them in ``out_dir/<task>/`` (safetensors + json).
+    Returns a summary of numbers (also written to ``out_dir/<task>/summary.json``).
+
+    ``epochs``: maximum epochs (default: the task module's ``EPOCHS``). ``method``: captioning - the
+    decoder(s) ``"transformer"``, ``"lstm"`` (default both); vqa - the fusion method(s) (default
+    ``"film"``; a list trains and compares several); retrieval - the re-ranking matcher's fusion
+    method (default ``"film"``; ``"none"`` skips re-ranking). Further keywords: the task's options
+    in :data:`CAPTION_DEFAULTS`, :data:`VQA_DEFAULTS`, :data:`RETRIEVAL_DEFAULTS`.
+
+    Every model's training state is checkpointed after each epoch
+    (``<out_dir>/<task>/<model>_checkpoint.pt``, removed when it finishes): after an interrupt,
+    the same call with ``resume=True`` continues from the last epoch and saves the same model an
+    uninterrupted run saves."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
+        raise ValueError(f"epochs={epochs!r}; expected a positive integer")
+    index = read_task_index(index_path)
+    require_task(index, task, index_path)
+    opts = task_options(task, TASK_MODULES[task].DEFAULTS, kw)
+    tune_allocator()  # fusionkit.runtime: no page faults for every batch-sized tensor
+    epochs = int(epochs or TASK_MODULES[task].EPOCHS)
+    out = task_dir(out_dir, task)
+    t0 = time.perf_counter()
+    summary = TASK_MODULES[task].train(index, Path(index_path), out, seed, epochs, method, opts, progress)
+    summary["train_time_s"] = round(time.perf_counter() - t0, 2)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def evaluate_task(
+    task: str, index_path: str | os.PathLike, out_dir: str | os.PathLike, *, n_examples: int = 8, progress: bool = True
+) -> TaskResult:
+    """Load ``task``'s checkpoints from ``out_dir/<task>/`` and score them on the test split
+    (see the module docstring); ``n_examples``: images in the attention-map figure (captioning) /
+    rows of the sample tables."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    if not isinstance(n_examples, int) or n_examples < 0:
+        raise ValueError(f"n_examples={n_examples!r}; expected an integer >= 0")
+    index = read_task_index(index_path)
+    require_task(index, task, index_path)
+    folder = Path(out_dir) / task
+    if not folder.is_dir():
+        raise TaskSetupError(f"{folder}: no trained {task} models here; run train_task({task!r}, ...) first")
+    res = TASK_MODULES[task].evaluate(index, Path(index_path), folder, n_examples, progress)
+    write_json(folder / "test_metrics.json", {"metrics": res.metrics.to_dict(orient="records"), "summary": res.summary})
+    return res

@@ -1,0 +1,279 @@
+"""VQA questions and answers as tables (read through :mod:`fusionkit.data.vqa`), and the answer
+vocabulary."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fusionkit.data.caption_formats import karpathy_images
+from fusionkit.data.problems import (
+    InputReport,
+    Problems,
+    ReportProblems,
+    TaskInputError,
+    as_task_error,
+    check_on_error,
+    problem,
+)
+from fusionkit.data.vqa import VQAFile, read_vqa_file, vqa_annotations, vqa_questions
+from fusionkit.tasks.vqa.metrics import _answers_of, normalize_answer
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class VQARecord:
+    question_id: Any
+    image_id: Any  # as in the files (COCO: an int)
+    image_key: str  # the id of the image's feature row (a file stem, e.g. "shapes_00042")
+    question: str
+    answers: list[str]  # every annotator's answer (VQA v2: 10)
+    multiple_choice_answer: str
+    answer_type: str = ""
+    question_type: str = ""
+
+
+@dataclass
+class VQATable:
+    """The questions of one split with their answers; :attr:`questions` is what the text
+    encoder encodes (in this order)."""
+
+    records: list[VQARecord]
+    source: str = ""
+    report: InputReport = field(default_factory=InputReport)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def questions(self) -> list[str]:
+        return [r.question for r in self.records]
+
+    @property
+    def question_ids(self) -> list[Any]:
+        return [r.question_id for r in self.records]
+
+    @property
+    def image_keys(self) -> list[str]:
+        return [r.image_key for r in self.records]
+
+    def annotations(self) -> list[dict[str, Any]]:
+        """Records in the shape :func:`vqa_accuracy` reads."""
+        return [
+            {
+                "question_id": r.question_id,
+                "answers": list(r.answers),
+                "answer_type": r.answer_type,
+                "question_type": r.question_type,
+            }
+            for r in self.records
+        ]
+
+    def labels(self, vocab: AnswerVocab) -> Tensor:
+        """Index of each question's (normalised) multiple-choice answer in ``vocab``; -1 when
+        it is not in the vocabulary."""
+        return torch.as_tensor([vocab.index(r.multiple_choice_answer) for r in self.records], dtype=torch.long)
+
+    def subset(self, index: Sequence[int]) -> VQATable:
+        return VQATable([self.records[i] for i in index], self.source, self.report)
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame([asdict(r) for r in self.records])
+
+
+def image_keys_from_karpathy(path: str | os.PathLike) -> dict[Any, str]:
+    """``{imgid: file stem}`` (also under ``cocoid``) from a Karpathy ``captions.json``: how VQA's
+    numeric image ids find their feature rows. A malformed image record raises
+    :class:`TaskInputError` naming the file and the record."""
+    out: dict[Any, str] = {}
+    with as_task_error():
+        for im in karpathy_images(path, Problems("raise")):
+            for v in im.ids.values():
+                out[v] = im.stem
+    return out
+
+
+def _vqa_file(path: Path, key: str) -> VQAFile:
+    if not path.is_file():
+        raise TaskInputError(f"{path}: file not found")
+    with as_task_error():
+        f = read_vqa_file(path, key)
+    if f is None:
+        raise TaskInputError(f"{path}: expected a VQA {key} file {{'{key}': [...]}}")
+    return f
+
+
+def load_vqa(
+    questions_path: str | os.PathLike,
+    annotations_path: str | os.PathLike,
+    *,
+    image_key: Mapping[Any, str] | Callable[[Any], str] | None = None,
+    on_error: str = "raise",
+    report_path: str | os.PathLike | None = None,
+) -> VQATable:
+    """Read VQA v2 question + annotation files into a :class:`VQATable` (question order kept),
+    through the data side's VQA v2 parser (:mod:`fusionkit.data.vqa`).
+
+    ``image_key``: maps the files' ``image_id`` to the feature id (a dict or a function; default
+    ``str(image_id)``); an image id it does not know is a question about a missing image."""
+    check_on_error(on_error)
+    qp, ap = Path(questions_path), Path(annotations_path)
+    qf, af = _vqa_file(qp, "questions"), _vqa_file(ap, "annotations")
+    report = InputReport(source=f"{qp} + {ap}")
+    anns: dict[Any, dict[str, Any]] = {}
+    for ann in vqa_annotations(af, ReportProblems(report, on_error, ap)):
+        anns[ann.question_id] = ann.raw
+    records: list[VQARecord] = []
+    seen: dict[Any, int] = {}
+    for vq in vqa_questions(qf, ReportProblems(report, on_error, qp)):
+        qid, k, text = vq.question_id, vq.index, vq.question
+        where = f"questions[{k}] (question_id {qid})"
+        if qid in seen:
+            problem(
+                report, on_error, str(qp), where, f"question_id repeated (first questions[{seen[qid]}]) (duplicated id)"
+            )
+            continue
+        seen[qid] = k
+        if not text.strip():
+            problem(report, on_error, str(qp), where, f"empty question text {text!r}")
+            continue
+        a = anns.get(qid)
+        if a is None:
+            problem(report, on_error, str(ap), where, "question without answers: no annotation for it")
+            continue
+        answers = _answers_of(a)
+        if not answers or not all(isinstance(x, str) and x.strip() for x in answers):
+            problem(report, on_error, str(ap), where, f"question without answers: answers {a.get('answers')!r}")
+            continue
+        img = vq.image_id
+        if a.get("image_id", img) != img:
+            problem(
+                report, on_error, str(ap), where, f"image_id {a.get('image_id')!r} differs from the question's {img!r}"
+            )
+            continue
+        if image_key is None:
+            key = str(img)
+        elif callable(image_key):
+            key = image_key(img)
+        else:
+            key = image_key.get(img)
+        if key is None:
+            problem(report, on_error, str(qp), where, f"question names image_id {img!r}, which has no image")
+            continue
+        mc = a.get("multiple_choice_answer")
+        if not isinstance(mc, str) or not mc.strip():
+            mc = Counter(answers).most_common(1)[0][0]
+        records.append(
+            VQARecord(
+                question_id=qid,
+                image_id=img,
+                image_key=key,
+                question=" ".join(text.split()),
+                answers=answers,
+                multiple_choice_answer=mc,
+                answer_type=str(a.get("answer_type", "")),
+                question_type=str(a.get("question_type", "")),
+            )
+        )
+    for qid in anns:
+        if qid not in seen:
+            problem(report, on_error, str(ap), f"annotation for question_id {qid}", f"no such question in {qp}")
+    if not records:
+        raise TaskInputError(f"{qp}: no usable questions ({report.to_text()})")
+    table = VQATable(records, report.source, report)
+    if report_path is not None:
+        report.write(report_path)
+    return table
+
+
+def load_shapes_vqa(
+    root: str | os.PathLike, split: str, on_error: str = "raise", report_path: str | os.PathLike | None = None
+) -> VQATable:
+    """The shapes dataset's ``vqa/questions_{split}.json`` + ``vqa/annotations_{split}.json``,
+    image ids mapped to feature ids through ``captions.json``."""
+    root = Path(root)
+    return load_vqa(
+        root / "vqa" / f"questions_{split}.json",
+        root / "vqa" / f"annotations_{split}.json",
+        image_key=image_keys_from_karpathy(root / "captions.json"),
+        on_error=on_error,
+        report_path=report_path,
+    )
+
+
+@dataclass
+class AnswerVocab:
+    """The ``top_k`` most frequent (normalised) answers; index ``i`` <-> ``answers[i]``."""
+
+    answers: list[str]
+    counts: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(set(self.answers)) != len(self.answers):
+            raise ValueError("AnswerVocab: repeated answers")
+        self._index = {a: i for i, a in enumerate(self.answers)}
+
+    @classmethod
+    def build(
+        cls,
+        table: VQATable | Iterable[Mapping[str, Any]],
+        top_k: int = 1000,
+        min_count: int = 1,
+        use: str = "multiple_choice_answer",
+    ) -> AnswerVocab:
+        """Count the normalised answers of ``table`` (a :class:`VQATable` or annotation
+        records): ``use="multiple_choice_answer"`` (one per question, the usual choice) or
+        ``"answers"`` (every annotator's); keep the ``top_k`` most frequent (ties alphabetical)."""
+        if use not in ("multiple_choice_answer", "answers"):
+            raise ValueError(f"use={use!r}; expected 'multiple_choice_answer' or 'answers'")
+        recs = table.annotations() if isinstance(table, VQATable) else list(table)
+        if isinstance(table, VQATable):
+            for r, rec in zip(recs, table.records):
+                r["multiple_choice_answer"] = rec.multiple_choice_answer
+        counts: Counter[str] = Counter()
+        for r in recs:
+            if use == "answers":
+                counts.update(normalize_answer(a) for a in _answers_of(r))
+            else:
+                mc = r.get("multiple_choice_answer")
+                if mc is None:
+                    mc = Counter(_answers_of(r)).most_common(1)[0][0]
+                counts[normalize_answer(mc)] += 1
+        counts.pop("", None)
+        items = sorted((a for a, n in counts.items() if n >= min_count), key=lambda a: (-counts[a], a))[:top_k]
+        if not items:
+            raise ValueError("AnswerVocab.build: no answers")
+        return cls(items, [counts[a] for a in items])
+
+    def __len__(self) -> int:
+        return len(self.answers)
+
+    def index(self, answer: str) -> int:
+        """Index of the normalised ``answer``; -1 when it is not in the vocabulary."""
+        return self._index.get(normalize_answer(answer), -1)
+
+    def decode(self, index: int) -> str:
+        return self.answers[index]
+
+    def decode_logits(self, logits: Tensor) -> list[str]:
+        return [self.answers[i] for i in logits.argmax(dim=-1).tolist()]
+
+    def coverage(self, table: VQATable) -> float:
+        """Share of ``table``'s questions whose answer is in the vocabulary."""
+        return float((table.labels(self) >= 0).float().mean())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"answers": self.answers, "counts": self.counts}
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> AnswerVocab:
+        return cls(list(state["answers"]), list(state.get("counts", [])))
