@@ -50,6 +50,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from fusionkit import __version__
 from fusionkit.data.base import Dataset, DatasetError, atomic_write_text
 from fusionkit.data.problems import check_on_error
 from fusionkit.data.readers import read_json
@@ -262,9 +263,7 @@ def _raise_for_skipped(fs: FeatureSet, on_error: str) -> None:
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
-    import fusionkit
-
-    out = {"python": platform.python_version(), "fusionkit": fusionkit.__version__, "torch": torch.__version__}
+    out = {"python": platform.python_version(), "fusionkit": __version__, "torch": torch.__version__}
     for pkg in ("torchvision", "transformers", "librosa", "safetensors", "numpy", "pillow", "soundfile"):
         with contextlib.suppress(md.PackageNotFoundError):
             out[pkg] = md.version(pkg)

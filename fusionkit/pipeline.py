@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from fusionkit.data.base import atomic_write_text
+from fusionkit.tracking import MODES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = (
@@ -424,7 +425,5 @@ def _preflight(params: dict[str, dict[str, Any]]) -> None:
                 )
         mode = p.get("wandb_mode")
         if mode is not None:
-            from fusionkit.tracking import MODES
-
             if mode not in MODES:
                 raise PipelineError(f"{nb}.wandb_mode: {mode!r}; expected one of {', '.join(MODES)}")
