@@ -21,6 +21,7 @@ from fusionkit.data.problems import TaskInputError
 from fusionkit.progress import progress_enabled
 from fusionkit.tasks.transfer import FinetuneConfig as _FinetuneConfig
 from fusionkit.tasks.transfer import trainable_state
+from fusionkit.training import TrainResult
 
 Tensor = torch.Tensor
 
@@ -137,16 +138,21 @@ def finetune_config(opts: Mapping[str, Any], seed: int) -> _FinetuneConfig:
     )  # fmt: skip
 
 
-def finetune_summary(prefix: str, metric: str, best: float, res, cfg: _FinetuneConfig) -> dict[str, Any]:
-    """The numbers ``train_task`` reports for a fine-tuned model."""
+def run_summary(prefix: str, metric: str, res: TrainResult, **extra: Any) -> dict[str, Any]:
+    """The numbers ``train_task`` reports for one trained model (``prefix``: its name): its best
+    validation ``metric``, best epoch, epochs run and training time, and ``extra`` ones."""
     return {
-        f"{prefix}/best_{metric}": best,
+        f"{prefix}/best_{metric}": res.best_value,
         f"{prefix}/best_epoch": res.best_epoch,
         f"{prefix}/epochs_run": res.epochs_run,
         f"{prefix}/train_time_s": round(res.train_time_s, 2),
-        f"{prefix}/image_blocks": cfg.image_blocks,
-        f"{prefix}/text_blocks": cfg.text_blocks,
+        **{f"{prefix}/{k}": v for k, v in extra.items()},
     }
+
+
+def finetune_summary(prefix: str, metric: str, res: TrainResult, cfg: _FinetuneConfig) -> dict[str, Any]:
+    """:func:`run_summary` of a fine-tuned model, with the encoder blocks it trained."""
+    return run_summary(prefix, metric, res, image_blocks=cfg.image_blocks, text_blocks=cfg.text_blocks)
 
 
 def finetuned_files(out: Path, stem: str) -> dict[str, Path]:

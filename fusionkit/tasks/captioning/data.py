@@ -11,16 +11,9 @@ from typing import Any
 
 import torch
 
+from fusionkit.data import problems
 from fusionkit.data.base import SPLITS
 from fusionkit.data.caption_formats import coco_images, karpathy_images
-from fusionkit.data.problems import (
-    InputReport,
-    ReportProblems,
-    TaskInputError,
-    as_task_error,
-    check_on_error,
-    problem,
-)
 from fusionkit.tasks.captioning.tokenizer import CaptionTokenizer
 
 Tensor = torch.Tensor
@@ -41,7 +34,7 @@ class CaptionDataset:
     splits: dict[str, str]
     files: dict[str, str]
     source: str = ""
-    report: InputReport = field(default_factory=InputReport)
+    report: problems.InputReport = field(default_factory=problems.InputReport)
 
     # -- readers ------------------------------------------------------------------------------
     @classmethod
@@ -63,11 +56,11 @@ class CaptionDataset:
         ``image_root``: check that every image file exists there; ``report_path``: write the
         report there."""
         path = Path(path)
-        check_on_error(on_error)
-        report = InputReport(source=str(path))
-        sink = ReportProblems(report, on_error, path)
+        problems.check_on_error(on_error)
+        report = problems.InputReport(source=str(path))
+        sink = problems.ReportProblems(report, on_error, path)
         entries = []
-        with as_task_error():
+        with problems.as_task_error():
             for im in karpathy_images(path, sink):
                 sents = im.sentences(sink)
                 if sents is not None:
@@ -92,10 +85,10 @@ class CaptionDataset:
         [{"image_id", "caption"}]}``) as split ``split``. An annotation whose ``image_id`` is not
         among ``images`` is a caption naming a missing image."""
         path = Path(path)
-        check_on_error(on_error)
-        report = InputReport(source=str(path))
-        with as_task_error():
-            images = coco_images(path, ReportProblems(report, on_error, path))
+        problems.check_on_error(on_error)
+        report = problems.InputReport(source=str(path))
+        with problems.as_task_error():
+            images = coco_images(path, problems.ReportProblems(report, on_error, path))
         entries = [
             (f"images[{im.index}] ({im.stem}, id {im.id})", im.stem, split, im.file_name, [c for c, _ in im.captions])
             for im in images
@@ -133,10 +126,10 @@ class CaptionDataset:
             elif grouped[iid][2] != sp:
                 conflicts.append((iid, grouped[iid][2], sp))
             grouped[iid][4].append(cap)
-        check_on_error(on_error)
-        report = InputReport(source=source)
+        problems.check_on_error(on_error)
+        report = problems.InputReport(source=source)
         for iid, a, b in conflicts:
-            problem(
+            problems.problem(
                 report, on_error, source, f"image {iid!r}", f"listed in two splits ({a!r} and {b!r}): duplicated id"
             )
             grouped.pop(iid, None)
@@ -153,59 +146,63 @@ class CaptionDataset:
         on_error: str,
         image_root: str | os.PathLike | None,
         report_path: str | os.PathLike | None,
-        report: InputReport | None = None,
+        report: problems.InputReport | None = None,
     ) -> CaptionDataset:
-        check_on_error(on_error)
+        problems.check_on_error(on_error)
         if too_long not in ("truncate", "error"):
             raise ValueError(f"too_long={too_long!r}; expected 'truncate' or 'error'")
-        report = report or InputReport(source=source)
+        report = report or problems.InputReport(source=source)
         refs: dict[str, list[str]] = {}
         splits: dict[str, str] = {}
         files: dict[str, str] = {}
         first_seen: dict[str, str] = {}
         for where, iid, split, fn, caps in entries:
             if iid is None:
-                problem(report, on_error, source, where, "expected a record with a non-empty 'filename'")
+                problems.problem(report, on_error, source, where, "expected a record with a non-empty 'filename'")
                 continue
             if iid in first_seen:
-                problem(report, on_error, source, where, f"image id {iid!r} repeated (first at {first_seen[iid]})")
+                problems.problem(
+                    report, on_error, source, where, f"image id {iid!r} repeated (first at {first_seen[iid]})"
+                )
                 continue
             first_seen[iid] = where
             split = "train" if split == "restval" else split
             if split not in SPLITS:
-                problem(report, on_error, source, where, f"split {split!r}; expected one of {SPLITS} (or 'restval')")
+                problems.problem(
+                    report, on_error, source, where, f"split {split!r}; expected one of {SPLITS} (or 'restval')"
+                )
                 continue
             if image_root is not None and not (Path(image_root) / fn).is_file():
-                problem(report, on_error, source, where, f"image file {Path(image_root) / fn} does not exist")
+                problems.problem(report, on_error, source, where, f"image file {Path(image_root) / fn} does not exist")
                 continue
             if not caps:
-                problem(report, on_error, source, where, "image has no captions")
+                problems.problem(report, on_error, source, where, "image has no captions")
                 continue
             kept: list[str] = []
             for j, c in enumerate(caps):
                 rec = f"{where} caption {j}"
                 if not isinstance(c, str) or not c.strip():
-                    problem(report, on_error, source, rec, f"empty caption {c!r}; expected some text")
+                    problems.problem(report, on_error, source, rec, f"empty caption {c!r}; expected some text")
                     continue
                 c = " ".join(c.split())
                 if tokenizer is not None:
                     if not tokenizer.normalize(c):
-                        problem(report, on_error, source, rec, f"caption {c!r} is empty after normalisation")
+                        problems.problem(report, on_error, source, rec, f"caption {c!r} is empty after normalisation")
                         continue
                     n = len(tokenizer.pieces(c)) + 2
                     if n > tokenizer.max_len:
                         what = f"caption has {n} tokens with BOS/EOS, longer than max_len={tokenizer.max_len}"
                         if too_long == "error":
-                            problem(report, on_error, source, rec, what)
+                            problems.problem(report, on_error, source, rec, what)
                             continue
                         report.add(source, rec, what, "truncated")
                 kept.append(c)
             if not kept:
-                problem(report, on_error, source, where, "image has no usable captions left")
+                problems.problem(report, on_error, source, where, "image has no usable captions left")
                 continue
             refs[iid], splits[iid], files[iid] = kept, split, fn
         if not refs:
-            raise TaskInputError(
+            raise problems.TaskInputError(
                 f"{source}: no usable images with captions ({len(report)} problems: {report.to_text()})"
             )
         ds = cls(refs, splits, files, source, report)
@@ -244,16 +241,16 @@ class CaptionDataset:
     ) -> tuple[list[str], Tensor]:
         """(image ids of ``split`` that have features, their rows in ``feature_ids``). An image
         without a feature row is an error, or (``on_error="skip"``) dropped and reported."""
-        check_on_error(on_error)
+        problems.check_on_error(on_error)
         where: dict[str, int] = {}
         for r, f in enumerate(feature_ids):
             if f in where:
-                raise TaskInputError(f"feature ids: {f!r} appears twice (rows {where[f]} and {r})")
+                raise problems.TaskInputError(f"feature ids: {f!r} appears twice (rows {where[f]} and {r})")
             where[f] = r
         ids, rows = [], []
         for i in self.ids(split):
             if i not in where:
-                problem(
+                problems.problem(
                     self.report,
                     on_error,
                     self.source,
@@ -322,7 +319,7 @@ def caption_split(
         raise ValueError(f"pooled must be (N, D) with N = {len(feature_ids)}; got {tuple(pooled.shape)}")
     ids, rows = dataset.feature_rows(feature_ids, split, on_error=on_error)
     if not ids:
-        raise TaskInputError(f"{dataset.source}: split {split!r} has no images with features")
+        raise problems.TaskInputError(f"{dataset.source}: split {split!r} has no images with features")
     refs = [dataset.references[i] for i in ids]
     texts, owners, records = [], [], []
     for n, (i, caps) in enumerate(zip(ids, refs)):

@@ -128,11 +128,7 @@ def train(index, index_path, out, seed, epochs, method, opts, progress) -> dict[
         common.save_model(model, out / f"{kind}.safetensors", meta)
         summary.update(finetune(index, index_path, out, kind, model, meta, tok, splits, opts, seed,
                                             progress, decoded))  # fmt: skip
-        summary[f"{kind}/best_val_cider"] = res.best_value
-        summary[f"{kind}/best_epoch"] = res.best_epoch
-        summary[f"{kind}/epochs_run"] = res.epochs_run
-        summary[f"{kind}/train_time_s"] = round(res.train_time_s, 2)
-        summary[f"{kind}/params"] = model.num_parameters()
+        summary.update(common.run_summary(kind, "val_cider", res, params=model.num_parameters()))
     common.write_json(out / "decoders.json", {"decoders": kinds})
     return summary
 
@@ -171,7 +167,7 @@ def finetune(
     f = T.encode_image_features(enc, decoded["test"])
     bundle.save_tensors(files["features"], {f"test/{k}": v for k, v in f.items()})
     ckpt.unlink(missing_ok=True)  # finished: nothing left to resume
-    return common.finetune_summary(f"{kind}_finetuned", "val_cider", res.best_value, res, cfg)
+    return common.finetune_summary(f"{kind}_finetuned", "val_cider", res, cfg)
 
 
 def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -> common.TaskResult:

@@ -112,11 +112,7 @@ def train(index, index_path, out, seed, epochs, method, opts, progress) -> dict[
         {"task": "retrieval", "alpha": ridge.alpha, "val_rsum": {str(k): v for k, v in ridge_scores.items()}},
     )
     summary: dict[str, Any] = {
-        "dual/best_val_rsum": res.best_rsum,
-        "dual/best_epoch": res.best_epoch,
-        "dual/epochs_run": res.epochs_run,
-        "dual/train_time_s": round(res.train_time_s, 2),
-        "dual/temperature": float(1 / dual.scale().detach()),
+        **common.run_summary("dual", "val_rsum", res, temperature=float(1 / dual.scale().detach())),
         "ridge/alpha": ridge.alpha,
         "ridge/val_rsum": ridge_scores[ridge.alpha],
     }
@@ -204,7 +200,7 @@ def finetune(index, index_path, out: Path, seed, dual, dual_hp, opts, sp, progre
         feats[f"{k}/text"] = (T.encode_texts(txt_enc, texts[k]) if tb else sp[k].text).float().contiguous()
     bundle.save_tensors(files[3], feats)
     ckpt.unlink(missing_ok=True)  # finished: nothing left to resume
-    return common.finetune_summary("finetuned", "val_rsum", res.best_rsum, res, cfg)
+    return common.finetune_summary("finetuned", "val_rsum", res, cfg)
 
 
 def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -> common.TaskResult:

@@ -12,16 +12,8 @@ from typing import Any
 
 import torch
 
+from fusionkit.data import problems
 from fusionkit.data.caption_formats import karpathy_images
-from fusionkit.data.problems import (
-    InputReport,
-    Problems,
-    ReportProblems,
-    TaskInputError,
-    as_task_error,
-    check_on_error,
-    problem,
-)
 from fusionkit.data.vqa import VQAFile, read_vqa_file, vqa_annotations, vqa_questions
 from fusionkit.tasks.vqa.metrics import _answers_of, normalize_answer
 
@@ -47,7 +39,7 @@ class VQATable:
 
     records: list[VQARecord]
     source: str = ""
-    report: InputReport = field(default_factory=InputReport)
+    report: problems.InputReport = field(default_factory=problems.InputReport)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -95,8 +87,8 @@ def image_keys_from_karpathy(path: str | os.PathLike) -> dict[Any, str]:
     numeric image ids find their feature rows. A malformed image record raises
     :class:`TaskInputError` naming the file and the record."""
     out: dict[Any, str] = {}
-    with as_task_error():
-        for im in karpathy_images(path, Problems("raise")):
+    with problems.as_task_error():
+        for im in karpathy_images(path, problems.Problems("raise")):
             for v in im.ids.values():
                 out[v] = im.stem
     return out
@@ -104,11 +96,11 @@ def image_keys_from_karpathy(path: str | os.PathLike) -> dict[Any, str]:
 
 def _vqa_file(path: Path, key: str) -> VQAFile:
     if not path.is_file():
-        raise TaskInputError(f"{path}: file not found")
-    with as_task_error():
+        raise problems.TaskInputError(f"{path}: file not found")
+    with problems.as_task_error():
         f = read_vqa_file(path, key)
     if f is None:
-        raise TaskInputError(f"{path}: expected a VQA {key} file {{'{key}': [...]}}")
+        raise problems.TaskInputError(f"{path}: expected a VQA {key} file {{'{key}': [...]}}")
     return f
 
 
@@ -125,38 +117,40 @@ def load_vqa(
 
     ``image_key``: maps the files' ``image_id`` to the feature id (a dict or a function; default
     ``str(image_id)``); an image id it does not know is a question about a missing image."""
-    check_on_error(on_error)
+    problems.check_on_error(on_error)
     qp, ap = Path(questions_path), Path(annotations_path)
     qf, af = _vqa_file(qp, "questions"), _vqa_file(ap, "annotations")
-    report = InputReport(source=f"{qp} + {ap}")
+    report = problems.InputReport(source=f"{qp} + {ap}")
     anns: dict[Any, dict[str, Any]] = {}
-    for ann in vqa_annotations(af, ReportProblems(report, on_error, ap)):
+    for ann in vqa_annotations(af, problems.ReportProblems(report, on_error, ap)):
         anns[ann.question_id] = ann.raw
     records: list[VQARecord] = []
     seen: dict[Any, int] = {}
-    for vq in vqa_questions(qf, ReportProblems(report, on_error, qp)):
+    for vq in vqa_questions(qf, problems.ReportProblems(report, on_error, qp)):
         qid, k, text = vq.question_id, vq.index, vq.question
         where = f"questions[{k}] (question_id {qid})"
         if qid in seen:
-            problem(
+            problems.problem(
                 report, on_error, str(qp), where, f"question_id repeated (first questions[{seen[qid]}]) (duplicated id)"
             )
             continue
         seen[qid] = k
         if not text.strip():
-            problem(report, on_error, str(qp), where, f"empty question text {text!r}")
+            problems.problem(report, on_error, str(qp), where, f"empty question text {text!r}")
             continue
         a = anns.get(qid)
         if a is None:
-            problem(report, on_error, str(ap), where, "question without answers: no annotation for it")
+            problems.problem(report, on_error, str(ap), where, "question without answers: no annotation for it")
             continue
         answers = _answers_of(a)
         if not answers or not all(isinstance(x, str) and x.strip() for x in answers):
-            problem(report, on_error, str(ap), where, f"question without answers: answers {a.get('answers')!r}")
+            problems.problem(
+                report, on_error, str(ap), where, f"question without answers: answers {a.get('answers')!r}"
+            )
             continue
         img = vq.image_id
         if a.get("image_id", img) != img:
-            problem(
+            problems.problem(
                 report, on_error, str(ap), where, f"image_id {a.get('image_id')!r} differs from the question's {img!r}"
             )
             continue
@@ -167,7 +161,7 @@ def load_vqa(
         else:
             key = image_key.get(img)
         if key is None:
-            problem(report, on_error, str(qp), where, f"question names image_id {img!r}, which has no image")
+            problems.problem(report, on_error, str(qp), where, f"question names image_id {img!r}, which has no image")
             continue
         mc = a.get("multiple_choice_answer")
         if not isinstance(mc, str) or not mc.strip():
@@ -186,9 +180,11 @@ def load_vqa(
         )
     for qid in anns:
         if qid not in seen:
-            problem(report, on_error, str(ap), f"annotation for question_id {qid}", f"no such question in {qp}")
+            problems.problem(
+                report, on_error, str(ap), f"annotation for question_id {qid}", f"no such question in {qp}"
+            )
     if not records:
-        raise TaskInputError(f"{qp}: no usable questions ({report.to_text()})")
+        raise problems.TaskInputError(f"{qp}: no usable questions ({report.to_text()})")
     table = VQATable(records, report.source, report)
     if report_path is not None:
         report.write(report_path)

@@ -201,11 +201,7 @@ def train(index, index_path, out, seed, epochs, method, opts, progress) -> dict[
         common.save_model(model, out / f"{m}.safetensors", meta)
         summary.update(finetune(index, index_path, out, m, model, meta, train, val, tables, opts, seed, progress,
                                      decoded))  # fmt: skip
-        summary[f"{m}/best_val_accuracy"] = res.best_val_acc
-        summary[f"{m}/best_epoch"] = res.best_epoch
-        summary[f"{m}/epochs_run"] = res.epochs_run
-        summary[f"{m}/train_time_s"] = round(res.train_time_s, 2)
-        summary[f"{m}/params"] = model.num_parameters()
+        summary.update(common.run_summary(m, "val_accuracy", res, params=model.num_parameters()))
     common.write_json(out / "methods.json", {"methods": methods})
     return summary
 
@@ -286,7 +282,7 @@ def finetune(index, index_path, out: Path, method: str, model, meta, train: VQAA
         feats["test/questions"] = encode_distinct(txt_enc, tables["test"].questions).contiguous()
     bundle.save_tensors(files["features"], feats)
     ckpt.unlink(missing_ok=True)  # finished: nothing left to resume
-    return common.finetune_summary(f"{method}_finetuned", "val_accuracy", res.best_value, res, cfg)
+    return common.finetune_summary(f"{method}_finetuned", "val_accuracy", res, cfg)
 
 
 def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -> common.TaskResult:
