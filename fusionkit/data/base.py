@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,17 @@ class Dataset:
                 sp: {classes[c]: counts.get((sp, c), 0) for c in range(len(classes))} for sp in SPLITS
             }
         return out
+
+
+def with_options(
+    what: str, allowed: Mapping[str, Any], given: Mapping[str, Any], error: type[Exception] = DatasetError
+) -> dict[str, Any]:
+    """The defaults ``allowed`` updated with ``given``; a key of ``given`` that ``allowed`` lacks
+    raises ``error`` naming ``what``, the unknown key(s) and the valid ones."""
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise error(f"{what}: unknown option(s) {unknown}; expected some of {sorted(allowed)}")
+    return {**allowed, **given}
 
 
 def manifest_hash(root: str | os.PathLike) -> str:

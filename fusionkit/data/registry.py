@@ -53,7 +53,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fusionkit.data.base import SPLITS, Built, Dataset, DatasetError, atomic_write_text, load_dataset, write_dataset
+from fusionkit.data.base import (
+    SPLITS,
+    Built,
+    Dataset,
+    DatasetError,
+    atomic_write_text,
+    load_dataset,
+    with_options,
+    write_dataset,
+)
 from fusionkit.data.problems import Issue, Problems, Report, check_on_error, class_balance, write_issues
 
 __all__ = ["Built", "available", "check_raw", "detect", "fingerprint", "options", "prepare"]
@@ -98,13 +107,7 @@ def options(name: str) -> dict[str, Any]:
 
 
 def _normalise(name: str, given: dict[str, Any]) -> dict[str, Any]:
-    allowed = options(name)
-    unknown = sorted(set(given) - set(allowed))
-    if unknown:
-        raise DatasetError(f"{name}: unknown option(s) {unknown}; expected some of {sorted(allowed)}")
-    out = dict(allowed)
-    out.update(given)
-    return out
+    return with_options(name, options(name), given)
 
 
 def _jsonable(v: Any) -> Any:

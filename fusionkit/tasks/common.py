@@ -16,7 +16,7 @@ import torch
 from fusionkit import bundle
 from fusionkit.bundle import json_default
 from fusionkit.data import readers
-from fusionkit.data.base import atomic_write_text
+from fusionkit.data.base import atomic_write_text, with_options
 from fusionkit.data.problems import TaskInputError
 from fusionkit.progress import progress_enabled
 from fusionkit.tasks.transfer import FinetuneConfig as _FinetuneConfig
@@ -61,12 +61,7 @@ def pick_methods(method: str | Sequence[str] | None, default: Sequence[str], val
 
 def task_options(task: str, allowed: Mapping[str, Any], kw: Mapping[str, Any]) -> dict[str, Any]:
     """The task's options: its defaults ``allowed`` updated with ``kw`` (unknown keys refused)."""
-    unknown = sorted(set(kw) - set(allowed))
-    if unknown:
-        raise TypeError(f"train_task({task!r}): unknown option(s) {unknown}; valid: {sorted(allowed)}")
-    out = dict(allowed)
-    out.update(kw)
-    return out
+    return with_options(f"train_task({task!r})", allowed, kw, error=TypeError)
 
 
 def task_dir(out_dir, task: str) -> Path:
