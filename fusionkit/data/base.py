@@ -1,4 +1,4 @@
-"""The dataset record every loader produces (ARCHITECTURE.md, "Data flow").
+"""The dataset record every loader produces (docs/architecture.md, "Data flow").
 
 On disk a dataset is a folder with
 

@@ -50,12 +50,11 @@ captions of one image are kept once and listed as warnings.
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -654,34 +653,45 @@ def scan_flickr8k(
     )
 
 
-def _flickr_variant(variant: str, doc: str, **defaults: Any) -> Callable[..., Built]:
-    """The scan function of another Flickr corpus: the options of :func:`scan_flickr8k` (its
-    signature, which :func:`fusionkit.data.registry.options` reads) with ``defaults`` changed."""
-    base = inspect.signature(scan_flickr8k)
-    assert set(defaults) <= set(base.parameters), defaults
-    sig = base.replace(
-        parameters=[p.replace(default=defaults.get(p.name, p.default)) for p in base.parameters.values()]
-    )
-
-    def scan(*args: Any, **kwargs: Any) -> Built:
-        bound = sig.bind(*args, **kwargs)
-        bound.apply_defaults()
-        opts = dict(bound.arguments)
-        return _flickr(opts.pop("source"), variant, **opts)
-
-    scan.__signature__ = sig  # type: ignore[attr-defined]
-    scan.__name__ = scan.__qualname__ = f"scan_{variant}"
-    scan.__doc__ = doc
-    return scan
-
-
-scan_flickr30k = _flickr_variant(
-    "flickr30k",
+def scan_flickr30k(
+    source: Path,
+    *,
+    seed: int = 0,
+    problems: Problems,
+    progress: bool = True,
+    captions: str = "auto",
+    split: str = "auto",
+    split_fractions: Sequence[float] = (0.9, 0.05, 0.05),
+    pairs_per_image: int = 2,
+    negatives: str = "hard",
+    hard_pool: int = 10,
+    hard_candidates: int = 20000,
+    check_media: str = "verify",
+    max_images: int | None = None,
+    image_dir: str | None = None,
+    encoding: str = "utf-8",
+) -> Built:
     """Flickr30k as image-caption matching: the options of :func:`scan_flickr8k`. Flickr30k has
     no official split files: ``split="auto"`` uses ``dataset_flickr30k.json`` (Karpathy: 29,000 /
-    1,014 / 1,000 images) when present, else a random split by ``split_fractions``.""",
-    split_fractions=(0.9, 0.05, 0.05),
-)
+    1,014 / 1,000 images) when present, else a random split by ``split_fractions``."""
+    return _flickr(
+        source,
+        "flickr30k",
+        seed=seed,
+        problems=problems,
+        progress=progress,
+        captions=captions,
+        split=split,
+        split_fractions=split_fractions,
+        pairs_per_image=pairs_per_image,
+        negatives=negatives,
+        hard_pool=hard_pool,
+        hard_candidates=hard_candidates,
+        check_media=check_media,
+        max_images=max_images,
+        image_dir=image_dir,
+        encoding=encoding,
+    )
 
 
 def scan_imagefolder(

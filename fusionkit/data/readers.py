@@ -1,7 +1,7 @@
 """Careful readers for raw dataset files: text, JSON, CSV/TSV, JSONL, Parquet, images, WAVs.
 
 Every reader raises :class:`~fusionkit.data.base.DatasetError` with a message that names the file,
-the line or record and what was expected (ARCHITECTURE.md, "Conventions"). They share these rules:
+the line or record and what was expected (docs/architecture.md, "Rules the code keeps"). They share these rules:
 
 * text is UTF-8; a leading byte-order mark is dropped, CRLF / CR line ends read like LF; a file
   that is not UTF-8 names the line and byte offset of the first bad byte (``encoding=`` reads
