@@ -147,21 +147,29 @@ def ci95(values: np.ndarray) -> float:
     return float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
 
 
-def summarize(results: pd.DataFrame, metric: str = "test_accuracy", alpha: float = 0.05) -> pd.DataFrame:
-    """Per method: mean and 95% CI of the test metrics, parameters, time; a paired t-test over seeds
-    against the best fusion method (``p_vs_best``; ``worse_than_best`` when p < alpha)."""
+def summarize(
+    results: pd.DataFrame, metric: str = "test_accuracy", alpha: float = 0.05, select: str = "val_accuracy"
+) -> pd.DataFrame:
+    """Per method: mean and 95% CI of the test metrics, the mean of the validation metric
+    ``select``, parameters, time; a paired t-test over seeds of ``metric`` against the best fusion
+    method (``p_vs_best``; ``worse_than_best`` when p < alpha).
+
+    The best fusion method (``is_best``) is the one with the highest mean ``select``: it is chosen
+    on the validation split, never on the test split it is then scored on (ties: the first in the
+    results' order)."""
     metrics = [c for c in results.columns if c.startswith("test_")]
     g = results.groupby("method", sort=False)
     out = pd.DataFrame({"n_seeds": g.size()})
     for c in metrics:
         out[f"{c}_mean"] = g[c].mean()
         out[f"{c}_ci95"] = g[c].apply(lambda s: ci95(s.to_numpy()))
+    out[f"{select}_mean"] = g[select].mean()
     out["params"] = g["params"].first()
     out["train_time_s"] = g["train_time_s"].mean()
     out["infer_samples_per_s"] = g["infer_samples_per_s"].mean()
     out["kind"] = ["unimodal" if m.startswith(UNIMODAL_PREFIX) else "fusion" for m in out.index]
     fusion = out[out["kind"] == "fusion"]
-    best = (fusion if len(fusion) else out)[f"{metric}_mean"].idxmax()
+    best = (fusion if len(fusion) else out)[f"{select}_mean"].idxmax()
     best_vals = results[results["method"] == best].set_index("seed")[metric]
     pvals, worse = [], []
     for m in out.index:

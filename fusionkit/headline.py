@@ -56,10 +56,13 @@ class Headline:
         known: pd.DataFrame | None = None,
         robustness_by_method: pd.DataFrame | None = None,
     ) -> Headline:
-        """From :func:`fusionkit.compare.summarize`'s table (its ``is_best`` row and its best
-        unimodal row), the known-information check and :func:`fusionkit.robustness.by_method`."""
+        """From :func:`fusionkit.compare.summarize`'s table (its ``is_best`` row and the single
+        modality with the best validation accuracy: both chosen on validation, reported on test),
+        the known-information check and :func:`fusionkit.robustness.by_method`."""
         best = summary[summary.is_best].iloc[0]
         uni = summary[summary.kind == "unimodal"]
+        if "val_accuracy_mean" in uni:  # the best single modality is chosen on validation too
+            uni = uni.sort_values("val_accuracy_mean", ascending=False, kind="stable")
         best_uni = uni.iloc[0] if len(uni) else None
         head = cls(
             best_fusion_method=str(best["method"]),

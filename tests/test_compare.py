@@ -68,3 +68,42 @@ def test_per_run_logger_logs_each_training_and_keeps_the_first_seeds_models(tmp_
     epochs = [r for r in recs if r["kind"] == "metrics" and r["run"] == "concat/seed1"]
     assert [r["i"] for r in epochs] == list(range(len(epochs))) and epochs
     assert best_method(summarize(res)) in ("concat", "unimodal:audio", "unimodal:image")
+
+
+def test_the_best_method_is_chosen_on_validation_not_on_test():
+    import pandas as pd
+
+    rows = []
+    for m, val, test in (("a", 0.9, 0.6), ("b", 0.8, 0.95), ("unimodal:x", 0.7, 0.99)):
+        for seed in range(3):
+            rows.append({"method": m, "seed": seed, "val_accuracy": val, "test_accuracy": test + 0.01 * seed,
+                         "params": 1, "train_time_s": 0.0, "infer_samples_per_s": 1.0})  # fmt: skip
+    s = summarize(pd.DataFrame(rows)).set_index("method")
+    assert s.is_best["a"] and not s.is_best["b"]  # b wins on test, a on validation
+    assert s.loc["a", "val_accuracy_mean"] == pytest.approx(0.9)
+
+
+def test_permuting_the_test_labels_changes_no_selection():
+    """Test labels are touched only for reporting: shuffled, every test number moves and no choice does."""
+    import torch
+
+    from fusionkit.headline import Headline
+    from fusionkit.train import SplitData
+
+    data = label_problem(n=200, seed=4)
+    t = data["test"]
+    g = torch.Generator().manual_seed(0)
+    shuffled = {**data, "test": SplitData(t.features, t.labels[torch.randperm(len(t), generator=g)], t.ids, t.mask)}
+    cfg = TrainConfig(epochs=6, batch_size=32, patience=3)
+    out = []
+    for d in (data, shuffled):
+        res = compare(
+            ["concat", "weighted", "late"], d, cfg, num_classes=6, seeds=[0, 1], hidden=16, show_progress=False
+        )
+        out.append((res, summarize(res)))
+    (ra, sa), (rb, sb) = out
+    assert ra.val_accuracy.tolist() == rb.val_accuracy.tolist() and ra.best_epoch.tolist() == rb.best_epoch.tolist()
+    assert not np.allclose(ra.test_accuracy, rb.test_accuracy)  # the test scores did move
+    assert sa[sa.is_best].method.tolist() == sb[sb.is_best].method.tolist()
+    ha, hb = (Headline.from_comparison(s, n_methods=3, n_seeds=2) for s in (sa, sb))
+    assert (ha.best_fusion_method, ha.best_unimodal) == (hb.best_fusion_method, hb.best_unimodal)

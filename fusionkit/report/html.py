@@ -21,6 +21,14 @@ LINK_ONLY = {"comparison_runs", "noise_curves", "robustness_summary", "class_bal
 STEP_ORDER = ["01_data_prep", "02_feature_extraction", "03_fusion_comparison", "04_train", "05_evaluate", "06_report"]
 
 
+#: how every "best" in a run is chosen (stated in the report)
+SELECTION_PROTOCOL = (
+    "Selection protocol: the best fusion method, the best single modality, every early-stopping epoch, "
+    "the re-ranking mix and the best task model are chosen on the validation split; the test split is "
+    "used once, for the numbers reported."
+)
+
+
 def collect_summary(run_dir: str | Path) -> pd.DataFrame:
     """Every ``summary`` record of the notebooks' own runs as rows (step, metric, value); the last
     value wins. Per-method runs a notebook starts (03's method x seed runs) have their own tables."""
@@ -80,7 +88,7 @@ h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margi
 .warn{background:#fbeeee;border-left:4px solid #c44;padding:.8em 1em}
 table.tbl{border-collapse:collapse;font-size:.85em;margin:.5em 0} .tbl th,.tbl td{padding:3px 8px;border-bottom:1px solid #eee;text-align:right}
 .tbl th{background:#f4f4f4} img{max-width:100%;border:1px solid #eee;margin:.4em 0} figure{margin:1em 0} figcaption{color:#666;font-size:.85em}
-code{background:#f4f4f4;padding:1px 4px}
+code{background:#f4f4f4;padding:1px 4px} .note{color:#555;font-size:.9em}
 """
 
 
@@ -111,6 +119,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
             f" (<b>{html.escape(str(head['best_unimodal']))}</b>, {float(head['best_unimodal_accuracy']):.3f})"
             f" by <b>{100 * head['margin']:+.1f} points</b>.</p>"
         )
+    parts.append(f"<p class='note'>{html.escape(SELECTION_PROTOCOL)}</p>")
     if head.get("weights_point_to_informative"):
         parts.append(
             f"<p>Interpretability: learned modality weights point to the modality known to carry the target in "

@@ -177,6 +177,26 @@ def save_encoder_blocks(path: Path, image_encoder, text_encoder=None) -> None:
     bundle.save_tensors(path, state)
 
 
+def validation_score(meta: Mapping[str, Any]) -> float:
+    """The validation value a saved task model was early-stopped on (higher is better; a loss is
+    negated), from its bundle's ``train`` record: what the tasks' "best" model is chosen by, so
+    that nothing is chosen on the test split."""
+    train = meta.get("train") or {}
+    value = train.get("best_value", train.get("best_val_acc", train.get("best_rsum")))
+    if value is None:
+        raise TaskSetupError(
+            f"model {meta.get('kind') or meta.get('method')!r}: its bundle records no validation value"
+        )
+    return -float(value) if str(train.get("monitor", "")).endswith("loss") else float(value)
+
+
+def pick_best(scores: Mapping[str, float]) -> str:
+    """The name with the highest validation score (ties: the first)."""
+    if not scores:
+        raise ValueError("no models to choose from")
+    return max(scores, key=lambda k: (scores[k], -list(scores).index(k)))
+
+
 def finetune_label(c: Mapping[str, Any]) -> str:
     """``"image last 1, text last 1, augmented"`` from a saved FinetuneConfig."""
     parts = [f"image last {c['image_blocks']}" if c["image_blocks"] else "",

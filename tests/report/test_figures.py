@@ -49,7 +49,7 @@ def test_projection_comparison_history_confusion_ablation_curves_weights():
     fig = figures.plot_projection(data, ["x", "y", "z"])
     assert [a.get_title() for a in fig.axes[:2]] == ["a: PCA of features", "b: PCA of features"]
 
-    rows = [{"method": m, "seed": s, "test_accuracy": acc + 0.01 * s, "params": p, "train_time_s": 0.1,
+    rows = [{"method": m, "seed": s, "test_accuracy": acc + 0.01 * s, "val_accuracy": acc, "params": p, "train_time_s": 0.1,
              "infer_samples_per_s": 1.0} for m, acc, p in (("concat", 0.9, 100), ("unimodal:a", 0.5, 50))
             for s in range(3)]  # fmt: skip
     results = pd.DataFrame(rows)

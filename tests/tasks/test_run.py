@@ -131,6 +131,12 @@ def test_captioning_train_and_evaluate(setup):
     ]
     for col in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
         assert res.metrics[col].between(0, 10).all()
+    # the best model: the decoder with the best validation CIDEr, greedy (what validation decoded)
+    greedy = res.metrics[res.metrics.model.str.endswith("/greedy")]
+    assert res.metrics[res.metrics.best].model.tolist() == [
+        greedy.sort_values("val_score", ascending=False, kind="stable").model.iloc[0]
+    ]
+    assert greedy.set_index("model").val_score["lstm/greedy"] == pytest.approx(s["lstm/best_val_cider"])
     # the nearest neighbour's captions are real captions: they share words with the references
     nn_row = res.metrics.set_index("model").loc["nearest_neighbour"]
     assert nn_row["BLEU-1"] > 0.2 and nn_row["CIDEr"] > 0
@@ -153,6 +159,12 @@ def test_vqa_train_and_evaluate_several_methods(setup):
     assert s["n_answers"] > 2 and 0 <= s["film/best_val_accuracy"] <= 1
     res = run.evaluate_task("vqa", index_path, out, n_examples=3)
     assert list(res.metrics["model"]) == ["film", "concat"] and res.metrics["best"].sum() == 1
+    # the best model is the one with the best validation accuracy (recorded when it trained)
+    assert (
+        res.metrics[res.metrics.best].model.iloc[0]
+        == res.metrics.sort_values("val_accuracy", ascending=False, kind="stable").model.iloc[0]
+    )
+    assert res.metrics.set_index("model").val_accuracy["film"] == pytest.approx(s["film/best_val_accuracy"])
     assert res.metrics["accuracy"].between(0, 1).all()
     # recomputed from every test question's own score: the reported accuracy is their mean
     every = run.evaluate_task("vqa", index_path, out, n_examples=10**6).tables["samples"]
@@ -434,3 +446,14 @@ def test_bad_captions_raise_or_are_skipped_with_a_report(setup, encoders, tmp_pa
     report = Path(entry["reports"]["captions"]).read_text()
     assert bad_id in report and "empty caption" in report and "skipped" in report
     assert entry["features"]["captions"]["n_captions"] == 299
+
+
+def test_task_models_are_chosen_by_their_validation_score():
+    from fusionkit.tasks import common
+
+    assert common.validation_score({"train": {"best_value": 0.4, "monitor": "val_cider"}}) == 0.4
+    assert common.validation_score({"train": {"best_value": 2.5, "monitor": "loss"}}) == -2.5  # lower loss wins
+    assert common.validation_score({"train": {"best_val_acc": 0.7}}) == 0.7  # bundles of an earlier fusionkit
+    with pytest.raises(TaskSetupError, match="records no validation value"):
+        common.validation_score({"kind": "vqa", "train": {}})
+    assert common.pick_best({"film": 0.5, "concat": 0.7, "mlb": 0.7}) == "concat"

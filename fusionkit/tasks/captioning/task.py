@@ -247,12 +247,11 @@ def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -
         }
     )
     metrics = pd.DataFrame(rows)
-    models_only = metrics[metrics.model != "nearest_neighbour"]
-    best = (
-        str(models_only.sort_values("CIDEr", ascending=False, kind="stable").iloc[0]["model"])
-        if len(models_only)
-        else "nearest_neighbour"
-    )
+    # the best model: the decoder (frozen or fine-tuned) with the best validation CIDEr, decoded
+    # greedily as validation did; never chosen by its test score
+    val = {f"{name_}/greedy": common.validation_score(meta) for name_, _, meta, *_ in entries}
+    metrics["val_score"] = [val.get(m.rsplit("/", 1)[0] + "/greedy") for m in metrics.model]
+    best = common.pick_best(val) if val else "nearest_neighbour"
     metrics["best"] = metrics["model"] == best
     image_paths = {i: str(data.media_root / caps.files[i]) for i in test.image_ids}
     table = C.caption_table(refs, preds_all[best], per_image_all[best], image_paths, ids=test.image_ids)

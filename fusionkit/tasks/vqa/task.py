@@ -3,6 +3,7 @@ copies) into ``<out>/vqa/``, and evaluate them on the test split with the VQA ac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -293,8 +294,7 @@ def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -
     table = tables["test"]
     rows, per_type = [], []
     arrays: dict[str, VQAArrays] = {}
-    results = {}
-    import dataclasses
+    results, val_scores = {}, {}
 
     # (name, weights): each method, then its fine-tuned copy
     entries = [(m, folder / f"{m}.safetensors") for m in methods]
@@ -318,6 +318,7 @@ def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -
         preds = {r.question_id: ans for r, ans in zip(table.records, answers)}
         acc = vqa_accuracy(preds, table.annotations())
         results[m] = (acc, preds)
+        val_scores[m] = common.validation_score(meta)
         rows.append({"model": m, "accuracy": acc["overall"],
                      **{f"answer_type/{k}": v for k, v in acc["per_answer_type"].items()},
                      **{f"question_type/{k}": v for k, v in acc["per_question_type"].items()},
@@ -328,7 +329,8 @@ def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -
         for k, v in acc["per_answer_type"].items():
             per_type.append({"model": m, "kind": "answer_type", "type": k, "accuracy": v})
     metrics = pd.DataFrame(rows)
-    best = str(metrics.sort_values("accuracy", ascending=False, kind="stable").iloc[0]["model"])
+    metrics["val_accuracy"] = [val_scores[m] for m in metrics.model]
+    best = common.pick_best(val_scores)  # chosen on validation, reported on test
     metrics["best"] = metrics["model"] == best
     breakdown = pd.DataFrame(per_type)
     by_qtype = breakdown[breakdown.kind == "question_type"].pivot(index="type", columns="model", values="accuracy")
