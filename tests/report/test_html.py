@@ -46,6 +46,7 @@ def test_report_from_mirror_only(tmp_path):
     assert "<figcaption>examples</figcaption>" in html and "data:image/png;base64," in html
     assert "unimodal:audio" in html  # the comparison table
     assert "Documented ceilings" in html
+    assert "chosen on the validation split; the test split is used once" in html  # the selection protocol
     assert "<b>6/6</b>" in html and "most robust fusion method over all corruptions is <b>late</b>" in html
     assert "<a href='tables/noise_curves.csv'>noise_curves</a>" in html  # long tables are linked, not shown
     summary = pd.read_csv(tmp_path / "summary.csv")
