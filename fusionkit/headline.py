@@ -18,8 +18,9 @@ from typing import Any
 
 import pandas as pd
 
+from fusionkit.compare import UNIMODAL_PREFIX
+
 STEP = "03_fusion_comparison"
-UNIMODAL_PREFIX = "unimodal:"
 
 
 def _num(v: Any) -> float | None:

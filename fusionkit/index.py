@@ -43,10 +43,6 @@ class FeatureIndexError(DatasetError):
     """A feature index that cannot be read: the message names the file and the field."""
 
 
-def _encoder_identity_equal(a: Any, b: Any) -> bool:
-    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
-
-
 @dataclass
 class ModalityFeatures:
     """One modality's cached features: its kind, the encoder that made them, and the files."""
@@ -84,7 +80,7 @@ class FeatureIndex:
     modalities: dict[str, ModalityFeatures] = field(default_factory=dict)
     #: the tasks' cached features (``extract_task_features``); None when the tasks did not run
     tasks: dict[str, Any] | None = None
-    version: int = VERSION
+    #: the file it was read from or last written to
     path: Path | None = field(default=None, compare=False)
 
     @classmethod
@@ -133,7 +129,9 @@ class FeatureIndex:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"feature index {p} does not exist; run 02_feature_extraction first")
-        return cls.from_dict(read_json(p, error=FeatureIndexError), source=p)
+        index = cls.from_dict(read_json(p, error=FeatureIndexError), source=p)
+        index.path = p
+        return index
 
     @classmethod
     def from_dict(cls, doc: Any, source: str | os.PathLike = "feature index") -> FeatureIndex:
@@ -172,8 +170,6 @@ class FeatureIndex:
             targets={k: list(v) for k, v in doc["targets"].items()},
             modalities=mods,
             tasks=tasks,
-            version=VERSION,
-            path=Path(source) if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".json" else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -253,7 +249,7 @@ class FeatureIndex:
         out = {}
         for modality, entry in self.modalities.items():
             enc = build_encoder(entry.kind, entry.encoder)
-            if not _encoder_identity_equal(enc.identity(), entry.identity):
+            if not enc.matches(entry.identity):
                 raise FeatureIndexError(
                     f"{self.path or 'feature index'}: encoder {entry.encoder!r} for {modality!r} differs from the one "
                     "that made the cache (weights or preprocessing); re-run 02_feature_extraction"

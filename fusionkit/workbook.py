@@ -53,14 +53,12 @@ def prepare_dataset(
     dataset_dir = Path(dataset_dir)
     if dataset == "shapes":
         opts = dict(options or {})
-        allowed = sorted(set(registry.options("shapes")) - {"n", "image_size"})  # those two have parameters
-        unknown = sorted(set(opts) - set(allowed))
-        if unknown:
-            raise DatasetError(
-                f"shapes: unknown dataset_options {unknown}; expected some of {allowed} "
-                "(n_scenes and image_size are parameters of their own)"
-            )
-        ds = shapes.generate(dataset_dir, n=n_scenes, seed=seed, image_size=image_size, progress=progress, **opts)
+        own = sorted(set(opts) & {"n", "image_size"})
+        if own:
+            raise DatasetError(f"shapes: dataset_options {own} are parameters of their own (n_scenes, image_size)")
+        # registry.prepare refuses unknown options, listing the valid ones
+        ds = registry.prepare("shapes", dataset_dir, seed=seed, progress=progress, n=n_scenes, image_size=image_size,
+                              **opts)  # fmt: skip
         shapes.validate(dataset_dir)
         return ds
     if dataset not in registry.available():

@@ -54,7 +54,7 @@ def import_graph() -> nx.DiGraph:
     return g
 
 
-def test_the_graph_sees_imports_inside_functions(tmp_path):
+def test_the_graph_sees_imports_inside_functions():
     g = import_graph()
     assert g.has_edge("fusionkit.cli", "fusionkit.pipeline")  # cli imports it inside a function
     assert len(g) > 40

@@ -82,7 +82,7 @@ def test_truncated_or_missing_weights(saved):
         load_classifier(path)
 
 
-def test_tensors_are_written_atomically(tmp_path):
+def test_tensors_round_trip_and_leave_no_temporary_file(tmp_path):
     out = bundle.save_tensors(tmp_path / "t.safetensors", {"w": torch.arange(6.0).reshape(2, 3).T})
     assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]
     assert torch.equal(bundle.load_tensors(out)["w"], torch.arange(6.0).reshape(2, 3).T)

@@ -103,7 +103,7 @@ def test_encoders_are_rebuilt_and_checked_by_identity(indexed, tmp_path):
         FeatureIndex.read(tmp_path / "features.json").encoders()
 
 
-def test_write_is_atomic_and_keeps_the_tasks_entry(indexed, tmp_path):
+def test_write_leaves_no_temporary_file_and_keeps_the_tasks_entry(indexed, tmp_path):
     _, path, index = indexed
     copy = FeatureIndex.read(path)
     copy.tasks = {"version": 1, "status": {}}

@@ -22,7 +22,7 @@ def test_parameters_are_the_simple_typed_public_globals():
 def test_prepare_dataset_generates_shapes_and_refuses_unknown_options(tmp_path):
     ds = wb.prepare_dataset("shapes", tmp_path / "s", n_scenes=12, image_size=32, progress=False)
     assert len(ds) == 12
-    with pytest.raises(DatasetError, match=r"unknown dataset_options \['colour'\]"):
+    with pytest.raises(DatasetError, match=r"shapes: unknown option\(s\) \['colour'\]; expected some of"):
         wb.prepare_dataset("shapes", tmp_path / "t", n_scenes=12, options={"colour": 1}, progress=False)
     with pytest.raises(DatasetError, match="unknown dataset 'nope'; expected one of"):
         wb.prepare_dataset("nope", tmp_path / "u")

@@ -154,6 +154,13 @@ class Encoder(nn.Module):
             "outputs": self.dims,
         }
 
+    def matches(self, recorded: dict[str, Any]) -> bool:
+        """Whether ``recorded`` (an identity written when features were cached) is this encoder's:
+        same weights and preprocessing, so features it makes now are comparable to the cache."""
+        return json.dumps(self.identity(), sort_keys=True, default=str) == json.dumps(
+            recorded, sort_keys=True, default=str
+        )
+
     def identity_hash(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -70,29 +70,6 @@ def task_dir(out_dir, task: str) -> Path:
     return d
 
 
-#: the bundle kind (fusionkit.bundle) of each task model, from its meta's "task" (and "kind")
-BUNDLE_KIND = {"captioning": "captioner", "vqa": "vqa", "retrieval": "dual_encoder"}
-
-
-def save_model(model: torch.nn.Module, path: Path, meta: Mapping[str, Any], kind: str | None = None) -> Path:
-    """A task model as a :mod:`fusionkit.bundle` (safetensors + JSON, written atomically)."""
-    return bundle.save(path, model, kind or BUNDLE_KIND[meta["task"]], meta)
-
-
-def load_meta(path: Path) -> dict[str, Any]:
-    try:
-        return bundle.read_meta(path)
-    except bundle.BundleError as e:
-        raise TaskSetupError(f"{e.args[0]}; run train_task first" if "not found" in e.args[0] else e.args[0]) from e
-
-
-def load_state(model: torch.nn.Module, path: Path) -> torch.nn.Module:
-    try:
-        return bundle.load_weights(model, path)
-    except bundle.BundleError as e:
-        raise TaskSetupError(e.args[0]) from e
-
-
 def training_checkpoint(path: Path, opts: Mapping[str, Any]) -> Path:
     """The per-epoch training checkpoint of one model: kept for ``resume=True``, else a stale
     one from an earlier run is removed so that it can never be picked up by mistake."""

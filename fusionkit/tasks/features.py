@@ -91,12 +91,6 @@ def check_tasks(tasks: Iterable[str] | str | None) -> list[str]:
     return out
 
 
-def encoder_identity_matches(enc, recorded: Mapping[str, Any]) -> bool:
-    a = json.dumps(enc.identity(), sort_keys=True, default=str)
-    b = json.dumps(recorded, sort_keys=True, default=str)
-    return a == b
-
-
 def _pooled_is_grid_mean(enc) -> bool:
     """True for encoders whose ``pooled`` output is exactly the mean of their ``grid`` (CNNs:
     ``ImageEncoder.forward``); the ViT's pooled vector is its CLS token."""
@@ -591,7 +585,7 @@ def task_encoder(index: Mapping[str, Any], kind: str, index_path):
         raise TaskSetupError(f"{index_path}: the task features record no {kind} encoder")
     spec = rec.get("build") or {"name": rec["name"], "kwargs": {}}
     enc = build_encoder(kind, spec["name"], **spec["kwargs"])
-    if not encoder_identity_matches(enc, rec["identity"]):
+    if not enc.matches(rec["identity"]):
         raise TaskSetupError(
             f"{index_path}: {kind} encoder {rec['name']!r} here differs from the one that made the cached "
             "features (weights or preprocessing); re-extract the task features"

@@ -599,5 +599,5 @@ def test_prepare_dataset_passes_shapes_options_and_names_unknown_ones(tmp_path):
     ds = wb.prepare_dataset("shapes", tmp_path / "s", n_scenes=8, image_size=64, options={"questions_per_scene": 7},
                             progress=False)  # fmt: skip
     assert max(len(q) for q in _questions_by_image(Path(ds.root)).values()) == 7
-    with pytest.raises(DatasetError, match=r"unknown dataset_options \['n'\]"):
+    with pytest.raises(DatasetError, match=r"dataset_options \['n'\] are parameters of their own"):
         wb.prepare_dataset("shapes", tmp_path / "t", n_scenes=8, image_size=64, options={"n": 3}, progress=False)

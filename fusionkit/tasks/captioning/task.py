@@ -125,7 +125,7 @@ def train(index, index_path, out, seed, epochs, method, opts, progress) -> dict[
             "train": res.as_dict(),
             "params": model.num_parameters(),
         }
-        common.save_model(model, out / f"{kind}.safetensors", meta)
+        bundle.save(out / f"{kind}.safetensors", model, "captioner", meta)
         summary.update(finetune(index, index_path, out, kind, model, meta, tok, splits, opts, seed,
                                             progress, decoded))  # fmt: skip
         summary.update(common.run_summary(kind, "val_cider", res, params=model.num_parameters()))
@@ -160,7 +160,7 @@ def finetune(
     )  # fmt: skip
     from dataclasses import asdict
 
-    common.save_model(ft, files["model"], {**meta, "finetune": asdict(cfg), "train": res.as_dict(),
+    bundle.save(files["model"], ft, "captioner", {**meta, "finetune": asdict(cfg), "train": res.as_dict(),
                                "image_encoder": index["tasks"]["image_encoder"]["name"],
                                "test_ids": list(splits["test"].image_ids)})  # fmt: skip
     common.save_encoder_blocks(files["encoders"], enc)
@@ -180,7 +180,7 @@ def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -
     tok = C.CaptionTokenizer.load(tok_path)
     data = caption_data(index, index_path)
     caps = data.caps
-    metas = {k: common.load_meta(folder / f"{k}.safetensors") for k in kinds}
+    metas = {k: bundle.read_meta(folder / f"{k}.safetensors") for k in kinds}
     use_pooled = any(m["pooled_dim"] for m in metas.values())
     test = C.caption_split(
         caps, "test", tok, data.ids["test"], data.grid["test"], data.pooled["test"] if use_pooled else None
@@ -194,7 +194,7 @@ def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -
     for kind in metas:
         files = common.finetuned_files(folder, kind)
         if files["model"].is_file():
-            fm = common.load_meta(files["model"])
+            fm = bundle.read_meta(files["model"])
             if fm.get("test_ids") != list(test.image_ids):
                 raise common.TaskSetupError(
                     f"{files['features']}: fine-tuned features of other test images; train again"
@@ -206,7 +206,7 @@ def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -
         # init_embeddings decides the embedding table's shape (384-d MiniLM rows + a projection)
         model = C.build_captioner(kind, tok, feat_dim=meta["feat_dim"], pooled_dim=meta["pooled_dim"],
                                   init_embeddings=bool(meta.get("init_embeddings")), **meta["hparams"])  # fmt: skip
-        common.load_state(model, weights)
+        bundle.load_weights(model, weights)
         models[name_] = model
         if "finetune" in meta:
             finetuned[name_] = common.finetune_label(meta["finetune"])

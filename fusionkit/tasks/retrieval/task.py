@@ -99,7 +99,7 @@ def train(index, index_path, out, seed, epochs, method, opts, progress) -> dict[
     res = R.train_dual_encoder(dual, train, val, cfg, show_progress=common.bars_on(progress), checkpoint=ckpt,
                                resume=bool(opts["resume"]))  # fmt: skip
     ckpt.unlink(missing_ok=True)
-    common.save_model(dual, out / "dual_encoder.safetensors", {
+    bundle.save(out / "dual_encoder.safetensors", dual, "dual_encoder", {
         "task": "retrieval", "image_dim": idim, "text_dim": tdim, "hparams": dual_hp, "options": opts,
         "seed": seed, "train": res.as_dict(), "temperature": float(1 / dual.scale().detach()),
     })  # fmt: skip
@@ -134,7 +134,7 @@ def train(index, index_path, out, seed, epochs, method, opts, progress) -> dict[
                                     else [opts["rerank_mix"]])]  # fmt: skip
         mix_rsum = {m: R.rerank(dual, matcher, val, k=int(opts["rerank_k"]), mix=m)["after"]["rsum"] for m in mixes}
         mix = max(mixes, key=lambda m: (mix_rsum[m], -mixes.index(m)))
-        common.save_model(matcher, mpath, kind="matcher", meta={
+        bundle.save(mpath, matcher, "matcher", {
             "task": "retrieval", "method": matcher_method, "image_dim": idim, "text_dim": tdim, "hparams": m_hp,
             "rerank_k": int(opts["rerank_k"]), "mix": mix, "val_rsum_by_mix": {str(k): v for k, v in mix_rsum.items()},
             "seed": seed, "train": mres.as_dict(),
@@ -187,7 +187,7 @@ def finetune(index, index_path, out: Path, seed, dual, dual_hp, opts, sp, progre
     )  # fmt: skip
     from dataclasses import asdict
 
-    common.save_model(ft, files[0], {
+    bundle.save(files[0], ft, "dual_encoder", {
         "task": "retrieval", "image_dim": int(sp["train"].image.shape[-1]), "text_dim": int(sp["train"].text.shape[-1]),
         "hparams": dual_hp, "finetune": asdict(cfg), "seed": seed, "train": res.as_dict(),
         "image_encoder": index["tasks"]["image_encoder"]["name"],
@@ -208,12 +208,12 @@ def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -
 
     _, sp = retrieval_splits(index, index_path, ("test",))
     test = sp["test"]
-    meta = common.load_meta(folder / "dual_encoder.safetensors")
-    dual = common.load_state(
+    meta = bundle.read_meta(folder / "dual_encoder.safetensors")
+    dual = bundle.load_weights(
         R.DualEncoder(meta["image_dim"], meta["text_dim"], **meta["hparams"]), folder / "dual_encoder.safetensors"
     )
     rpath = folder / "ridge.safetensors"
-    rmeta = common.load_meta(rpath)
+    rmeta = bundle.read_meta(rpath)
     t = bundle.load_tensors(rpath)
     ridge = R.RidgeMap(rmeta["alpha"])
     ridge.weight, ridge.bias, ridge.x_mean = t["weight"], t["bias"], t["x_mean"]
@@ -223,8 +223,8 @@ def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -
     rows.append({"model": "ridge", **R.recall_at_k(ridge.embeddings(test), test.text_to_image)})
     fpath = folder / "dual_encoder_finetuned.safetensors"
     if fpath.is_file():
-        fm = common.load_meta(fpath)
-        ft = common.load_state(R.DualEncoder(fm["image_dim"], fm["text_dim"], **fm["hparams"]), fpath)
+        fm = bundle.read_meta(fpath)
+        ft = bundle.load_weights(R.DualEncoder(fm["image_dim"], fm["text_dim"], **fm["hparams"]), fpath)
         f = bundle.load_tensors(folder / "finetuned_features.safetensors")
         if len(f["test/image"]) != test.n_images or len(f["test/text"]) != test.n_texts:
             raise common.TaskSetupError(f"{folder}: fine-tuned features do not match the test split; train again")
@@ -241,8 +241,8 @@ def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -
     mpath = folder / "matcher.safetensors"
     summary_extra = {}
     if mpath.is_file():
-        mm = common.load_meta(mpath)
-        matcher = common.load_state(
+        mm = bundle.read_meta(mpath)
+        matcher = bundle.load_weights(
             R.build_matcher(mm["method"], mm["image_dim"], mm["text_dim"], **mm["hparams"]), mpath
         )
         mix = float(mm.get("mix", 0.0))

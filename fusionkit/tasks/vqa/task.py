@@ -199,7 +199,7 @@ def train(index, index_path, out, seed, epochs, method, opts, progress) -> dict[
             "train": res.as_dict(),
             "params": model.num_parameters(),
         }
-        common.save_model(model, out / f"{m}.safetensors", meta)
+        bundle.save(out / f"{m}.safetensors", model, "vqa", meta)
         summary.update(finetune(index, index_path, out, m, model, meta, train, val, tables, opts, seed, progress,
                                      decoded))  # fmt: skip
         summary.update(common.run_summary(m, "val_accuracy", res, params=model.num_parameters()))
@@ -273,7 +273,7 @@ def finetune(index, index_path, out: Path, method: str, model, meta, train: VQAA
     )  # fmt: skip
     from dataclasses import asdict
 
-    common.save_model(model_ft, files["model"], {**meta, "finetune": asdict(cfg), "train": res.as_dict(), "test_keys": keys["test"],
+    bundle.save(files["model"], model_ft, "vqa", {**meta, "finetune": asdict(cfg), "train": res.as_dict(), "test_keys": keys["test"],
                                      "image_encoder": index["tasks"]["image_encoder"]["name"],
                                      "text_encoder": index["tasks"]["text_encoder"]["name"]})  # fmt: skip
     common.save_encoder_blocks(files["encoders"], img_enc, txt_enc)
@@ -300,7 +300,7 @@ def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -
     entries = [(m, folder / f"{m}.safetensors") for m in methods]
     entries += [(f"{m}_finetuned", f) for m in methods if (f := common.finetuned_files(folder, m)["model"]).is_file()]
     for m, weights in entries:
-        meta = common.load_meta(weights)
+        meta = bundle.read_meta(weights)
         vocab = AnswerVocab.from_state_dict(meta["vocab"])
         key = json.dumps([meta["image"], meta["vocab"]["answers"]])
         if key not in arrays:
@@ -313,7 +313,7 @@ def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -
                 )
             f = bundle.load_tensors(common.finetuned_files(folder, m.removesuffix("_finetuned"))["features"])
             a = dataclasses.replace(a, images=f["test/image"], questions=f.get("test/questions", a.questions))
-        model = common.load_state(build_vqa_net(meta), weights)
+        model = bundle.load_weights(build_vqa_net(meta), weights)
         answers = vocab.decode_logits(vqa_logits(model, a))
         preds = {r.question_id: ans for r, ans in zip(table.records, answers)}
         acc = vqa_accuracy(preds, table.annotations())
