@@ -10,6 +10,7 @@ from fusionkit.fusion import (  # noqa: F401  (importing a module registers its 
     film,
     gated,
     mixture,
+    simbamm,
     tensor,
     weighted,
 )

@@ -30,6 +30,7 @@ EXPECTED = {
     "film",
     "cross_attention",
     "mixture",
+    "simbamm",
 }
 #: methods that report per-sample modality weights
 WITH_WEIGHTS = {"late", "weighted", "additive_attention", "gmu"}
