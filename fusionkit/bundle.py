@@ -149,7 +149,7 @@ class ClassifierSpec:
 
     def build(self) -> MultimodalModel:
         return build_model(self.fusion, self.in_dims, self.num_classes, hidden=self.hidden, dropout=self.dropout,
-                           **self.fusion_kwargs)  # fmt: skip
+                           fusion_kwargs=self.fusion_kwargs)  # fmt: skip
 
 
 def save_classifier(path: str | os.PathLike, model: torch.nn.Module, spec: ClassifierSpec) -> Path:

@@ -1,11 +1,13 @@
 """Fusion-method comparison: every method x several seeds under one training budget, unimodal
-baselines alongside, mean and 95% confidence intervals, and a paired test against the best."""
+baselines alongside, optionally each tuned with the same search budget (``fusionkit.grid``), mean
+and 95% confidence intervals, and a paired test against the best; the best is chosen on
+validation. The trainings run on an executor: this process or Ray (``fusionkit.grid.executors``)."""
 
 from __future__ import annotations
 
-import time
+import json
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,52 +16,42 @@ import pandas as pd
 from scipy import stats
 
 from fusionkit import tracking
-from fusionkit.evaluate import classification_metrics
 from fusionkit.fusion import get
-from fusionkit.model import build_model
-from fusionkit.progress import progress
-from fusionkit.train import SplitData, TrainConfig, predict, seed_everything, train
+from fusionkit.grid.executors import Executor
+from fusionkit.grid.jobs import FUSION_PREFIX, UNIMODAL_PREFIX, TrainJob, in_dims_of
+from fusionkit.grid.search import SearchResult
+from fusionkit.train import SplitData, TrainConfig
 
-UNIMODAL_PREFIX = "unimodal:"
+SELECTION = "val_accuracy"
 
 
-def run_one(
-    method: str,
-    data: dict[str, SplitData],
-    cfg: TrainConfig,
-    num_classes: int,
-    hidden: int = 128,
-    dropout: float = 0.1,
-    fusion_kwargs: dict[str, Any] | None = None,
-    log_fn: Callable[[dict], None] | None = None,
-):
-    """Train one method (or ``unimodal:<modality>``) with ``cfg.seed``; returns (model, row, TrainResult)."""
-    if method.startswith(UNIMODAL_PREFIX):
-        mod = method[len(UNIMODAL_PREFIX) :]
-        data = {k: v.select([mod]) for k, v in data.items()}
-        fusion_name = "concat"
-    else:
-        fusion_name = method
-    in_dims = {m: int(x.shape[-1]) for m, x in data["train"].features.items()}
-    seed_everything(cfg.seed)
-    model = build_model(fusion_name, in_dims, num_classes, hidden=hidden, dropout=dropout, **(fusion_kwargs or {}))
-    res = train(model, data["train"], data["val"], cfg, log_fn=log_fn)
-    t0 = time.perf_counter()
-    logits, _ = predict(model, data["test"])
-    infer_s = time.perf_counter() - t0
-    test = classification_metrics(logits, data["test"].labels, num_classes)
-    row = {
-        "method": method,
-        "seed": cfg.seed,
-        **{f"test_{k}": v for k, v in test.items()},
-        "val_accuracy": res.best_val_acc,
-        "best_epoch": res.best_epoch,
-        "epochs_run": res.epochs_run,
-        "params": model.num_parameters(),
-        "train_time_s": res.train_time_s,
-        "infer_samples_per_s": len(data["test"]) / max(infer_s, 1e-9),
-    }
-    return model, row, res
+def _methods(methods: Iterable[str], data: dict[str, SplitData], unimodal: bool) -> list[str]:
+    methods = list(methods)
+    for m in methods:
+        get(m)  # unknown names fail here with the list of valid ones
+    if unimodal:
+        methods = [f"{UNIMODAL_PREFIX}{m}" for m in sorted(data["train"].features)] + methods
+    return methods
+
+
+def _grid_plan(methods, configs, seeds, cfg, keep_seed, tag, on_result, in_dims, num_classes):
+    """One batch: every method x seed at ``configs``; returns (runs, models, failed)."""
+    jobs = [TrainJob(m, s, configs[m], cfg, keep=(s == keep_seed), tag=tag) for m in methods for s in seeds]
+    outcomes = yield jobs
+    rows, models, errors = [], {}, {}
+    for out in outcomes:
+        if not out.ok:
+            errors.setdefault(out.job.method, out.error)
+            continue
+        model = out.model(in_dims, num_classes) if out.state is not None else None
+        rows.append(out.row)
+        if model is not None:
+            models[out.job.method] = model
+        if on_result is not None:
+            on_result(out.row, model, out.train_result(), tag)
+    ok = {r["method"] for r in rows}
+    failed = {m: errors[m] for m in methods if m not in ok}
+    return pd.DataFrame(rows), models, failed
 
 
 def compare(
@@ -71,47 +63,146 @@ def compare(
     unimodal: bool = True,
     hidden: int = 128,
     dropout: float = 0.1,
-    on_result: Callable[[dict, Any, Any], None] | None = None,
+    on_result: Callable[..., None] | None = None,
     show_progress: bool = True,
+    executor: Executor | None = None,
 ) -> pd.DataFrame:
-    """One row per (method, seed). ``on_result(row, model, train_result)`` is called after each run
-    (logging, keeping models)."""
-    methods = list(methods)
-    if unimodal:
-        methods = [f"{UNIMODAL_PREFIX}{m}" for m in sorted(data["train"].features)] + methods
+    """One row per (method, seed), each method at its default configuration (no search):
+    :func:`run` with ``search_trials=0``, its runs table."""
+    return run(methods, data, cfg, num_classes, seeds=seeds, unimodal=unimodal, hidden=hidden, dropout=dropout,
+               on_result=on_result, show_progress=show_progress, executor=executor).runs  # fmt: skip
+
+
+@dataclass
+class Comparison:
+    """What 03 reports. ``runs`` / ``summary``: the comparison (each method at its chosen
+    configuration: tuned when ``search_trials`` > 0, else its defaults); ``untuned_runs`` /
+    ``untuned_summary``: every method at its defaults (the same tables when nothing was
+    searched); ``configs``: method -> the configuration it was reported with; ``models``: the
+    first seed's model of each method (for the robustness and interpretability studies);
+    ``search``: the trials and choices (None without search); ``failed``: method -> error."""
+
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    untuned_runs: pd.DataFrame
+    untuned_summary: pd.DataFrame
+    configs: dict[str, dict[str, Any]]
+    models: dict[str, Any]
+    search: SearchResult | None = None
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tuned(self) -> bool:
+        return self.search is not None
+
+    def rankings(self, metric: str = "test_accuracy") -> pd.DataFrame:
+        """The untuned and the tuned ranking side by side: mean +- 95% CI of ``metric``, rank
+        (1 = best by mean test score, for reading; the best method itself is chosen on
+        validation), the validation score, and the chosen configuration."""
+        return side_by_side(self.untuned_summary, self.summary if self.tuned else None, self.configs, metric)
+
+
+def side_by_side(
+    untuned: pd.DataFrame, tuned: pd.DataFrame | None, configs: dict[str, dict], metric: str
+) -> pd.DataFrame:
+    cols = [f"{metric}_mean", f"{metric}_ci95", f"{SELECTION}_mean", "is_best"]
+    out = untuned.set_index("method")[cols].add_prefix("untuned_")
+    out["untuned_rank"] = out[f"untuned_{metric}_mean"].rank(ascending=False, method="min").astype(int)
+    if tuned is not None:
+        t = tuned.set_index("method")[cols].add_prefix("tuned_")
+        t["tuned_rank"] = t[f"tuned_{metric}_mean"].rank(ascending=False, method="min").astype(int)
+        out = out.join(t, how="outer")
+        out["gain"] = out[f"tuned_{metric}_mean"] - out[f"untuned_{metric}_mean"]
+    out["config"] = [json.dumps(configs.get(m, {}), sort_keys=True) for m in out.index]
+    order = f"tuned_{metric}_mean" if tuned is not None else f"untuned_{metric}_mean"
+    return out.sort_values(order, ascending=False).reset_index()
+
+
+def run(
+    methods: Iterable[str],
+    data: dict[str, SplitData],
+    cfg: TrainConfig,
+    num_classes: int,
+    *,
+    seeds: Iterable[int] = (0, 1, 2, 3, 4),
+    unimodal: bool = True,
+    hidden: int = 128,
+    dropout: float = 0.1,
+    search_trials: int = 0,
+    search_metric: str = SELECTION,
+    search_space: dict[str, Any] | None = None,
+    executor: Executor | None = None,
+    on_result: Callable[..., None] | None = None,
+    show_progress: bool = True,
+) -> Comparison:
+    """The comparison: every method (and each modality alone, ``unimodal``) x ``seeds`` at its
+    default configuration; with ``search_trials`` > 0 also each method's search with that many
+    trials (``fusionkit.grid.search``: validation only, the same budget for every method) and its
+    chosen configuration retrained with every seed - the comparison reported. Trainings run on
+    ``executor`` (default: this process). ``on_result(row, model, train_result, tag)`` is called
+    for each finished per-seed training (``tag`` "grid" or "tuned"; ``model`` is the trained model
+    for the first seed, else None)."""
+    from fusionkit.grid.executors import SerialExecutor
+    from fusionkit.grid.space import check_overrides
+
     seeds = list(seeds)
-    rows = []
-    jobs = [(m, s) for m in methods for s in seeds]
-    for method, seed in progress(jobs, enabled=show_progress, desc="method x seed"):
-        model, row, res = run_one(method, data, replace(cfg, seed=seed), num_classes, hidden, dropout)
-        rows.append(row)
-        if on_result is not None:
-            on_result(row, model, res)
-    return pd.DataFrame(rows)
+    methods = _methods(methods, data, unimodal)
+    if search_space and search_trials > 0:
+        check_overrides(methods, search_space)
+    elif search_space:
+        raise ValueError("search_space is set but search_trials is 0: nothing would be searched")
+    own = executor is None
+    executor = executor or SerialExecutor(show_progress=show_progress)
+    try:
+        plan = _plan(methods, data, cfg, num_classes, seeds, hidden, dropout, search_trials, search_metric,
+                     search_space, executor.memo, on_result)  # fmt: skip
+        return executor.run_plan(plan, {"main": (data, num_classes)}, desc="comparison")
+    finally:
+        if own:
+            executor.close()
+
+
+def _plan(methods, data, cfg, num_classes, seeds, hidden, dropout, search_trials, search_metric, search_space, memo,
+          on_result):  # fmt: skip
+    """The whole comparison as one plan: the untuned grid, the search rounds, the tuned grid."""
+    from fusionkit.grid.search import search_plan
+    from fusionkit.grid.space import default_config
+
+    in_dims = in_dims_of(data)
+    defaults = {m: default_config(m, cfg, hidden, dropout) for m in methods}
+    runs, models, failed = yield from _grid_plan(methods, defaults, seeds, cfg, seeds[0], "grid", on_result, in_dims,
+                                                 num_classes)  # fmt: skip
+    untuned = summarize(runs) if len(runs) else runs
+    if search_trials <= 0:
+        return Comparison(runs, untuned, runs, untuned, defaults, models, None, failed)
+    found = yield from search_plan([m for m in methods if m not in failed], cfg, hidden=hidden, dropout=dropout,
+                                   trials=search_trials, seed=seeds[0], metric=search_metric, overrides=search_space,
+                                   memo=memo)  # fmt: skip
+    tuned_methods = [m for m in methods if m in found.best]
+    t_runs, t_models, t_failed = yield from _grid_plan(tuned_methods, found.best, seeds, cfg, seeds[0], "tuned",
+                                                       on_result, in_dims, num_classes)  # fmt: skip
+    failed = {**failed, **found.failed, **t_failed}
+    return Comparison(t_runs, summarize(t_runs), runs, untuned, found.best, t_models, found, failed)
 
 
 class PerRunLogger:
-    """``on_result`` for :func:`compare`: each (method, seed) training becomes a W&B run of its
-    own (grouped with the pipeline run, named ``method/seedN``; its per-epoch history and its row
-    logged), and the models trained with ``keep_seed`` are kept in :attr:`models` (method ->
-    model) for the robustness and interpretability studies."""
+    """``on_result`` for :func:`run`: each per-seed training becomes a W&B run of its own
+    (grouped with the pipeline run, named ``method/seedN`` - ``method/seedN/tuned`` for the
+    tuned configuration's retrainings; its per-epoch history and its row logged)."""
 
-    def __init__(
-        self, run_dir, step: str, params: dict[str, Any], *, group: str, mode: str | None, keep_seed: int
-    ) -> None:
+    def __init__(self, run_dir, step: str, params: dict[str, Any], *, group: str, mode: str | None) -> None:
         self.run_dir, self.step, self.params = run_dir, step, dict(params)
-        self.group, self.mode, self.keep_seed = group, mode, keep_seed
-        self.models: dict[str, Any] = {}
+        self.group, self.mode = group, mode
 
-    def __call__(self, row: dict[str, Any], model, result) -> None:
+    def __call__(self, row: dict[str, Any], model, result, tag: str = "grid") -> None:
         run_params = {**self.params, "method": row["method"], "seed": row["seed"]}
-        name = f"{row['method']}/seed{row['seed']}"
+        name = f"{row['method']}/seed{row['seed']}" + ("" if tag == "grid" else f"/{tag}")
+        if tag != "grid":
+            run_params["config"] = row.get("config", "")
         with tracking.start(self.run_dir, self.step, run_params, group=self.group, mode=self.mode, name=name) as t:
             for rec in result.history:
                 t.log(rec, step=rec["epoch"])
             t.summary(row)
-        if row["seed"] == self.keep_seed:
-            self.models[row["method"]] = model
 
 
 def best_method(summary: pd.DataFrame) -> str:
@@ -137,6 +228,41 @@ def choose_method(method: str, comparison_csv: str | Path) -> str:
     if best.empty:
         raise ValueError(f"{path}: no row has is_best = True")
     return str(best.iloc[0]["method"])
+
+
+def chosen_config(method: str, comparison_csv: str | Path) -> dict[str, Any]:
+    """The configuration 03 reported ``method`` with (its tuned one when 03 searched), from the
+    summary's ``config`` column; empty when the table has none (an earlier fusionkit)."""
+    path = Path(comparison_csv)
+    if not path.is_file():
+        return {}
+    df = pd.read_csv(path)
+    rows = df[df["method"] == method]
+    if "config" not in df.columns or rows.empty or not isinstance(rows["config"].iloc[0], str):
+        return {}
+    return json.loads(rows["config"].iloc[0])
+
+
+@dataclass
+class MethodConfig:
+    """The settings a method is trained with: the shared ones and the method's own
+    (``fusion_kwargs``), from a configuration dict (``fusionkit.grid.jobs``)."""
+
+    lr: float
+    weight_decay: float
+    hidden: int
+    dropout: float
+    fusion_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def resolve(cls, method: str, comparison_csv: str | Path | None, **defaults) -> MethodConfig:
+        """``defaults`` (lr, weight_decay, hidden, dropout) overridden by the configuration 03
+        reported ``method`` with (:func:`chosen_config`) when ``comparison_csv`` is given."""
+        config = {**defaults, **(chosen_config(method, comparison_csv) if comparison_csv else {})}
+        own = {k[len(FUSION_PREFIX) :]: v for k, v in config.items() if k.startswith(FUSION_PREFIX)}
+        return cls(
+            float(config["lr"]), float(config["weight_decay"]), int(config["hidden"]), float(config["dropout"]), own
+        )
 
 
 def ci95(values: np.ndarray) -> float:
@@ -165,6 +291,8 @@ def summarize(
         out[f"{c}_ci95"] = g[c].apply(lambda s: ci95(s.to_numpy()))
     out[f"{select}_mean"] = g[select].mean()
     out["params"] = g["params"].first()
+    if "config" in results.columns:
+        out["config"] = g["config"].first()
     out["train_time_s"] = g["train_time_s"].mean()
     out["infer_samples_per_s"] = g["infer_samples_per_s"].mean()
     out["kind"] = ["unimodal" if m.startswith(UNIMODAL_PREFIX) else "fusion" for m in out.index]

@@ -6,7 +6,7 @@ local mirror (:meth:`Headline.from_summary`) - the report never re-derives it fr
 
 Keys (all under step ``03_fusion_comparison``): ``best_fusion_method``, ``best_fusion_accuracy``,
 ``best_fusion_accuracy_ci95``, ``best_unimodal``, ``best_unimodal_accuracy``, ``n_methods``,
-``n_seeds``; with the interpretability check ``weights_point_to_informative`` ("k/n" pairs); with
+``n_seeds``, ``search_trials`` (0: no search); with the interpretability check ``weights_point_to_informative`` ("k/n" pairs); with
 the robustness study ``most_robust_method`` and ``most_robust_relative_robustness``.
 """
 
@@ -36,6 +36,7 @@ class Headline:
     best_unimodal_accuracy: float | None
     n_methods: int
     n_seeds: int
+    search_trials: int = 0
     weights_point_to_informative: str | None = None
     most_robust_method: str | None = None
     most_robust_relative_robustness: float | None = None
@@ -54,6 +55,7 @@ class Headline:
         *,
         n_methods: int,
         n_seeds: int,
+        search_trials: int = 0,
         known: pd.DataFrame | None = None,
         robustness_by_method: pd.DataFrame | None = None,
     ) -> Headline:
@@ -73,6 +75,7 @@ class Headline:
             best_unimodal_accuracy=None if best_uni is None else float(best_uni["test_accuracy_mean"]),
             n_methods=int(n_methods),
             n_seeds=int(n_seeds),
+            search_trials=int(search_trials),
         )
         if known is not None and len(known):
             head.weights_point_to_informative = f"{int(known.points_to_informative.sum())}/{len(known)}"
@@ -93,6 +96,7 @@ class Headline:
             "best_unimodal_accuracy": self.best_unimodal_accuracy,
             "n_methods": self.n_methods,
             "n_seeds": self.n_seeds,
+            "search_trials": self.search_trials,
         }
         if self.weights_point_to_informative is not None:
             out["weights_point_to_informative"] = self.weights_point_to_informative
@@ -120,6 +124,7 @@ class Headline:
                 best_unimodal_accuracy=None if uni_acc in blank or pd.isna(uni_acc) else float(uni_acc),
                 n_methods=int(values.get("n_methods", 0)),
                 n_seeds=int(values.get("n_seeds", 0)),
+                search_trials=int(values.get("search_trials", 0) or 0),
                 weights_point_to_informative=values.get("weights_point_to_informative"),
                 most_robust_method=values.get("most_robust_method"),
                 most_robust_relative_robustness=_num(values.get("most_robust_relative_robustness")),

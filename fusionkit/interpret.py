@@ -16,13 +16,14 @@ method on each such target and states whether its highest weight falls on an inf
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pandas as pd
 import torch
 
-from fusionkit.model import MultimodalModel, build_model
-from fusionkit.train import SplitData, TrainConfig, accuracy, predict, seed_everything, train
+from fusionkit.grid.executors import Executor, SerialExecutor
+from fusionkit.grid.jobs import TrainJob, in_dims_of
+from fusionkit.grid.space import default_config
+from fusionkit.model import MultimodalModel
+from fusionkit.train import SplitData, TrainConfig, accuracy, predict
 
 
 def weight_samples(models: dict[str, MultimodalModel], test: SplitData, class_names: list[str]) -> pd.DataFrame:
@@ -83,41 +84,54 @@ def known_information_check(
     cfg: TrainConfig,
     hidden: int = 128,
     dropout: float = 0.1,
+    configs: dict[str, dict] | None = None,
+    executor: Executor | None = None,
 ) -> pd.DataFrame:
     """For each method with modality weights and each target whose informative modalities are
-    known, train on that target (one seed) and report the mean test weight per modality, whether
-    the top-weighted modality is informative, and the test accuracy.
+    known, train on that target (one seed, ``cfg.seed``; the method's configuration from
+    ``configs``, else its defaults) and report the mean test weight per modality, whether the
+    top-weighted modality is informative, and the test accuracy. The trainings run on
+    ``executor`` (default: this process).
 
     ``targets``: target name -> {split: labels} for the splits in ``data``."""
-    rows = []
+    datasets, jobs = {}, []
     for target, labels in targets.items():
         if target not in informative:
             continue
         split_data = {s: SplitData(d.features, labels[s], d.ids, d.mask) for s, d in data.items()}
         num_classes = int(max(int(v.max()) for v in labels.values())) + 1
-        in_dims = {m: int(x.shape[-1]) for m, x in split_data["train"].features.items()}
+        datasets[f"target:{target}"] = (split_data, num_classes)
         for method in methods:
-            seed_everything(cfg.seed)
-            model = build_model(method, in_dims, num_classes, hidden=hidden, dropout=dropout)
-            train(model, split_data["train"], split_data["val"], replace(cfg))
-            logits, weights = predict(model, split_data["test"])
-            if not weights:
-                continue
-            mean = {m: float(w.mean()) for m, w in weights.items()}
-            if max(mean.values()) - min(mean.values()) < 1e-6:
-                continue  # fixed, equal weights (late fusion's plain average): nothing was learned
-            top = max(mean, key=mean.get)
-            rows.append(
-                {
-                    "method": method,
-                    "target": target,
-                    "informative": ", ".join(informative[target]),
-                    "top_weighted": top,
-                    "points_to_informative": top in informative[target],
-                    "test_accuracy": accuracy(logits, split_data["test"].labels),
-                    **{f"weight_{m}": v for m, v in sorted(mean.items())},
-                }
+            config = (configs or {}).get(method) or default_config(method, cfg, hidden, dropout)
+            jobs.append(
+                TrainJob(method, cfg.seed, config, cfg, data=f"target:{target}", keep=True, tag="known_information")
             )
+    ex = executor or SerialExecutor(show_progress=False)
+    rows = []
+    for out in ex.run(jobs, datasets, desc="known-information check"):
+        if not out.ok:
+            raise RuntimeError(f"known-information check: {out.error}")
+        split_data, num_classes = datasets[out.job.data]
+        target = out.job.data.removeprefix("target:")
+        model = out.model(in_dims_of(split_data), num_classes)
+        logits, weights = predict(model, split_data["test"])
+        if not weights:
+            continue
+        mean = {m: float(w.mean()) for m, w in weights.items()}
+        if max(mean.values()) - min(mean.values()) < 1e-6:
+            continue  # fixed, equal weights (late fusion's plain average): nothing was learned
+        top = max(mean, key=mean.get)
+        rows.append(
+            {
+                "method": out.job.method,
+                "target": target,
+                "informative": ", ".join(informative[target]),
+                "top_weighted": top,
+                "points_to_informative": top in informative[target],
+                "test_accuracy": accuracy(logits, split_data["test"].labels),
+                **{f"weight_{m}": v for m, v in sorted(mean.items())},
+            }
+        )
     return pd.DataFrame(rows)
 
 

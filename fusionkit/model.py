@@ -51,10 +51,14 @@ def build_model(
     num_classes: int,
     hidden: int = 128,
     dropout: float = 0.1,
+    fusion_kwargs: dict | None = None,
     **fusion_hparams,
 ) -> MultimodalModel:
     """Projectors to ``hidden`` dims, the named fusion method, and a 2-layer MLP head (or none when
-    the method already outputs logits, as late fusion does)."""
+    the method already outputs logits, as late fusion does). The method's hyper-parameters come
+    as keywords or in ``fusion_kwargs`` (the way to pass the ones named like the model's own,
+    e.g. a fusion method's ``hidden``)."""
+    fusion_hparams = {**fusion_hparams, **(fusion_kwargs or {})}
     projectors = {m: Projector(d, hidden, dropout) for m, d in in_dims.items()}
 
     cls = get(method)

@@ -20,9 +20,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fusionkit.compare import run_one
 from fusionkit.data.base import Dataset, Sample
 from fusionkit.encoders.base import InputError
+from fusionkit.grid.executors import Executor, SerialExecutor
+from fusionkit.grid.jobs import TrainJob, in_dims_of
+from fusionkit.grid.space import default_config
 from fusionkit.model import MultimodalModel
 from fusionkit.perturb import CORRUPTIONS, LEVELS
 from fusionkit.progress import progress
@@ -205,10 +207,19 @@ def modality_dropout_study(
     reference: MultimodalModel,
     hidden: int = 128,
     dropout: float = 0.1,
+    config: dict | None = None,
+    executor: Executor | None = None,
 ) -> pd.DataFrame:
-    """What training with modality dropout buys: ``method`` retrained (seed ``cfg.seed``) with
-    each modality dropped per training sample with probability ``rate``, next to ``reference``
-    (the same method trained without), each with every modality dropped at test time in turn
-    (:func:`missing_modality`)."""
-    model, _, _ = run_one(method, splits, replace(cfg, modality_dropout=rate), num_classes, hidden, dropout)
+    """What training with modality dropout buys: ``method`` retrained (seed ``cfg.seed``, the
+    configuration it was compared with: ``config``, else its defaults) with each modality dropped
+    per training sample with probability ``rate``, next to ``reference`` (the same method trained
+    without), each with every modality dropped at test time in turn (:func:`missing_modality`).
+    The retraining runs on ``executor`` (default: this process)."""
+    config = config or default_config(method, cfg, hidden, dropout)
+    job = TrainJob(method, cfg.seed, config, replace(cfg, modality_dropout=rate), keep=True, tag="dropout_study")
+    ex = executor or SerialExecutor(show_progress=False)
+    (out,) = ex.run([job], {"main": (splits, num_classes)}, desc="modality-dropout study")
+    if not out.ok:
+        raise RuntimeError(f"modality-dropout study: {out.error}")
+    model = out.model(in_dims_of(splits), num_classes)
     return missing_modality({f"{method} (p={rate})": model, method: reference}, splits["test"])

@@ -47,16 +47,22 @@ def test_ci95():
     assert ci95(np.array([0.5, 0.5, 0.5])) == 0.0
 
 
-def test_per_run_logger_logs_each_training_and_keeps_the_first_seeds_models(tmp_path):
+def test_per_run_logger_logs_each_training_and_the_first_seeds_models_are_kept(tmp_path):
     import json
 
-    from fusionkit.compare import PerRunLogger, best_method
+    from fusionkit.compare import PerRunLogger, best_method, run
+    from fusionkit.train import accuracy, predict
 
     data = label_problem(n=120, seed=2)
     cfg = TrainConfig(epochs=3, batch_size=32, patience=5)
-    runs = PerRunLogger(tmp_path, "03_fusion_comparison", {"lr": 0.1}, group="g", mode="disabled", keep_seed=1)
-    res = compare(["concat"], data, cfg, num_classes=6, seeds=[1, 2], hidden=16, on_result=runs, show_progress=False)
-    assert sorted(runs.models) == ["concat", "unimodal:audio", "unimodal:image"]
+    runs = PerRunLogger(tmp_path, "03_fusion_comparison", {"lr": 0.1}, group="g", mode="disabled")
+    comparison = run(["concat"], data, cfg, num_classes=6, seeds=[1, 2], hidden=16, on_result=runs, show_progress=False)
+    res = comparison.runs
+    assert sorted(comparison.models) == ["concat", "unimodal:audio", "unimodal:image"]
+    for method, model in comparison.models.items():  # the kept model is the first seed's trained one
+        sub = {k: v.select([method.split(":")[1]]) for k, v in data.items()} if ":" in method else data
+        row = res[(res.method == method) & (res.seed == 1)].iloc[0]
+        assert accuracy(predict(model, sub["test"])[0], sub["test"].labels) == pytest.approx(row.test_accuracy)
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     summaries = {r["run"]: r["data"] for r in recs if r["kind"] == "summary"}
     assert set(summaries) == {f"{m}/seed{s}" for m in res.method.unique() for s in (1, 2)}

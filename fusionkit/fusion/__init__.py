@@ -14,6 +14,15 @@ from fusionkit.fusion import (  # noqa: F401  (importing a module registers its 
     tensor,
     weighted,
 )
-from fusionkit.fusion.base import Fusion, FusionOutput, available, build_fusion, get, hyperparameters, register
+from fusionkit.fusion.base import (
+    Fusion,
+    FusionOutput,
+    available,
+    build_fusion,
+    get,
+    hyperparameters,
+    register,
+    search_space,
+)
 
-__all__ = ["Fusion", "FusionOutput", "available", "build_fusion", "get", "hyperparameters", "register"]
+__all__ = ["Fusion", "FusionOutput", "available", "build_fusion", "get", "hyperparameters", "register", "search_space"]

@@ -24,6 +24,7 @@ from torch import nn
 
 from fusionkit.fusion._common import CommonDim, as_sequence, masked_softmax, stack_mask, weights_dict, zero_missing
 from fusionkit.fusion.base import Fusion, FusionOutput, Tensor, register
+from fusionkit.fusion.space import Choice
 
 
 class AdditiveAttention(nn.Module):
@@ -50,6 +51,8 @@ class AdditiveAttentionFusion(Fusion):
     weights ``beta_m``."""
 
     uses_sequences = True
+
+    search_space = {"attn_dim": Choice((32, 64, 128))}
 
     def __init__(self, in_dims: dict[str, int], attn_dim: int = 64, dim: int | None = None):
         super().__init__(in_dims)

@@ -13,7 +13,9 @@
   ``(B,)`` tensor of per-sample modality weights (summing to 1 over modalities) for methods that
   have them, else ``None``.
 
-Methods are registered with :func:`register` and built by name with :func:`build_fusion`.
+Methods are registered with :func:`register` and built by name with :func:`build_fusion`. A
+method declares the dimensions its own hyper-parameters are searched over in ``search_space``
+(``fusionkit.fusion.space``; read with :func:`search_space`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
+
+from fusionkit.fusion.space import Dimension
 
 Tensor = torch.Tensor
 
@@ -47,6 +52,9 @@ class Fusion(nn.Module):
     #: True when the method uses the elements of a ``(B, L, D)`` sequence (attention over tokens,
     #: feature-wise modulation of a grid); False when it mean-pools sequences first.
     uses_sequences: bool = False
+    #: ``{hyper-parameter: Float | Int | Choice}`` (``fusion/space.py``): the method's own
+    #: dimensions of the per-method search; the shared ones are ``fusionkit.grid.space.SHARED``.
+    search_space: ClassVar[dict[str, Dimension]] = {}
 
     def __init__(self, in_dims: dict[str, int]):
         super().__init__()
@@ -110,6 +118,9 @@ def register(name: str) -> Callable[[type[Fusion]], type[Fusion]]:
     def deco(cls: type[Fusion]) -> type[Fusion]:
         if name in _REGISTRY:
             raise ValueError(f"fusion method {name!r} registered twice")
+        unknown = set(cls.search_space) - set(_init_hyperparameters(cls))
+        if unknown:
+            raise ValueError(f"fusion method {name!r}: search_space names {sorted(unknown)}, not hyper-parameters")
         _REGISTRY[name] = cls
         cls.registry_name = name
         return cls
@@ -123,7 +134,15 @@ def available() -> list[str]:
 
 def hyperparameters(name: str) -> dict[str, object]:
     """The keyword hyper-parameters of a method and their defaults."""
-    cls = get(name)
+    return _init_hyperparameters(get(name))
+
+
+def search_space(name: str) -> dict[str, Dimension]:
+    """The dimensions a method's own hyper-parameters are searched over (empty: none)."""
+    return dict(get(name).search_space)
+
+
+def _init_hyperparameters(cls: type[Fusion]) -> dict[str, object]:
     sig = inspect.signature(cls.__init__)
     return {
         k: p.default

@@ -32,6 +32,7 @@ from torch import nn
 
 from fusionkit.fusion._common import one_missing, pool
 from fusionkit.fusion.base import Fusion, FusionOutput, Tensor, register
+from fusionkit.fusion.space import Choice, Int
 
 
 def _hadamard(parts: list[Tensor], masks: list[Tensor]) -> Tensor:
@@ -47,6 +48,8 @@ class MLBFusion(Fusion):
     """Multimodal Low-rank Bilinear pooling, n-ary: ``P^T(prod_m tanh(U_m x_m + b_m)) + p``.
 
     ``rank``: joint (Hadamard) dim; ``hidden``: output dim of ``P`` (``out_dim``)."""
+
+    search_space = {"rank": Choice((64, 128, 256, 512))}
 
     def __init__(self, in_dims: dict[str, int], rank: int = 256, hidden: int = 128):
         super().__init__(in_dims)
@@ -66,6 +69,8 @@ class MFBFusion(Fusion):
     """Multi-modal Factorized Bilinear pooling, n-ary: Hadamard product of ``k * hidden`` dim
     projections, sum-pooled over windows of ``k``, signed square root, L2 normalised.
     ``out_dim = hidden``."""
+
+    search_space = {"k": Int(2, 10), "hidden": Choice((64, 128, 256))}
 
     def __init__(self, in_dims: dict[str, int], k: int = 5, hidden: int = 128):
         super().__init__(in_dims)
@@ -89,6 +94,8 @@ class MUTANFusion(Fusion):
     """MUTAN Tucker fusion, n-ary: ``z = sum_r prod_m (W_m^r tanh(W_m x_m))``.
 
     ``dim``: size of the per-modality ``tanh`` projections; ``rank``: R; ``hidden``: out_dim."""
+
+    search_space = {"dim": Choice((32, 64, 128)), "rank": Int(2, 10)}
 
     def __init__(self, in_dims: dict[str, int], dim: int = 64, rank: int = 5, hidden: int = 128):
         super().__init__(in_dims)

@@ -22,6 +22,7 @@ from torch import nn
 
 from fusionkit.fusion._common import masked_softmax, pool, stack_mask, weights_dict, zero_missing
 from fusionkit.fusion.base import Fusion, FusionOutput, Tensor, register
+from fusionkit.fusion.space import Choice
 
 
 @register("concat")
@@ -56,6 +57,8 @@ class LateFusion(Fusion):
     modality missing gets all-zero logits."""
 
     outputs_logits = True
+
+    search_space = {"hidden": Choice((32, 64, 128)), "learned_weights": Choice((False, True))}
 
     def __init__(
         self,

@@ -24,6 +24,7 @@ from torch import nn
 
 from fusionkit.fusion._common import CommonDim, as_sequence, zero_missing
 from fusionkit.fusion.base import Fusion, FusionOutput, Tensor, register
+from fusionkit.fusion.space import Choice
 
 
 @register("cross_attention")
@@ -34,6 +35,8 @@ class CrossAttentionFusion(Fusion):
     when all are equal, else the largest rounded up). ``out_dim = M * dim``."""
 
     uses_sequences = True
+
+    search_space = {"heads": Choice((1, 2, 4, 8))}
 
     def __init__(self, in_dims: dict[str, int], heads: int = 4, dim: int | None = None):
         super().__init__(in_dims)

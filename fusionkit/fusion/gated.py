@@ -27,12 +27,15 @@ from torch import nn
 
 from fusionkit.fusion._common import masked_softmax, pool, stack_mask, weights_dict, zero_missing
 from fusionkit.fusion.base import Fusion, FusionOutput, Tensor, register
+from fusionkit.fusion.space import Choice
 
 
 @register("gmu")
 class GMUFusion(Fusion):
     """Gated Multimodal Unit; ``hidden`` is the size of ``h`` (``out_dim``). Returns the mean gate
     per modality as per-sample weights."""
+
+    search_space = {"hidden": Choice((64, 128, 256))}
 
     def __init__(self, in_dims: dict[str, int], hidden: int = 128):
         super().__init__(in_dims)

@@ -19,12 +19,15 @@ from torch import nn
 
 from fusionkit.fusion._common import pool, stack_mask, zero_missing
 from fusionkit.fusion.base import Fusion, FusionOutput, Tensor, build_fusion, get, register
+from fusionkit.fusion.space import Choice
 
 
 @register("mixture")
 class MixtureFusion(Fusion):
     """Per-sample softmax gate over several fusion methods. ``methods``: registered names;
     ``hidden``: common output size (``out_dim``)."""
+
+    search_space = {"hidden": Choice((64, 128, 256))}
 
     def __init__(
         self,

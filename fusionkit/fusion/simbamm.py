@@ -30,6 +30,7 @@ from torch import nn
 
 from fusionkit.fusion._common import pool, stack_mask, zero_missing
 from fusionkit.fusion.base import Fusion, FusionOutput, Tensor, register
+from fusionkit.fusion.space import Choice
 
 
 @register("simbamm")
@@ -44,6 +45,8 @@ class SimBaMMFusion(Fusion):
     projectors' ``hidden``, so ``dim = hidden`` when ``heads`` divides it); ``layers``: encoder layers; ``heads``: attention heads;
     ``ff_mult``: feed-forward width as a multiple of ``dim``; ``dropout``: in the encoder.
     ``out_dim = dim``."""
+
+    search_space = {"layers": Choice((1, 2)), "heads": Choice((1, 2, 4))}
 
     def __init__(
         self,

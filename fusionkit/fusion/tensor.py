@@ -32,6 +32,7 @@ from torch import nn
 
 from fusionkit.fusion._common import pool, zero_missing
 from fusionkit.fusion.base import Fusion, FusionOutput, Tensor, register
+from fusionkit.fusion.space import Choice, Int
 
 TFN_WARN_SIZE = 65_536
 
@@ -47,6 +48,8 @@ class TensorFusion(Fusion):
     ``dim``: size each modality is projected to first (None: use the input dims as they are);
     ``hidden``: optional ``Linear + GELU`` on the flattened tensor. ``out_dim`` is
     ``prod_m (dim_m + 1)`` or ``hidden``. No modality weights."""
+
+    search_space = {"dim": Choice((8, 16, 24))}
 
     def __init__(self, in_dims: dict[str, int], dim: int | None = 16, hidden: int | None = None):
         super().__init__(in_dims)
@@ -88,6 +91,8 @@ class LowRankFusion(Fusion):
     ``rank``: number of factors r; ``hidden``: output size H (``out_dim``). Parameters: one factor
     tensor ``(r, D_m + 1, H)`` per modality, ``lambda`` ``(r,)`` and ``b`` ``(H,)``. Missing
     modalities enter as ``[0; 1]`` (their factor's constant row). No modality weights."""
+
+    search_space = {"rank": Int(2, 16), "hidden": Choice((32, 64, 128))}
 
     def __init__(self, in_dims: dict[str, int], rank: int = 4, hidden: int = 64):
         super().__init__(in_dims)

@@ -19,6 +19,7 @@ from torch import nn
 
 from fusionkit.fusion._common import CommonDim, masked_softmax, pool, stack_mask, weights_dict, zero_missing
 from fusionkit.fusion.base import Fusion, FusionOutput, Tensor, register
+from fusionkit.fusion.space import Choice
 
 
 @register("weighted")
@@ -27,6 +28,8 @@ class WeightedFusion(Fusion):
 
     Hyper-parameters: ``dim`` (common dim, only needed when input dims differ), ``bias`` (learn
     ``b_m``). ``out_dim = dim``. Returns the per-sample weights ``w_m``."""
+
+    search_space = {"bias": Choice((True, False))}
 
     def __init__(self, in_dims: dict[str, int], dim: int | None = None, bias: bool = True):
         super().__init__(in_dims)

@@ -103,6 +103,29 @@ def plot_comparison(
     return fig
 
 
+def plot_search(trials: pd.DataFrame, metric: str = "val_accuracy"):
+    """Each method's search: the validation score of every trial (dots; trial 0 is the method's
+    defaults, ringed) and the best so far (line). ``trials``: ``SearchResult.trials``."""
+    methods = list(dict.fromkeys(trials["method"]))
+    ncols = min(5, len(methods))
+    nrows = -(-len(methods) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.1 * nrows), sharex=True, sharey=True, squeeze=False)
+    for ax, method in zip(axes.flat, methods):
+        t = trials[trials["method"] == method].sort_values("trial")
+        ax.plot(t["trial"], t[metric].cummax(), color="#2b6f97", lw=1.5)
+        ax.scatter(t["trial"], t[metric], s=10, color="k", zorder=3)
+        ax.scatter(t["trial"].iloc[:1], t[metric].iloc[:1], s=40, facecolors="none", edgecolors="#c2577a", zorder=4)
+        ax.set_title(method.replace("unimodal:", "uni:"), fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(methods) :]:
+        ax.set_visible(False)
+    fig.supxlabel("trial", fontsize=8)
+    fig.supylabel(f"{metric} (best so far)", fontsize=8)
+    fig.suptitle("search per method (equal budget; selected on validation)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def plot_history(history: list[dict[str, float]]):
     df = pd.DataFrame(history)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))

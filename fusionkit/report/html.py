@@ -23,9 +23,9 @@ STEP_ORDER = ["01_data_prep", "02_feature_extraction", "03_fusion_comparison", "
 
 #: how every "best" in a run is chosen (stated in the report)
 SELECTION_PROTOCOL = (
-    "Selection protocol: the best fusion method, the best single modality, every early-stopping epoch, "
-    "the re-ranking mix and the best task model are chosen on the validation split; the test split is "
-    "used once, for the numbers reported."
+    "Selection protocol: the best fusion method, the best single modality, each method's searched "
+    "configuration, every early-stopping epoch, the re-ranking mix and the best task model are chosen on "
+    "the validation split; the test split is used once, for the numbers reported."
 )
 
 
@@ -60,6 +60,7 @@ def headline(summary: pd.DataFrame) -> dict[str, Any]:
             margin=head.margin,
         )
     if head is not None:
+        out["search_trials"] = head.search_trials
         for k in ("weights_point_to_informative", "most_robust_method", "most_robust_relative_robustness"):
             if getattr(head, k) is not None:
                 out[k] = getattr(head, k)
@@ -120,6 +121,15 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
             f" by <b>{100 * head['margin']:+.1f} points</b>.</p>"
         )
     parts.append(f"<p class='note'>{html.escape(SELECTION_PROTOCOL)}</p>")
+    trials = int(float(head.get("search_trials") or 0))
+    if "search_trials" in head:
+        parts.append(
+            f"<p>Tuning: every method (the single modalities too) was searched with <b>{trials}</b> trials of the same "
+            "budget and its best configuration on validation retrained with every seed (table <code>rankings</code>: "
+            "tuned and untuned ranking side by side).</p>"
+            if trials > 0
+            else "<p>Tuning: none; every method was trained at the same fixed settings (<code>search_trials</code> = 0).</p>"
+        )
     if head.get("weights_point_to_informative"):
         parts.append(
             f"<p>Interpretability: learned modality weights point to the modality known to carry the target in "
