@@ -57,10 +57,11 @@ def _cmd_fusion_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_fusion_compare(args: argparse.Namespace) -> int:
+    import json
     from pathlib import Path
 
     import fusionkit.fusion as fusion
-    from fusionkit import compare
+    from fusionkit import compare, grid
     from fusionkit.index import FeatureIndex
     from fusionkit.report import figures
     from fusionkit.train import TrainConfig
@@ -84,26 +85,49 @@ def _cmd_fusion_compare(args: argparse.Namespace) -> int:
         modality_dropout=args.modality_dropout,
         seed=args.seed,
     )
-    results = compare.compare(
-        methods, splits, cfg, len(class_names), seeds=range(args.seed, args.seed + args.seeds), hidden=args.hidden
-    )
-    summary = compare.summarize(results)
+    try:
+        space = json.loads(args.search_space) if args.search_space else None
+        ex = grid.executor(args.executor, args.ray_address, max_failures=args.max_failures,
+                           **({"storage_path": args.ray_storage or None} if args.executor == "ray" else {}))  # fmt: skip
+    except (ValueError, ConnectionError, ImportError) as e:
+        print(f"fusionkit: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        comparison = compare.run(methods, splits, cfg, len(class_names), seeds=range(args.seed, args.seed + args.seeds),
+                                 hidden=args.hidden, search_trials=args.search_trials, search_metric=args.search_metric,
+                                 search_space=space, executor=ex)  # fmt: skip
+    except (KeyError, ValueError) as e:
+        print(f"fusionkit: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    finally:
+        ex.close()
+    results, summary = comparison.runs, comparison.summary
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results.to_csv(out / "comparison_runs.csv", index=False)
     summary.to_csv(out / "comparison_summary.csv", index=False)
+    comparison.rankings().to_csv(out / "rankings.csv", index=False)
+    written = ["comparison_runs.csv", "comparison_summary.csv", "rankings.csv", "comparison.png"]
+    if comparison.tuned:
+        comparison.search.trials.to_csv(out / "search_trials.csv", index=False)
+        figures.plot_search(comparison.search.trials).savefig(out / "search_curves.png", dpi=110, bbox_inches="tight")
+        written += ["search_trials.csv", "search_curves.png"]
     figures.plot_comparison(results, summary).savefig(out / "comparison.png", dpi=110, bbox_inches="tight")
     cols = [
         "method",
         "test_accuracy_mean",
         "test_accuracy_ci95",
+        "val_accuracy_mean",
         "params",
         "train_time_s",
         "p_vs_best",
         "worse_than_best",
+        "is_best",
     ]
     print(summary[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
-    print(f"written to {out}/comparison_runs.csv, comparison_summary.csv, comparison.png")
+    for m, err in comparison.failed.items():
+        print(f"failed: {m}: {err}", file=sys.stderr)
+    print(f"written to {out}/: {', '.join(written)}")
     return 0
 
 
@@ -154,6 +178,21 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
     fc.add_argument("--modality-dropout", type=float, default=0.0)
     fc.add_argument("--hidden", type=int, default=128)
+    fc.add_argument("--search-trials", type=int, default=0, help="trials per method, the same for all (0: no search)")
+    fc.add_argument("--search-metric", default="val_accuracy", help="what the search maximises (validation only)")
+    fc.add_argument(
+        "--search-space", default="", help='JSON overrides, e.g. \'{"lr": {"low": 1e-4, "high": 1e-2, "log": true}}\''
+    )
+    fc.add_argument(
+        "--executor", choices=["ray", "serial"], default="ray", help="Ray Tune trials (default) or this process"
+    )
+    fc.add_argument(
+        "--ray-address",
+        default="",
+        help="'' local Ray; 'auto' or host:port / ray://host:port a cluster (else $RAY_ADDRESS)",
+    )
+    fc.add_argument("--ray-storage", default="", help="Ray Tune's files (a folder every node sees on a cluster)")
+    fc.add_argument("--max-failures", type=int, default=2, help="retries of a training that fails")
     fc.add_argument("--out", default="reports/comparison")
     fc.set_defaults(func=_cmd_fusion_compare)
 

@@ -251,6 +251,9 @@ class RayExecutor(_Base):
         resources: dict[str, float] = {"cpu": self.cpus_per_trial}
         if self.gpus_per_trial > 0:
             resources["gpu"] = self.gpus_per_trial
+        # Tune lets a custom searcher keep only one trial pending by default, which starts the
+        # trials (and the workers of a cluster's other nodes) one at a time
+        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(4, int(ray_cpus()))))
         trainable = tune.with_parameters(_trial, refs=refs, weights=str(weights), tries=self.max_failures + 1)
         tuner = tune.Tuner(
             tune.with_resources(trainable, resources),
@@ -420,6 +423,12 @@ def _trial(config: dict, refs: dict[str, Any], weights: str, tries: int) -> None
         path = str(final)
     tune.report({"row_json": json.dumps(res.row), "history_json": json.dumps(res.history), "weights": path,
                  "node_id": node, "attempts": res.attempts, "val_accuracy": float(res.row["val_accuracy"])})  # fmt: skip
+
+
+def ray_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1))
 
 
 def available_cpus() -> int:

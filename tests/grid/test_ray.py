@@ -1,0 +1,87 @@
+"""The comparison on Ray Tune: the same numbers as the serial path, failures named, bad
+addresses refused fast. One local Ray (2 CPUs) for the module; the cluster tests are in
+test_cluster.py."""
+
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from fusionkit import compare
+from fusionkit.grid import RayExecutor, SerialExecutor, TrainJob, executor
+from fusionkit.grid.executors import check_reachable
+from fusionkit.train import TrainConfig
+from tests.synthetic import label_problem
+
+pytestmark = pytest.mark.slow
+CFG = TrainConfig(epochs=5, batch_size=32, patience=3)
+#: what a training computes; timings and the node differ between runs
+DETERMINISTIC = ["method", "seed", "config", "val_accuracy", "best_epoch", "epochs_run", "params", "test_accuracy",
+                 "test_macro_f1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data():
+    return label_problem(n=150, seed=5)
+
+
+@pytest.fixture(scope="module")
+def ray_ex():
+    ex = RayExecutor(num_cpus=2, show_progress=False)
+    yield ex
+    ex.close()
+
+
+def _sorted(df):
+    return df[DETERMINISTIC].sort_values(["method", "seed"]).reset_index(drop=True)
+
+
+def test_ray_gives_exactly_the_serial_paths_numbers_and_choices(data, ray_ex):
+    kw = dict(seeds=[0, 1], hidden=16, search_trials=2, show_progress=False)
+    serial = compare.run(["concat", "lmf"], data, CFG, 6, **kw)
+    on_ray = compare.run(["concat", "lmf"], data, CFG, 6, executor=ray_ex, **kw)
+    pd.testing.assert_frame_equal(_sorted(serial.untuned_runs), _sorted(on_ray.untuned_runs))
+    pd.testing.assert_frame_equal(_sorted(serial.runs), _sorted(on_ray.runs))
+    assert serial.configs == on_ray.configs
+    assert serial.search.trials.val_accuracy.tolist() == on_ray.search.trials.val_accuracy.tolist()
+    # the kept models came back from the workers: the same predictions as the serial ones
+    from fusionkit.train import predict
+
+    for m in ("concat", "lmf"):
+        a, b = predict(serial.models[m], data["test"])[0], predict(on_ray.models[m], data["test"])[0]
+        assert (a == b).all()
+
+
+def test_a_job_that_raises_is_retried_then_named_with_its_configuration_and_the_rest_completes(data, ray_ex):
+    jobs = [TrainJob("concat", 0, {"hidden": 16}, CFG), TrainJob("lmf", 0, {"hidden": 16, "fusion.rank": 0}, CFG)]
+    ok, bad = ray_ex.run(jobs, {"main": (data, 6)})
+    assert ok.ok and ok.node_id
+    assert not bad.ok and bad.attempts == ray_ex.max_failures + 1
+    assert bad.error.startswith('lmf/seed0 [grid] with {"fusion.rank": 0, "hidden": 16}: ValueError')
+
+
+def test_every_trial_runs_with_the_threads_its_resources_give(data):
+    with SerialExecutor(cpus_per_trial=2, show_progress=False) as ex:
+        (out,) = ex.run([TrainJob("concat", 0, {"hidden": 16}, CFG)], {"main": (data, 6)})
+    assert out.job.cfg.num_threads == 2  # the thread count is part of the job (and of its key)
+    assert TrainJob("concat", 0, {}, CFG).key != out.job.key
+
+
+def test_an_unreachable_address_fails_within_seconds_naming_it():
+    t0 = time.perf_counter()
+    with pytest.raises(ConnectionError, match=r"ray_address '127\.0\.0\.1:9': no Ray cluster reachable"):
+        check_reachable("127.0.0.1:9", timeout=5)
+    assert time.perf_counter() - t0 < 30
+    with pytest.raises(ValueError, match="expected '', 'auto', 'host:port'"):
+        check_reachable("nonsense")
+    with pytest.raises(ValueError, match="executor 'dask'"):
+        executor("dask")
+
+
+def test_without_ray_installed_the_message_says_how_to_install_it(monkeypatch):
+    from fusionkit.grid import executors
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ImportError, match=r"pip install 'ray\[tune\]'.*executor='serial'"):
+        executors.import_ray()
