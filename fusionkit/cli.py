@@ -11,6 +11,8 @@ from fusionkit import __version__
 def _cmd_run(args: argparse.Namespace) -> int:
     from fusionkit.pipeline import NotebookFailed, PipelineError, run
 
+    if args.ray_address:  # the comparison's cluster (03's ray_address; else $RAY_ADDRESS, else a local Ray)
+        args.param.append(f"03.ray_address={args.ray_address}")
     try:
         run_dir = run(
             args.profile,
@@ -156,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-progress", action="store_true", help="no progress bars (default when not a terminal or CI is set)"
     )
     r.add_argument("--quiet", action="store_true", help="do not stream cell output")
+    r.add_argument(
+        "--ray-address",
+        default="",
+        help="the Ray cluster 03 runs its trainings on: 'auto' or host:port (default: a local Ray)",
+    )
     r.set_defaults(func=_cmd_run)
 
     pr = sub.add_parser("profiles", help="list the profiles")

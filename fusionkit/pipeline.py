@@ -415,6 +415,16 @@ class NotebookFailed(RuntimeError):
 
 def _preflight(params: dict[str, dict[str, Any]]) -> None:
     """Checks that would otherwise fail minutes into the chain."""
+    comparison = params.get("03_fusion_comparison", {})
+    if comparison.get("executor", "ray") == "ray":
+        from fusionkit.grid.executors import check_reachable, resolve_address
+
+        address = resolve_address(comparison.get("ray_address", ""))
+        if address:
+            try:
+                check_reachable(address)
+            except (ConnectionError, ValueError) as e:
+                raise PipelineError(f"03_fusion_comparison.{e}") from None
     for nb, p in params.items():
         src = p.get("source_dir")
         if src:

@@ -25,7 +25,7 @@ def _write_notebooks(folder: Path) -> None:
     for name in pipeline.NOTEBOOKS:
         nb = nbformat.v4.new_notebook()
         params = nbformat.v4.new_code_cell(
-            'run_dir: str = "."  # run folder\nepochs: int = 3  # passes\nlabel: str = "x"  # a string'
+            'run_dir: str = "."  # run folder\nepochs: int = 3  # passes\nlabel: str = "x"  # a string\nray_address: str = ""  # a cluster'
         )
         params.metadata["tags"] = ["parameters"]
         nb.cells = [
@@ -110,6 +110,8 @@ def test_failing_cell_stops_chain_keeps_output_and_exits_nonzero(fake_chain, tmp
         (["--profile", "tiny", "-p", "99.epochs=1"], "unknown notebook '99'"),
         (["--profile", "tiny", "-p", "epochs"], "expected NOTEBOOK.KEY=VALUE"),
         (["--resume", "missing-run"], "cannot resume"),
+        (["--profile", "tiny", "--ray-address", "127.0.0.1:9"], "ray_address '127.0.0.1:9': no Ray cluster reachable"),
+        (["--profile", "tiny", "-p", "03.ray_address=nonsense"], "ray_address 'nonsense': expected"),
     ],
 )
 def test_bad_input_one_clear_line(fake_chain, capsys, argv, message):
