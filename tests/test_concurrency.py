@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fusionkit.data.base import load_dataset
 from fusionkit.features import _write_skipped, cache_path, extract_features, extractions, load_cached, read_feature_set
 from tests.test_features import count_forward, make_dataset, tiny_image_encoder
 
@@ -29,6 +30,7 @@ WORKER = """
 import json, os, sys, time
 from pathlib import Path
 import torch
+from fusionkit.data.base import load_dataset
 from fusionkit.features import extract_features
 from tests.test_features import tiny_image_encoder
 
@@ -211,6 +213,48 @@ def test_skipped_json_keeps_every_process_update(tmp_path):
     assert sorted(json.loads(path.read_text())) == sorted(f"{me}-{k}" for me in "ab" for k in range(40))
     _write_skipped(path, "a-0", {})  # an empty split is removed from the file
     assert "a-0" not in json.loads(path.read_text())
+
+
+GENERATE = """
+import json, os, sys, time
+from pathlib import Path
+from fusionkit.data import shapes
+
+root, count, go = sys.argv[1:4]
+real = shapes._write_all
+def counted(out, params, progress):
+    with open(count, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(0.5)  # the other process certainly arrives while this one writes
+    real(out, params, progress)
+shapes._write_all = counted
+Path(go + f".ready-{os.getpid()}").touch()
+while not Path(go).exists():
+    time.sleep(0.01)
+ds = shapes.generate(root, n=24, seed=3, image_size=48, progress=False)
+print(json.dumps({"hash": ds.manifest_hash(), "n": len(ds)}))
+"""
+
+
+def test_two_processes_preparing_one_dataset_folder_write_it_once(tmp_path):
+    root = tmp_path / "shapes"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", GENERATE, str(root), str(tmp_path / "count"), str(tmp_path / "go")],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    _wait_for(lambda: len(list(tmp_path.glob("go.ready-*"))) == 2, what="both ready")
+    (tmp_path / "go").touch()
+    outs = [_finish(p) for p in procs]
+    assert len((tmp_path / "count").read_text().split()) == 1, "generated once; the second process reused it"
+    assert outs[0][0] == outs[1][0] == {"hash": load_dataset(root).manifest_hash(), "n": 24}
+    assert any("waiting for another process" in err and "dataset folder" in err for _, err in outs)
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
 
 def test_the_lock_of_a_dead_holder_is_free(tmp_path):
