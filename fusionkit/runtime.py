@@ -47,7 +47,8 @@
     on this project's 2-core machine (benchmarks/README.md, ``concurrent_chains.py``): the smoke
     chain's VQA training took 5.2 s alone and 110 s each with two at once, burning 5x the CPU time
     (spinning); the smoke dataset's image features 2.2 s alone and 37 s each with two at once. With
-    ``OMP_WAIT_POLICY=PASSIVE``, two at once: 5.2 s each (VQA) and 4.9 / 5.3 s (image features).
+    ``OMP_WAIT_POLICY=PASSIVE``, two at once: 5.2 s each (VQA) and 4.9 / 5.3 s (image features);
+    next to another user's job, the image features alone took 36-38 s by default, 3.3-3.6 s passive.
     The price when a process is alone on its cores: waking a sleeping thread costs more than
     finding it spinning, about 30% of EfficientNet-Lite0's CPU forward at batch 4 (2.2 s -> 2.9 s
     for those image features); the small models of the tasks and the comparison do not notice.
@@ -57,7 +58,7 @@
     for the kernels it starts) calls ``openmp_environment()``, which sets ``OMP_WAIT_POLICY=PASSIVE``
     and ``OMP_NUM_THREADS=available_cpus()`` unless they are already set: set them yourself to
     choose otherwise (``OMP_WAIT_POLICY=ACTIVE`` for a machine you have to yourself). A Jupyter
-    kernel started by hand does not get them; ``make lab`` sets them.
+    kernel started by hand does not get them (``make lab`` sets the policy).
 """
 
 from __future__ import annotations
