@@ -36,13 +36,15 @@ smoke: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# kernels started by hand get what `fusionkit run` gives its kernels (fusionkit/runtime.py)
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(VENV)/bin/jupyter lab notebooks/
 
 bench: $(STAMP)
 	@mkdir -p benchmarks/results
 	$(PY) benchmarks/extract.py
 	$(PY) benchmarks/fusion.py
+	$(PY) benchmarks/concurrent_chains.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fusionkit tests benchmarks

@@ -211,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fusionkit.runtime import openmp_environment
+
+    # before anything imports torch: OpenMP reads its wait policy and thread count once, at load
+    # (passive threads do not spin against other processes; fusionkit.runtime explains)
+    openmp_environment()
     args = build_parser().parse_args(argv)
     return args.func(args)
 

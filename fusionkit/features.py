@@ -10,7 +10,10 @@ Cache layout (one folder per dataset content x modality x encoder configuration)
         {split}-{output}.json          sidecar: ids, shapes, dtype, versions, sha256 of the file, encoder
                                         identity, skipped and truncated records, timing
         {split}-{output}.parts/        chunk files while an extraction is in progress (resumable)
+        {split}-{output}.lock          the entry's lock file (see "Concurrent processes")
         skipped.json                   records skipped under on_error="skip", per split, with reasons
+    {cache_dir}/extractions.jsonl      one line per entry computed: key, records computed, seconds,
+                                        host, pid, time (who computed what, and how often)
 
 The encoder key is ``{encoder name}-{sha256 of encoder.identity()}`` (weights hash, preprocessing,
 output dims) plus ``-bf16`` for CUDA autocast runs; the manifest hash covers every id, split, path,
@@ -26,6 +29,14 @@ Guarantees
   missing chunks, and the merged result is bit-identical to an uninterrupted run on the same machine
   and settings (batch size, decode group and memory format may change the last float bits, so resume
   with the same);
+* concurrent processes (two chains, two workers) compute an entry once: the process that takes
+  the entry's lock (``{split}-{output}.lock``, :func:`fusionkit.locks.file_lock`) computes it;
+  another that needs the same entry waits on that lock, then finds the finished entry and reads
+  it. Only that entry's lock is held, so entries that differ are computed side by side. A reader
+  that finds an entry incomplete or unusable takes the lock before it removes or rebuilds
+  anything, so it never removes a file another process is still writing;
+* threads: the forward runs on :func:`fusionkit.runtime.work_threads` intra-op threads (the cores
+  this process may actually use), DataLoader workers only on cores those leave free;
 * bad input (``on_error``): ``"raise"`` (default) stops at the first bad record with an
   :class:`~fusionkit.encoders.base.InputError` naming the file and the record id; ``"skip"`` leaves the
   record out and lists it (with the reason) in the sidecar and ``skipped.json``. A cache built with
@@ -56,8 +67,9 @@ from fusionkit.data.problems import check_on_error
 from fusionkit.data.readers import read_json
 from fusionkit.encoders import build_encoder
 from fusionkit.encoders.base import Encoder, InputError
+from fusionkit.locks import LockBusy, file_lock
 from fusionkit.progress import progress as progress_bar
-from fusionkit.runtime import allocator_tuned, tune_allocator
+from fusionkit.runtime import allocator_tuned, available_cpus, cpu_threads, tune_allocator, work_threads
 
 CACHE_FORMAT = 1
 OUTPUTS = ("pooled", "grid")
@@ -231,8 +243,10 @@ def read_feature_set(path: str | os.PathLike, verify: bool = True) -> FeatureSet
     return FeatureSet(ids=ids, values=values, mask=mask, meta=meta, path=path)
 
 
-def _try_cached(path: Path, expected: list[str]) -> FeatureSet | None:
-    """The cached set if present and sound, else None (a warning when a file was there but bad)."""
+def _try_cached(path: Path, expected: list[str], repair: bool = True) -> FeatureSet | None:
+    """The cached set if present and sound, else None. ``repair`` (only with the entry's lock held):
+    a file that was there but bad is removed, with a warning; without it nothing is touched (the
+    entry may be another process's write in progress)."""
     if not path.exists() and not _sidecar(path).exists():
         return None
     try:
@@ -242,6 +256,8 @@ def _try_cached(path: Path, expected: list[str]) -> FeatureSet | None:
             raise CacheError(f"{path}: its records differ from the dataset split's")
         return fs
     except CacheError as e:
+        if not repair:
+            return None
         warnings.warn(f"feature cache entry unusable, rebuilding: {e}", RuntimeWarning, stacklevel=3)
         for p in (_sidecar(path), path):
             with contextlib.suppress(FileNotFoundError):
@@ -345,10 +361,18 @@ def load_cached(
     output: str = "pooled",
     device: str | None = None,
 ) -> FeatureSet | None:
-    """The cached features if a sound cache entry exists, else ``None``; never computes."""
+    """The cached features if a sound cache entry exists, else ``None``; never computes, never
+    waits (an entry another process is writing is ``None``)."""
     enc = _resolve(dataset, modality, encoder)
     path = cache_path(dataset, enc, split, output, cache_dir, modality=modality, device=device)
-    return _try_cached(path, [s.id for s in dataset.split(split)])
+    ids = [s.id for s in dataset.split(split)]
+    if (fs := _try_cached(path, ids, repair=False)) is not None or not path.exists() and not _sidecar(path).exists():
+        return fs
+    try:  # something unusable is there: remove it (with a warning) unless another process is writing it
+        with file_lock(_lock_path(path), f"feature cache entry {path.name}", wait=False):
+            return _try_cached(path, ids)
+    except LockBusy:
+        return None
 
 
 def extract_features(
@@ -384,14 +408,47 @@ def extract_features(
     ids = [s.id for s in samples]
     path = cache_path(dataset, enc, split, output, cache_dir, modality=modality, device=dev)
 
-    cached = _try_cached(path, ids)
-    if cached is not None:
-        _raise_for_skipped(cached, on_error)
-        return cached
+    cached = _try_cached(path, ids, repair=False)  # the warm path: no lock
+    if cached is None:
+        with file_lock(_lock_path(path), f"feature cache entry {path.relative_to(cache_dir).with_suffix('')}"):
+            # another process may have computed it while this one waited (or removed a bad entry)
+            cached = _try_cached(path, ids)
+            if cached is None:
+                return _compute_entry(dataset, modality, enc, dev, split, output, path, ids, cache_dir,
+                                      batch_size=batch_size, num_workers=num_workers, chunk_size=chunk_size,
+                                      on_error=on_error, progress=progress)  # fmt: skip
+    _raise_for_skipped(cached, on_error)
+    return cached
 
+
+def _lock_path(path: Path) -> Path:
+    """``{split}-{output}.lock`` next to the entry's ``.safetensors``."""
+    return path.with_suffix(".lock")
+
+
+def _compute_entry(
+    dataset: Dataset,
+    modality: str,
+    enc: Encoder,
+    dev: torch.device,
+    split: str,
+    output: str,
+    path: Path,
+    ids: list[str],
+    cache_dir: str | os.PathLike,
+    *,
+    batch_size: int | None,
+    num_workers: int | None,
+    chunk_size: int,
+    on_error: str,
+    progress: bool,
+) -> FeatureSet:
+    """Compute the missing chunks of an entry and merge them into its file (the entry's lock held)."""
+    samples = dataset.split(split)
+    threads = work_threads()
     perf = enc.perf.get(dev.type, enc.perf["cpu"])
     bs = int(batch_size or perf["batch_size"])
-    workers = _workers(perf["num_workers"] if num_workers is None else num_workers, dev)
+    workers = _workers(perf["num_workers"] if num_workers is None else num_workers, dev, threads)
     # Decoding in the main process (no spare cores) runs in groups of ``decode_group`` records,
     # each then forwarded in batches of ``bs``: alternating decode and forward every few images
     # costs the forward its warm caches (1-8% of the throughput in measurements; benchmarks/README.md).
@@ -422,12 +479,13 @@ def extract_features(
     t0 = time.perf_counter()
     if todo:
         tune_allocator()  # no page faults per batch (fusionkit.runtime; ~1.6x faster forward on 2 CPU cores)
-        _compute_chunks(
-            enc, samples, modality, dataset, chunks, todo, part_path, chunk_ids_sha,
-            output=output, device=dev, batch_size=bs, decode_group=group, num_workers=workers,
-            channels_last=bool(perf.get("channels_last")),
-            on_error=on_error, progress=progress, desc=f"{modality} {split} {enc.name}",
-        )  # fmt: skip
+        with cpu_threads(threads):  # the cores this process may use (fusionkit.runtime.work_threads)
+            _compute_chunks(
+                enc, samples, modality, dataset, chunks, todo, part_path, chunk_ids_sha,
+                output=output, device=dev, batch_size=bs, decode_group=group, num_workers=workers,
+                channels_last=bool(perf.get("channels_last")),
+                on_error=on_error, progress=progress, desc=f"{modality} {split} {enc.name}",
+            )  # fmt: skip
     compute_s = time.perf_counter() - t0
 
     # ---- merge the chunks (in manifest order) into the final file, sidecar last
@@ -480,6 +538,7 @@ def extract_features(
             "num_workers": workers,
             "decode_group": group,
             "chunk_size": chunk_size,
+            "threads": threads,
             "allocator_tuned": allocator_tuned(),
         },  # fmt: skip
         "timing": {"seconds": round(compute_s, 3), "records_computed": sum(len(chunks[c]) for c in todo)},
@@ -490,6 +549,7 @@ def extract_features(
     }
     atomic_write_text(_sidecar(path), json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
     _write_skipped(path.parent / "skipped.json", split, skipped)
+    _log_extraction(Path(cache_dir), path, meta)
     for ci in range(len(chunks)):
         with contextlib.suppress(FileNotFoundError):
             part_path(ci).unlink()
@@ -500,18 +560,19 @@ def extract_features(
     return fs
 
 
-def _workers(n: int | str, device: torch.device) -> int:
-    """DataLoader workers from an encoder's ``perf`` entry.
+def _workers(n: int | str, device: torch.device, threads: int) -> int:
+    """DataLoader workers from an encoder's ``perf`` entry; cores are those this process may use
+    (:func:`fusionkit.runtime.available_cpus`), ``threads`` the forward's intra-op threads.
 
     ``"auto"``: decode on the cores the model leaves free. On CPU the forward already uses
-    ``torch.get_num_threads()`` cores, and a worker that preempts one of them stalls the others at
-    their next barrier, so only spare cores get workers (at most 2; none on a 2-core machine). On a
-    GPU the host only decodes: one worker per core but one, at most 8.
+    ``threads`` cores, and a worker that preempts one of them stalls the others at their next
+    barrier, so only spare cores get workers (at most 2; none on a 2-core machine). On a GPU the
+    host only decodes: one worker per core but one, at most 8.
     ``"cores"``: the encoder's forward is negligible (log-mel): one worker per core, at most 4."""
-    cores = os.cpu_count() or 1
+    cores = available_cpus()
     if n == "auto":
         if device.type == "cpu":
-            return max(0, min(2, cores - torch.get_num_threads()))
+            return max(0, min(2, cores - threads))
         return max(0, min(8, cores - 1))
     if n == "cores":
         return min(4, cores) if cores > 1 else 0
@@ -524,6 +585,13 @@ def _media_root(dataset: Dataset) -> Path:
 
 
 def _write_skipped(path: Path, split: str, skipped: dict[str, Any]) -> None:
+    """Update ``split``'s part of the encoder folder's ``skipped.json``, which the folder's other
+    entries share: read, change and replace it under its own lock, so no update is lost."""
+    with file_lock(path.with_name(path.name + ".lock"), f"{path}"):
+        _update_skipped(path, split, skipped)
+
+
+def _update_skipped(path: Path, split: str, skipped: dict[str, Any]) -> None:
     data: dict[str, Any] = {}
     if path.is_file():
         with contextlib.suppress(UnicodeDecodeError, json.JSONDecodeError):
@@ -536,6 +604,48 @@ def _write_skipped(path: Path, split: str, skipped: dict[str, Any]) -> None:
         atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     elif path.is_file():
         path.unlink()
+
+
+EXTRACTIONS = "extractions.jsonl"
+
+
+def _log_extraction(cache_dir: Path, path: Path, meta: dict[str, Any]) -> None:
+    """One line in ``{cache_dir}/extractions.jsonl`` per entry computed (appended under its lock)."""
+    try:
+        key = path.relative_to(cache_dir).with_suffix("").as_posix()
+    except ValueError:
+        key = str(path.with_suffix(""))
+    line = json.dumps({
+        "entry": key,
+        "records_computed": meta["timing"]["records_computed"],
+        "seconds": meta["timing"]["seconds"],
+        "threads": meta["settings"]["threads"],
+        "host": platform.node(),
+        "pid": os.getpid(),
+        "time": meta["created"],
+    }, ensure_ascii=False) + "\n"  # fmt: skip
+    log = cache_dir / EXTRACTIONS
+    with file_lock(log.with_name(log.name + ".lock"), str(log)):
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode("utf-8"))
+        finally:
+            os.close(fd)
+
+
+def extractions(cache_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of ``{cache_dir}/extractions.jsonl``: one per entry computed, oldest first."""
+    log = Path(cache_dir) / EXTRACTIONS
+    if not log.is_file():
+        return []
+    out = []
+    for n, line in enumerate(log.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise CacheError(f"{log}, line {n}: not a JSON record ({e.msg})") from None
+    return out
 
 
 def _compute_chunks(

@@ -28,7 +28,7 @@ from fusionkit.grid.space import default_config
 from fusionkit.model import MultimodalModel
 from fusionkit.perturb import CORRUPTIONS, LEVELS
 from fusionkit.progress import progress
-from fusionkit.runtime import tune_allocator
+from fusionkit.runtime import cpu_threads, tune_allocator, work_threads
 from fusionkit.train import SplitData, TrainConfig, accuracy, predict
 
 
@@ -46,7 +46,8 @@ def encode_corrupted(
     """Pooled features of ``samples``' modality after corrupting each raw input (seeded per
     sample, so the result does not depend on the batch size). Runs like ``extract_features``: the
     encoder's measured batch size and memory format for its device (``encoder.perf``), its
-    inference module (EfficientNet-Lite0: BatchNorm folded), ``torch.inference_mode``."""
+    inference module (EfficientNet-Lite0: BatchNorm folded), ``torch.inference_mode``, on
+    :func:`fusionkit.runtime.work_threads` threads."""
     tune_allocator()  # fusionkit.runtime: no page faults for every activation of every batch
     fn = CORRUPTIONS[ds.modalities[modality]][corruption]
     root = ds.media_root
@@ -59,7 +60,7 @@ def encode_corrupted(
         encoder.set_memory_format(torch.channels_last)
     runner = encoder.inference_module() if hasattr(encoder, "inference_module") else encoder
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), cpu_threads(work_threads()):
         for start in range(0, len(samples), bs):
             items = []
             for i, s in enumerate(samples[start : start + bs]):

@@ -1,6 +1,9 @@
 """The chain runner on tiny stand-in notebooks (fast): failures, resume, parameters, bad input."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -15,6 +18,8 @@ tracker = tracking.start(run_dir, "{name}", {{"epochs": epochs}}, mode="disabled
 marker = Path(run_dir) / "executed.txt"
 with open(marker, "a") as f:
     f.write("{name}\\n")
+import json, os
+(Path(run_dir) / "env-{name}.json").write_text(json.dumps({{k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}}))
 if Path("fail-{name}").exists():  # the runner runs notebooks in the notebooks folder
     raise ValueError("deliberate failure in {name}")
 """
@@ -164,3 +169,49 @@ def test_coerce_types():
         pipeline.coerce("maybe", "bool", "x")
     with pytest.raises(pipeline.PipelineError, match="not an int"):
         pipeline.coerce("1.5", "int", "x")
+
+
+def test_kernels_get_passive_openmp_threads_unless_the_environment_says_otherwise(fake_chain, monkeypatch):
+    """OpenMP reads these once, when torch loads in the kernel: the runner sets them before it
+    starts any kernel (fusionkit.runtime.openmp_environment), keeping what the user set."""
+    from fusionkit.runtime import available_cpus
+
+    for key in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS"):
+        monkeypatch.setenv(key, "placeholder")  # so that monkeypatch restores the original state
+        monkeypatch.delenv(key)
+    run_dir = pipeline.run("tiny", reports_dir=fake_chain, run_id="env", stream_output=False)
+    seen = json.loads((run_dir / "env-04_train.json").read_text())
+    assert seen == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(available_cpus())}
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run_dir = pipeline.run("tiny", reports_dir=fake_chain, run_id="env2", stream_output=False)
+    assert json.loads((run_dir / "env-04_train.json").read_text()) == {"OMP_WAIT_POLICY": "ACTIVE",
+                                                                        "OMP_NUM_THREADS": "1"}  # fmt: skip
+
+
+def test_a_run_folder_is_run_by_one_process_at_a_time(fake_chain, tmp_path, capsys):
+    """A second ``--resume`` of a run another process is running is refused, naming the lock;
+    nothing of the run is touched."""
+    flag = tmp_path / "notebooks" / "fail-02_feature_extraction"
+    flag.write_text("")
+    assert cli.main(["run", "--profile", "tiny", "--run-id", "busy", "--reports-dir", str(fake_chain), "--quiet"]) == 1
+    flag.unlink()
+    run_dir = fake_chain / "runs" / "busy"
+    before = (run_dir / "run.json").read_text()
+    holder = subprocess.Popen(  # another process running it: holds the run folder's lock
+        [sys.executable, "-c", "import sys; from filelock import FileLock; l = FileLock(sys.argv[1]); l.acquire(); "
+         "print('held', flush=True); sys.stdin.read()", str(run_dir / ".run.lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        capsys.readouterr()
+        assert cli.main(["run", "--resume", "busy", "--reports-dir", str(fake_chain), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "in use by another process" in err and ".run.lock" in err and len(err.strip().splitlines()) == 1
+        assert (run_dir / "run.json").read_text() == before
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert cli.main(["run", "--resume", "busy", "--reports-dir", str(fake_chain), "--quiet"]) == 0  # released
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"

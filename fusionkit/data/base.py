@@ -10,6 +10,10 @@ On disk a dataset is a folder with
 
 Every loader (synthetic shapes, Flickr8k, AV-digits, a user's own manifest) ends in this format,
 so everything downstream (feature cache, training, reports) walks one code path.
+
+A dataset folder is written by one process at a time: whatever prepares one holds
+:func:`dataset_lock` (``.{name}.lock`` next to the folder), so two chains preparing the same folder
+at once build it once and the second reuses it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fusionkit.locks import file_lock
 
 MODALITY_KINDS = ("image", "text", "audio")
 #: split names a raw file may use, and the split each means (the Karpathy files' ``restval`` is
@@ -133,6 +139,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def dataset_lock(root: str | os.PathLike):
+    """The lock held while the dataset folder ``root`` is (re)built: ``.{name}.lock`` beside it (the
+    folder itself is replaced by a rename; hidden, like the temporary folders, so a source listing
+    skips it), on the resolved path, so two spellings of one folder share it. A context manager
+    (:func:`fusionkit.locks.file_lock`)."""
+    root = Path(root).resolve()
+    return file_lock(root.with_name(f".{root.name}.lock"), f"dataset folder {root}")
 
 
 def write_dataset(

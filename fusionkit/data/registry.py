@@ -38,7 +38,10 @@ What ``prepare`` guarantees
   ``on_error="skip"``: kind, where, message, file) and the loader's own files (caption references,
   VQA annotations, recordings.jsonl ...). Image/audio paths are relative to ``media_root``: the raw
   folder when files are indexed in place (captions, VQA, manifest), the processed folder itself
-  when the loader writes the media (avdigits).
+  when the loader writes the media (avdigits);
+* one process at a time builds a folder (:func:`fusionkit.data.base.dataset_lock`, held from the
+  reuse check to the rename): two chains preparing the same folder at once read the raw data
+  once, the second reuses the first's folder.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from fusionkit.data.base import (
     Dataset,
     DatasetError,
     atomic_write_text,
+    dataset_lock,
     load_dataset,
     with_options,
     write_dataset,
@@ -307,6 +311,23 @@ def prepare(
         )
         raise DatasetError(f"{name}: source_dir {source} does not exist{hint}")
     _guard(source, out)
+    with dataset_lock(out):  # a second process preparing this folder waits, then reuses it
+        return _build(name, loader, source, out, seed, on_error, kw, force, progress)
+
+
+def _build(
+    name: str,
+    loader: Callable[..., Built],
+    source: Path,
+    out: Path,
+    seed: int,
+    on_error: str,
+    kw: dict[str, Any],
+    force: bool,
+    progress: bool,
+) -> Dataset:
+    """``prepare``'s work, with the folder's lock held: reuse ``out`` when its fingerprint matches,
+    else read the raw data and write the folder."""
     fp = fingerprint(name, source, seed, on_error, kw, exclude=out)
     if not force and (ds := _reuse(out, fp)) is not None:
         return ds

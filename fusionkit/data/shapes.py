@@ -74,7 +74,16 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-from fusionkit.data.base import SPLITS, Dataset, DatasetError, Sample, atomic_write_text, load_dataset, write_dataset
+from fusionkit.data.base import (
+    SPLITS,
+    Dataset,
+    DatasetError,
+    Sample,
+    atomic_write_text,
+    dataset_lock,
+    load_dataset,
+    write_dataset,
+)
 from fusionkit.data.caption_formats import coco_images, karpathy_images
 from fusionkit.data.problems import Problems
 from fusionkit.data.readers import open_image, read_json
@@ -227,7 +236,9 @@ def generate(
 
     A folder already holding a complete dataset generated with the same parameters is returned
     as is (``overwrite=True`` regenerates it). Anything else at ``root`` that the generator wrote
-    (an older or incomplete dataset) is replaced; a folder with foreign files raises DatasetError."""
+    (an older or incomplete dataset) is replaced; a folder with foreign files raises DatasetError.
+    The folder's lock (:func:`~fusionkit.data.base.dataset_lock`) is held throughout: a second
+    process generating the same folder waits, then returns the first one's dataset."""
     root = Path(root)
     if not isinstance(n, int) or n < 1:
         raise DatasetError(f"shapes: n = {n!r}; expected a positive integer")
@@ -241,18 +252,19 @@ def generate(
             "(question ids are image_id * 10 + j)"
         )
     params = _params(n, seed, image_size, splits, questions_per_scene)
-    if not overwrite and (ds := _complete(root, params)) is not None:
-        return ds
-    _check_replaceable(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        _write_all(tmp, params, progress)
-        _replace_dir(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return load_dataset(root)
+    with dataset_lock(root):
+        if not overwrite and (ds := _complete(root, params)) is not None:
+            return ds
+        _check_replaceable(root)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            _write_all(tmp, params, progress)
+            _replace_dir(tmp, root)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return load_dataset(root)
 
 
 def _replace_dir(tmp: Path, root: Path) -> None:

@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from fusionkit.data.base import SPLITS, Dataset, Sample, load_dataset, write_dataset
+from fusionkit.data.base import SPLITS, Dataset, Sample, dataset_lock, load_dataset, write_dataset
 from fusionkit.data.caption_formats import karpathy_images
 from fusionkit.data.problems import Problems, as_task_error, check_on_error
 from fusionkit.data.vqa import processed_vqa_files, read_vqa_file, vqa_questions
@@ -163,25 +163,33 @@ def _derived(
         row.update(s.modalities)
         lines.append(json.dumps(row, ensure_ascii=False))
     want = "\n".join(lines) + "\n"
-    meta_ok = False
-    if man.is_file() and (root / "dataset.json").is_file():
-        try:
-            meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
-            meta_ok = (
-                meta.get("name") == name
-                and meta.get("modalities") == modalities
-                and (
-                    str(Path(meta["media_root"]).resolve()) == str(media_root.resolve())
-                    if media_root is not None
-                    else "media_root" not in meta
-                )
-            )
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError):
-            meta_ok = False
-    if not (meta_ok and man.read_text(encoding="utf-8") == want):
-        write_dataset(root, name, modalities, {}, samples, info, media_root=media_root)
+    with dataset_lock(root):  # two chains sharing the cache: one writes, the other finds it written
+        if not _derived_current(root, man, want, name, modalities, media_root):
+            write_dataset(root, name, modalities, {}, samples, info, media_root=media_root)
     return Dataset(name=name, root=root, modalities=modalities, targets={}, samples=samples, info=info,
                    media_root=media_root)  # fmt: skip
+
+
+def _derived_current(
+    root: Path, man: Path, want: str, name: str, modalities: dict[str, str], media_root: Path | None
+) -> bool:
+    """Whether the derived dataset at ``root`` already holds exactly this manifest and metadata."""
+    if not (man.is_file() and (root / "dataset.json").is_file()):
+        return False
+    try:
+        meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+        meta_ok = (
+            meta.get("name") == name
+            and meta.get("modalities") == modalities
+            and (
+                str(Path(meta["media_root"]).resolve()) == str(media_root.resolve())
+                if media_root is not None
+                else "media_root" not in meta
+            )
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError):
+        return False
+    return meta_ok and man.read_text(encoding="utf-8") == want
 
 
 def _extract(ds: Dataset, modality: str, enc, output: str, cache_dir, progress: bool, batch_size: int | None):

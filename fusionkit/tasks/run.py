@@ -32,6 +32,8 @@ Transfer learning (``finetune_image_blocks`` / ``finetune_text_blocks`` > 0, eve
     Captioning fine-tunes the image encoder only (its decoder reads word pieces, not the text
     encoder); VQA the image encoder and / or the question encoder; retrieval either or both.
 
+Training and evaluation run on :func:`fusionkit.runtime.work_threads` intra-op threads: the cores
+this process may use (affinity, cgroup quota, a Ray trial's CPUs), never more than torch is set to.
 Progress bars honour ``FUSIONKIT_NO_PROGRESS`` (``fusionkit.progress``).
 """
 
@@ -45,7 +47,7 @@ from typing import Any
 
 import torch
 
-from fusionkit.runtime import tune_allocator
+from fusionkit.runtime import cpu_threads, tune_allocator, work_threads
 from fusionkit.tasks.captioning import task as captioning_task
 from fusionkit.tasks.common import TaskResult, TaskSetupError, task_dir, task_options, write_json
 from fusionkit.tasks.features import TASKS, read_task_index, require_task
@@ -94,7 +96,8 @@ def train_task(
     epochs = int(epochs or TASK_MODULES[task].EPOCHS)
     out = task_dir(out_dir, task)
     t0 = time.perf_counter()
-    summary = TASK_MODULES[task].train(index, Path(index_path), out, seed, epochs, method, opts, progress)
+    with cpu_threads(work_threads()):  # the cores this process may use (fusionkit.runtime)
+        summary = TASK_MODULES[task].train(index, Path(index_path), out, seed, epochs, method, opts, progress)
     summary["train_time_s"] = round(time.perf_counter() - t0, 2)
     write_json(out / "summary.json", summary)
     return summary
@@ -115,6 +118,7 @@ def evaluate_task(
     folder = Path(out_dir) / task
     if not folder.is_dir():
         raise TaskSetupError(f"{folder}: no trained {task} models here; run train_task({task!r}, ...) first")
-    res = TASK_MODULES[task].evaluate(index, Path(index_path), folder, n_examples, progress)
+    with cpu_threads(work_threads()):
+        res = TASK_MODULES[task].evaluate(index, Path(index_path), folder, n_examples, progress)
     write_json(folder / "test_metrics.json", {"metrics": res.metrics.to_dict(orient="records"), "summary": res.summary})
     return res

@@ -1,11 +1,14 @@
-"""Seeding and CPU threads: what makes a training run repeatable and fast on a shared CPU."""
+"""Seeding and CPU threads (``cpu_threads`` lives in :mod:`fusionkit.runtime`, with the rule for how
+many): what makes a training run repeatable and fast on a shared CPU."""
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
+
+from fusionkit.runtime import cpu_threads
+
+__all__ = ["cpu_threads", "seed_everything"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -14,17 +17,3 @@ def seed_everything(seed: int) -> torch.Generator:
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
     return torch.Generator().manual_seed(seed)
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int | None):
-    """Temporarily run torch's CPU ops on ``n`` threads (no-op for None)."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -559,14 +559,14 @@ def test_a_crash_leaves_no_half_written_dataset(tmp_path, monkeypatch, copy):
     with pytest.raises(RuntimeError, match="disk full"):
         shapes.generate(tmp_path / "new", n=N, seed=SEED, progress=False)
     assert not (tmp_path / "new").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".new")]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".new")] == [".new.lock"]  # its lock stays
     # an existing (older) dataset survives a failed regeneration untouched
     before = _all_files(copy)
     calls["n"] = 0
     with pytest.raises(RuntimeError, match="disk full"):
         shapes.generate(copy, n=N, seed=SEED + 1, image_size=SIZE, progress=False)
     assert _all_files(copy) == before
-    assert not [p for p in copy.parent.iterdir() if p.name.startswith(".copy")]
+    assert [p.name for p in copy.parent.iterdir() if p.name.startswith(".copy")] == [".copy.lock"]
 
 
 def test_refuses_to_replace_a_folder_with_foreign_files(tmp_path):
