@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from fusionkit.grid.jobs import JobOutcome, TrainJob, run_job
 from fusionkit.progress import progress
+from fusionkit.runtime import available_cpus
 from fusionkit.train import SplitData
 
 CONNECT_TIMEOUT_S = 10.0
@@ -429,13 +430,6 @@ def ray_cpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("CPU", 1))
-
-
-def available_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def import_ray():
