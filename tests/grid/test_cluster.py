@@ -48,7 +48,7 @@ def _jobs(n, epochs):
 
 def test_trials_run_on_both_nodes_with_the_serial_paths_numbers(cluster, data):
     c, worker = cluster
-    jobs = _jobs(5, epochs=40)  # long enough that the second node's worker starts before the first is done
+    jobs = _jobs(3, epochs=30)  # long enough that the second node's worker starts before the first is done
     with RayExecutor(show_progress=False) as ex:
         on_ray = ex.run(jobs, {"main": (data, 6)})
     with SerialExecutor(show_progress=False) as ex:
@@ -61,7 +61,7 @@ def test_trials_run_on_both_nodes_with_the_serial_paths_numbers(cluster, data):
 
 def test_removing_the_worker_node_mid_grid_still_completes_every_result(cluster, data):
     c, worker = cluster
-    jobs = _jobs(6, epochs=60)
+    jobs = _jobs(4, epochs=60)
     removed = {}
 
     def remove_when_busy():
