@@ -89,8 +89,9 @@ def _cmd_fusion_compare(args: argparse.Namespace) -> int:
     )
     try:
         space = json.loads(args.search_space) if args.search_space else None
-        ex = grid.executor(args.executor, args.ray_address, max_failures=args.max_failures,
-                           **({"storage_path": args.ray_storage or None} if args.executor == "ray" else {}))  # fmt: skip
+        ex = grid.executor(
+            args.executor, args.ray_address, max_failures=args.max_failures, storage_path=args.ray_storage
+        )
     except (ValueError, ConnectionError, ImportError) as e:
         print(f"fusionkit: error: {e}", file=sys.stderr)
         return 2

@@ -17,9 +17,10 @@ from scipy import stats
 
 from fusionkit import tracking
 from fusionkit.fusion import get
-from fusionkit.grid.executors import Executor
+from fusionkit.grid.executors import Executor, SerialExecutor
 from fusionkit.grid.jobs import FUSION_PREFIX, UNIMODAL_PREFIX, TrainJob, in_dims_of
-from fusionkit.grid.search import SearchResult
+from fusionkit.grid.search import SearchResult, search_plan
+from fusionkit.grid.space import check_overrides, default_config
 from fusionkit.train import SplitData, TrainConfig
 
 SELECTION = "val_accuracy"
@@ -142,8 +143,6 @@ def run(
     ``executor`` (default: this process). ``on_result(row, model, train_result, tag)`` is called
     for each finished per-seed training (``tag`` "grid" or "tuned"; ``model`` is the trained model
     for the first seed, else None)."""
-    from fusionkit.grid.executors import SerialExecutor
-    from fusionkit.grid.space import check_overrides
 
     seeds = list(seeds)
     methods = _methods(methods, data, unimodal)
@@ -165,8 +164,6 @@ def run(
 def _plan(methods, data, cfg, num_classes, seeds, hidden, dropout, search_trials, search_metric, search_space, memo,
           on_result):  # fmt: skip
     """The whole comparison as one plan: the untuned grid, the search rounds, the tuned grid."""
-    from fusionkit.grid.search import search_plan
-    from fusionkit.grid.space import default_config
 
     in_dims = in_dims_of(data)
     defaults = {m: default_config(m, cfg, hidden, dropout) for m in methods}

@@ -64,7 +64,7 @@ from safetensors.torch import save_file
 from fusionkit import __version__
 from fusionkit.data.base import Dataset, DatasetError, atomic_write_text
 from fusionkit.data.problems import check_on_error
-from fusionkit.data.readers import read_json
+from fusionkit.data.readers import read_json, read_jsonl
 from fusionkit.encoders import build_encoder
 from fusionkit.encoders.base import Encoder, InputError
 from fusionkit.locks import LockBusy, file_lock
@@ -636,16 +636,7 @@ def _log_extraction(cache_dir: Path, path: Path, meta: dict[str, Any]) -> None:
 def extractions(cache_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of ``{cache_dir}/extractions.jsonl``: one per entry computed, oldest first."""
     log = Path(cache_dir) / EXTRACTIONS
-    if not log.is_file():
-        return []
-    out = []
-    for n, line in enumerate(log.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise CacheError(f"{log}, line {n}: not a JSON record ({e.msg})") from None
-    return out
+    return [rec for _, rec in read_jsonl(log)] if log.is_file() else []
 
 
 def _compute_chunks(

@@ -465,13 +465,17 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         raise ConnectionError(f"ray_address {address!r}: no Ray cluster reachable there ({e})") from None
 
 
-def executor(kind: str = "ray", ray_address: str = "", **kwargs) -> SerialExecutor | RayExecutor:
-    """``kind`` "ray" (the default: local Ray, or the cluster at ``ray_address``) or "serial"."""
+def executor(kind: str = "ray", ray_address: str = "", *, storage_path: str | os.PathLike | None = None,
+             run_dir: str | os.PathLike | None = None, **kwargs) -> SerialExecutor | RayExecutor:  # fmt: skip
+    """``kind`` "ray" (the default: local Ray, or the cluster at ``ray_address``) or "serial".
+    Ray Tune's files go to ``storage_path``; unset, a temporary folder for a local Ray and
+    ``<run_dir>/ray`` on a cluster (where every node must see it)."""
     if kind == "serial":
-        kwargs.pop("storage_path", None)
         kwargs.pop("gpus_per_trial", None)
         kwargs.pop("num_cpus", None)
         return SerialExecutor(**kwargs)
     if kind == "ray":
-        return RayExecutor(ray_address, **kwargs)
+        if not storage_path and run_dir is not None and resolve_address(ray_address):
+            storage_path = Path(run_dir) / "ray"
+        return RayExecutor(ray_address, storage_path=storage_path or None, **kwargs)
     raise ValueError(f"executor {kind!r}: expected 'ray' or 'serial'")

@@ -39,15 +39,6 @@ DIMS3 = {"text": 12, "image": 8, "audio": 6}
 B = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: threads only add overhead (and the test machines are shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_features(dims: dict[str, int], kind: str, seed: int = 0, batch: int = B) -> dict[str, torch.Tensor]:
     """``kind``: "pooled" (B, D), "sequence" (B, L_m, D) with a different L per modality, "mixed"."""
     g = torch.Generator().manual_seed(seed)

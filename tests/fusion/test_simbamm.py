@@ -15,14 +15,6 @@ B = 5
 DIMS = {"audio": 6, "image": 8, "text": 12}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def feats(dims: dict[str, int], seed: int = 0, seq: int | None = None) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {m: torch.randn(*((B, seq, d) if seq else (B, d)), generator=g) for m, d in sorted(dims.items())}
