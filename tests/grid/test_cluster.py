@@ -48,15 +48,23 @@ def _jobs(n, epochs):
 
 def test_trials_run_on_both_nodes_with_the_serial_paths_numbers(cluster, data):
     c, worker = cluster
-    jobs = _jobs(3, epochs=30)  # long enough that the second node's worker starts before the first is done
-    with RayExecutor(show_progress=False) as ex:
-        on_ray = ex.run(jobs, {"main": (data, 6)})
+    jobs = _jobs(4, epochs=30)
     with SerialExecutor(show_progress=False) as ex:
         serial = ex.run(jobs, {"main": (data, 6)})
-    nodes = {o.node_id for o in on_ray}
-    assert nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]} and len(nodes) == 2
-    assert worker.node_id in nodes
-    pd.testing.assert_frame_equal(_rows(on_ray), _rows(serial))
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    # Which node a trial lands on is Ray's scheduling: on a loaded machine the first node's warm
+    # worker can finish every trial before the second node's worker has imported torch (seen in
+    # CI once). Up to three grids are run; each must give the serial path's numbers, and one of
+    # them must have used both nodes.
+    seen = []
+    for _ in range(3):
+        with RayExecutor(show_progress=False) as ex:
+            on_ray = ex.run(jobs, {"main": (data, 6)})
+        pd.testing.assert_frame_equal(_rows(on_ray), _rows(serial))
+        seen.append({o.node_id for o in on_ray})
+        if seen[-1] == alive:
+            break
+    assert seen[-1] == alive and len(alive) == 2 and worker.node_id in alive, seen
 
 
 def test_removing_the_worker_node_mid_grid_still_completes_every_result(cluster, data):
