@@ -6,7 +6,7 @@ validation. The trainings run on an executor: this process or Ray (``fusionkit.g
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,6 +270,15 @@ def ci95(values: np.ndarray) -> float:
     return float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
 
 
+def paired_p(a: np.ndarray, b: np.ndarray, alternative: str = "two-sided") -> float:
+    """The paired t-test's p-value over seeds of ``a`` against ``b`` (``alternative``
+    "greater": that ``a`` is better); 1.0 when the two are equal on every seed."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if np.allclose(a - b, 0):
+        return 1.0
+    return float(stats.ttest_rel(a, b, alternative=alternative).pvalue)
+
+
 def summarize(
     results: pd.DataFrame, metric: str = "test_accuracy", alpha: float = 0.05, select: str = "val_accuracy"
 ) -> pd.DataFrame:
@@ -305,13 +314,151 @@ def summarize(
             worse.append(False)
             continue
         a, b = best_vals.loc[common].to_numpy(), vals.loc[common].to_numpy()
-        if np.allclose(a - b, 0):
-            p = 1.0
-        else:
-            p = float(stats.ttest_rel(a, b).pvalue)
+        p = paired_p(a, b, alternative="two-sided")
         pvals.append(p)
         worse.append(bool(p < alpha and a.mean() > b.mean()))
     out["p_vs_best"] = pvals
     out["worse_than_best"] = worse
     out["is_best"] = out.index == best
     return out.sort_values(f"{metric}_mean", ascending=False).reset_index()
+
+
+# --- the comparison on several targets (the interaction types of fusionkit.data.shapes) -------
+
+LATE = "late"
+
+
+@dataclass
+class TargetComparison:
+    """The comparison on several targets of one dataset (03's interaction-type study): every
+    method at its defaults x seeds on each target. ``runs``: one row per (target, method, seed);
+    ``summary``: one row per (target, method) - :func:`summarize`'s columns (the best chosen on
+    validation, per target) and, where ``late`` and the unimodal baselines ran, the one-sided
+    paired t-tests over seeds ``p_vs_late`` / ``p_vs_unimodal`` (that the method beats late
+    fusion / the single modality best on validation) with ``no_better_than_late`` /
+    ``no_better_than_unimodal`` where p >= ``alpha``; ``failed``: (target, method) -> error."""
+
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    failed: dict[tuple[str, str], str] = field(default_factory=dict)
+    alpha: float = 0.05
+
+    @property
+    def targets(self) -> list[str]:
+        return list(dict.fromkeys(self.summary["target"]))
+
+    def table(self, metric: str = "test_accuracy") -> pd.DataFrame:
+        """Methods x targets: the mean of ``metric`` (rows in the order of the mean over targets)."""
+        t = self.summary.pivot(index="method", columns="target", values=f"{metric}_mean")[self.targets]
+        return t.loc[t.mean(axis=1).sort_values(ascending=False).index]
+
+    def verdicts(self, ceilings: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
+        """One row per target: the best method (on validation) with its test mean +- CI, late
+        fusion's and the best single modality's test means, the ceilings (``ceilings``: target ->
+        {"fused": .., "late": .., "<modality>": ..}, e.g. the dataset's documented ones), and the
+        methods no better than late fusion / than the best single modality."""
+        rows = []
+        for t in self.targets:
+            sub = self.summary[self.summary.target == t].set_index("method")
+            fusion = sub[sub.kind == "fusion"]
+            best = str(fusion.index[fusion["is_best"]][0]) if fusion["is_best"].any() else None
+            uni = sub[sub.kind == "unimodal"].sort_values(f"{SELECTION}_mean", ascending=False, kind="stable")
+            c = dict((ceilings or {}).get(t, {}))
+            row: dict[str, Any] = {
+                "target": t,
+                "best_method": best,
+                "best_accuracy": None if best is None else float(sub.loc[best, "test_accuracy_mean"]),
+                "best_accuracy_ci95": None if best is None else float(sub.loc[best, "test_accuracy_ci95"]),
+                "late_accuracy": float(sub.loc[LATE, "test_accuracy_mean"]) if LATE in sub.index else None,
+                "best_unimodal": str(uni.index[0]) if len(uni) else None,
+                "best_unimodal_accuracy": float(uni["test_accuracy_mean"].iloc[0]) if len(uni) else None,
+                "ceiling_fused": c.get("fused"),
+                "ceiling_late": c.get("late"),
+                "ceiling_unimodal": max((v for k, v in c.items() if k not in ("fused", "late")), default=None),
+            }
+            for col, name in (("no_better_than_late", "late"), ("no_better_than_unimodal", "unimodal")):
+                if col in fusion:
+                    row[f"no_better_than_{name}"] = ", ".join(m for m in fusion.index if bool(fusion.loc[m, col]))
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def across_targets(
+    methods: Iterable[str],
+    data: Mapping[str, tuple[dict[str, SplitData], int]],
+    cfg: TrainConfig,
+    *,
+    seeds: Iterable[int] = (0, 1, 2),
+    unimodal: bool = True,
+    hidden: int = 128,
+    dropout: float = 0.1,
+    alpha: float = 0.05,
+    executor: Executor | None = None,
+    show_progress: bool = True,
+) -> TargetComparison:
+    """Every method (and each modality alone) x ``seeds`` at its defaults on each target of
+    ``data`` (target -> (splits, number of classes)), all the trainings in one batch on
+    ``executor`` (default: this process)."""
+    seeds = list(seeds)
+    if not data:
+        raise ValueError("across_targets needs at least one target")
+    first = next(iter(data.values()))[0]
+    methods = _methods(methods, first, unimodal)
+    own = executor is None
+    executor = executor or SerialExecutor(show_progress=show_progress)
+    try:
+        plan = _targets_plan(methods, data, cfg, seeds, hidden, dropout, alpha)
+        return executor.run_plan(plan, dict(data), desc="comparison by target")
+    finally:
+        if own:
+            executor.close()
+
+
+def _targets_plan(methods, data, cfg, seeds, hidden, dropout, alpha):
+    configs = {m: default_config(m, cfg, hidden, dropout) for m in methods}
+    jobs = [TrainJob(m, s, configs[m], cfg, data=t, tag=f"target:{t}") for t in data for m in methods for s in seeds]
+    outcomes = yield jobs
+    rows, failed = [], {}
+    for out in outcomes:
+        if out.ok:
+            rows.append({"target": out.job.data, **out.row})
+        else:
+            failed.setdefault((out.job.data, out.job.method), out.error or "failed")
+    runs = pd.DataFrame(rows)
+    parts = []
+    for t in data:
+        r = runs[runs.target == t].drop(columns="target") if len(runs) else runs
+        if not len(r):
+            continue
+        part = summarize(r, alpha=alpha)
+        _against(part, r, alpha)
+        part.insert(0, "target", t)
+        parts.append(part)
+    summary = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return TargetComparison(runs, summary, failed, alpha)
+
+
+def _against(summary: pd.DataFrame, runs: pd.DataFrame, alpha: float, metric: str = "test_accuracy") -> None:
+    """Add the one-sided paired tests against late fusion and the best single modality (on
+    validation) to one target's ``summary``, in place."""
+    by_seed = {m: g.set_index("seed")[metric] for m, g in runs.groupby("method")}
+    uni = summary[summary.kind == "unimodal"].sort_values(f"{SELECTION}_mean", ascending=False, kind="stable")
+    refs = {"late": LATE if LATE in by_seed else None, "unimodal": str(uni["method"].iloc[0]) if len(uni) else None}
+    for name, ref in refs.items():
+        if ref is None:
+            continue
+        ps = []
+        for m in summary["method"]:
+            if m == ref or m not in by_seed:
+                ps.append(float("nan"))
+                continue
+            common = by_seed[ref].index.intersection(by_seed[m].index)
+            if len(common) < 2:
+                ps.append(float("nan"))
+                continue
+            ps.append(paired_p(by_seed[m].loc[common], by_seed[ref].loc[common], alternative="greater"))
+        summary[f"p_vs_{name}"] = ps
+        summary[f"no_better_than_{name}"] = [
+            bool(k == "fusion" and m != ref and not (p < alpha))
+            for m, k, p in zip(summary["method"], summary["kind"], ps)
+        ]

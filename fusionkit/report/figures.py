@@ -103,6 +103,48 @@ def plot_comparison(
     return fig
 
 
+def plot_targets(
+    summary: pd.DataFrame, ceilings: Mapping[str, Mapping[str, float]] | None = None, metric: str = "test_accuracy"
+):
+    """The methods x targets heatmap of ``compare.TargetComparison.summary``: the mean of
+    ``metric`` with its 95% CI in each cell, each target's best method (on validation) framed,
+    methods no better than late fusion in grey type, and the fused / best single-modality ceilings
+    under each target's name (``ceilings``: target -> {"fused": .., "<modality>": ..})."""
+    targets = list(dict.fromkeys(summary["target"]))
+    mean = summary.pivot(index="method", columns="target", values=f"{metric}_mean")[targets]
+    ci = summary.pivot(index="method", columns="target", values=f"{metric}_ci95")[targets]
+    order = mean.mean(axis=1).sort_values(ascending=False).index
+    mean, ci = mean.loc[order], ci.loc[order]
+    annot = mean.map(lambda v: f"{v:.2f}") + ci.map(lambda v: "" if pd.isna(v) else f"\n±{v:.2f}")
+    fig, ax = plt.subplots(figsize=(1.5 * len(targets) + 3, 0.42 * len(order) + 1.6))
+    sns.heatmap(mean, annot=annot, fmt="", cmap="viridis", vmin=0, vmax=1, ax=ax, annot_kws={"fontsize": 7},
+                cbar_kws={"label": f"{metric} (mean over seeds)"})  # fmt: skip
+    labels = []
+    for t in targets:
+        c = dict((ceilings or {}).get(t, {}))
+        uni = max((v for k, v in c.items() if k not in ("fused", "late")), default=None)
+        extra = [f"fused {c['fused']:.2f}"] if "fused" in c else []
+        extra += [f"1 mod. {uni:.2f}"] if uni is not None else []
+        labels.append("\n".join([t, *extra]))
+    ax.set_xticklabels(labels, rotation=0, fontsize=8)
+    ax.set_yticklabels([m.replace("unimodal:", "uni:") for m in order], fontsize=8)
+    ax.set_xlabel("target (interaction type); ceilings below the name")
+    ax.set_ylabel("")
+    for j, t in enumerate(targets):
+        sub = summary[summary.target == t].set_index("method")
+        if "is_best" in sub and sub["is_best"].any():
+            i = list(order).index(sub.index[sub["is_best"]][0])
+            ax.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, edgecolor="#e8483b", lw=2))
+        if "no_better_than_late" in sub:
+            for i, m in enumerate(order):
+                if m in sub.index and bool(sub.loc[m, "no_better_than_late"]):
+                    ax.texts[i * len(targets) + j].set_color("#bbbbbb")
+    ax.set_title("methods x interaction type: best on validation framed, grey = no better than late fusion",
+                 fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
 def plot_search(trials: pd.DataFrame, metric: str = "val_accuracy"):
     """Each method's search: the validation score of every trial (dots; trial 0 is the method's
     defaults, ringed) and the best so far (line). ``trials``: ``SearchResult.trials``."""

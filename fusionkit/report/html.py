@@ -93,6 +93,48 @@ code{background:#f4f4f4;padding:1px 4px} .note{color:#555;font-size:.9em}
 """
 
 
+def _pct(v: Any) -> str:
+    return "?" if v is None or pd.isna(v) else f"{float(v):.3f}"
+
+
+def interaction_sentences(verdicts: pd.DataFrame) -> list[str]:
+    """One plain sentence per target of 03's ``interaction_verdicts`` table
+    (``compare.TargetComparison.verdicts``): who wins against the ceilings, and which methods are
+    no better than late fusion or than the best single modality."""
+    out = []
+    for _, r in verdicts.iterrows():
+        s = (
+            f"On {r['target']}, {r['best_method']} is best on validation with test accuracy {_pct(r['best_accuracy'])}"
+            f" (fused ceiling {_pct(r.get('ceiling_fused'))}, best single modality's ceiling {_pct(r.get('ceiling_unimodal'))});"
+            f" late fusion {_pct(r.get('late_accuracy'))}, the best single modality ({r.get('best_unimodal')})"
+            f" {_pct(r.get('best_unimodal_accuracy'))}."
+        )
+        for col, what in (
+            ("no_better_than_late", "late fusion"),
+            ("no_better_than_unimodal", "the best single modality"),
+        ):
+            names = r.get(col)
+            if isinstance(names, str) and names:
+                s += f" No better than {what}: {names}."
+        out.append(s)
+    return out
+
+
+def _by_interaction(run_dir: Path, records: list[dict[str, Any]]) -> list[str]:
+    """The headline's first figure: 03's methods x interaction-type heatmap and its verdicts."""
+    fig = next((r for r in records if r.get("kind") == "figure" and r.get("key") == "interactions_heatmap"), None)
+    table = next((r for r in records if r.get("kind") == "table" and r.get("key") == "interaction_verdicts"), None)
+    if fig is None and table is None:
+        return []
+    parts = ["<h2>Which fusion works for which kind of interaction</h2>"]
+    if fig is not None and (run_dir / fig["path"]).exists():
+        parts.append(f"<figure>{_img(run_dir / fig['path'])}<figcaption>interactions_heatmap</figcaption></figure>")
+    if table is not None and (run_dir / table["path"]).exists():
+        verdicts = pd.read_csv(run_dir / table["path"])
+        parts.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in interaction_sentences(verdicts)) + "</ul>")
+    return parts
+
+
 def build_report(run_dir: str | Path) -> dict[str, Any]:
     """Write ``summary.csv`` and ``report.html`` into the run folder; return the headline."""
     run_dir = Path(run_dir)
@@ -121,6 +163,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
             f" by <b>{100 * head['margin']:+.1f} points</b>.</p>"
         )
     parts.append(f"<p class='note'>{html.escape(SELECTION_PROTOCOL)}</p>")
+    parts.extend(_by_interaction(run_dir, records))
     trials = int(float(head.get("search_trials") or 0))
     if "search_trials" in head:
         parts.append(

@@ -90,3 +90,36 @@ def test_summary_ignores_child_runs(tmp_path):
         t.summary({"best_fusion_method": "concat"})
     metrics = set(report.collect_summary(tmp_path).metric)
     assert metrics == {"best_fusion_method"}
+
+
+def test_the_interaction_heatmap_is_the_first_figure_with_a_sentence_per_target(tmp_path):
+    _fake_run(tmp_path)
+    verdicts = pd.DataFrame(
+        {
+            "target": ["synergy", "redundant"],
+            "best_method": ["concat", "gmu"],
+            "best_accuracy": [0.81, 0.95],
+            "best_accuracy_ci95": [0.02, 0.01],
+            "late_accuracy": [0.5, 0.94],
+            "best_unimodal": ["unimodal:audio", "unimodal:image"],
+            "best_unimodal_accuracy": [0.51, 0.94],
+            "ceiling_fused": [1.0, 1.0],
+            "ceiling_late": [0.5, 1.0],
+            "ceiling_unimodal": [0.5, 1.0],
+            "no_better_than_late": ["", "gmu, concat"],
+            "no_better_than_unimodal": ["late", "gmu, concat, late"],
+        }
+    )
+    with tracking.start(tmp_path, "03_fusion_comparison", mode="disabled") as t:
+        t.log_table("interaction_verdicts", verdicts)
+        fig, ax = plt.subplots()
+        ax.plot([1, 0])
+        t.log_figure("interactions_heatmap", fig)
+    report.build_report(tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    first_figure = html.index("<figure>")
+    assert html.index("<figcaption>interactions_heatmap</figcaption>") < html.index("<figcaption>examples</figcaption>")
+    assert html.index("Which fusion works for which kind of interaction") < first_figure < html.index("<h2>Summary")
+    assert "On synergy, concat is best on validation with test accuracy 0.810 (fused ceiling 1.000" in html
+    assert "No better than late fusion: gmu, concat." in html
+    assert "On synergy" in html and "No better than the best single modality: late." in html

@@ -1,0 +1,59 @@
+"""The comparison on several targets (03's interaction-type study): one batch of trainings,
+per-target summaries, the paired tests against late fusion and the best single modality, the
+verdicts and the heatmap."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pandas as pd
+import pytest
+
+from fusionkit.compare import across_targets
+from fusionkit.report.figures import plot_targets
+from fusionkit.train import TrainConfig
+from tests.synthetic import label_problem, xor_problem
+
+
+@pytest.fixture(scope="module")
+def by_target():
+    data = {"xor": (xor_problem(n=240, seed=1), 2), "label": (label_problem(n=240, seed=1), 6)}
+    cfg = TrainConfig(epochs=40, batch_size=32, patience=40, num_threads=1)
+    return across_targets(["late", "concat"], data, cfg, seeds=range(3), hidden=32, show_progress=False)
+
+
+def test_every_target_method_and_seed_is_trained_and_summarized(by_target):
+    assert by_target.targets == ["xor", "label"]
+    assert len(by_target.runs) == 2 * 4 * 3  # targets x (2 methods + 2 single modalities) x seeds
+    assert set(by_target.runs.target) == {"xor", "label"}
+    for t in by_target.targets:
+        sub = by_target.summary[by_target.summary.target == t]
+        assert sub["is_best"].sum() == 1 and set(sub.method) == {"late", "concat", "unimodal:audio", "unimodal:image"}
+
+
+def test_late_fusion_cannot_represent_xor_and_the_verdicts_say_so(by_target):
+    table = by_target.table()
+    assert table.loc["late", "xor"] < 0.65 < 0.9 < table.loc["concat", "xor"]
+    assert table.loc["late", "label"] > 0.9 and table.loc["concat", "label"] > 0.9
+    s = by_target.summary.set_index(["target", "method"])
+    assert not s.loc[("xor", "concat"), "no_better_than_late"] and s.loc[("xor", "concat"), "p_vs_late"] < 0.05
+    assert s.loc[("xor", "late"), "no_better_than_unimodal"]  # at chance, like each modality alone
+    assert not s.loc[("label", "late"), "no_better_than_unimodal"]
+    v = by_target.verdicts({"xor": {"fused": 1.0, "late": 0.5, "image": 0.5, "audio": 0.5}}).set_index("target")
+    assert v.loc["xor", "best_method"] == "concat" and v.loc["xor", "ceiling_unimodal"] == 0.5
+    assert "late" in v.loc["xor", "no_better_than_unimodal"] and "concat" not in v.loc["xor", "no_better_than_late"]
+    assert pd.isna(v.loc["label", "ceiling_fused"])  # no ceilings given for it
+
+
+def test_the_heatmap_has_a_cell_per_method_and_target_and_frames_each_best(by_target):
+    fig = plot_targets(by_target.summary, {"xor": {"fused": 1.0, "image": 0.5, "audio": 0.5}})
+    ax = fig.axes[0]
+    assert len(ax.texts) == 4 * 2
+    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["xor", "label"]
+    assert "fused 1.00" in ax.get_xticklabels()[0].get_text()
+    assert len(ax.patches) == 2  # one framed best per target
+
+
+def test_no_targets_is_an_error():
+    with pytest.raises(ValueError, match="at least one target"):
+        across_targets(["late"], {}, TrainConfig(epochs=1))
