@@ -78,6 +78,20 @@ def training_checkpoint(path: Path, opts: Mapping[str, Any]) -> Path:
     return path
 
 
+def train_settings(opts: Mapping[str, Any], epochs: int, seed: int) -> dict[str, Any]:
+    """The training settings a task's options share with the other tasks' (batch size, learning
+    rate, weight decay, patience), typed, with ``epochs`` and ``seed``: keywords of the task's
+    training config."""
+    return {
+        "epochs": epochs,
+        "batch_size": int(opts["batch_size"]),
+        "lr": float(opts["lr"]),
+        "weight_decay": float(opts["weight_decay"]),
+        "patience": int(opts["patience"]),
+        "seed": seed,
+    }
+
+
 FINETUNE = _FinetuneConfig()
 
 

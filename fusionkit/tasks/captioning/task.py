@@ -97,14 +97,9 @@ def train(index, index_path, out, seed, epochs, method, opts, progress) -> dict[
             kind, tok, feat_dim=feat_dim, pooled_dim=pooled_dim, init_embeddings=bool(opts["init_embeddings"]), **hp
         )
         cfg = C.CaptionTrainConfig(
-            epochs=epochs,
-            batch_size=int(opts["batch_size"]),
-            lr=float(opts["lr"]),
-            weight_decay=float(opts["weight_decay"]),
+            **common.train_settings(opts, epochs, seed),
             label_smoothing=float(opts["label_smoothing"]),
-            patience=int(opts["patience"]),
             val_max_images=int(opts["val_max_images"]) or None,
-            seed=seed,
         )
         ckpt = common.training_checkpoint(out / f"{kind}_checkpoint.pt", opts)
         res = C.train_captioner(model, splits["train"], splits["val"], tok, cfg, show_progress=common.bars_on(progress),

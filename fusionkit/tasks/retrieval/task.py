@@ -87,14 +87,7 @@ def train(index, index_path, out, seed, epochs, method, opts, progress) -> dict[
         "text_head": str(opts["text_head"]),
     }
     dual = R.DualEncoder(idim, tdim, **dual_hp)
-    cfg = R.RetrievalTrainConfig(
-        epochs=epochs,
-        batch_size=int(opts["batch_size"]),
-        lr=float(opts["lr"]),
-        weight_decay=float(opts["weight_decay"]),
-        patience=int(opts["patience"]),
-        seed=seed,
-    )
+    cfg = R.RetrievalTrainConfig(**common.train_settings(opts, epochs, seed))
     ckpt = common.training_checkpoint(out / "dual_checkpoint.pt", opts)
     res = R.train_dual_encoder(dual, train, val, cfg, show_progress=common.bars_on(progress), checkpoint=ckpt,
                                resume=bool(opts["resume"]))  # fmt: skip
