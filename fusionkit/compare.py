@@ -56,22 +56,15 @@ def _grid_plan(methods, configs, seeds, cfg, keep_seed, tag, on_result, in_dims,
 
 
 def compare(
-    methods: Iterable[str],
-    data: dict[str, SplitData],
-    cfg: TrainConfig,
-    num_classes: int,
-    seeds: Iterable[int] = (0, 1, 2, 3, 4),
-    unimodal: bool = True,
-    hidden: int = 128,
-    dropout: float = 0.1,
-    on_result: Callable[..., None] | None = None,
-    show_progress: bool = True,
-    executor: Executor | None = None,
+    methods: Iterable[str], data: dict[str, SplitData], cfg: TrainConfig, num_classes: int, **options: Any
 ) -> pd.DataFrame:
     """One row per (method, seed), each method at its default configuration (no search):
-    :func:`run` with ``search_trials=0``, its runs table."""
-    return run(methods, data, cfg, num_classes, seeds=seeds, unimodal=unimodal, hidden=hidden, dropout=dropout,
-               on_result=on_result, show_progress=show_progress, executor=executor).runs  # fmt: skip
+    :func:`run` without a search, its runs table. ``options``: those of :func:`run` (``seeds``,
+    ``unimodal``, ``hidden``, ``dropout``, ``executor``, ``on_result``, ``show_progress``)."""
+    search = sorted(k for k in options if k.startswith("search_"))
+    if search:
+        raise TypeError(f"compare() runs no search; got {search}: call run() for a search")
+    return run(methods, data, cfg, num_classes, **options).runs
 
 
 @dataclass

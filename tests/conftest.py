@@ -14,9 +14,9 @@ os.environ.setdefault("WANDB_SILENT", "true")
 from fusionkit.paths import require_shared_data, shared_data_root  # noqa: E402
 
 
-@pytest.fixture
-def shared_data():
-    """The shared real-data root (../shared/data or $FUSIONKIT_SHARED_DATA)."""
+def shared_data_or_skip():
+    """The shared real-data root (../shared/data or $FUSIONKIT_SHARED_DATA); the test skips when
+    it is absent, or fails where FUSIONKIT_REQUIRE_SHARED_DATA=1."""
     root = shared_data_root()
     if root is None:
         msg = "real data not found: ../shared/data (or $FUSIONKIT_SHARED_DATA) is absent"
@@ -24,3 +24,15 @@ def shared_data():
             pytest.fail(msg + " and FUSIONKIT_REQUIRE_SHARED_DATA=1")
         pytest.skip(msg)
     return root
+
+
+@pytest.fixture
+def shared_data():
+    """The shared real-data root (:func:`shared_data_or_skip`)."""
+    return shared_data_or_skip()
+
+
+@pytest.fixture(scope="module")
+def shared_data_module():
+    """The shared real-data root, module-scoped (:func:`shared_data_or_skip`)."""
+    return shared_data_or_skip()

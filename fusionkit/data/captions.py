@@ -50,6 +50,7 @@ captions of one image are kept once and listed as warnings.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -81,6 +82,7 @@ __all__ = [
     "CaptionEntry",
     "ImageIndex",
     "build_matching",
+    "scan_flickr",
     "scan_flickr8k",
     "scan_flickr30k",
     "scan_imagefolder",
@@ -491,25 +493,40 @@ def _find(source: Path, names: Sequence[str], depth: int = 3) -> Path | None:
     return None
 
 
-def _flickr(
-    source: Path,
+def scan_flickr(
     variant: str,
+    /,
+    source: Path,
     *,
-    seed: int,
+    seed: int = 0,
     problems: Problems,
-    progress: bool,
-    captions: str,
-    split: str,
-    split_fractions: Sequence[float],
-    pairs_per_image: int,
-    negatives: str,
-    hard_pool: int,
-    hard_candidates: int,
-    check_media: str,
-    max_images: int | None,
-    image_dir: str | None,
-    encoding: str,
+    progress: bool = True,
+    captions: str = "auto",
+    split: str = "auto",
+    split_fractions: Sequence[float] = (0.75, 0.125, 0.125),
+    pairs_per_image: int = 2,
+    negatives: str = "hard",
+    hard_pool: int = 10,
+    hard_candidates: int = 20000,
+    check_media: str = "verify",
+    max_images: int | None = None,
+    image_dir: str | None = None,
+    encoding: str = "utf-8",
 ) -> Built:
+    """Flickr8k or Flickr30k (``variant``) as image-caption matching (module docstring); the
+    registry's loaders are :data:`scan_flickr8k` and :data:`scan_flickr30k`.
+
+    Options: ``captions`` which captions file to read when several are present: "auto" (Kaggle
+    CSV, else token file, else Karpathy JSON), "kaggle", "token", "karpathy". ``split``: "auto",
+    "karpathy", "official", "random" (see Splits). ``split_fractions``: (train, val, test) for the
+    random split. ``pairs_per_image``: positives per image (each with one negative).
+    ``negatives``: "hard", "random" or "mixed". ``hard_pool``: how many nearest captions a hard
+    negative is drawn from. ``hard_candidates``: compare with at most this many captions.
+    ``check_media``: "verify", "decode" or "none". ``max_images``: keep a seeded subset of this many
+    images (after splitting). ``image_dir``: only look for images in this sub-folder.
+    ``encoding``: of the text files (default UTF-8; a BOM is ignored)."""
+    if variant not in ("flickr8k", "flickr30k"):
+        raise ValueError(f"scan_flickr: variant = {variant!r}; expected 'flickr8k' or 'flickr30k'")
     if split not in SPLIT_POLICIES:
         raise DatasetError(f"{variant}: split = {split!r}; expected one of {SPLIT_POLICIES}")
     if source.is_file():
@@ -604,94 +621,13 @@ def _flickr(
     )
 
 
-def scan_flickr8k(
-    source: Path,
-    *,
-    seed: int = 0,
-    problems: Problems,
-    progress: bool = True,
-    captions: str = "auto",
-    split: str = "auto",
-    split_fractions: Sequence[float] = (0.75, 0.125, 0.125),
-    pairs_per_image: int = 2,
-    negatives: str = "hard",
-    hard_pool: int = 10,
-    hard_candidates: int = 20000,
-    check_media: str = "verify",
-    max_images: int | None = None,
-    image_dir: str | None = None,
-    encoding: str = "utf-8",
-) -> Built:
-    """Flickr8k as image-caption matching (module docstring).
-
-    Options: ``captions`` which captions file to read when several are present: "auto" (Kaggle
-    CSV, else token file, else Karpathy JSON), "kaggle", "token", "karpathy". ``split``: "auto",
-    "karpathy", "official", "random" (see Splits). ``split_fractions``: (train, val, test) for the
-    random split. ``pairs_per_image``: positives per image (each with one negative).
-    ``negatives``: "hard", "random" or "mixed". ``hard_pool``: how many nearest captions a hard
-    negative is drawn from. ``hard_candidates``: compare with at most this many captions.
-    ``check_media``: "verify", "decode" or "none". ``max_images``: keep a seeded subset of this many
-    images (after splitting). ``image_dir``: only look for images in this sub-folder.
-    ``encoding``: of the text files (default UTF-8; a BOM is ignored)."""
-    return _flickr(
-        source,
-        "flickr8k",
-        seed=seed,
-        problems=problems,
-        progress=progress,
-        captions=captions,
-        split=split,
-        split_fractions=split_fractions,
-        pairs_per_image=pairs_per_image,
-        negatives=negatives,
-        hard_pool=hard_pool,
-        hard_candidates=hard_candidates,
-        check_media=check_media,
-        max_images=max_images,
-        image_dir=image_dir,
-        encoding=encoding,
-    )
-
-
-def scan_flickr30k(
-    source: Path,
-    *,
-    seed: int = 0,
-    problems: Problems,
-    progress: bool = True,
-    captions: str = "auto",
-    split: str = "auto",
-    split_fractions: Sequence[float] = (0.9, 0.05, 0.05),
-    pairs_per_image: int = 2,
-    negatives: str = "hard",
-    hard_pool: int = 10,
-    hard_candidates: int = 20000,
-    check_media: str = "verify",
-    max_images: int | None = None,
-    image_dir: str | None = None,
-    encoding: str = "utf-8",
-) -> Built:
-    """Flickr30k as image-caption matching: the options of :func:`scan_flickr8k`. Flickr30k has
+#: the registry's loaders: :func:`scan_flickr` for one variant, each with its own random-split default
+scan_flickr8k = functools.partial(scan_flickr, "flickr8k")
+scan_flickr8k.__doc__ = """Flickr8k as image-caption matching: :func:`scan_flickr` with ``variant="flickr8k"``."""
+scan_flickr30k = functools.partial(scan_flickr, "flickr30k", split_fractions=(0.9, 0.05, 0.05))
+scan_flickr30k.__doc__ = """Flickr30k as image-caption matching: the options of :func:`scan_flickr`. Flickr30k has
     no official split files: ``split="auto"`` uses ``dataset_flickr30k.json`` (Karpathy: 29,000 /
-    1,014 / 1,000 images) when present, else a random split by ``split_fractions``."""
-    return _flickr(
-        source,
-        "flickr30k",
-        seed=seed,
-        problems=problems,
-        progress=progress,
-        captions=captions,
-        split=split,
-        split_fractions=split_fractions,
-        pairs_per_image=pairs_per_image,
-        negatives=negatives,
-        hard_pool=hard_pool,
-        hard_candidates=hard_candidates,
-        check_media=check_media,
-        max_images=max_images,
-        image_dir=image_dir,
-        encoding=encoding,
-    )
+    1,014 / 1,000 images) when present, else a random split by ``split_fractions`` (default 0.9 / 0.05 / 0.05)."""
 
 
 def scan_imagefolder(
@@ -719,7 +655,7 @@ def scan_imagefolder(
     (image/filename/file_name/...) and a caption column (caption/text/comment/...), JSONL
     ``{"image": ..., "caption": ..., "split": optional}``, COCO or Karpathy JSON, or
     ``{"image.jpg": ["caption", ...]}``. A ``split`` given per image is used; the others are split
-    at random by ``split_fractions``. ``name``: the dataset name. Other options as :func:`scan_flickr8k`."""
+    at random by ``split_fractions``. ``name``: the dataset name. Other options as :func:`scan_flickr`."""
     if source.is_file():
         captions_path = source
         source = source.parent

@@ -74,7 +74,7 @@ def scan(
     sets of COCO files are there (default: 2014 when present - the Karpathy split and VQA v2 use
     it). ``val_test_split``: share of COCO's val images that go to test under the official split.
     ``split_fractions``: for the random split. The other options are those of
-    :func:`fusionkit.data.captions.scan_flickr8k`."""
+    :func:`fusionkit.data.captions.scan_flickr`."""
     if split not in SPLIT_POLICIES:
         raise DatasetError(f"coco: split = {split!r}; expected one of {SPLIT_POLICIES}")
     if not 0.0 <= float(val_test_split) <= 1.0:

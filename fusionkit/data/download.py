@@ -352,23 +352,17 @@ def extract(archive: str | os.PathLike, into: str | os.PathLike) -> list[str]:
                 raise DownloadError(f"{archive}: unsafe member refused ({e})") from e
             except (tarfile.TarError, EOFError) as e:
                 raise DownloadError(f"{archive}: not a valid tar archive ({e})") from e
-        names = []
-        for child in sorted(tmp.iterdir()):
-            target = into / child.name
-            if target.is_dir() and child.is_dir():
-                _merge(child, target)
-            else:
-                if target.is_dir():
-                    shutil.rmtree(target)
-                os.replace(child, target)
-            names.append(child.name)
+        names = [child.name for child in sorted(tmp.iterdir())]
+        _merge(tmp, into)
         return names
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _merge(src: Path, dst: Path) -> None:
-    for child in src.iterdir():
+    """Move what ``src`` holds into ``dst``: folders present in both are merged, anything else
+    replaces what ``dst`` holds under its name."""
+    for child in sorted(src.iterdir()):
         t = dst / child.name
         if child.is_dir() and t.is_dir():
             _merge(child, t)

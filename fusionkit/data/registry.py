@@ -18,7 +18,7 @@ manifest       your CSV / JSONL / Parquet manifest, or a fusionkit     your targ
 =============  =====================================================  ==================================
 
 Each loader's options are the keyword-only parameters of its ``scan`` function, documented there
-(:func:`fusionkit.data.captions.scan_flickr8k`, :func:`fusionkit.data.coco.scan`,
+(:func:`fusionkit.data.captions.scan_flickr`, :func:`fusionkit.data.coco.scan`,
 :func:`fusionkit.data.vqa.scan`, :func:`fusionkit.data.avdigits.scan`,
 :func:`fusionkit.data.manifest.scan`, ...); :func:`options` lists them with their defaults, and an
 unknown option is an error naming the allowed ones.

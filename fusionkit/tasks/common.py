@@ -6,7 +6,8 @@ The tasks' result type is :class:`TaskResult` (what ``run.evaluate_task`` return
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,30 @@ def task_dir(out_dir, task: str) -> Path:
     return d
 
 
-def training_checkpoint(path: Path, opts: Mapping[str, Any]) -> Path:
-    """The per-epoch training checkpoint of one model: kept for ``resume=True``, else a stale
-    one from an earlier run is removed so that it can never be picked up by mistake."""
+@contextmanager
+def training_checkpoint(path: Path, opts: Mapping[str, Any]) -> Iterator[Path]:
+    """The per-epoch training checkpoint of one model, for a ``with`` block that trains it and
+    saves what it produced: on entry an existing one is kept for ``resume=True``, else (stale,
+    from an earlier run) removed so that it can never be picked up by mistake; when the block
+    finishes it is removed (nothing left to resume); when the block raises it stays, for a resume."""
     if not opts.get("resume") and path.exists():
         path.unlink()
-    return path
+    yield path
+    path.unlink(missing_ok=True)
+
+
+def train_settings(opts: Mapping[str, Any], epochs: int, seed: int) -> dict[str, Any]:
+    """The training settings a task's options share with the other tasks' (batch size, learning
+    rate, weight decay, patience), typed, with ``epochs`` and ``seed``: keywords of the task's
+    training config."""
+    return {
+        "epochs": epochs,
+        "batch_size": int(opts["batch_size"]),
+        "lr": float(opts["lr"]),
+        "weight_decay": float(opts["weight_decay"]),
+        "patience": int(opts["patience"]),
+        "seed": seed,
+    }
 
 
 FINETUNE = _FinetuneConfig()

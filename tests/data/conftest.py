@@ -29,17 +29,3 @@ def flickr_small(tmp_path_factory, shared_data_module) -> tuple[Path, dict[str, 
     for n in names:
         shutil.copyfile(shared_data_module / "flickr8k-800" / "images" / n, root / "Flicker8k_Dataset" / n)
     return root, {n: caps[n] for n in names}
-
-
-@pytest.fixture(scope="module")
-def shared_data_module():
-    """The shared data root, module-scoped (skips / fails like the ``shared_data`` fixture)."""
-    from fusionkit.paths import require_shared_data, shared_data_root
-
-    root = shared_data_root()
-    if root is None:
-        msg = "real data not found: ../shared/data (or $FUSIONKIT_SHARED_DATA) is absent"
-        if require_shared_data():
-            pytest.fail(msg + " and FUSIONKIT_REQUIRE_SHARED_DATA=1")
-        pytest.skip(msg)
-    return root

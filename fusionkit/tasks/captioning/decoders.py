@@ -20,34 +20,45 @@ class CaptionOutput:
     attention: Tensor | None = None  # (B, T, L) over the grid regions
 
 
-class CaptionDecoder(nn.Module):
-    """What the two decoders share: the word embedding (optionally initialised from given
-    vectors, e.g. :func:`minilm_embeddings`), special ids, and the decoding interface
-    ``start(grid, pooled) -> state``, ``step(state, prefix) -> (log_probs, attention, state)``,
-    ``reorder(state, index)`` used by :func:`generate`."""
+@dataclass(frozen=True, eq=False)
+class DecoderSpec:
+    """What a caption decoder is built for, whatever its kind (:func:`build_captioner` fills it
+    in): the tokenizer's vocabulary size, longest caption (BOS and EOS included) and special ids;
+    the features it reads, grid regions of ``feat_dim`` and the pooled vector of ``pooled_dim``
+    (None: no pooled vector); the word embeddings it starts from (None: learned from scratch),
+    frozen or not. A decoder's own hyper-parameters are its constructor's keywords."""
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int,
-        max_len: int,
-        pad_id: int,
-        bos_id: int,
-        eos_id: int,
-        embeddings: Tensor | None = None,
-        freeze_embeddings: bool = False,
-    ):
+    vocab_size: int
+    feat_dim: int
+    max_len: int
+    pad_id: int
+    bos_id: int
+    eos_id: int
+    pooled_dim: int | None = None
+    embeddings: Tensor | None = None
+    freeze_embeddings: bool = False
+
+
+class CaptionDecoder(nn.Module):
+    """What the two decoders share: the :class:`DecoderSpec` they are built for, the word
+    embedding (optionally initialised from given vectors, e.g. :func:`minilm_embeddings`), special
+    ids, and the decoding interface ``start(grid, pooled) -> state``, ``step(state, prefix) ->
+    (log_probs, attention, state)``, ``reorder(state, index)`` used by :func:`generate`."""
+
+    def __init__(self, spec: DecoderSpec, d_model: int):
         super().__init__()
-        self.vocab_size, self.d_model, self.max_len = vocab_size, d_model, max_len
-        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
-        if embeddings is not None:
-            if embeddings.shape[0] != vocab_size:
-                raise ValueError(f"embeddings have {embeddings.shape[0]} rows; the vocabulary has {vocab_size}")
+        self.vocab_size, self.d_model, self.max_len = spec.vocab_size, d_model, spec.max_len
+        self.pad_id, self.bos_id, self.eos_id = spec.pad_id, spec.bos_id, spec.eos_id
+        if spec.embeddings is not None:
+            if spec.embeddings.shape[0] != spec.vocab_size:
+                raise ValueError(
+                    f"embeddings have {spec.embeddings.shape[0]} rows; the vocabulary has {spec.vocab_size}"
+                )
             self.embed = nn.Embedding.from_pretrained(
-                embeddings.float().clone(), freeze=freeze_embeddings, padding_idx=pad_id
+                spec.embeddings.float().clone(), freeze=spec.freeze_embeddings, padding_idx=spec.pad_id
             )
         else:
-            self.embed = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
+            self.embed = nn.Embedding(spec.vocab_size, d_model, padding_idx=spec.pad_id)
         emb_dim = self.embed.embedding_dim
         self.emb_proj: nn.Module = nn.Identity() if emb_dim == d_model else nn.Linear(emb_dim, d_model)
 
@@ -75,24 +86,17 @@ class TransformerCaptioner(CaptionDecoder):
 
     def __init__(
         self,
-        vocab_size: int,
-        feat_dim: int,
+        spec: DecoderSpec,
         *,
-        pooled_dim: int | None = None,
         d_model: int = 256,
         heads: int = 4,
         layers: int = 2,
         ff_dim: int | None = None,
         dropout: float = 0.1,
-        max_len: int = 32,
         max_regions: int = 256,
-        pad_id: int = 0,
-        bos_id: int = 1,
-        eos_id: int = 2,
-        embeddings: Tensor | None = None,
-        freeze_embeddings: bool = False,
     ):
-        super().__init__(vocab_size, d_model, max_len, pad_id, bos_id, eos_id, embeddings, freeze_embeddings)
+        super().__init__(spec, d_model)
+        feat_dim, pooled_dim, max_len = spec.feat_dim, spec.pooled_dim, spec.max_len
         self.feat_proj = nn.Sequential(nn.LayerNorm(feat_dim), nn.Linear(feat_dim, d_model))
         self.region_pos = nn.Parameter(torch.randn(max_regions, d_model) * 0.02)
         self.pooled_proj = (
@@ -105,7 +109,7 @@ class TransformerCaptioner(CaptionDecoder):
             d_model, heads, ff_dim or 4 * d_model, dropout, activation="gelu", batch_first=True, norm_first=True
         )
         self.decoder = nn.TransformerDecoder(layer, layers, norm=nn.LayerNorm(d_model))
-        self.out = nn.Linear(d_model, vocab_size)
+        self.out = nn.Linear(d_model, spec.vocab_size)
         self.max_regions = max_regions
 
     def memory(self, grid: Tensor, pooled: Tensor | None) -> Tensor:
@@ -182,23 +186,10 @@ class LSTMAttentionCaptioner(CaptionDecoder):
     images, as in the common PyTorch implementation; the paper sums over regions)."""
 
     def __init__(
-        self,
-        vocab_size: int,
-        feat_dim: int,
-        *,
-        pooled_dim: int | None = None,
-        d_model: int = 256,
-        att_dim: int = 256,
-        dropout: float = 0.3,
-        max_len: int = 32,
-        pad_id: int = 0,
-        bos_id: int = 1,
-        eos_id: int = 2,
-        embeddings: Tensor | None = None,
-        freeze_embeddings: bool = False,
-        alpha_c: float = 1.0,
+        self, spec: DecoderSpec, *, d_model: int = 256, att_dim: int = 256, dropout: float = 0.3, alpha_c: float = 1.0
     ):
-        super().__init__(vocab_size, d_model, max_len, pad_id, bos_id, eos_id, embeddings, freeze_embeddings)
+        super().__init__(spec, d_model)
+        feat_dim, pooled_dim = spec.feat_dim, spec.pooled_dim
         self.feat_proj = nn.Sequential(nn.LayerNorm(feat_dim), nn.Linear(feat_dim, d_model), nn.ReLU())
         self.enc_att = nn.Linear(d_model, att_dim)
         self.dec_att = nn.Linear(d_model, att_dim)
@@ -210,7 +201,7 @@ class LSTMAttentionCaptioner(CaptionDecoder):
         self.f_beta = nn.Linear(d_model, d_model)
         self.lstm = nn.LSTMCell(2 * d_model, d_model)
         self.drop = nn.Dropout(dropout)
-        self.out = nn.Linear(d_model, vocab_size)
+        self.out = nn.Linear(d_model, spec.vocab_size)
         self.alpha_c = alpha_c
         self.pooled_dim = pooled_dim
 
@@ -280,16 +271,15 @@ def build_captioner(
     (384-d, projected to ``d_model`` when it differs)."""
     if kind not in CAPTIONERS:
         raise KeyError(f"unknown captioner {kind!r}; valid: {sorted(CAPTIONERS)}")
-    emb = minilm_embeddings(tokenizer) if init_embeddings else None
-    return CAPTIONERS[kind](
+    spec = DecoderSpec(
         tokenizer.vocab_size,
         feat_dim,
-        pooled_dim=pooled_dim,
         max_len=tokenizer.max_len,
         pad_id=tokenizer.pad_id,
         bos_id=tokenizer.bos_id,
         eos_id=tokenizer.eos_id,
-        embeddings=emb,
+        pooled_dim=pooled_dim,
+        embeddings=minilm_embeddings(tokenizer) if init_embeddings else None,
         freeze_embeddings=freeze_embeddings,
-        **hparams,
     )
+    return CAPTIONERS[kind](spec, **hparams)

@@ -97,19 +97,14 @@ def train(index, index_path, out, seed, epochs, method, opts, progress) -> dict[
             kind, tok, feat_dim=feat_dim, pooled_dim=pooled_dim, init_embeddings=bool(opts["init_embeddings"]), **hp
         )
         cfg = C.CaptionTrainConfig(
-            epochs=epochs,
-            batch_size=int(opts["batch_size"]),
-            lr=float(opts["lr"]),
-            weight_decay=float(opts["weight_decay"]),
+            **common.train_settings(opts, epochs, seed),
             label_smoothing=float(opts["label_smoothing"]),
-            patience=int(opts["patience"]),
             val_max_images=int(opts["val_max_images"]) or None,
-            seed=seed,
         )
-        ckpt = common.training_checkpoint(out / f"{kind}_checkpoint.pt", opts)
-        res = C.train_captioner(model, splits["train"], splits["val"], tok, cfg, show_progress=common.bars_on(progress),
-                                checkpoint=ckpt, resume=bool(opts["resume"]))  # fmt: skip
-        ckpt.unlink(missing_ok=True)
+        with common.training_checkpoint(out / f"{kind}_checkpoint.pt", opts) as ckpt:
+            res = C.train_captioner(model, splits["train"], splits["val"], tok, cfg,
+                                    show_progress=common.bars_on(progress), checkpoint=ckpt,
+                                    resume=bool(opts["resume"]))  # fmt: skip
         meta = {
             "task": "captioning",
             "kind": kind,
@@ -152,21 +147,20 @@ def finetune(
         if sp not in decoded:
             decoded[sp] = T.decode_for_training(enc, split_images(index, splits[sp].image_ids), show)
     ft = copy.deepcopy(model)
-    ckpt = common.training_checkpoint(files["checkpoint"], opts)
-    res = T.finetune_captioner(
-        ft, enc, splits["train"], decoded["train"], splits["val"], decoded["val"], tok, cfg,
-        label_smoothing=float(opts["label_smoothing"]), val_max_images=int(opts["val_max_images"]) or None,
-        checkpoint=ckpt, resume=bool(opts["resume"]), show_progress=show,
-    )  # fmt: skip
     from dataclasses import asdict
 
-    bundle.save(files["model"], ft, "captioner", {**meta, "finetune": asdict(cfg), "train": res.as_dict(),
-                               "image_encoder": index["tasks"]["image_encoder"]["name"],
-                               "test_ids": list(splits["test"].image_ids)})  # fmt: skip
-    common.save_encoder_blocks(files["encoders"], enc)
-    f = T.encode_image_features(enc, decoded["test"])
-    bundle.save_tensors(files["features"], {f"test/{k}": v for k, v in f.items()})
-    ckpt.unlink(missing_ok=True)  # finished: nothing left to resume
+    with common.training_checkpoint(files["checkpoint"], opts) as ckpt:
+        res = T.finetune_captioner(
+            ft, enc, splits["train"], decoded["train"], splits["val"], decoded["val"], tok, cfg,
+            label_smoothing=float(opts["label_smoothing"]), val_max_images=int(opts["val_max_images"]) or None,
+            checkpoint=ckpt, resume=bool(opts["resume"]), show_progress=show,
+        )  # fmt: skip
+        bundle.save(files["model"], ft, "captioner", {**meta, "finetune": asdict(cfg), "train": res.as_dict(),
+                                   "image_encoder": index["tasks"]["image_encoder"]["name"],
+                                   "test_ids": list(splits["test"].image_ids)})  # fmt: skip
+        common.save_encoder_blocks(files["encoders"], enc)
+        f = T.encode_image_features(enc, decoded["test"])
+        bundle.save_tensors(files["features"], {f"test/{k}": v for k, v in f.items()})
     return common.finetune_summary(f"{kind}_finetuned", "val_cider", res, cfg)
 
 

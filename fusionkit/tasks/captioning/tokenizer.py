@@ -171,17 +171,21 @@ class CaptionTokenizer:
             out[i, : len(s)] = torch.as_tensor(list(s)[:length], dtype=torch.long)
         return out
 
-    def decode(self, ids: Sequence[int] | Tensor) -> str:
-        """Text of an id sequence: stops at EOS, skips PAD/BOS, joins ``##`` pieces."""
+    def _content_ids(self, ids: Sequence[int] | Tensor) -> list[int]:
+        """The ids of a sequence up to its EOS, without PAD and BOS."""
         if isinstance(ids, Tensor):
             ids = ids.tolist()
-        toks = []
+        out = []
         for i in ids:
             if i == self.eos_id:
                 break
-            if i in (self.pad_id, self.bos_id):
-                continue
-            toks.append(self.itos[i] if 0 <= i < len(self.itos) else UNK)
+            if i not in (self.pad_id, self.bos_id):
+                out.append(i)
+        return out
+
+    def decode(self, ids: Sequence[int] | Tensor) -> str:
+        """Text of an id sequence: stops at EOS, skips PAD/BOS, joins ``##`` pieces."""
+        toks = [self.itos[i] if 0 <= i < len(self.itos) else UNK for i in self._content_ids(ids)]
         text = " ".join(toks).replace(" ##", "")
         return text[2:] if text.startswith("##") else text
 
@@ -190,15 +194,7 @@ class CaptionTokenizer:
 
     def tokens(self, ids: Sequence[int] | Tensor) -> list[str]:
         """The pieces of an id sequence up to EOS (for labelling attention maps)."""
-        if isinstance(ids, Tensor):
-            ids = ids.tolist()
-        out = []
-        for i in ids:
-            if i == self.eos_id:
-                break
-            if i not in (self.pad_id, self.bos_id):
-                out.append(self.itos[i])
-        return out
+        return [self.itos[i] for i in self._content_ids(ids)]
 
     def minilm_ids(self) -> list[int]:
         """MiniLM's id of every vocabulary entry (for embedding initialisation)."""

@@ -87,18 +87,10 @@ def train(index, index_path, out, seed, epochs, method, opts, progress) -> dict[
         "text_head": str(opts["text_head"]),
     }
     dual = R.DualEncoder(idim, tdim, **dual_hp)
-    cfg = R.RetrievalTrainConfig(
-        epochs=epochs,
-        batch_size=int(opts["batch_size"]),
-        lr=float(opts["lr"]),
-        weight_decay=float(opts["weight_decay"]),
-        patience=int(opts["patience"]),
-        seed=seed,
-    )
-    ckpt = common.training_checkpoint(out / "dual_checkpoint.pt", opts)
-    res = R.train_dual_encoder(dual, train, val, cfg, show_progress=common.bars_on(progress), checkpoint=ckpt,
-                               resume=bool(opts["resume"]))  # fmt: skip
-    ckpt.unlink(missing_ok=True)
+    cfg = R.RetrievalTrainConfig(**common.train_settings(opts, epochs, seed))
+    with common.training_checkpoint(out / "dual_checkpoint.pt", opts) as ckpt:
+        res = R.train_dual_encoder(dual, train, val, cfg, show_progress=common.bars_on(progress), checkpoint=ckpt,
+                                   resume=bool(opts["resume"]))  # fmt: skip
     bundle.save(out / "dual_encoder.safetensors", dual, "dual_encoder", {
         "task": "retrieval", "image_dim": idim, "text_dim": tdim, "hparams": dual_hp, "options": opts,
         "seed": seed, "train": res.as_dict(), "temperature": float(1 / dual.scale().detach()),
@@ -179,27 +171,27 @@ def finetune(index, index_path, out: Path, seed, dual, dual_hp, opts, sp, progre
         texts[k] = list(caps) if tb else v.text
     cfg = common.finetune_config(opts, seed)
     ft = copy.deepcopy(dual)
-    ckpt = common.training_checkpoint(out / "finetune_checkpoint.pt", opts)
-    res = T.finetune_dual_encoder(
-        ft, img_enc, images["train"], texts["train"], sp["train"].text_to_image,
-        images["val"], texts["val"], sp["val"].text_to_image, cfg,
-        text_encoder=txt_enc, checkpoint=ckpt, resume=bool(opts["resume"]), show_progress=show,
-    )  # fmt: skip
     from dataclasses import asdict
 
-    bundle.save(files[0], ft, "dual_encoder", {
-        "task": "retrieval", "image_dim": int(sp["train"].image.shape[-1]), "text_dim": int(sp["train"].text.shape[-1]),
-        "hparams": dual_hp, "finetune": asdict(cfg), "seed": seed, "train": res.as_dict(),
-        "image_encoder": index["tasks"]["image_encoder"]["name"],
-        "text_encoder": index["tasks"]["text_encoder"]["name"],
-    })  # fmt: skip
-    common.save_encoder_blocks(files[2], img_enc, txt_enc)
-    feats = {}
-    for k in ("val", "test"):
-        feats[f"{k}/image"] = T.encode_images(img_enc, images[k]).contiguous()
-        feats[f"{k}/text"] = (T.encode_texts(txt_enc, texts[k]) if tb else sp[k].text).float().contiguous()
-    bundle.save_tensors(files[3], feats)
-    ckpt.unlink(missing_ok=True)  # finished: nothing left to resume
+    with common.training_checkpoint(out / "finetune_checkpoint.pt", opts) as ckpt:
+        res = T.finetune_dual_encoder(
+            ft, img_enc, images["train"], texts["train"], sp["train"].text_to_image,
+            images["val"], texts["val"], sp["val"].text_to_image, cfg,
+            text_encoder=txt_enc, checkpoint=ckpt, resume=bool(opts["resume"]), show_progress=show,
+        )  # fmt: skip
+        bundle.save(files[0], ft, "dual_encoder", {
+            "task": "retrieval", "image_dim": int(sp["train"].image.shape[-1]),
+            "text_dim": int(sp["train"].text.shape[-1]),
+            "hparams": dual_hp, "finetune": asdict(cfg), "seed": seed, "train": res.as_dict(),
+            "image_encoder": index["tasks"]["image_encoder"]["name"],
+            "text_encoder": index["tasks"]["text_encoder"]["name"],
+        })  # fmt: skip
+        common.save_encoder_blocks(files[2], img_enc, txt_enc)
+        feats = {}
+        for k in ("val", "test"):
+            feats[f"{k}/image"] = T.encode_images(img_enc, images[k]).contiguous()
+            feats[f"{k}/text"] = (T.encode_texts(txt_enc, texts[k]) if tb else sp[k].text).float().contiguous()
+        bundle.save_tensors(files[3], feats)
     return common.finetune_summary("finetuned", "val_rsum", res, cfg)
 
 

@@ -182,9 +182,8 @@ def train(index, index_path, out, seed, epochs, method, opts, progress) -> dict[
               "glimpses": int(opts["glimpses"]), "pca_dim": int(opts["pca_dim"])}  # fmt: skip
         model = VQANet(m, image_dim, q_dim, len(vocab), **hp)
         model.fit_pca(train.images)
-        ckpt = common.training_checkpoint(out / f"{m}_checkpoint.pt", opts)
-        res = fit_vqa(model, train, val, opts, epochs, seed, progress, checkpoint=ckpt)
-        ckpt.unlink(missing_ok=True)
+        with common.training_checkpoint(out / f"{m}_checkpoint.pt", opts) as ckpt:
+            res = fit_vqa(model, train, val, opts, epochs, seed, progress, checkpoint=ckpt)
         meta = {
             "task": "vqa",
             "method": m,
@@ -265,24 +264,24 @@ def finetune(index, index_path, out: Path, method: str, model, meta, train: VQAA
         logits = vqa_logits(model_ft, arrays(val, feats))
         return {"val_acc": float((logits.argmax(1) == val.labels).float().mean()) if len(logits) else float("nan")}
 
-    ckpt = common.training_checkpoint(files["checkpoint"], opts)
-    res = T.finetune_on_images(
-        model_ft, img_enc, decoded["train"], decoded["val"], batch_loss, validate, cfg, monitor="val_acc",
-        train_rows=rows_with_q, text_encoder=txt_enc, checkpoint=ckpt, resume=bool(opts["resume"]),
-        show_progress=show, desc="vqa fine-tune epochs",
-    )  # fmt: skip
     from dataclasses import asdict
 
-    bundle.save(files["model"], model_ft, "vqa", {**meta, "finetune": asdict(cfg), "train": res.as_dict(), "test_keys": keys["test"],
-                                     "image_encoder": index["tasks"]["image_encoder"]["name"],
-                                     "text_encoder": index["tasks"]["text_encoder"]["name"]})  # fmt: skip
-    common.save_encoder_blocks(files["encoders"], img_enc, txt_enc)
-    f = T.encode_image_features(img_enc, decoded["test"])
-    feats = {"test/image": f[kind].contiguous()}
-    if txt_enc is not None:
-        feats["test/questions"] = encode_distinct(txt_enc, tables["test"].questions).contiguous()
-    bundle.save_tensors(files["features"], feats)
-    ckpt.unlink(missing_ok=True)  # finished: nothing left to resume
+    with common.training_checkpoint(files["checkpoint"], opts) as ckpt:
+        res = T.finetune_on_images(
+            model_ft, img_enc, decoded["train"], decoded["val"], batch_loss, validate, cfg, monitor="val_acc",
+            train_rows=rows_with_q, text_encoder=txt_enc, checkpoint=ckpt, resume=bool(opts["resume"]),
+            show_progress=show, desc="vqa fine-tune epochs",
+        )  # fmt: skip
+        bundle.save(files["model"], model_ft, "vqa", {**meta, "finetune": asdict(cfg), "train": res.as_dict(),
+                                         "test_keys": keys["test"],
+                                         "image_encoder": index["tasks"]["image_encoder"]["name"],
+                                         "text_encoder": index["tasks"]["text_encoder"]["name"]})  # fmt: skip
+        common.save_encoder_blocks(files["encoders"], img_enc, txt_enc)
+        f = T.encode_image_features(img_enc, decoded["test"])
+        feats = {"test/image": f[kind].contiguous()}
+        if txt_enc is not None:
+            feats["test/questions"] = encode_distinct(txt_enc, tables["test"].questions).contiguous()
+        bundle.save_tensors(files["features"], feats)
     return common.finetune_summary(f"{method}_finetuned", "val_accuracy", res, cfg)
 
 
