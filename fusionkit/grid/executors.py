@@ -224,8 +224,10 @@ class RayExecutor(_Base):
                 check_reachable(self.address)
                 ray.init(address=self.address, log_to_driver=False, configure_logging=False)
             else:
-                ray.init(num_cpus=num_cpus or available_cpus(), include_dashboard=False, log_to_driver=False,
-                         configure_logging=False)  # fmt: skip
+                # "local": a Ray of its own, even where another one runs on this machine (without
+                # an address, ray.init joins the latest cluster started here, and then refuses num_cpus)
+                ray.init(address="local", num_cpus=num_cpus or available_cpus(), include_dashboard=False,
+                         log_to_driver=False, configure_logging=False)  # fmt: skip
             self._started = True
         return time.perf_counter() - t0
 

@@ -48,18 +48,19 @@ def _jobs(n, epochs):
 
 def test_trials_run_on_both_nodes_with_the_serial_paths_numbers(cluster, data):
     c, worker = cluster
-    jobs = _jobs(4, epochs=30)
-    with SerialExecutor(show_progress=False) as ex:
-        serial = ex.run(jobs, {"main": (data, 6)})
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     # Which node a trial lands on is Ray's scheduling: on a loaded machine the first node's warm
-    # worker can finish every trial before the second node's worker has imported torch (seen in
-    # CI once). Up to three grids are run; each must give the serial path's numbers, and one of
-    # them must have used both nodes.
+    # worker can finish every short trial (Tune then hands it the trials still waiting for the
+    # other node's worker) before that worker has imported torch - seen in CI once. So the grid
+    # is run again with longer trainings until one has used both nodes (three tries); every run
+    # must give the serial path's numbers.
     seen = []
-    for _ in range(3):
+    for epochs in (30, 120, 400):
+        jobs = _jobs(4, epochs=epochs)
         with RayExecutor(show_progress=False) as ex:
             on_ray = ex.run(jobs, {"main": (data, 6)})
+        with SerialExecutor(show_progress=False) as ex:
+            serial = ex.run(jobs, {"main": (data, 6)})
         pd.testing.assert_frame_equal(_rows(on_ray), _rows(serial))
         seen.append({o.node_id for o in on_ray})
         if seen[-1] == alive:
@@ -96,3 +97,14 @@ def test_removing_the_worker_node_mid_grid_still_completes_every_result(cluster,
     with SerialExecutor(show_progress=False) as ex:
         serial = ex.run(jobs, {"main": (data, 6)})
     pd.testing.assert_frame_equal(_rows(on_ray), _rows(serial))
+
+
+def test_the_local_default_starts_a_ray_of_its_own_beside_a_running_cluster(cluster, data):
+    c, worker = cluster
+    cluster_nodes = {n["NodeID"] for n in ray.nodes()}
+    ray.shutdown()  # as a user's process that did not join the cluster: the latest one started on this machine
+    with RayExecutor(show_progress=False, num_cpus=1) as ex:
+        own = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        out = ex.run(_jobs(1, epochs=2)[:1], {"main": (data, 6)})
+    assert len(own) == 1 and not own & cluster_nodes
+    assert out[0].ok and out[0].node_id in own
