@@ -87,6 +87,8 @@ from fusionkit.train import SplitData, TrainConfig, predict
 LN2 = math.log(2.0)
 #: the components of one pair's decomposition, in the order they are shown
 COMPONENTS = ("redundancy", "unique_a", "unique_b", "synergy")
+#: below this many bits no component is called the largest ("none": nothing usable was found)
+NONE_BELOW = 0.01
 ESTIMATION_SPLITS = ("val", "test")
 
 
@@ -140,9 +142,9 @@ class Decomposition:
 
     @property
     def largest(self) -> str:
-        """The largest component (ties: the first in ``COMPONENTS``)."""
-        comps = self.components()
-        return max(comps, key=lambda c: comps[c])
+        """The largest component (ties: the first in ``COMPONENTS``); "none" when every one is
+        below ``NONE_BELOW`` bits."""
+        return _largest(self.components())
 
 
 @dataclass(frozen=True)
@@ -228,9 +230,8 @@ class PairInteraction:
 
     @property
     def largest(self) -> str:
-        """The largest component of the means."""
-        means = {c: self.mean(c) for c in COMPONENTS}
-        return max(means, key=lambda c: means[c])
+        """The largest component of the means ("none" when every one is below ``NONE_BELOW``)."""
+        return _largest({c: self.mean(c) for c in COMPONENTS})
 
     @property
     def largest_every_seed(self) -> bool:
@@ -337,6 +338,11 @@ class InteractionProfile:
         lines.append(f"best unimodal (on validation): {ev.best_unimodal}; test-accuracy gaps: "
                      + ", ".join(f"{k} {v:+.3f}" for k, v in ev.gaps().items()))  # fmt: skip
         return "\n".join(lines)
+
+
+def _largest(components: dict[str, float]) -> str:
+    best = max(components, key=lambda c: components[c])
+    return best if components[best] >= NONE_BELOW else "none"
 
 
 def _pm(mean: float, sd: float, n: int) -> str:

@@ -48,13 +48,13 @@ def interaction_problem(
         protos[m] = torch.zeros(dim)
         protos[m][:signal] = torch.randint(0, 2, (signal,), generator=g).float() * 2 - 1
     out = {}
-    for split, size in (("train", n), ("val", n // 2), ("test", n // 2)):
-        a = torch.randint(0, 2, (size,), generator=g)
-        b = torch.randint(0, 2, (size,), generator=g)
+    for split in ("train", "val", "test"):  # as large as train: the estimates' noise is the held-out splits'
+        a = torch.randint(0, 2, (n,), generator=g)
+        b = torch.randint(0, 2, (n,), generator=g)
         bits = {"redundant": (a, a, a), "unique": (a, b, a), "synergy": (a, b, a ^ b)}[kind]
         feats = {}
         for m, bit in zip(("first", "second"), bits[:2]):
             sign = (2 * bit - 1).float()[:, None]
-            feats[m] = sign * protos[m] + noise * torch.randn(size, dim, generator=g)
-        out[split] = SplitData(feats, bits[2], [f"{split}{i}" for i in range(size)])
+            feats[m] = sign * protos[m] + noise * torch.randn(n, dim, generator=g)
+        out[split] = SplitData(feats, bits[2], [f"{split}{i}" for i in range(n)])
     return out
