@@ -134,6 +134,87 @@ def _cmd_fusion_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_interactions(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from fusionkit import interactions
+    from fusionkit.index import FeatureIndex
+    from fusionkit.train import TrainConfig
+
+    run = Path(args.run)
+    index_path = run / "features.json" if run.is_dir() else run
+    run_dir = index_path.parent
+    target = args.target or interactions.comparison_target(run_dir) or "label"
+    notes = []
+    comparison: Path | None = (
+        Path(args.comparison) if args.comparison else run_dir / "tables" / "comparison_summary.csv"
+    )
+    if args.comparison and not comparison.is_file():
+        print(f"fusionkit: error: comparison table {comparison} does not exist", file=sys.stderr)
+        return 2
+    compared_on = interactions.comparison_target(run_dir)
+    if not args.comparison and comparison.is_file() and compared_on != target:
+        on = f"on target {compared_on!r}" if compared_on else "of an unknown target (no run.json beside it)"
+        notes.append(f"{comparison} is {on}, not {target!r}: its best method is not shown (--comparison shows it)")
+        comparison = None
+    elif not comparison.is_file():
+        comparison = None
+    if comparison is not None and args.modalities:
+        notes.append(f"the comparison's best method ({comparison}) was trained on every modality of the index")
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
+    try:
+        index = FeatureIndex.read(index_path)
+        mods = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
+        prof = interactions.profile(index, target, seeds=range(args.seed, args.seed + args.seeds), modalities=mods,
+                                    cfg=cfg, hidden=args.hidden, joint=args.joint, split=args.split,
+                                    comparison=comparison)  # fmt: skip
+    except (KeyError, FileNotFoundError, ValueError) as e:
+        print(f"fusionkit: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    print(prof.render())
+    for note in notes:
+        print(f"note: {note}")
+    if args.out:
+        from fusionkit.report import figures
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        prof.table().to_csv(out / "interactions.csv", index=False)
+        prof.per_seed_table().to_csv(out / "interactions_per_seed.csv", index=False)
+        prof.evidence_table().to_csv(out / "interactions_evidence.csv", index=False)
+        (out / "interactions.json").write_text(json.dumps(prof.to_dict(), indent=1, default=float) + "\n")
+        fig = figures.plot_interactions(prof.table(), prof.evidence_table())
+        fig.savefig(out / "interactions.png", dpi=110, bbox_inches="tight")
+        print(f"written to {out}/: interactions.csv, interactions_per_seed.csv, interactions_evidence.csv, "
+              "interactions.json, interactions.png")  # fmt: skip
+    return 0
+
+
+def _add_interactions_command(sub) -> None:
+    """``fusionkit data interactions RUN``: registered here, in the command layer, because it trains
+    (``fusionkit.interactions``), which the data layer's commands must not import."""
+    di = sub.add_parser(
+        "interactions",
+        help="redundancy, uniqueness and synergy of each modality pair with a target, and the evidence next to it",
+    )
+    di.add_argument("run", metavar="RUN", help="a run folder (its features.json) or a features.json")
+    di.add_argument("--target", default="", help="the target (default: the one 03 compared on, else 'label')")
+    di.add_argument("--seeds", type=int, default=3, help="seeds: mean and sd over them")
+    di.add_argument("--seed", type=int, default=0, help="first seed")
+    di.add_argument("--modalities", default="", help="comma-separated modalities to pair (default: all)")
+    di.add_argument("--split", choices=["test", "val"], default="test", help="where the informations are estimated")
+    di.add_argument("--joint", default="concat", help="the fusion method that estimates I(a,b;Y)")
+    di.add_argument("--epochs", type=int, default=40)
+    di.add_argument("--lr", type=float, default=2e-3)
+    di.add_argument("--hidden", type=int, default=128)
+    di.add_argument(
+        "--comparison", default="", help="a comparison summary (default: RUN/tables/comparison_summary.csv if any)"
+    )
+    di.add_argument("--out", default="", help="also write the tables, JSON and figure to this folder")
+    di.set_defaults(func=_cmd_data_interactions)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fusionkit", description="Multimodal fusion experiments: the notebook chain and its helpers."
@@ -207,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="datasets: generate, download, check")
     from fusionkit.data.commands import add_data_commands
 
-    add_data_commands(d.add_subparsers(dest="data_command", required=True))
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    add_data_commands(dsub)
+    _add_interactions_command(dsub)
     return p
 
 

@@ -7,7 +7,9 @@
   supported format, auto-detected) or of a processed fusionkit dataset folder; exit code 1 when it
   has errors;
 * ``fusionkit data download NAME --to data/raw [--from PATH] [--mirror URL] [--only PARTS]``;
-* ``fusionkit data shapes`` - generate the synthetic shapes dataset.
+* ``fusionkit data shapes`` - generate the synthetic shapes dataset;
+* ``fusionkit data interactions RUN`` - the interaction profile of a run's cached features
+  (``fusionkit.interactions``); registered by ``fusionkit.cli``, since it trains models.
 """
 
 from __future__ import annotations

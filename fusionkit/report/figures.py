@@ -317,3 +317,62 @@ def task_figures(result) -> dict[str, Any]:
         else:
             raise ValueError(f"{result.task}: no figure is drawn for {key!r}")
     return out
+
+
+#: the segments of an interaction profile's bars, with their colours
+_INTERACTION_SEGMENTS = (
+    ("redundancy", "redundancy R", "#7aa6c2"),
+    ("unique_a", "unique U (first of the pair)", "#d08c60"),
+    ("unique_b", "unique U (second of the pair)", "#e8b98f"),
+    ("synergy_late", "synergy late fusion extracts", "#9bbf85"),
+    ("synergy_beyond_late", "synergy beyond late fusion", "#c2577a"),
+)
+
+
+def plot_interactions(table: pd.DataFrame, evidence: pd.DataFrame | None = None):
+    """An interaction profile (``fusionkit.interactions``): per modality pair a stacked bar of its
+    decomposition in bits (``InteractionProfile.table()``: redundancy, each modality's unique
+    information, synergy split into what late fusion extracts and what only a non-additive fusion
+    does; sd over seeds on the total, ``H(Y)`` dotted) and, with ``evidence``
+    (``evidence_table()``), the test accuracy of each model behind it."""
+    panels = 1 if evidence is None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, max(2.4, 0.6 * len(table) + 1.6)), squeeze=False)
+    ax = axes[0][0]
+    pairs = table["pair"].tolist()
+    y = np.arange(len(pairs))
+    left = np.zeros(len(pairs))
+    for key, label, colour in _INTERACTION_SEGMENTS:
+        width = table[key].to_numpy(dtype=float)
+        ax.barh(y, width, left=left, color=colour, label=label, height=0.6)
+        for i, (w, x0) in enumerate(zip(width, left)):
+            if key.startswith("unique") and w > 0.06 * max(float(table["h_y"].max()), 1e-9):
+                name = table["a" if key == "unique_a" else "b"].iloc[i]
+                ax.text(x0 + w / 2, i, name, ha="center", va="center", fontsize=7)
+        left = left + width
+    ax.errorbar(table["i_ab"], y, xerr=table["i_ab_sd"], fmt="none", ecolor="k", capsize=3, lw=1)
+    h_y = float(table["h_y"].max())
+    ax.axvline(h_y, ls=":", color="grey", lw=1)
+    ax.text(h_y, -0.45, "H(Y)", fontsize=7, color="grey", ha="center", va="bottom")
+    ax.set_xlim(0, 1.08 * max(h_y, float((table["i_ab"] + table["i_ab_sd"]).max()), 1e-3))
+    ax.set_ylim(len(pairs) - 0.5, -0.75)
+    ax.set_yticks(y, pairs)
+    ax.set_xlabel("bits")
+    ax.set_title("interactions per modality pair (MMI decomposition of I(a,b;Y))", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
+    if evidence is not None:
+        ax = axes[0][1]
+        ev = evidence.reset_index(drop=True)
+        names = [r.method if r.model == "unimodal" else f"{r.method} on {r.modalities}" for r in ev.itertuples()]
+        kinds = list(dict.fromkeys(ev["model"]))
+        colours = dict(zip(kinds, sns.color_palette("muted", len(kinds))))
+        ax.barh(np.arange(len(ev)), ev["test_accuracy"], xerr=ev["test_accuracy_sd"].fillna(0), capsize=3,
+                color=[colours[k] for k in ev["model"]], height=0.6)  # fmt: skip
+        for i, v in enumerate(ev["test_accuracy"]):
+            ax.text(v, i, f" {v:.3f}", va="center", fontsize=7)
+        ax.set_yticks(np.arange(len(ev)), names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1.1)
+        ax.set_xlabel("test accuracy (mean, sd over seeds)")
+        ax.set_title("the evidence: each modality alone, late fusion, fused", fontsize=9)
+    fig.tight_layout()
+    return fig

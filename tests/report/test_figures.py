@@ -98,3 +98,22 @@ def test_examples_name_an_image_over_the_decompression_bomb_limit(tmp_path, monk
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # im0: 4,096 pixels, over twice the limit
     with pytest.raises(DatasetError, match=r"im0\.png \(id 's0'\): refused as a possible decompression bomb"):
         figures.plot_examples(ds, n=3)
+
+
+def test_interactions_stack_each_pairs_components_and_show_the_evidence():
+    table = pd.DataFrame({"pair": ["a+b", "a+c"], "a": ["a", "a"], "b": ["b", "c"], "h_y": [1.0, 1.0],
+                          "i_ab": [0.9, 0.6], "i_ab_sd": [0.05, 0.0], "redundancy": [0.5, 0.0],
+                          "unique_a": [0.0, 0.6], "unique_b": [0.2, 0.0], "synergy_late": [0.1, 0.0],
+                          "synergy_beyond_late": [0.1, 0.0]})  # fmt: skip
+    evidence = pd.DataFrame({"modalities": ["a+b+c"] * 2, "model": ["unimodal", "late"], "method": ["a", "late"],
+                             "test_accuracy": [0.7, 0.8], "test_accuracy_sd": [0.01, float("nan")]})  # fmt: skip
+    fig = figures.plot_interactions(table, evidence)
+    bars, ev = fig.axes[0], fig.axes[1]
+    assert [t.get_text() for t in bars.get_yticklabels()] == ["a+b", "a+c"]
+    widths = sorted(round(p.get_width(), 3) for p in bars.patches if p.get_width() > 0)
+    assert widths == [0.1, 0.1, 0.2, 0.5, 0.6]
+    labels = bars.get_legend_handles_labels()[1]
+    assert labels[0] == "redundancy R" and "synergy beyond late fusion" in labels
+    assert [t.get_text() for t in ev.get_yticklabels()] == ["a", "late on a+b+c"]
+    assert sorted(p.get_width() for p in ev.patches) == [0.7, 0.8]
+    assert len(figures.plot_interactions(table).axes) == 1
