@@ -37,6 +37,7 @@ def xor_problem(n: int = 300, seed: int = 0, noise: float = 0.3, dim: int = 8) -
         img = protos_img[a] + noise * torch.randn(size, dim, generator=g)
         aud = protos_aud[b] + noise * torch.randn(size, dim, generator=g)
         out[split] = SplitData({"image": img, "audio": aud}, a ^ b, [f"{split}{i}" for i in range(size)])
+    return out
 
 
 #: what each interaction target's label is made of (``interaction_problem``)
