@@ -124,9 +124,20 @@ def _by_interaction(run_dir: Path, records: list[dict[str, Any]]) -> list[str]:
     """The headline's first figure: 03's methods x interaction-type heatmap and its verdicts."""
     fig = next((r for r in records if r.get("kind") == "figure" and r.get("key") == "interactions_heatmap"), None)
     table = next((r for r in records if r.get("kind") == "table" and r.get("key") == "interaction_verdicts"), None)
-    if fig is None and table is None:
+    prof = next((r for r in records if r.get("kind") == "table" and r.get("key") == "interaction_profile"), None)
+    if fig is None and table is None and prof is None:
         return []
     parts = ["<h2>Which fusion works for which kind of interaction</h2>"]
+    if prof is not None and (run_dir / prof["path"]).exists():
+        rows = pd.read_csv(run_dir / prof["path"])
+        pairs = "; ".join(
+            f"{r['pair']}: mostly {r['largest']} (R {r['redundancy']:.2f}, U {r['unique_a']:.2f} / {r['unique_b']:.2f},"
+            f" S {r['synergy']:.2f} bits)"
+            for _, r in rows.iterrows()
+        )
+        parts.append(
+            f"<p>The target's interaction profile (table <code>interaction_profile</code>): {html.escape(pairs)}.</p>"
+        )
     if fig is not None and (run_dir / fig["path"]).exists():
         parts.append(f"<figure>{_img(run_dir / fig['path'])}<figcaption>interactions_heatmap</figcaption></figure>")
     if table is not None and (run_dir / table["path"]).exists():
