@@ -348,8 +348,9 @@ class TargetComparison:
     def verdicts(self, ceilings: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
         """One row per target: the best method (on validation) with its test mean +- CI, late
         fusion's and the best single modality's test means, the ceilings (``ceilings``: target ->
-        {"fused": .., "late": .., "<modality>": ..}, e.g. the dataset's documented ones), and the
-        methods no better than late fusion / than the best single modality."""
+        {"fused": .., "late": .., "<modality>": .., other keys ignored}, e.g. the dataset's
+        documented ones; ``ceiling_unimodal`` is the best single modality's), and the methods no
+        better than late fusion / than the best single modality."""
         rows = []
         for t in self.targets:
             sub = self.summary[self.summary.target == t].set_index("method")
@@ -367,13 +368,18 @@ class TargetComparison:
                 "best_unimodal_accuracy": float(uni["test_accuracy_mean"].iloc[0]) if len(uni) else None,
                 "ceiling_fused": c.get("fused"),
                 "ceiling_late": c.get("late"),
-                "ceiling_unimodal": max((v for k, v in c.items() if k not in ("fused", "late")), default=None),
+                "ceiling_unimodal": max((c[m] for m in _modalities(sub.index) if m in c), default=None),
             }
             for col, name in (("no_better_than_late", "late"), ("no_better_than_unimodal", "unimodal")):
                 if col in fusion:
                     row[f"no_better_than_{name}"] = ", ".join(m for m in fusion.index if bool(fusion.loc[m, col]))
             rows.append(row)
         return pd.DataFrame(rows)
+
+
+def _modalities(methods: Iterable[str]) -> list[str]:
+    """The modalities of the unimodal baselines among ``methods``."""
+    return [m[len(UNIMODAL_PREFIX) :] for m in methods if m.startswith(UNIMODAL_PREFIX)]
 
 
 def across_targets(

@@ -39,18 +39,19 @@ def test_late_fusion_cannot_represent_xor_and_the_verdicts_say_so(by_target):
     assert not s.loc[("xor", "concat"), "no_better_than_late"] and s.loc[("xor", "concat"), "p_vs_late"] < 0.05
     assert s.loc[("xor", "late"), "no_better_than_unimodal"]  # at chance, like each modality alone
     assert not s.loc[("label", "late"), "no_better_than_unimodal"]
-    v = by_target.verdicts({"xor": {"fused": 1.0, "late": 0.5, "image": 0.5, "audio": 0.5}}).set_index("target")
+    ceilings = {"xor": {"chance": 0.5, "fused": 1.0, "late": 0.5, "image": 0.5, "audio": 0.4, "audio+image": 1.0}}
+    v = by_target.verdicts(ceilings).set_index("target")  # the best single modality's: not a pair's, not chance
     assert v.loc["xor", "best_method"] == "concat" and v.loc["xor", "ceiling_unimodal"] == 0.5
     assert "late" in v.loc["xor", "no_better_than_unimodal"] and "concat" not in v.loc["xor", "no_better_than_late"]
     assert pd.isna(v.loc["label", "ceiling_fused"])  # no ceilings given for it
 
 
 def test_the_heatmap_has_a_cell_per_method_and_target_and_frames_each_best(by_target):
-    fig = plot_targets(by_target.summary, {"xor": {"fused": 1.0, "image": 0.5, "audio": 0.5}})
+    fig = plot_targets(by_target.summary, {"xor": {"fused": 1.0, "image": 0.5, "audio": 0.4, "audio+image": 1.0}})
     ax = fig.axes[0]
     assert len(ax.texts) == 4 * 2
     assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["xor", "label"]
-    assert "fused 1.00" in ax.get_xticklabels()[0].get_text()
+    assert "fused 1.00" in ax.get_xticklabels()[0].get_text() and "1 mod. 0.50" in ax.get_xticklabels()[0].get_text()
     assert len(ax.patches) == 2  # one framed best per target
 
 

@@ -122,7 +122,8 @@ def plot_targets(
     labels = []
     for t in targets:
         c = dict((ceilings or {}).get(t, {}))
-        uni = max((v for k, v in c.items() if k not in ("fused", "late")), default=None)
+        mods = [m[len("unimodal:") :] for m in mean.index if m.startswith("unimodal:")]
+        uni = max((c[m] for m in mods if m in c), default=None)
         extra = [f"fused {c['fused']:.2f}"] if "fused" in c else []
         extra += [f"1 mod. {uni:.2f}"] if uni is not None else []
         labels.append("\n".join([t, *extra]))
