@@ -44,7 +44,10 @@ def test_late_fusion_cannot_represent_xor_and_the_verdicts_say_so(by_target):
     ceilings = {"xor": {"chance": 0.5, "fused": 1.0, "late": 0.5, "first": 0.5, "second": 0.4, "first+second": 1.0}}
     v = by_target.verdicts(ceilings).set_index("target")  # the best single modality's: not a pair's, not chance
     assert v.loc["xor", "best_method"] == "concat" and v.loc["xor", "ceiling_unimodal"] == 0.5
-    assert "concat" not in v.loc["xor", "no_better_than_late"] and "concat" in v.loc["redundant", "no_better_than_unimodal"]
+    assert (
+        "concat" not in v.loc["xor", "no_better_than_late"]
+        and "concat" in v.loc["redundant", "no_better_than_unimodal"]
+    )
     assert pd.isna(v.loc["redundant", "ceiling_fused"])  # no ceilings given for it
 
 
