@@ -120,6 +120,14 @@ def interaction_sentences(verdicts: pd.DataFrame) -> list[str]:
     return out
 
 
+def _late_part(row: pd.Series) -> str:
+    """How much of a pair's synergy late fusion already extracts (an additive combination of what
+    each modality says), where the profile table has the split."""
+    if "synergy_late" not in row or pd.isna(row["synergy_late"]) or row["synergy"] <= 0:
+        return ""
+    return f", of which {row['synergy_late']:.2f} late fusion already extracts"
+
+
 def _by_interaction(run_dir: Path, records: list[dict[str, Any]]) -> list[str]:
     """The headline's first figure: 03's methods x interaction-type heatmap and its verdicts."""
     fig = next((r for r in records if r.get("kind") == "figure" and r.get("key") == "interactions_heatmap"), None)
@@ -132,7 +140,7 @@ def _by_interaction(run_dir: Path, records: list[dict[str, Any]]) -> list[str]:
         rows = pd.read_csv(run_dir / prof["path"])
         pairs = "; ".join(
             f"{r['pair']}: mostly {r['largest']} (R {r['redundancy']:.2f}, U {r['unique_a']:.2f} / {r['unique_b']:.2f},"
-            f" S {r['synergy']:.2f} bits)"
+            f" S {r['synergy']:.2f} bits{_late_part(r)})"
             for _, r in rows.iterrows()
         )
         parts.append(

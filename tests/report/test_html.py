@@ -113,7 +113,8 @@ def test_the_interaction_heatmap_is_the_first_figure_with_a_sentence_per_target(
     with tracking.start(tmp_path, "03_fusion_comparison", mode="disabled") as t:
         t.log_table("interaction_verdicts", verdicts)
         t.log_table("interaction_profile", pd.DataFrame({"pair": ["image+audio"], "largest": ["synergy"], "redundancy": [0.01],
-                                                         "unique_a": [0.0], "unique_b": [0.02], "synergy": [0.61]}))  # fmt: skip
+                                                         "unique_a": [0.0], "unique_b": [0.02], "synergy": [0.61],
+                                                         "synergy_late": [0.01]}))  # fmt: skip
         fig, ax = plt.subplots()
         ax.plot([1, 0])
         t.log_figure("interactions_heatmap", fig)
@@ -125,4 +126,7 @@ def test_the_interaction_heatmap_is_the_first_figure_with_a_sentence_per_target(
     assert "On synergy, concat is best on validation with test accuracy 0.810 (fused ceiling 1.000" in html
     assert "No better than late fusion: gmu, concat." in html
     assert "On synergy" in html and "No better than the best single modality: late." in html
-    assert "image+audio: mostly synergy (R 0.01, U 0.00 / 0.02, S 0.61 bits)" in html
+    assert (
+        "image+audio: mostly synergy (R 0.01, U 0.00 / 0.02, S 0.61 bits, of which 0.01 late fusion already extracts)"
+        in html
+    )
