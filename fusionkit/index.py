@@ -208,6 +208,17 @@ class FeatureIndex:
             )
         return self.modalities[name]
 
+    def by_target(
+        self, targets: list[str], output: str = "pooled", modalities: list[str] | None = None
+    ) -> dict[str, tuple[dict[str, SplitData], int]]:
+        """:meth:`splits` for each of ``targets``: target -> (splits, number of classes), what
+        :func:`fusionkit.compare.across_targets` takes."""
+        out = {}
+        for t in targets:
+            splits, names = self.splits(target=t, output=output, modalities=modalities)
+            out[t] = (splits, len(names))
+        return out
+
     def splits(
         self, target: str = "label", output: str = "pooled", modalities: list[str] | None = None
     ) -> tuple[dict[str, SplitData], list[str]]:

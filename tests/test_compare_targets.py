@@ -58,6 +58,14 @@ def test_the_heatmap_has_a_cell_per_method_and_target_and_frames_each_best(by_ta
     assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["xor", "redundant"]
     assert "fused 1.00" in ax.get_xticklabels()[0].get_text() and "1 mod. 0.50" in ax.get_xticklabels()[0].get_text()
     assert len(ax.patches) == 2  # one framed best per target
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    text = {(rows[int(t.get_position()[1])], int(t.get_position()[0])): t for t in ax.texts}
+    s = by_target.summary.set_index(["target", "method"])
+    for j, target in enumerate(["xor", "redundant"]):
+        for m in ("concat", "late"):
+            grey = text[(m, j)].get_color() == "#bbbbbb"
+            assert grey == bool(s.loc[(target, m), "no_better_than_late"]), (target, m)
+    assert text[("concat", 1)].get_color() == "#bbbbbb" and text[("concat", 0)].get_color() != "#bbbbbb"
 
 
 def test_no_targets_is_an_error():

@@ -110,3 +110,16 @@ def test_write_leaves_no_temporary_file_and_keeps_the_tasks_entry(indexed, tmp_p
     out = copy.write(tmp_path / "features.json")
     assert [p.name for p in tmp_path.iterdir()] == ["features.json"]  # no temporary file left behind
     assert FeatureIndex.read(out).tasks == {"version": 1, "status": {}}
+
+
+def test_by_target_gives_each_target_its_own_labels_and_class_count(indexed):
+    ds, path, _ = indexed
+    index = FeatureIndex.read(path)
+    per_target = index.by_target(["tone", "has_red"])
+    assert list(per_target) == ["tone", "has_red"]
+    for target, (splits, n_classes) in per_target.items():
+        assert n_classes == len(ds.targets[target])
+        for split, data in splits.items():
+            assert data.labels.tolist() == [s.targets[target] for s in ds.split(split)]
+    with pytest.raises(KeyError, match="target 'nope' not in dataset"):
+        index.by_target(["tone", "nope"])

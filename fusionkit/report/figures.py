@@ -120,13 +120,15 @@ def plot_targets(
     sns.heatmap(mean, annot=annot, fmt="", cmap="viridis", vmin=0, vmax=1, ax=ax, annot_kws={"fontsize": 7},
                 cbar_kws={"label": f"{metric} (mean over seeds)"})  # fmt: skip
     labels = []
+    mods = [m[len("unimodal:") :] for m in mean.index if m.startswith("unimodal:")]
     for t in targets:
         c = dict((ceilings or {}).get(t, {}))
-        mods = [m[len("unimodal:") :] for m in mean.index if m.startswith("unimodal:")]
         uni = max((c[m] for m in mods if m in c), default=None)
         extra = [f"fused {c['fused']:.2f}"] if "fused" in c else []
         extra += [f"1 mod. {uni:.2f}"] if uni is not None else []
         labels.append("\n".join([t, *extra]))
+    # each annotation by its cell (row, column): seaborn writes them at the cells' centres
+    cells = {(int(t.get_position()[1]), int(t.get_position()[0])): t for t in ax.texts}
     ax.set_xticklabels(labels, rotation=0, fontsize=8)
     ax.set_yticklabels([m.replace("unimodal:", "uni:") for m in order], fontsize=8)
     ax.set_xlabel("target (interaction type); ceilings below the name")
@@ -139,7 +141,7 @@ def plot_targets(
         if "no_better_than_late" in sub:
             for i, m in enumerate(order):
                 if m in sub.index and bool(sub.loc[m, "no_better_than_late"]):
-                    ax.texts[i * len(targets) + j].set_color("#bbbbbb")
+                    cells[(i, j)].set_color("#bbbbbb")
     ax.set_title("methods x interaction type: best on validation framed, grey = no better than late fusion",
                  fontsize=9)  # fmt: skip
     fig.tight_layout()
