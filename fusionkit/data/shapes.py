@@ -1,8 +1,9 @@
-"""The embedded default dataset: deterministic synthetic *shapes* scenes with an audio tone.
+"""The embedded default dataset: deterministic synthetic *shapes* scenes with a sound.
 
-Every sample is a scene of 1-4 coloured shapes (an RGB PNG), five captions describing it, about
-five VQA questions about it, and a one-second WAV tone. The files use the same on-disk formats as
-the real datasets, so the default run walks the loaders real data walks::
+Every sample is a scene of 1-4 coloured shapes (an RGB PNG) on a faintly striped, tinted
+background, five captions describing it, about five VQA questions about it, and a one-second WAV
+(a tone, a hum, a whistle, a band of hiss). The files use the same on-disk formats as the real
+datasets, so the default run walks the loaders real data walks::
 
     root/
       dataset.json, manifest.jsonl      fusionkit dataset (fusionkit.data.base); dataset.json is
@@ -10,30 +11,127 @@ the real datasets, so the default run walks the loaders real data walks::
       images/{id}.png                   RGB scenes, ``image_size`` px
       audio/{id}.wav                    1.0 s, mono, 16 kHz, 16-bit PCM
       scenes.jsonl                      ground truth per sample: shapes (kind, color, size, x, y,
-                                        bbox), has_red, tone, f0 ... (for tests and task checks)
+                                        bbox), has_red, tone, hiss, signal, marker, corrupted,
+                                        faded, what each modality shows, f0 ... (for tests and
+                                        task checks; the only place that says which samples are
+                                        corrupted)
       captions.json                     Karpathy-style captions (5 per image)
       annotations/captions_{split}.json COCO-style caption references (pycocoevalcap reads them)
       vqa/questions_{split}.json        VQA v2 questions (Open-Ended)
       vqa/annotations_{split}.json      VQA v2 annotations (10 identical answers each)
 
-Attributes and targets
-    ``has_red``: whether the scene holds at least one red shape. Exactly balanced (labels are a
-    seeded permutation of ``i % 6``); drawn first, then the scene is built around it (with
-    ``has_red = 0`` no shape is red). Visible in the image and in *every* caption.
-    ``tone`` (low / mid / high): the pitch band of the audio's fundamental (200-300, 500-700,
-    1100-1500 Hz). Audio only: the image never shows it, captions and questions never mention it.
-    ``label = 3 * has_red + tone``: the 6-class multimodal target ("no_red/low" ... "red/high").
+Attributes
+    ``has_red``: whether the scene holds at least one red shape; drawn first, then the scene is
+    built around it (with ``has_red = 0`` no shape is red). Visible in the image and in *every*
+    caption. ``tone`` (low / mid / high): the pitch band of the sound's fundamental (200-300,
+    500-700, 1100-1500 Hz); audio only: the image never shows it, captions and questions never
+    mention it. ``hiss`` (low / high): a band of noise at 4.8-5.4 or 5.6-6.2 kHz; audio only.
+    ``marker`` (a / b) and ``signal`` (off / on): the signal is written in the session's code,
+    ``code = signal XOR marker`` (on = 1, b = 1), and each modality shows the code and the marker
+    on cues of its own: the image the code as the stripes (horizontal / vertical) and the marker
+    as the background tint (cool / warm), the audio the code as a hum (80-100 / 130-160 Hz) and
+    the marker as a whistle (6.7-6.9 / 7.4-7.6 kHz). Read alone, a modality gives the signal as
+    code XOR marker. None of these is named in a caption or asked about.
+    ``corrupted`` (none / image / audio; 3/5, 1/5, 1/5), unflagged - only ``scenes.jsonl`` says
+    which samples: a corrupted image shows the other session's marker (the tint flipped, its
+    code intact), a corrupted audio the other code (the hum flipped, its marker intact). Read
+    alone, either then gives the wrong signal - misleading - and nothing in it says so; what
+    gives it away is the other modality: an image's marker disagreeing with the audio's, or, with
+    the markers agreeing, an audio reading that disagrees with the image's.
+    ``faded`` (none / image / audio; 3/5, 1/5, 1/5, independent of everything else): a faded
+    image has a plain background (no stripes, no tint), a faded audio no hiss; visibly missing.
+    All of them are the digits of one balanced design (:func:`~fusionkit.data.shapes_scene.design`),
+    shuffled by the seeded permutation that always shuffled the labels: for ``n`` a multiple of
+    1200 every combination occurs in exact proportion (balanced, mutually independent); has_red
+    and tone stay exactly balanced whenever 6 divides ``n``, as before. The splits deal each label
+    class by design block, so each split keeps the new targets balanced too (for 1200 scenes: every
+    binary target and the corruption exactly in every split, mixed and the fades within 5 samples).
 
-Accuracy ceilings on ``label`` (:data:`CEILINGS`, also stored in ``dataset.json`` ``info``)
-    chance 1/6. image 1/3: the image decides ``has_red`` but holds nothing about ``tone`` (scenes
-    are drawn from random streams independent of the tone), so the best one can do is guess the
-    tone. text 1/3, exactly: captions never name a colour or shape that is absent, and every
-    caption - including the two that may describe only part of the scene - names every red shape,
-    so the manifest's caption (one of the five, picked at random) decides ``has_red`` too.
-    audio 1/2: the audio decides ``tone`` but nothing about ``has_red``. image+text 1/3 (both
-    carry the same bit). Any two modalities including audio ("fused"): 1.0. These hold for the
-    whole dataset and, as splits are stratified by label, for every split (up to rounding for
-    tiny ``n``).
+Targets (``dataset.json`` ``targets``; what carries them: ``info["informative_modalities"]``)
+    ``label = 3 * has_red + tone`` (6 classes, "no_red/low" ... "red/high"), ``has_red``, ``tone``,
+    and one target per kind of interaction (``info["interaction_targets"]``):
+    ``redundant`` = has_red: the same bit in the image and in the caption.
+    ``unique`` = hiss: in the audio only.
+    ``synergy`` = has_red XOR (hiss is high): in no modality alone, only in image (or caption) and
+    audio together.
+    ``unreliable`` = signal: in the image and in the audio, each wrong on an unflagged fifth.
+    ``mixed`` = 2 * synergy + unreliable (4 classes "no/off" ... "yes/on"): synergy, redundancy
+    (has_red in image and caption, the signal in image and audio), uniqueness (hiss) and the
+    unreliable modalities at once.
+
+Accuracy ceilings (:data:`~fusionkit.data.shapes_scene.TARGET_CEILINGS`, ``info["target_ceilings"]``;
+``label``'s also as ``info["ceilings"]`` / ``["ceilings_by_subset"]``)
+    What the best possible classifier scores given each modality, each pair and all three
+    (``fused``), and what additive late fusion can reach (``late``: the minimiser of the
+    population cross-entropy over sums of one logit vector per modality - what training a sum of
+    per-modality logits converges to). They follow from the design, since each modality's file is
+    a function of these attributes and of random streams independent of them (the scene's layout
+    depends on has_red only, a caption on the layout only, the manifest's caption is picked at
+    random among the five); with R = 1/5 (corrupted) and F = 1/5 (faded):
+
+    ============  ======  =====  ====  =====  ==========  ===========  ==========  ====  =====
+    target        chance  image  text  audio  image+text  audio+image  audio+text  late  fused
+    ============  ======  =====  ====  =====  ==========  ===========  ==========  ====  =====
+    label         1/6     1/3    1/3   1/2    1/3         1            1           1     1
+    has_red       1/2     1      1     1/2    1           1            1           1     1
+    tone          1/3     1/3    1/3   1      1/3         1            1           1     1
+    redundant     1/2     1      1     1/2    1           1            1           1     1
+    unique        1/2     1/2    1/2   0.90   1/2         0.90         0.90        0.90  0.90
+    synergy       1/2     1/2    1/2   1/2    1/2         0.90         0.90        1/2   0.90
+    unreliable    1/2     0.74   1/2   0.80   0.74        0.96         0.80        0.80  0.96
+    mixed         1/4     0.37   1/4   0.40   0.37        0.86         0.72        0.40  0.86
+    ============  ======  =====  ====  =====  ==========  ===========  ==========  ====  =====
+
+    ``label``: the image and every caption decide has_red (captions never name a colour or shape
+    that is absent and every caption, the partial ones too, names every red shape) but hold
+    nothing about the tone, so the tone is a guess: 1/3; the audio decides the tone, has_red is a
+    guess: 1/2; any pair with the audio: 1. It is additive - the posterior factors into
+    p(has_red | image or text) p(tone | audio) - so late fusion reaches 1 too; so do has_red
+    (image, text) and tone (audio), and ``redundant`` (= has_red): either of image and caption
+    alone reaches its ceiling, the audio knows nothing of it.
+    ``unique`` (hiss): only the audio carries it, and only when it is not faded: 1 - F/2 = 0.90
+    (a faded hiss is a guess), from the audio alone, any pair with it and late fusion alike.
+    ``synergy``: has_red and hiss are independent and balanced, so no single modality (nor image
+    and caption together) says anything about their XOR: 1/2. Together, has_red (image or
+    caption) with the hiss gives it, except for a faded hiss: 1 - F/2 = 0.90. Late fusion: 1/2.
+    A sum of per-modality logits f(image) + g(audio) [+ h(text)] cannot represent an XOR of a
+    bit of one modality with a bit of another (concat.py's docstring: at most 3 of the 4 cells, a
+    decision rule no cross-entropy training picks): the population cross-entropy is convex in
+    (f, g), and unchanged under f -> -f, g(hiss) -> -g(1 - hiss) and under f(has_red) ->
+    -f(1 - has_red), g -> -g (each maps the data's distribution onto itself); averaging any
+    minimiser over these maps gives one that is no worse and is constant - the logits carry
+    nothing, every prediction is at chance.
+    ``unreliable``: a modality read alone (code XOR marker) is wrong exactly when it is
+    corrupted: the audio 1 - R = 0.80; the image the same when not faded, a guess when faded:
+    (1 - F)(1 - R) + F/2 = 0.74; the caption knows nothing of it (1/2) and adds nothing to either.
+    Image and audio together: when the image's marker (tint) disagrees with the audio's
+    (whistle), the image is the corrupted one and the audio's reading is right; when they agree
+    the image's reading is right (only the audio can then be corrupted). Equivalently, the
+    image's code (stripes) read with the audio's marker (whistle) is right on every sample - the
+    two cues no corruption touches. Wrong only when the image is faded (no code, no marker) and
+    the audio corrupted: 1 - F R = 0.96. Late fusion: each modality's own evidence is its
+    reading, right 4/5 of the time whichever it is (a corruption is independent of what a
+    modality shows), so a sum of per-modality logits can only side with one of two disagreeing
+    readings, the same one whatever the markers: 0.80 (the audio's, which no fade hides).
+    Why the markers: a corruption a modality shows by itself (noise, a visible artefact) would
+    not defeat late fusion - its own logits can fall silent on a visibly corrupted input, and the
+    sum is then exactly the Bayes rule, as long as the modalities are independent given the
+    target. A sum of per-modality logits loses only where a modality's reliability shows in
+    another modality; here, in the disagreement of the markers.
+    ``mixed``: synergy and unreliable are independent given every modality's evidence except
+    through the fades, which never hit both: image alone 0.74/2 = 0.37, audio alone 0.80/2 =
+    0.40 (neither knows the XOR), caption 1/4; audio + caption 0.90 x 0.80 = 0.72; image + audio
+    and all three: 1 - F/2 - F R = 0.86 (hiss faded: the XOR is a guess; image faded: the signal
+    is wrong if the audio is corrupted). Late fusion: its XOR half at chance, its signal half at
+    0.80: 0.40.
+    Every fused ceiling of synergy, unreliable and mixed is at least 15 points above every single
+    modality's. They hold for the whole dataset and, for ``n`` a multiple of 1200, every split;
+    ``tests/data/test_shapes_targets.py`` recomputes every one from the design's cells.
+
+Difficulty: the cues are faint (stripes of 3-5 levels, a 12-18 level tint, a whistle and a hum
+20-40 dB below the tone, hiss near the noise floor), the fades and the corruption are the noise;
+the ceilings above are what an ideal observer reaches, what the frozen encoders and a classifier
+trained on 840 samples reach is lower and differs by fusion family (``docs/datasets.md``).
 
 Captions: at least 3 of the 5 name every shape with its colour (lists, counted groups such as
 "two red circles", relations "left of / right of / above / below" between shapes whose colour and
@@ -48,12 +146,15 @@ shapes are there?"), existence ("is there a green star?", yes/no drawn 50/50) an
 is borderline). :func:`answer_question` recomputes any question's answer from a scene.
 
 Determinism: every sample draws from its own ``numpy`` generator seeded by (seed, index, stream),
-so the same parameters give byte-identical files. Re-running :func:`generate` with the same
-parameters on a complete folder returns it untouched; otherwise the dataset is written into a
-temporary sibling folder and renamed over ``root``, so ``root`` never holds a half-written
-dataset that looks complete.
+so the same parameters give byte-identical files. Generator version 3 (the interaction targets)
+keeps version 2's labels, layouts, captions and questions for every seed: the background cues
+and the sound's cues draw from streams of their own. Re-running :func:`generate` with the same
+parameters on a complete folder returns it untouched; otherwise (another version included) the
+dataset is written into a temporary sibling folder and renamed over ``root``, so ``root`` never
+holds a half-written dataset that looks complete.
 
-Modules: the vocabulary, scene layout, drawing and tone synthesis are
+Modules: the vocabulary, the attribute design, the targets and their ceilings, the scene layout,
+drawing and sound synthesis, and reading the cues back from the files are
 :mod:`fusionkit.data.shapes_scene`; captions, questions and answers :mod:`fusionkit.data.shapes_text`;
 this module generates, writes (dataset, Karpathy / COCO captions, VQA v2 files) and validates.
 """
@@ -92,24 +193,47 @@ from fusionkit.data.shapes_scene import (
     CEILINGS_BY_SUBSET,
     COLOR_WORDS,
     COLORS,
+    CORRUPTED,
+    CORRUPTIONS,
+    DESIGN_PERIOD,
     DURATION_S,
+    FADED,
+    FADES,
+    HISS,
+    HISS_BANDS,
+    HISS_RATIO,
+    HUM_BANDS,
     INFORMATIVE_MODALITIES,
+    INTERACTION_TARGETS,
     KINDS,
     LABELS,
+    MARKERS,
     MAX_SHAPES,
     MODALITIES,
     NUMBERS,
     SAMPLE_RATE,
+    SIGNALS,
+    STRIPE_CONTRAST,
+    STRIPES,
+    TARGET_CEILINGS,
     TARGETS,
+    TINTS,
     TONE_BANDS,
     TONES,
+    WHISTLE_BANDS,
     WORD_TO_KIND,
     _audio,
     _layout,
     _render,
     _rng,
     caption_words,
+    design,
+    measure_audio_cues,
+    measure_image_cues,
     relation,
+    shown,
+    target_ceilings,
+    targets_of,
     tokenize,
 )
 from fusionkit.data.shapes_text import _captions, _questions, answer_question
@@ -121,31 +245,48 @@ __all__ = [
     "CEILINGS_BY_SUBSET",
     "COLORS",
     "COLOR_WORDS",
+    "CORRUPTED",
+    "CORRUPTIONS",
+    "HISS",
+    "INFORMATIVE_MODALITIES",
+    "INTERACTION_TARGETS",
     "KINDS",
     "LABELS",
+    "MARKERS",
     "NUMBERS",
+    "SIGNALS",
+    "TARGETS",
+    "TARGET_CEILINGS",
     "TONES",
     "TONE_BANDS",
     "WORD_TO_KIND",
     "answer_question",
     "caption_words",
+    "design",
     "generate",
+    "measure_audio_cues",
+    "measure_image_cues",
     "relation",
+    "shown",
+    "target_ceilings",
+    "targets_of",
     "tokenize",
     "validate",
 ]
 
 NAME = "shapes"
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: the interaction targets and their cues (2: questions_per_scene)
 
 # files besides the manifest that a complete dataset holds (relative to the root)
 _ENTRIES = {"dataset.json", "manifest.jsonl", "scenes.jsonl", "captions.json", "images", "audio", "annotations", "vqa"}
 
 
 def _params(
-    n: int, seed: int, image_size: int, splits: Sequence[float], questions_per_scene: int = 5
+    n: int, seed: int, image_size: int, splits: Sequence[float], questions_per_scene: int = 5, fades: bool = True
 ) -> dict[str, Any]:
     extra = {} if questions_per_scene == 5 else {"questions_per_scene": int(questions_per_scene)}
+    if not fades:
+        extra["fades"] = False
     return {
         **extra,
         "generator": f"fusionkit.data.shapes v{GENERATOR_VERSION}",
@@ -159,16 +300,34 @@ def _params(
 
 
 # ------------------------------------------------------------------------------------ splits
-def _assign_splits(labels: np.ndarray, rng: np.random.Generator, fractions: Sequence[float]) -> list[str]:
+def _assign_splits(
+    labels: np.ndarray, rng: np.random.Generator, fractions: Sequence[float], order: np.ndarray | None = None
+) -> list[str]:
     """Stratified, deterministic: within each class (shuffled) the k-th of n_c samples sits at
     u = (k + offset_c) / n_c in [0, 1) and goes to the split whose cumulative fraction covers u.
     Offsets differ per tone, so tiny classes do not all round the same way, and are equal for
-    "no_red/t" and "red/t", so every split keeps has_red balanced and independent of the tone."""
+    "no_red/t" and "red/t", so every split keeps has_red balanced and independent of the tone.
+
+    ``order`` (the design's ``block`` per sample, :func:`~fusionkit.data.shapes_scene.design`):
+    within a class the shuffled samples are then dealt block by block - every block once (from a
+    seeded starting block), then again - so each split, a contiguous run of that order, holds
+    consecutive blocks and with them hiss, signal, marker and corruption state in their design
+    proportions (exactly, for n a multiple of 240)."""
     bounds = np.cumsum(fractions)
+    period = DESIGN_PERIOD // 6
     out = [""] * len(labels)
     for c in sorted(set(labels.tolist())):
         idx = np.flatnonzero(labels == c)
         idx = idx[rng.permutation(len(idx))]
+        if order is not None:
+            start = int(rng.integers(period))
+            seen: Counter[int] = Counter()
+            keys = []
+            for i in idx:
+                b = int(order[i]) % period
+                keys.append(seen[b] * period + (b - start) % period)
+                seen[b] += 1
+            idx = idx[np.argsort(keys, kind="stable")]
         offset = (c % len(TONES) + 0.5) / len(TONES)
         for k, i in enumerate(idx):
             u = (k + offset) / len(idx)
@@ -231,6 +390,7 @@ def generate(
     overwrite: bool = False,
     progress: bool = True,
     questions_per_scene: int = 5,
+    fades: bool = True,
 ) -> Dataset:
     """Write the synthetic shapes dataset to ``root`` (see the module docstring) and load it.
 
@@ -251,7 +411,9 @@ def generate(
             f"shapes: questions_per_scene = {questions_per_scene!r}; expected an integer from 1 to 10 "
             "(question ids are image_id * 10 + j)"
         )
-    params = _params(n, seed, image_size, splits, questions_per_scene)
+    if not isinstance(fades, bool):
+        raise DatasetError(f"shapes: fades = {fades!r}; expected True or False")
+    params = _params(n, seed, image_size, splits, questions_per_scene, fades)
     with dataset_lock(root):
         if not overwrite and (ds := _complete(root, params)) is not None:
             return ds
@@ -287,18 +449,29 @@ def _write_all(out: Path, params: dict[str, Any], progress: bool) -> None:
     (out / "annotations").mkdir()
     (out / "vqa").mkdir()
     top = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2**31,)))
-    labels = top.permutation(np.arange(n) % len(LABELS))
-    split_of = _assign_splits(labels, top, params["splits"])
+    # the design shuffled by the permutation that always shuffled the labels (labels unchanged)
+    order = top.permutation(n)
+    attrs = {k: v[order] for k, v in design(n, params.get("fades", True)).items()}
+    labels = 3 * attrs["has_red"] + attrs["tone"]
+    split_of = _assign_splits(labels, top, params["splits"], order=attrs["block"])
     samples, scenes = [], []
     for i in progress_bar(range(n), enabled=progress, desc="shapes dataset", unit="sample"):
         sid = f"{NAME}_{i:05d}"
-        label = int(labels[i])
-        has_red, tone = label // 3, label % 3
+        has_red, tone = int(attrs["has_red"][i]), int(attrs["tone"][i])
+        hiss, signal, marker = int(attrs["hiss"][i]), int(attrs["signal"][i]), int(attrs["marker"][i])
+        corrupted, faded = CORRUPTIONS[int(attrs["corruption"][i])], FADES[int(attrs["fade"][i])]
+        show = shown(marker, signal, corrupted)
+        targets = targets_of(has_red, tone, hiss, signal)
         r_scene, r_img, r_aud, r_txt = (_rng(seed, i, s) for s in range(4))
+        r_img_cue, r_aud_cue = _rng(seed, i, 5), _rng(seed, i, 6)  # stream 4: the extra questions
         shapes = _layout(r_scene, bool(has_red), size)
-        pixels, bg = _render(r_img, shapes, size)
+        pixels, bg, cues = _render(
+            r_img, shapes, size, show["image"]["code"], show["image"]["marker"], r_img_cue, faded == "image"
+        )
         Image.fromarray(pixels, "RGB").save(out / "images" / f"{sid}.png", format="PNG", compress_level=1)
-        wave, audio_meta = _audio(r_aud, TONES[tone])
+        wave, audio_meta = _audio(
+            r_aud, TONES[tone], HISS[hiss], show["audio"]["code"], show["audio"]["marker"], r_aud_cue, faded == "audio"
+        )
         sf.write(out / "audio" / f"{sid}.wav", wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
         caps = _captions(r_txt, shapes, size)
         qas = _questions(r_txt, shapes, size)[: params.get("questions_per_scene", 5)]
@@ -317,7 +490,7 @@ def _write_all(out: Path, params: dict[str, Any], progress: bool) -> None:
                 id=sid,
                 split=split,
                 modalities={"image": f"images/{sid}.png", "text": text, "audio": f"audio/{sid}.wav"},
-                targets={"label": label, "has_red": has_red, "tone": tone},
+                targets=targets,
             )
         )
         scenes.append(
@@ -325,9 +498,16 @@ def _write_all(out: Path, params: dict[str, Any], progress: bool) -> None:
                 "id": sid,
                 "imgid": i,
                 "split": split,
-                "label": label,
+                "label": targets["label"],
                 "has_red": has_red,
                 "tone": TONES[tone],
+                "hiss": HISS[hiss],
+                "signal": SIGNALS[signal],
+                "marker": MARKERS[marker],
+                "corrupted": corrupted,
+                "faded": faded,
+                "shown": show,
+                "image_cues": cues,
                 "audio": audio_meta,
                 "background": bg,
                 "shapes": shapes,
@@ -339,15 +519,26 @@ def _write_all(out: Path, params: dict[str, Any], progress: bool) -> None:
     _write_captions(out, scenes)
     _write_vqa(out, scenes)
     info = {
-        "description": "fusionkit synthetic shapes: coloured-shape scenes, captions, VQA, and an audio tone "
-        "(label = 3 * has_red + tone; see fusionkit/data/shapes.py)",
+        "description": "fusionkit synthetic shapes: coloured-shape scenes, captions, VQA, and a sound "
+        "(label = 3 * has_red + tone; targets by interaction type redundant, unique, synergy, unreliable, mixed; "
+        "see fusionkit/data/shapes.py)",
         "params": params,
-        "ceilings": CEILINGS,
-        "ceilings_by_subset": CEILINGS_BY_SUBSET,
+        "ceilings": CEILINGS,  # of label
+        "ceilings_by_subset": CEILINGS_BY_SUBSET,  # of label
+        # of every target (chance, each modality, pairs, late, fused)
+        "target_ceilings": target_ceilings(FADED["image"] if params.get("fades", True) else 0.0),
+        "interaction_targets": list(INTERACTION_TARGETS),
         # which modalities carry each target's information, by construction (the interpretability
         # check compares learned modality weights with this)
         "informative_modalities": INFORMATIVE_MODALITIES,
+        "corrupted_fraction": CORRUPTED,  # unflagged: only scenes.jsonl says which samples
+        # the image's background cues or the audio's hiss left out
+        "faded_fraction": FADED if params.get("fades", True) else dict.fromkeys(FADED, 0.0),
         "tone_bands_hz": {k: list(v) for k, v in TONE_BANDS.items()},
+        "hiss_bands_hz": {k: list(v) for k, v in HISS_BANDS.items()},
+        # the signal in the session's code (code = signal XOR marker), as each modality shows it
+        "code": {"image": {"stripes": list(STRIPES)}, "audio": {"hum_hz": [list(b) for b in HUM_BANDS]}},
+        "marker": {"image": {"tint": list(TINTS)}, "audio": {"whistle_hz": [list(b) for b in WHISTLE_BANDS]}},
         "colors": list(COLORS),
         "kinds": list(KINDS),
         "files": {
@@ -366,7 +557,24 @@ def _dump(obj: Any) -> str:
 
 
 def _write_scenes(out: Path, scenes: list[dict[str, Any]]) -> None:
-    keep = ("id", "imgid", "split", "label", "has_red", "tone", "audio", "background", "shapes")
+    keep = (
+        "id",
+        "imgid",
+        "split",
+        "label",
+        "has_red",
+        "tone",
+        "hiss",
+        "signal",
+        "marker",
+        "corrupted",
+        "faded",
+        "shown",
+        "image_cues",
+        "audio",
+        "background",
+        "shapes",
+    )
     atomic_write_text(out / "scenes.jsonl", "".join(_dump({k: s[k] for k in keep}) for s in scenes))
 
 
@@ -519,6 +727,7 @@ def validate(root: str | os.PathLike) -> dict[str, Any]:
         raise DatasetError(f"{scenes_path}: missing; expected one scene per manifest sample")
     scenes: dict[str, dict[str, Any]] = {}
     scene_by_imgid: dict[int, dict[str, Any]] = {}
+    design_cells: Counter[tuple[int, ...]] = Counter()
     for lineno, line in enumerate(scenes_path.read_text(encoding="utf-8").splitlines(), 1):
         where = f"{scenes_path}:{lineno}"
         try:
@@ -538,36 +747,106 @@ def validate(root: str | os.PathLike) -> dict[str, Any]:
                 raise DatasetError(f"{where}: shape {s}; expected a colour in {list(COLORS)} and a kind in {KINDS}")
         has_red = int(any(s["color"] == "red" for s in shapes))
         tone = TONES.index(sc.get("tone")) if sc.get("tone") in TONES else None
-        expect = {"has_red": has_red, "tone": tone, "label": None if tone is None else 3 * has_red + tone}
+        values = {k: sc.get(k) for k in ("hiss", "signal", "marker", "corrupted", "faded")}
+        choices = {"hiss": HISS, "signal": SIGNALS, "marker": MARKERS, "corrupted": CORRUPTIONS, "faded": FADES}
+        if tone is None or any(values[k] not in choices[k] for k in choices):
+            raise DatasetError(
+                f"{where}: tone {sc.get('tone')!r} / {values}; expected a tone in {list(TONES)} and "
+                + ", ".join(f"{k} in {list(v)}" for k, v in choices.items())
+            )
+        hiss, signal, marker = (
+            HISS.index(values["hiss"]),
+            SIGNALS.index(values["signal"]),
+            MARKERS.index(values["marker"]),
+        )
+        expect = targets_of(has_red, tone, hiss, signal)
         if sc.get("has_red") != has_red or smp.targets != expect or sc.get("label") != expect["label"]:
             raise DatasetError(
                 f"{where}: targets in manifest.jsonl {smp.targets} / scene has_red {sc.get('has_red')} "
-                f"disagree with the scene's shapes (expected {expect})"
+                f"disagree with the scene's shapes, tone, hiss and signal (expected {expect})"
             )
+        show = shown(marker, signal, values["corrupted"])
+        image_faded, audio_faded = values["faded"] == "image", values["faded"] == "audio"
+        cues, audio = sc.get("image_cues") or {}, sc.get("audio") or {}
+        hum, whistle = HUM_BANDS[show["audio"]["code"]], WHISTLE_BANDS[show["audio"]["marker"]]
+        want_cues = (None, None) if image_faded else (STRIPES[show["image"]["code"]], TINTS[show["image"]["marker"]])
+        if (
+            sc.get("shown") != show
+            or (cues.get("stripes"), cues.get("tint")) != want_cues
+            or audio.get("hiss") != (None if audio_faded else values["hiss"])
+            or not hum[0] <= (audio.get("hum_hz") or 0) <= hum[1]
+            or not whistle[0] <= (audio.get("whistle_hz") or 0) <= whistle[1]
+        ):
+            raise DatasetError(
+                f"{where}: shown {sc.get('shown')} / image_cues {cues} / audio {audio} disagree with marker "
+                f"{values['marker']!r}, signal {values['signal']!r}, hiss {values['hiss']!r}, corrupted "
+                f"{values['corrupted']!r} and faded {values['faded']!r} (code = signal XOR marker: stripes and hum; "
+                f"marker: tint and whistle; a corrupted image shows the other marker, a corrupted audio the other "
+                f"code; a faded image has no stripes or tint, a faded audio no hiss; expected shown {show})"
+            )
+        design_cells[
+            (has_red, tone, hiss, signal, marker, CORRUPTIONS.index(values["corrupted"]), FADES.index(values["faded"]))
+        ] += 1
         if sc.get("split") != smp.split:
             raise DatasetError(f"{where}: split {sc.get('split')!r}; manifest.jsonl says {smp.split!r}")
         scenes[sid] = sc
         scene_by_imgid[_field(sc, "imgid", where, int)] = sc
     if missing := set(by_id) - set(scenes):
         raise DatasetError(f"{scenes_path}: no scene for manifest id(s) {sorted(missing)[:5]}")
+    plan = design(len(ds), params.get("fades", True))
+    keys = ("has_red", "tone", "hiss", "signal", "marker", "corruption", "fade")
+    expected_cells = Counter(zip(*(plan[k].tolist() for k in keys), strict=True))
+    if design_cells != expected_cells:
+        off = sorted((expected_cells - design_cells) + (design_cells - expected_cells))[:3]
+        raise DatasetError(
+            f"{scenes_path}: the scenes' (has_red, tone, hiss, signal, marker, corrupted, faded) combinations are not "
+            f"those of the balanced design for n = {len(ds)} (fusionkit.data.shapes_scene.design); e.g. {off}"
+        )
 
-    # media files
+    # media files, and the cues they show (corrupted samples included)
     for smp in ds.samples:
+        sc = scenes[smp.id]
         img_path = ds.path(smp, "image")
         with open_image(img_path, smp.id) as im:
             im.load()
             mode, im_size = im.mode, im.size
+            pixels = np.asarray(im) if mode == "RGB" else None
         if mode != "RGB" or im_size != (size, size):
             raise DatasetError(f"{img_path} (id {smp.id!r}): {mode} {im_size}; expected RGB ({size}, {size})")
+        got, want = measure_image_cues(pixels), sc["image_cues"]
+        striped = got["stripe_contrast"] > STRIPE_CONTRAST
+        if striped != (want["stripes"] is not None) or (
+            striped and (got["stripes"], got["tint"]) != (want["stripes"], want["tint"])
+        ):
+            raise DatasetError(
+                f"{img_path} (id {smp.id!r}): the pixels show "
+                + (f"{got['stripes']} stripes and a {got['tint']} tint" if striped else "no stripes")
+                + "; scenes.jsonl says "
+                + (f"{want['stripes']} and {want['tint']}" if want["stripes"] else "faded (no stripes, no tint)")
+            )
         wav_path = ds.path(smp, "audio")
         try:
             wi = sf.info(str(wav_path))
+            wave = sf.read(str(wav_path), dtype="float64")[0]
         except (sf.LibsndfileError, RuntimeError) as e:
             raise DatasetError(f"{wav_path} (id {smp.id!r}): not a readable WAV ({e})") from e
         if (wi.samplerate, wi.channels, wi.frames) != (SAMPLE_RATE, 1, int(SAMPLE_RATE * DURATION_S)):
             raise DatasetError(
                 f"{wav_path} (id {smp.id!r}): {wi.samplerate} Hz, {wi.channels} ch, {wi.frames} frames; "
                 f"expected {SAMPLE_RATE} Hz mono, {int(SAMPLE_RATE * DURATION_S)} frames"
+            )
+        heard = measure_audio_cues(wave)
+        hum, whistle = HUM_BANDS[sc["shown"]["audio"]["code"]], WHISTLE_BANDS[sc["shown"]["audio"]["marker"]]
+        hiss = heard["hiss"] if heard["hiss_ratio"] > HISS_RATIO else None
+        if (
+            hiss != sc["audio"]["hiss"]
+            or not hum[0] - 2 <= heard["hum_hz"] <= hum[1] + 2
+            or not whistle[0] - 2 <= heard["whistle_hz"] <= whistle[1] + 2
+        ):
+            raise DatasetError(
+                f"{wav_path} (id {smp.id!r}): the samples show {hiss or 'no'} hiss, a hum at {heard['hum_hz']:g} Hz "
+                f"and a whistle at {heard['whistle_hz']:g} Hz; scenes.jsonl says {sc['audio']['hiss'] or 'no'} hiss, "
+                f"a hum in {hum[0]:g}-{hum[1]:g} Hz and a whistle in {whistle[0]:g}-{whistle[1]:g} Hz"
             )
 
     # captions.json
