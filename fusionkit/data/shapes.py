@@ -44,8 +44,10 @@ Attributes
     shuffled by the seeded permutation that always shuffled the labels: for ``n`` a multiple of
     1200 every combination occurs in exact proportion (balanced, mutually independent); has_red
     and tone stay exactly balanced whenever 6 divides ``n``, as before. The splits deal each label
-    class by design block, so each split keeps the new targets balanced too (for 1200 scenes: every
-    binary target and the corruption exactly in every split, mixed and the fades within 5 samples).
+    class by design block, so each split keeps the new targets balanced too (for 1200 scenes: the
+    corruption, hiss and synergy exactly in every split, the signal within 4 samples of half,
+    mixed within 2 of a quarter, the fades within 14 of a fifth; a random split of 180 would be off
+    by about 7 on a binary target).
 
 Targets (``dataset.json`` ``targets``; what carries them: ``info["informative_modalities"]``)
     ``label = 3 * has_red + tone`` (6 classes, "no_red/low" ... "red/high"), ``has_red``, ``tone``,

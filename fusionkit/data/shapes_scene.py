@@ -192,8 +192,9 @@ def design(n: int, fades: bool = True) -> dict[str, np.ndarray]:
     exactly balanced and mutually independent (corruption and fade 3 : 1 : 1 each). For other
     ``n``, ``has_red`` and ``tone`` stay exactly balanced whenever 6 divides ``n`` (as before), the
     corruption and the fade are exact whenever 150 divides ``n`` (the smoke profile's 150 scenes:
-    one cycle of ``q % 25``) and each bit is off by at most a few blocks of 6 samples (hiss by one,
-    signal by two, marker by four). ``block`` (``q``) orders the samples of a class when the splits
+    one cycle of ``q % 25``); otherwise the corruption is off by at most one block of 6 samples, the
+    fade by one run of 5 blocks (30), and each bit by a few blocks (hiss by one, signal by two,
+    marker by four). ``block`` (``q``) orders the samples of a class when the splits
     are assigned, so every split keeps the new targets balanced too. ``fades=False``: no fades."""
     j = np.arange(n) % DESIGN_PERIOD
     q = j // 6
