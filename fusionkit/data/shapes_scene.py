@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+NAME = "shapes"
 SAMPLE_RATE = 16_000
 DURATION_S = 1.0
 

@@ -17,7 +17,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from fusionkit.data import shapes
+from fusionkit.data import shapes, shapes_validate
 from fusionkit.data import shapes_scene as sc
 from fusionkit.data.base import SPLITS, DatasetError, load_dataset
 
@@ -259,9 +259,10 @@ def test_validate_checks_the_attributes_against_the_design(tmp_path, monkeypatch
         return d
 
     monkeypatch.setattr(shapes, "design", no_corruption)
+    monkeypatch.setattr(shapes_validate, "design", no_corruption)
     shapes.generate(tmp_path / "d", n=30, image_size=32, progress=False)
     shapes.validate(tmp_path / "d")  # consistent with the design it was made with
-    monkeypatch.setattr(shapes, "design", real)
+    monkeypatch.setattr(shapes_validate, "design", real)
     with pytest.raises(DatasetError, match=r"scenes\.jsonl: the scenes' .* balanced design for n = 30"):
         shapes.validate(tmp_path / "d")
 
