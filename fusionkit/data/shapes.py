@@ -120,18 +120,21 @@ Accuracy ceilings (:data:`~fusionkit.data.shapes_scene.TARGET_CEILINGS`, ``info[
     sum is then exactly the Bayes rule, as long as the modalities are independent given the
     target. A sum of per-modality logits loses only where a modality's reliability shows in
     another modality; here, in the disagreement of the markers.
-    ``mixed``: synergy and unreliable are independent given every modality's evidence except
-    through the fades, which never hit both: image alone 0.74/2 = 0.37, audio alone 0.80/2 =
-    0.40 (neither knows the XOR), caption 1/4; audio + caption 0.90 x 0.80 = 0.72; image + audio
+    ``mixed``: its two bits rest on disjoint evidence (the XOR on has_red and the hiss, the signal
+    on stripes, tint, hum and whistle), linked only by the fade, which hides the image's cues or
+    the hiss, never both: image alone 0.74/2 = 0.37, audio alone 0.80/2 = 0.40 (neither knows the
+    XOR), caption 1/4; audio + caption 0.90 x 0.80 = 0.72; image + audio
     and all three: 1 - F/2 - F R = 0.86 (hiss faded: the XOR is a guess; image faded: the signal
     is wrong if the audio is corrupted). Late fusion: its XOR half at chance, its signal half at
     0.80: 0.40.
     Every fused ceiling of synergy, unreliable and mixed is at least 15 points above every single
-    modality's. They hold for the whole dataset and, for ``n`` a multiple of 1200, every split;
-    ``tests/data/test_shapes_targets.py`` recomputes every one from the design's cells.
+    modality's. They hold exactly for a dataset of a multiple of 1200 scenes, and for each of its
+    splits up to the few samples of imbalance above; ``tests/data/test_shapes_targets.py``
+    recomputes every one from the design's cells.
 
 Difficulty: the cues are faint (stripes of 3-5 levels, a 12-18 level tint, a whistle and a hum
-20-40 dB below the tone, hiss near the noise floor), the fades and the corruption are the noise;
+20-40 dB below the tone, hiss about as loud as the background noise), the fades and the corruption
+are the noise;
 the ceilings above are what an ideal observer reaches, what the frozen encoders and a classifier
 trained on 840 samples reach is lower and differs by fusion family (``docs/datasets.md``).
 

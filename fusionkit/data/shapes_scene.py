@@ -19,7 +19,7 @@ SAMPLE_RATE = 16_000
 DURATION_S = 1.0
 
 # ------------------------------------------------------------------ attributes beyond the shapes
-# (fusionkit/data/shapes.py's docstring, "Interaction targets", says what each one is for)
+# (fusionkit/data/shapes.py's docstring, "Attributes", says what each one is for)
 HISS = ("low", "high")  # audio only: a band of noise, low or high
 HISS_BANDS: dict[str, tuple[float, float]] = {"low": (4800.0, 5400.0), "high": (5600.0, 6200.0)}
 MARKERS = ("a", "b")  # the session marker
@@ -139,7 +139,7 @@ def target_ceilings(faded: float = FADED["image"]) -> dict[str, dict[str, float]
             (1 - f / 2) * (1 - r),
             (1 - r) / 2,
             1 - f / 2 - f * r,
-        ),  # fmt: skip
+        ),
     }
     return {t: dict(zip(CEILING_KEYS, row, strict=True)) for t, row in rows.items()}
 
@@ -148,7 +148,8 @@ assert CORRUPTED["image"] == CORRUPTED["audio"] and FADED["image"] == FADED["aud
 #: every target's accuracy ceilings with the default fades
 TARGET_CEILINGS = target_ceilings()
 #: which modalities carry each target's information, by construction (the interpretability check
-#: compares learned modality weights with this; for synergy and mixed no modality does alone)
+#: compares learned modality weights with this; synergy and mixed need two of them at once, so
+#: every modality that holds a part is listed)
 INFORMATIVE_MODALITIES = {
     "has_red": ["image", "text"],
     "tone": ["audio"],
