@@ -11,7 +11,9 @@ Two views, side by side:
 On a dataset that documents which modalities carry each target's information by construction
 (``info["informative_modalities"]``, e.g. the synthetic shapes: ``tone`` is in the audio only,
 ``has_red`` in the image and the caption), :func:`known_information_check` trains each weighted
-method on each such target and states whether its highest weight falls on an informative modality.
+method on each such target and states whether its highest weight falls on an informative modality
+(targets every modality informs are left out - the check could not fail - and so is a target whose
+labels repeat an earlier one's, such as the shapes' ``redundant``, which is ``has_red``).
 """
 
 from __future__ import annotations
@@ -93,11 +95,18 @@ def known_information_check(
     top-weighted modality is informative, and the test accuracy. The trainings run on
     ``executor`` (default: this process).
 
-    ``targets``: target name -> {split: labels} for the splits in ``data``."""
-    datasets, jobs = {}, []
+    ``targets``: target name -> {split: labels} for the splits in ``data``. Left out: targets
+    without an ``informative`` entry, targets every modality of ``data`` informs (any top weight
+    would "point to an informative modality") and targets whose labels equal an earlier target's
+    on every split (the same trainings again)."""
+    datasets, jobs, kept = {}, [], []
+    modalities = {m for d in data.values() for m in d.features}
     for target, labels in targets.items():
-        if target not in informative:
+        if target not in informative or modalities <= set(informative[target]):
             continue
+        if any(all(torch.equal(labels[s], targets[k][s]) for s in data) for k in kept):
+            continue
+        kept.append(target)
         split_data = {s: SplitData(d.features, labels[s], d.ids, d.mask) for s, d in data.items()}
         num_classes = int(max(int(v.max()) for v in labels.values())) + 1
         datasets[f"target:{target}"] = (split_data, num_classes)

@@ -123,6 +123,20 @@ def test_known_information_check_skips_fixed_equal_weights(text_problem):
     assert out.empty  # late fusion averages with equal weights: nothing to interpret
 
 
+def test_known_information_check_leaves_out_vacuous_and_repeated_targets(text_problem):
+    """A target every modality informs cannot fail the check, and one whose labels repeat an
+    earlier target's would train the same models again (the shapes' redundant is has_red)."""
+    _, data, _ = text_problem
+    labels = {s: d.labels for s, d in data.items()}
+    flipped = {s: 1 - y for s, y in labels.items()}
+    informative = {"y": ["text"], "again": ["text"], "all": ["other", "text"], "other": ["text"]}
+    out = interpret.known_information_check(
+        ["weighted"], data, {"y": labels, "again": labels, "all": flipped, "other": flipped}, informative,
+        TrainConfig(epochs=2, batch_size=32), hidden=8,
+    )  # fmt: skip
+    assert out.target.tolist() == ["y", "other"]
+
+
 def test_encode_corrupted_runs_like_extraction_and_ignores_the_batch_size(tmp_path):
     """An image encoder: level 0 gives the cached features (the encoder's inference module,
     within float rounding), and the per-sample seeding makes any batch size give the same noise."""

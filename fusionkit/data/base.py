@@ -92,6 +92,20 @@ class Dataset:
         target = target or next(iter(self.targets))
         return [s.targets[target] for s in self.split(split)]
 
+    def ceilings(self, target: str | None = None) -> dict[str, float]:
+        """The documented accuracy ceilings of ``target`` (default: the first target): what each
+        modality alone, each subset and all together can reach (``chance``, ``<modality>``,
+        ``late``, ``fused``, where the dataset documents them). From ``info["target_ceilings"]``
+        (one entry per target), else ``info["ceilings"]``, which describes the first target;
+        ``{}`` when the dataset documents none for ``target``."""
+        target = target or next(iter(self.targets))
+        if target not in self.targets:
+            raise KeyError(f"{self.root}: target {target!r} not in dataset; it has {list(self.targets)}")
+        by_target = self.info.get("target_ceilings") or {}
+        if target in by_target:
+            return dict(by_target[target])
+        return dict(self.info.get("ceilings") or {}) if target == next(iter(self.targets)) else {}
+
     def manifest_hash(self) -> str:
         """Content hash of the manifest (ids, splits, modality values, targets) and of the
         metadata: the feature cache is keyed by it, so any change to the data invalidates it."""

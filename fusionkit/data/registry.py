@@ -3,7 +3,9 @@
 =============  =====================================================  ==================================
 name           raw data (``source_dir``)                               classification target(s)
 =============  =====================================================  ==================================
-shapes         none: generated (:mod:`fusionkit.data.shapes`)          label, has_red, tone
+shapes         none: generated (:mod:`fusionkit.data.shapes`)          label, has_red, tone, and
+                                                                       redundant, unique, synergy,
+                                                                       unreliable, mixed
 flickr8k       Kaggle ``captions.txt`` / ``Flickr8k.token.txt`` +     match (image-caption matching)
                split files / Karpathy ``dataset_flickr8k.json``
 flickr30k      ``results_20130124.token`` / ``results.csv`` /          match
@@ -105,7 +107,7 @@ def _loader(name: str) -> Callable[..., Built]:
 def options(name: str) -> dict[str, Any]:
     """The options of dataset ``name`` with their defaults (see its ``scan`` docstring)."""
     if name == "shapes":
-        return {"n": 1200, "image_size": 128, "splits": (0.7, 0.15, 0.15), "questions_per_scene": 5}
+        return {"n": 1200, "image_size": 128, "splits": (0.7, 0.15, 0.15), "questions_per_scene": 5, "fades": True}
     sig = inspect.signature(_loader(name))
     return {k: p.default for k, p in sig.parameters.items() if k not in _FIXED and p.kind == p.KEYWORD_ONLY}
 

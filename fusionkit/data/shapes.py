@@ -1,8 +1,9 @@
-"""The embedded default dataset: deterministic synthetic *shapes* scenes with an audio tone.
+"""The embedded default dataset: deterministic synthetic *shapes* scenes with a sound.
 
-Every sample is a scene of 1-4 coloured shapes (an RGB PNG), five captions describing it, about
-five VQA questions about it, and a one-second WAV tone. The files use the same on-disk formats as
-the real datasets, so the default run walks the loaders real data walks::
+Every sample is a scene of 1-4 coloured shapes (an RGB PNG) on a faintly striped, tinted
+background, five captions describing it, about five VQA questions about it, and a one-second WAV
+(a tone, a hum, a whistle, a band of hiss). The files use the same on-disk formats as the real
+datasets, so the default run walks the loaders real data walks::
 
     root/
       dataset.json, manifest.jsonl      fusionkit dataset (fusionkit.data.base); dataset.json is
@@ -10,30 +11,132 @@ the real datasets, so the default run walks the loaders real data walks::
       images/{id}.png                   RGB scenes, ``image_size`` px
       audio/{id}.wav                    1.0 s, mono, 16 kHz, 16-bit PCM
       scenes.jsonl                      ground truth per sample: shapes (kind, color, size, x, y,
-                                        bbox), has_red, tone, f0 ... (for tests and task checks)
+                                        bbox), has_red, tone, hiss, signal, marker, corrupted,
+                                        faded, what each modality shows, f0 ... (for tests and
+                                        task checks; the only place that says which samples are
+                                        corrupted)
       captions.json                     Karpathy-style captions (5 per image)
       annotations/captions_{split}.json COCO-style caption references (pycocoevalcap reads them)
       vqa/questions_{split}.json        VQA v2 questions (Open-Ended)
       vqa/annotations_{split}.json      VQA v2 annotations (10 identical answers each)
 
-Attributes and targets
-    ``has_red``: whether the scene holds at least one red shape. Exactly balanced (labels are a
-    seeded permutation of ``i % 6``); drawn first, then the scene is built around it (with
-    ``has_red = 0`` no shape is red). Visible in the image and in *every* caption.
-    ``tone`` (low / mid / high): the pitch band of the audio's fundamental (200-300, 500-700,
-    1100-1500 Hz). Audio only: the image never shows it, captions and questions never mention it.
-    ``label = 3 * has_red + tone``: the 6-class multimodal target ("no_red/low" ... "red/high").
+Attributes
+    ``has_red``: whether the scene holds at least one red shape; drawn first, then the scene is
+    built around it (with ``has_red = 0`` no shape is red). Visible in the image and in *every*
+    caption. ``tone`` (low / mid / high): the pitch band of the sound's fundamental (200-300,
+    500-700, 1100-1500 Hz); audio only: the image never shows it, captions and questions never
+    mention it. ``hiss`` (low / high): a band of noise at 4.8-5.4 or 5.6-6.2 kHz; audio only.
+    ``marker`` (a / b) and ``signal`` (off / on): the signal is written in the session's code,
+    ``code = signal XOR marker`` (on = 1, b = 1), and each modality shows the code and the marker
+    on cues of its own: the image the code as the stripes (horizontal / vertical) and the marker
+    as the background tint (cool / warm), the audio the code as a hum (80-100 / 130-160 Hz) and
+    the marker as a whistle (6.7-6.9 / 7.4-7.6 kHz). Read alone, a modality gives the signal as
+    code XOR marker. None of these is named in a caption or asked about.
+    ``corrupted`` (none / image / audio; 3/5, 1/5, 1/5), unflagged - only ``scenes.jsonl`` says
+    which samples: a corrupted image shows the other session's marker (the tint flipped, its
+    code intact), a corrupted audio the other code (the hum flipped, its marker intact). Read
+    alone, either then gives the wrong signal - misleading - and nothing in it says so; what
+    gives it away is the other modality: an image's marker disagreeing with the audio's, or, with
+    the markers agreeing, an audio reading that disagrees with the image's.
+    ``faded`` (none / image / audio; 3/5, 1/5, 1/5, independent of everything else): a faded
+    image has a plain background (no stripes, no tint), a faded audio no hiss; visibly missing.
+    All of them are the digits of one balanced design (:func:`~fusionkit.data.shapes_scene.design`),
+    shuffled by the seeded permutation that always shuffled the labels: for ``n`` a multiple of
+    1200 every combination occurs in exact proportion (balanced, mutually independent); has_red
+    and tone stay exactly balanced whenever 6 divides ``n``, as before. The splits deal each label
+    class by design block, so each split keeps the new targets balanced too (for 1200 scenes: the
+    corruption, hiss and synergy exactly in every split, the signal within 4 samples of half,
+    mixed within 2 of a quarter, the fades within 14 of a fifth; a random split of 180 would be off
+    by about 7 on a binary target).
 
-Accuracy ceilings on ``label`` (:data:`CEILINGS`, also stored in ``dataset.json`` ``info``)
-    chance 1/6. image 1/3: the image decides ``has_red`` but holds nothing about ``tone`` (scenes
-    are drawn from random streams independent of the tone), so the best one can do is guess the
-    tone. text 1/3, exactly: captions never name a colour or shape that is absent, and every
-    caption - including the two that may describe only part of the scene - names every red shape,
-    so the manifest's caption (one of the five, picked at random) decides ``has_red`` too.
-    audio 1/2: the audio decides ``tone`` but nothing about ``has_red``. image+text 1/3 (both
-    carry the same bit). Any two modalities including audio ("fused"): 1.0. These hold for the
-    whole dataset and, as splits are stratified by label, for every split (up to rounding for
-    tiny ``n``).
+Targets (``dataset.json`` ``targets``; what carries them: ``info["informative_modalities"]``)
+    ``label = 3 * has_red + tone`` (6 classes, "no_red/low" ... "red/high"), ``has_red``, ``tone``,
+    and one target per kind of interaction (``info["interaction_targets"]``):
+    ``redundant`` = has_red: the same bit in the image and in the caption.
+    ``unique`` = hiss: in the audio only.
+    ``synergy`` = has_red XOR (hiss is high): in no modality alone, only in image (or caption) and
+    audio together.
+    ``unreliable`` = signal: in the image and in the audio, each wrong on an unflagged fifth.
+    ``mixed`` = 2 * synergy + unreliable (4 classes "no/off" ... "yes/on"): synergy, redundancy
+    (has_red in image and caption, the signal in image and audio), uniqueness (hiss) and the
+    unreliable modalities at once.
+
+Accuracy ceilings (:data:`~fusionkit.data.shapes_scene.TARGET_CEILINGS`, ``info["target_ceilings"]``;
+``label``'s also as ``info["ceilings"]`` / ``["ceilings_by_subset"]``)
+    What the best possible classifier scores given each modality, each pair and all three
+    (``fused``), and what additive late fusion can reach (``late``: the minimiser of the
+    population cross-entropy over sums of one logit vector per modality - what training a sum of
+    per-modality logits converges to). They follow from the design, since each modality's file is
+    a function of these attributes and of random streams independent of them (the scene's layout
+    depends on has_red only, a caption on the layout only, the manifest's caption is picked at
+    random among the five); with R = 1/5 (corrupted) and F = 1/5 (faded):
+
+    ============  ======  =====  ====  =====  ==========  ===========  ==========  ====  =====
+    target        chance  image  text  audio  image+text  audio+image  audio+text  late  fused
+    ============  ======  =====  ====  =====  ==========  ===========  ==========  ====  =====
+    label         1/6     1/3    1/3   1/2    1/3         1            1           1     1
+    has_red       1/2     1      1     1/2    1           1            1           1     1
+    tone          1/3     1/3    1/3   1      1/3         1            1           1     1
+    redundant     1/2     1      1     1/2    1           1            1           1     1
+    unique        1/2     1/2    1/2   0.90   1/2         0.90         0.90        0.90  0.90
+    synergy       1/2     1/2    1/2   1/2    1/2         0.90         0.90        1/2   0.90
+    unreliable    1/2     0.74   1/2   0.80   0.74        0.96         0.80        0.80  0.96
+    mixed         1/4     0.37   1/4   0.40   0.37        0.86         0.72        0.40  0.86
+    ============  ======  =====  ====  =====  ==========  ===========  ==========  ====  =====
+
+    ``label``: the image and every caption decide has_red (captions never name a colour or shape
+    that is absent and every caption, the partial ones too, names every red shape) but hold
+    nothing about the tone, so the tone is a guess: 1/3; the audio decides the tone, has_red is a
+    guess: 1/2; any pair with the audio: 1. It is additive - the posterior factors into
+    p(has_red | image or text) p(tone | audio) - so late fusion reaches 1 too; so do has_red
+    (image, text) and tone (audio), and ``redundant`` (= has_red): either of image and caption
+    alone reaches its ceiling, the audio knows nothing of it.
+    ``unique`` (hiss): only the audio carries it, and only when it is not faded: 1 - F/2 = 0.90
+    (a faded hiss is a guess), from the audio alone, any pair with it and late fusion alike.
+    ``synergy``: has_red and hiss are independent and balanced, so no single modality (nor image
+    and caption together) says anything about their XOR: 1/2. Together, has_red (image or
+    caption) with the hiss gives it, except for a faded hiss: 1 - F/2 = 0.90. Late fusion: 1/2.
+    A sum of per-modality logits f(image) + g(audio) [+ h(text)] cannot represent an XOR of a
+    bit of one modality with a bit of another (concat.py's docstring: at most 3 of the 4 cells, a
+    decision rule no cross-entropy training picks): the population cross-entropy is convex in
+    (f, g), and unchanged under f -> -f, g(hiss) -> -g(1 - hiss) and under f(has_red) ->
+    -f(1 - has_red), g -> -g (each maps the data's distribution onto itself); averaging any
+    minimiser over these maps gives one that is no worse and is constant - the logits carry
+    nothing, every prediction is at chance.
+    ``unreliable``: a modality read alone (code XOR marker) is wrong exactly when it is
+    corrupted: the audio 1 - R = 0.80; the image the same when not faded, a guess when faded:
+    (1 - F)(1 - R) + F/2 = 0.74; the caption knows nothing of it (1/2) and adds nothing to either.
+    Image and audio together: when the image's marker (tint) disagrees with the audio's
+    (whistle), the image is the corrupted one and the audio's reading is right; when they agree
+    the image's reading is right (only the audio can then be corrupted). Equivalently, the
+    image's code (stripes) read with the audio's marker (whistle) is right on every sample - the
+    two cues no corruption touches. Wrong only when the image is faded (no code, no marker) and
+    the audio corrupted: 1 - F R = 0.96. Late fusion: each modality's own evidence is its
+    reading, right 4/5 of the time whichever it is (a corruption is independent of what a
+    modality shows), so a sum of per-modality logits can only side with one of two disagreeing
+    readings, the same one whatever the markers: 0.80 (the audio's, which no fade hides).
+    Why the markers: a corruption a modality shows by itself (noise, a visible artefact) would
+    not defeat late fusion - its own logits can fall silent on a visibly corrupted input, and the
+    sum is then exactly the Bayes rule, as long as the modalities are independent given the
+    target. A sum of per-modality logits loses only where a modality's reliability shows in
+    another modality; here, in the disagreement of the markers.
+    ``mixed``: its two bits rest on disjoint evidence (the XOR on has_red and the hiss, the signal
+    on stripes, tint, hum and whistle), linked only by the fade, which hides the image's cues or
+    the hiss, never both: image alone 0.74/2 = 0.37, audio alone 0.80/2 = 0.40 (neither knows the
+    XOR), caption 1/4; audio + caption 0.90 x 0.80 = 0.72; image + audio
+    and all three: 1 - F/2 - F R = 0.86 (hiss faded: the XOR is a guess; image faded: the signal
+    is wrong if the audio is corrupted). Late fusion: its XOR half at chance, its signal half at
+    0.80: 0.40.
+    Every fused ceiling of synergy, unreliable and mixed is at least 15 points above every single
+    modality's. They hold exactly for a dataset of a multiple of 1200 scenes, and for each of its
+    splits up to the few samples of imbalance above; ``tests/data/test_shapes_targets.py``
+    recomputes every one from the design's cells.
+
+Difficulty: the cues are faint (stripes of 3-5 levels, a 12-18 level tint, a whistle and a hum
+20-40 dB below the tone, hiss about as loud as the background noise), the fades and the corruption
+are the noise;
+the ceilings above are what an ideal observer reaches, what the frozen encoders and a classifier
+trained on 840 samples reach is lower and differs by fusion family (``docs/datasets.md``).
 
 Captions: at least 3 of the 5 name every shape with its colour (lists, counted groups such as
 "two red circles", relations "left of / right of / above / below" between shapes whose colour and
@@ -48,14 +151,18 @@ shapes are there?"), existence ("is there a green star?", yes/no drawn 50/50) an
 is borderline). :func:`answer_question` recomputes any question's answer from a scene.
 
 Determinism: every sample draws from its own ``numpy`` generator seeded by (seed, index, stream),
-so the same parameters give byte-identical files. Re-running :func:`generate` with the same
-parameters on a complete folder returns it untouched; otherwise the dataset is written into a
-temporary sibling folder and renamed over ``root``, so ``root`` never holds a half-written
-dataset that looks complete.
+so the same parameters give byte-identical files. Generator version 3 (the interaction targets)
+keeps version 2's labels, layouts, captions and questions for every seed: the background cues
+and the sound's cues draw from streams of their own. Re-running :func:`generate` with the same
+parameters on a complete folder returns it untouched; otherwise (another version included) the
+dataset is written into a temporary sibling folder and renamed over ``root``, so ``root`` never
+holds a half-written dataset that looks complete.
 
-Modules: the vocabulary, scene layout, drawing and tone synthesis are
+Modules: the vocabulary, the attribute design, the targets and their ceilings, the scene layout,
+drawing and sound synthesis, and reading the cues back from the files are
 :mod:`fusionkit.data.shapes_scene`; captions, questions and answers :mod:`fusionkit.data.shapes_text`;
-this module generates, writes (dataset, Karpathy / COCO captions, VQA v2 files) and validates.
+:func:`validate` is :mod:`fusionkit.data.shapes_validate`; this module generates and writes the
+dataset, the Karpathy / COCO captions and the VQA v2 files.
 """
 
 from __future__ import annotations
@@ -84,36 +191,54 @@ from fusionkit.data.base import (
     load_dataset,
     write_dataset,
 )
-from fusionkit.data.caption_formats import coco_images, karpathy_images
-from fusionkit.data.problems import Problems
-from fusionkit.data.readers import open_image, read_json
 from fusionkit.data.shapes_scene import (
     CEILINGS,
     CEILINGS_BY_SUBSET,
     COLOR_WORDS,
     COLORS,
+    CORRUPTED,
+    CORRUPTIONS,
+    DESIGN_PERIOD,
     DURATION_S,
+    FADED,
+    FADES,
+    HISS,
+    HISS_BANDS,
+    HUM_BANDS,
     INFORMATIVE_MODALITIES,
+    INTERACTION_TARGETS,
     KINDS,
     LABELS,
-    MAX_SHAPES,
+    MARKERS,
     MODALITIES,
+    NAME,
     NUMBERS,
     SAMPLE_RATE,
+    SIGNALS,
+    STRIPES,
+    TARGET_CEILINGS,
     TARGETS,
+    TINTS,
     TONE_BANDS,
     TONES,
+    WHISTLE_BANDS,
     WORD_TO_KIND,
     _audio,
     _layout,
     _render,
     _rng,
     caption_words,
+    design,
+    measure_audio_cues,
+    measure_image_cues,
     relation,
+    shown,
+    target_ceilings,
+    targets_of,
     tokenize,
 )
 from fusionkit.data.shapes_text import _captions, _questions, answer_question
-from fusionkit.data.vqa import VQAFile, read_vqa_file, vqa_annotations, vqa_questions
+from fusionkit.data.shapes_validate import validate
 from fusionkit.progress import progress as progress_bar
 
 __all__ = [
@@ -121,31 +246,47 @@ __all__ = [
     "CEILINGS_BY_SUBSET",
     "COLORS",
     "COLOR_WORDS",
+    "CORRUPTED",
+    "CORRUPTIONS",
+    "HISS",
+    "INFORMATIVE_MODALITIES",
+    "INTERACTION_TARGETS",
     "KINDS",
     "LABELS",
+    "MARKERS",
     "NUMBERS",
+    "SIGNALS",
+    "TARGETS",
+    "TARGET_CEILINGS",
     "TONES",
     "TONE_BANDS",
     "WORD_TO_KIND",
     "answer_question",
     "caption_words",
+    "design",
     "generate",
+    "measure_audio_cues",
+    "measure_image_cues",
     "relation",
+    "shown",
+    "target_ceilings",
+    "targets_of",
     "tokenize",
     "validate",
 ]
 
-NAME = "shapes"
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: the interaction targets and their cues (2: questions_per_scene)
 
 # files besides the manifest that a complete dataset holds (relative to the root)
 _ENTRIES = {"dataset.json", "manifest.jsonl", "scenes.jsonl", "captions.json", "images", "audio", "annotations", "vqa"}
 
 
 def _params(
-    n: int, seed: int, image_size: int, splits: Sequence[float], questions_per_scene: int = 5
+    n: int, seed: int, image_size: int, splits: Sequence[float], questions_per_scene: int = 5, fades: bool = True
 ) -> dict[str, Any]:
     extra = {} if questions_per_scene == 5 else {"questions_per_scene": int(questions_per_scene)}
+    if not fades:
+        extra["fades"] = False
     return {
         **extra,
         "generator": f"fusionkit.data.shapes v{GENERATOR_VERSION}",
@@ -159,16 +300,34 @@ def _params(
 
 
 # ------------------------------------------------------------------------------------ splits
-def _assign_splits(labels: np.ndarray, rng: np.random.Generator, fractions: Sequence[float]) -> list[str]:
+def _assign_splits(
+    labels: np.ndarray, rng: np.random.Generator, fractions: Sequence[float], order: np.ndarray | None = None
+) -> list[str]:
     """Stratified, deterministic: within each class (shuffled) the k-th of n_c samples sits at
     u = (k + offset_c) / n_c in [0, 1) and goes to the split whose cumulative fraction covers u.
     Offsets differ per tone, so tiny classes do not all round the same way, and are equal for
-    "no_red/t" and "red/t", so every split keeps has_red balanced and independent of the tone."""
+    "no_red/t" and "red/t", so every split keeps has_red balanced and independent of the tone.
+
+    ``order`` (the design's ``block`` per sample, :func:`~fusionkit.data.shapes_scene.design`):
+    within a class the shuffled samples are then dealt block by block - every block once (from a
+    seeded starting block), then again - so each split, a contiguous run of that order, holds
+    consecutive blocks and with them hiss, signal, marker and corruption state in their design
+    proportions (exactly, for n a multiple of 240)."""
     bounds = np.cumsum(fractions)
+    period = DESIGN_PERIOD // 6
     out = [""] * len(labels)
     for c in sorted(set(labels.tolist())):
         idx = np.flatnonzero(labels == c)
         idx = idx[rng.permutation(len(idx))]
+        if order is not None:
+            start = int(rng.integers(period))
+            seen: Counter[int] = Counter()
+            keys = []
+            for i in idx:
+                b = int(order[i]) % period
+                keys.append(seen[b] * period + (b - start) % period)
+                seen[b] += 1
+            idx = idx[np.argsort(keys, kind="stable")]
         offset = (c % len(TONES) + 0.5) / len(TONES)
         for k, i in enumerate(idx):
             u = (k + offset) / len(idx)
@@ -231,6 +390,7 @@ def generate(
     overwrite: bool = False,
     progress: bool = True,
     questions_per_scene: int = 5,
+    fades: bool = True,
 ) -> Dataset:
     """Write the synthetic shapes dataset to ``root`` (see the module docstring) and load it.
 
@@ -251,7 +411,9 @@ def generate(
             f"shapes: questions_per_scene = {questions_per_scene!r}; expected an integer from 1 to 10 "
             "(question ids are image_id * 10 + j)"
         )
-    params = _params(n, seed, image_size, splits, questions_per_scene)
+    if not isinstance(fades, bool):
+        raise DatasetError(f"shapes: fades = {fades!r}; expected True or False")
+    params = _params(n, seed, image_size, splits, questions_per_scene, fades)
     with dataset_lock(root):
         if not overwrite and (ds := _complete(root, params)) is not None:
             return ds
@@ -287,18 +449,29 @@ def _write_all(out: Path, params: dict[str, Any], progress: bool) -> None:
     (out / "annotations").mkdir()
     (out / "vqa").mkdir()
     top = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2**31,)))
-    labels = top.permutation(np.arange(n) % len(LABELS))
-    split_of = _assign_splits(labels, top, params["splits"])
+    # the design shuffled by the permutation that always shuffled the labels (labels unchanged)
+    order = top.permutation(n)
+    attrs = {k: v[order] for k, v in design(n, params.get("fades", True)).items()}
+    labels = 3 * attrs["has_red"] + attrs["tone"]
+    split_of = _assign_splits(labels, top, params["splits"], order=attrs["block"])
     samples, scenes = [], []
     for i in progress_bar(range(n), enabled=progress, desc="shapes dataset", unit="sample"):
         sid = f"{NAME}_{i:05d}"
-        label = int(labels[i])
-        has_red, tone = label // 3, label % 3
+        has_red, tone = int(attrs["has_red"][i]), int(attrs["tone"][i])
+        hiss, signal, marker = int(attrs["hiss"][i]), int(attrs["signal"][i]), int(attrs["marker"][i])
+        corrupted, faded = CORRUPTIONS[int(attrs["corruption"][i])], FADES[int(attrs["fade"][i])]
+        show = shown(marker, signal, corrupted)
+        targets = targets_of(has_red, tone, hiss, signal)
         r_scene, r_img, r_aud, r_txt = (_rng(seed, i, s) for s in range(4))
+        r_img_cue, r_aud_cue = _rng(seed, i, 5), _rng(seed, i, 6)  # stream 4: the extra questions
         shapes = _layout(r_scene, bool(has_red), size)
-        pixels, bg = _render(r_img, shapes, size)
+        pixels, bg, cues = _render(
+            r_img, shapes, size, show["image"]["code"], show["image"]["marker"], r_img_cue, faded == "image"
+        )
         Image.fromarray(pixels, "RGB").save(out / "images" / f"{sid}.png", format="PNG", compress_level=1)
-        wave, audio_meta = _audio(r_aud, TONES[tone])
+        wave, audio_meta = _audio(
+            r_aud, TONES[tone], HISS[hiss], show["audio"]["code"], show["audio"]["marker"], r_aud_cue, faded == "audio"
+        )
         sf.write(out / "audio" / f"{sid}.wav", wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
         caps = _captions(r_txt, shapes, size)
         qas = _questions(r_txt, shapes, size)[: params.get("questions_per_scene", 5)]
@@ -317,7 +490,7 @@ def _write_all(out: Path, params: dict[str, Any], progress: bool) -> None:
                 id=sid,
                 split=split,
                 modalities={"image": f"images/{sid}.png", "text": text, "audio": f"audio/{sid}.wav"},
-                targets={"label": label, "has_red": has_red, "tone": tone},
+                targets=targets,
             )
         )
         scenes.append(
@@ -325,9 +498,16 @@ def _write_all(out: Path, params: dict[str, Any], progress: bool) -> None:
                 "id": sid,
                 "imgid": i,
                 "split": split,
-                "label": label,
+                "label": targets["label"],
                 "has_red": has_red,
                 "tone": TONES[tone],
+                "hiss": HISS[hiss],
+                "signal": SIGNALS[signal],
+                "marker": MARKERS[marker],
+                "corrupted": corrupted,
+                "faded": faded,
+                "shown": show,
+                "image_cues": cues,
                 "audio": audio_meta,
                 "background": bg,
                 "shapes": shapes,
@@ -339,15 +519,26 @@ def _write_all(out: Path, params: dict[str, Any], progress: bool) -> None:
     _write_captions(out, scenes)
     _write_vqa(out, scenes)
     info = {
-        "description": "fusionkit synthetic shapes: coloured-shape scenes, captions, VQA, and an audio tone "
-        "(label = 3 * has_red + tone; see fusionkit/data/shapes.py)",
+        "description": "fusionkit synthetic shapes: coloured-shape scenes, captions, VQA, and a sound "
+        "(label = 3 * has_red + tone; targets by interaction type redundant, unique, synergy, unreliable, mixed; "
+        "see fusionkit/data/shapes.py)",
         "params": params,
-        "ceilings": CEILINGS,
-        "ceilings_by_subset": CEILINGS_BY_SUBSET,
+        "ceilings": CEILINGS,  # of label
+        "ceilings_by_subset": CEILINGS_BY_SUBSET,  # of label
+        # of every target (chance, each modality, pairs, late, fused)
+        "target_ceilings": target_ceilings(FADED["image"] if params.get("fades", True) else 0.0),
+        "interaction_targets": list(INTERACTION_TARGETS),
         # which modalities carry each target's information, by construction (the interpretability
         # check compares learned modality weights with this)
         "informative_modalities": INFORMATIVE_MODALITIES,
+        "corrupted_fraction": CORRUPTED,  # unflagged: only scenes.jsonl says which samples
+        # the image's background cues or the audio's hiss left out
+        "faded_fraction": FADED if params.get("fades", True) else dict.fromkeys(FADED, 0.0),
         "tone_bands_hz": {k: list(v) for k, v in TONE_BANDS.items()},
+        "hiss_bands_hz": {k: list(v) for k, v in HISS_BANDS.items()},
+        # the signal in the session's code (code = signal XOR marker), as each modality shows it
+        "code": {"image": {"stripes": list(STRIPES)}, "audio": {"hum_hz": [list(b) for b in HUM_BANDS]}},
+        "marker": {"image": {"tint": list(TINTS)}, "audio": {"whistle_hz": [list(b) for b in WHISTLE_BANDS]}},
         "colors": list(COLORS),
         "kinds": list(KINDS),
         "files": {
@@ -366,7 +557,24 @@ def _dump(obj: Any) -> str:
 
 
 def _write_scenes(out: Path, scenes: list[dict[str, Any]]) -> None:
-    keep = ("id", "imgid", "split", "label", "has_red", "tone", "audio", "background", "shapes")
+    keep = (
+        "id",
+        "imgid",
+        "split",
+        "label",
+        "has_red",
+        "tone",
+        "hiss",
+        "signal",
+        "marker",
+        "corrupted",
+        "faded",
+        "shown",
+        "image_cues",
+        "audio",
+        "background",
+        "shapes",
+    )
     atomic_write_text(out / "scenes.jsonl", "".join(_dump({k: s[k] for k in keep}) for s in scenes))
 
 
@@ -444,264 +652,3 @@ def _write_vqa(out: Path, scenes: list[dict[str, Any]]) -> None:
             out / "vqa" / f"annotations_{sp}.json",
             _dump({"info": info, "data_type": NAME, "data_subtype": sp, "license": {}, "annotations": anns[sp]}),
         )
-
-
-# ---------------------------------------------------------------------------------- validate
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise DatasetError(f"{path}: missing; expected a file written by fusionkit.data.shapes.generate")
-    return read_json(path)
-
-
-def _vqa_file(path: Path, key: str) -> VQAFile | None:
-    if not path.is_file():
-        raise DatasetError(f"{path}: missing; expected a file written by fusionkit.data.shapes.generate")
-    return read_vqa_file(path, key)
-
-
-def _field(obj: Any, key: str, where: str, typ: type | tuple[type, ...]) -> Any:
-    if not isinstance(obj, dict) or key not in obj:
-        raise DatasetError(f"{where}: missing key {key!r}")
-    v = obj[key]
-    if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
-        raise DatasetError(f"{where}: {key!r} = {v!r}; expected {typ}")
-    return v
-
-
-def _check_caption(raw: str, scene: dict[str, Any], where: str) -> None:
-    colors, kinds = caption_words(raw)
-    scene_colors = {s["color"] for s in scene["shapes"]}
-    scene_kinds = {s["kind"] for s in scene["shapes"]}
-    if bad := colors - scene_colors:
-        raise DatasetError(
-            f"{where}: caption {raw!r} names colour(s) {sorted(bad)} absent from the scene ({sorted(scene_colors)})"
-        )
-    if bad := kinds - scene_kinds:
-        raise DatasetError(
-            f"{where}: caption {raw!r} names shape(s) {sorted(bad)} absent from the scene ({sorted(scene_kinds)})"
-        )
-    if scene["has_red"] and "red" not in colors:
-        raise DatasetError(f"{where}: caption {raw!r} omits the scene's red shape; every caption must name it")
-    if not colors:
-        raise DatasetError(f"{where}: caption {raw!r} names no colour; expected the colour of every shape it names")
-
-
-def validate(root: str | os.PathLike) -> dict[str, Any]:
-    """Re-read everything :func:`generate` wrote and check it is consistent.
-
-    Checks the manifest (via load_dataset), every PNG (opens, RGB, right size), every WAV (rate,
-    length, mono), scenes.jsonl against the targets (has_red from the shapes, label = 3 * has_red
-    + tone), captions.json and the COCO references (ids, splits, tokens, colour and shape words a
-    subset of the scene's, every red shape named), the VQA files (ids, splits, 10 identical
-    answers, each answer recomputed from the scene). Raises DatasetError naming the file and the
-    record; returns a summary dict."""
-    raise_all = Problems("raise")  # the shared parsers raise at the first malformed record
-    root = Path(root)
-    ds = load_dataset(root)
-    meta_path = root / "dataset.json"
-    params = ds.info.get("params") if isinstance(ds.info, dict) else None
-    if ds.name != NAME or not isinstance(params, dict):
-        raise DatasetError(f"{meta_path}: name {ds.name!r} / info.params {params!r}; expected a shapes dataset")
-    if ds.targets != TARGETS or ds.modalities != MODALITIES:
-        raise DatasetError(
-            f"{meta_path}: targets/modalities {ds.targets} {ds.modalities}; expected {TARGETS} {MODALITIES}"
-        )
-    size = params.get("image_size")
-    if len(ds) != params.get("n"):
-        raise DatasetError(
-            f"{root / 'manifest.jsonl'}: {len(ds)} samples; dataset.json info.params says n = {params.get('n')}"
-        )
-    by_id = {s.id: s for s in ds.samples}
-
-    # scenes.jsonl vs manifest
-    scenes_path = root / "scenes.jsonl"
-    if not scenes_path.is_file():
-        raise DatasetError(f"{scenes_path}: missing; expected one scene per manifest sample")
-    scenes: dict[str, dict[str, Any]] = {}
-    scene_by_imgid: dict[int, dict[str, Any]] = {}
-    for lineno, line in enumerate(scenes_path.read_text(encoding="utf-8").splitlines(), 1):
-        where = f"{scenes_path}:{lineno}"
-        try:
-            sc = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{where}: not valid JSON ({e})") from e
-        sid = _field(sc, "id", where, str)
-        where = f"{where} (id {sid!r})"
-        if sid not in by_id or sid in scenes:
-            raise DatasetError(f"{where}: id not in manifest.jsonl, or repeated")
-        smp = by_id[sid]
-        shapes = _field(sc, "shapes", where, list)
-        if not 1 <= len(shapes) <= MAX_SHAPES:
-            raise DatasetError(f"{where}: {len(shapes)} shapes; expected 1-{MAX_SHAPES}")
-        for s in shapes:
-            if s.get("color") not in COLORS or s.get("kind") not in KINDS:
-                raise DatasetError(f"{where}: shape {s}; expected a colour in {list(COLORS)} and a kind in {KINDS}")
-        has_red = int(any(s["color"] == "red" for s in shapes))
-        tone = TONES.index(sc.get("tone")) if sc.get("tone") in TONES else None
-        expect = {"has_red": has_red, "tone": tone, "label": None if tone is None else 3 * has_red + tone}
-        if sc.get("has_red") != has_red or smp.targets != expect or sc.get("label") != expect["label"]:
-            raise DatasetError(
-                f"{where}: targets in manifest.jsonl {smp.targets} / scene has_red {sc.get('has_red')} "
-                f"disagree with the scene's shapes (expected {expect})"
-            )
-        if sc.get("split") != smp.split:
-            raise DatasetError(f"{where}: split {sc.get('split')!r}; manifest.jsonl says {smp.split!r}")
-        scenes[sid] = sc
-        scene_by_imgid[_field(sc, "imgid", where, int)] = sc
-    if missing := set(by_id) - set(scenes):
-        raise DatasetError(f"{scenes_path}: no scene for manifest id(s) {sorted(missing)[:5]}")
-
-    # media files
-    for smp in ds.samples:
-        img_path = ds.path(smp, "image")
-        with open_image(img_path, smp.id) as im:
-            im.load()
-            mode, im_size = im.mode, im.size
-        if mode != "RGB" or im_size != (size, size):
-            raise DatasetError(f"{img_path} (id {smp.id!r}): {mode} {im_size}; expected RGB ({size}, {size})")
-        wav_path = ds.path(smp, "audio")
-        try:
-            wi = sf.info(str(wav_path))
-        except (sf.LibsndfileError, RuntimeError) as e:
-            raise DatasetError(f"{wav_path} (id {smp.id!r}): not a readable WAV ({e})") from e
-        if (wi.samplerate, wi.channels, wi.frames) != (SAMPLE_RATE, 1, int(SAMPLE_RATE * DURATION_S)):
-            raise DatasetError(
-                f"{wav_path} (id {smp.id!r}): {wi.samplerate} Hz, {wi.channels} ch, {wi.frames} frames; "
-                f"expected {SAMPLE_RATE} Hz mono, {int(SAMPLE_RATE * DURATION_S)} frames"
-            )
-
-    # captions.json
-    cap_path = root / "captions.json"
-    caps = _read_json(cap_path)
-    if not isinstance(caps, dict) or caps.get("dataset") != NAME or not isinstance(caps.get("images"), list):
-        raise DatasetError(f"{cap_path}: expected {{'dataset': 'shapes', 'images': [...]}}")
-    captions_of: dict[int, list[str]] = {}
-    sentids: set[int] = set()
-    for im in karpathy_images(cap_path, raise_all, caps):
-        img, fn, where = im.raw, im.filename, im.where
-        imgid = _field(img, "imgid", where, int)
-        sc = scene_by_imgid.get(imgid)
-        if (
-            sc is None
-            or fn != f"images/{sc['id']}.png"
-            or img.get("split") != sc["split"]
-            or img.get("cocoid") != imgid
-        ):
-            raise DatasetError(
-                f"{where}: imgid {imgid} / split {img.get('split')!r} / cocoid {img.get('cocoid')!r} "
-                "do not match scenes.jsonl and manifest.jsonl"
-            )
-        sents = _field(img, "sentences", where, list)
-        if len(sents) != 5 or img.get("sentids") != [s.get("sentid") for s in sents]:
-            raise DatasetError(f"{where}: expected 5 sentences whose sentids match 'sentids'")
-        raws = []
-        for j, sent in enumerate(sents):
-            w = f"{where} sentence {j} (sentid {sent.get('sentid')})"
-            raw = _field(sent, "raw", w, str)
-            if sent.get("tokens") != tokenize(raw) or sent.get("imgid") != imgid or sent.get("sentid") in sentids:
-                raise DatasetError(f"{w}: tokens/imgid/sentid inconsistent with raw {raw!r} and imgid {imgid}")
-            sentids.add(sent["sentid"])
-            _check_caption(raw, sc, w)
-            raws.append(raw)
-        captions_of[imgid] = raws
-        smp = by_id[sc["id"]]
-        if smp.modalities["text"] not in raws:
-            raise DatasetError(
-                f"{root / 'manifest.jsonl'} (id {smp.id!r}): text {smp.modalities['text']!r} is not one of "
-                f"its captions in {cap_path}"
-            )
-    if set(captions_of) != set(scene_by_imgid):
-        raise DatasetError(
-            f"{cap_path}: images {len(captions_of)}; expected one entry per scene ({len(scene_by_imgid)})"
-        )
-
-    # COCO references and VQA, per split
-    q_count = 0
-    answer_types: Counter[str] = Counter()
-    question_types: Counter[str] = Counter()
-    per_split_q: dict[str, int] = {}
-    for sp in SPLITS:
-        ids = {i for i, sc in scene_by_imgid.items() if sc["split"] == sp}
-        coco_path = root / "annotations" / f"captions_{sp}.json"
-        coco = _read_json(coco_path)
-        if not isinstance(coco, dict) or coco.get("type") != "captions":
-            raise DatasetError(f"{coco_path}: expected a COCO captions object with type 'captions'")
-        coco_imgs = coco_images(coco_path, raise_all, coco)
-        coco_ids = {im.id for im in coco_imgs}
-        if coco_ids != ids:
-            raise DatasetError(
-                f"{coco_path}: image ids differ from the {sp!r} split of manifest.jsonl "
-                f"(extra {sorted(coco_ids - ids)[:5]}, missing {sorted(ids - coco_ids)[:5]})"
-            )
-        got = {im.id: [c for c, _ in im.captions] for im in coco_imgs if im.captions}
-        for i in ids:
-            if got.get(i) != captions_of[i]:
-                raise DatasetError(f"{coco_path}: image_id {i}: captions {got.get(i)} differ from {cap_path}")
-        q_path = root / "vqa" / f"questions_{sp}.json"
-        a_path = root / "vqa" / f"annotations_{sp}.json"
-        qf, af = _vqa_file(q_path, "questions"), _vqa_file(a_path, "annotations")
-        if qf is None or qf.doc.get("task_type") != "Open-Ended" or qf.subtype != sp:
-            raise DatasetError(
-                f"{q_path}: expected a VQA v2 questions object (task_type Open-Ended, data_subtype {sp!r})"
-            )
-        if af is None:
-            raise DatasetError(f"{a_path}: expected a VQA v2 annotations object {{'annotations': [...]}}")
-        questions: dict[int, dict[str, Any]] = {}
-        for vq in vqa_questions(qf, raise_all):
-            qid, w = vq.question_id, vq.where
-            if qid in questions or vq.image_id not in ids:
-                raise DatasetError(f"{w}: repeated id, or image_id {vq.image_id} not in split {sp!r}")
-            questions[qid] = vq.raw
-        seen_a: set[int] = set()
-        for ann in vqa_annotations(af, raise_all):
-            a, qid, w = ann.raw, ann.question_id, ann.where
-            q = questions.get(qid)
-            if q is None or qid in seen_a or a.get("image_id") != q["image_id"]:
-                raise DatasetError(f"{w}: no matching question in {q_path} (or repeated / different image_id)")
-            seen_a.add(qid)
-            mc = _field(a, "multiple_choice_answer", w, str)
-            answers = _field(a, "answers", w, list)
-            if (
-                len(answers) != 10
-                or [x.get("answer") for x in answers] != [mc] * 10
-                or [x.get("answer_id") for x in answers] != list(range(1, 11))
-            ):
-                raise DatasetError(f"{w}: expected 10 answers (answer_id 1..10) all equal to {mc!r}")
-            sc = scene_by_imgid[q["image_id"]]
-            try:
-                expect, atype = answer_question(sc["shapes"], q["question"], size)
-            except ValueError as e:
-                raise DatasetError(
-                    f"{w}: question {q['question']!r} about {sc['id']} has no unambiguous answer ({e})"
-                ) from e
-            if (mc, a.get("answer_type")) != (expect, atype):
-                raise DatasetError(
-                    f"{w}: question {q['question']!r} about {sc['id']}: answer {mc!r} ({a.get('answer_type')}); "
-                    f"the scene gives {expect!r} ({atype})"
-                )
-            answer_types[atype] += 1
-            question_types[_field(a, "question_type", w, str)] += 1
-            if atype == "yes/no":
-                answer_types[f"yes/no:{mc}"] += 1
-        if seen_a != set(questions):
-            raise DatasetError(
-                f"{a_path}: no annotation for question ids {sorted(set(questions) - seen_a)[:5]} of {q_path}"
-            )
-        per_split_q[sp] = len(questions)
-        q_count += len(questions)
-
-    summary = ds.summary()
-    summary.update(
-        {
-            "root": str(root),
-            "n_images": len(ds),
-            "n_audio": len(ds),
-            "n_captions": sum(len(v) for v in captions_of.values()),
-            "n_questions": q_count,
-            "questions_per_split": per_split_q,
-            "answer_types": dict(answer_types),
-            "question_types": dict(question_types),
-            "ceilings": ds.info.get("ceilings"),
-        }
-    )
-    return summary

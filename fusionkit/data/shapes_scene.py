@@ -1,7 +1,8 @@
 """The shapes dataset's scenes (:mod:`fusionkit.data.shapes`): the vocabulary (colours, shape
-kinds and their words, sizes, relations, tones), the targets and their accuracy ceilings, the
-seeded layout of 1-4 shapes, drawing a scene as an RGB image, and synthesising its one-second
-tone. Every function draws from the generator it is given, so a scene depends only on its seed."""
+kinds and their words, sizes, relations, tones), the scene attributes and their balanced design,
+the targets and their accuracy ceilings, the seeded layout of 1-4 shapes, drawing a scene as an RGB
+image (with its background cues), and synthesising its one-second sound (tone and audio cues).
+Every function draws from the generator it is given, so a scene depends only on its seed."""
 
 from __future__ import annotations
 
@@ -13,20 +14,33 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+NAME = "shapes"
 SAMPLE_RATE = 16_000
 DURATION_S = 1.0
 
-CEILINGS: dict[str, float] = {"chance": 1 / 6, "image": 1 / 3, "text": 1 / 3, "audio": 1 / 2, "fused": 1.0}
-INFORMATIVE_MODALITIES = {"has_red": ["image", "text"], "tone": ["audio"], "label": ["audio", "image", "text"]}
-CEILINGS_BY_SUBSET: dict[str, float] = {
-    "image": 1 / 3,
-    "text": 1 / 3,
-    "audio": 1 / 2,
-    "image+text": 1 / 3,
-    "audio+image": 1.0,
-    "audio+text": 1.0,
-    "audio+image+text": 1.0,
-}
+# ------------------------------------------------------------------ attributes beyond the shapes
+# (fusionkit/data/shapes.py's docstring, "Attributes", says what each one is for)
+HISS = ("low", "high")  # audio only: a band of noise, low or high
+HISS_BANDS: dict[str, tuple[float, float]] = {"low": (4800.0, 5400.0), "high": (5600.0, 6200.0)}
+MARKERS = ("a", "b")  # the session marker
+SIGNALS = ("off", "on")  # written in the session's code: code = signal XOR marker (on = 1, b = 1)
+# each modality shows the code and the marker, on cues of its own (index: the bit)
+STRIPES = ("horizontal", "vertical")  # image, the code: faint background stripes
+TINTS = ("cool", "warm")  # image, the marker: the background's tint
+HUM_BANDS: tuple[tuple[float, float], ...] = ((80.0, 100.0), (130.0, 160.0))  # audio, the code: a steady hum
+WHISTLE_BANDS: tuple[tuple[float, float], ...] = ((6700.0, 6900.0), (7400.0, 7600.0))  # audio, the marker
+CORRUPTIONS = ("none", "image", "audio")
+#: fraction of the samples whose image, or (other samples) whose audio, is corrupted, unflagged
+CORRUPTED = {"image": 1 / 5, "audio": 1 / 5}
+FADES = ("none", "image", "audio")
+#: fraction of the samples whose image background cues faded out (no stripes, no tint), or
+#: (other samples) whose hiss dropped out: visibly missing, independent of the corruption
+FADED = {"image": 1 / 5, "audio": 1 / 5}
+#: the state (0 none, 1 image, 2 audio) of each of 5 consecutive values of a design digit
+_LEVELS = (0, 1, 0, 2, 0)
+#: one period of the balanced design: 2 (has_red) x 3 (tone) x 200 blocks; a block's q % 8 gives
+#: hiss, signal and marker, q % 5 the corruption and (q // 5) % 5 the fade (8 and 25 are coprime)
+DESIGN_PERIOD = 1200
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -68,8 +82,84 @@ NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}
 TONES = ("low", "mid", "high")
 TONE_BANDS: dict[str, tuple[float, float]] = {"low": (200.0, 300.0), "mid": (500.0, 700.0), "high": (1100.0, 1500.0)}
 LABELS = [f"{r}/{t}" for r in ("no_red", "red") for t in TONES]
-TARGETS = {"label": LABELS, "has_red": ["no", "yes"], "tone": list(TONES)}
+MIXED = [f"{x}/{s}" for x in ("no", "yes") for s in SIGNALS]
+TARGETS = {
+    "label": LABELS,
+    "has_red": ["no", "yes"],
+    "tone": list(TONES),
+    "redundant": ["no", "yes"],
+    "unique": list(HISS),
+    "synergy": ["no", "yes"],
+    "unreliable": list(SIGNALS),
+    "mixed": MIXED,
+}
+#: the targets by interaction type (shapes.py's docstring derives their ceilings)
+INTERACTION_TARGETS = ("redundant", "unique", "synergy", "unreliable", "mixed")
 MODALITIES = {"image": "image", "text": "text", "audio": "audio"}
+
+# Accuracy ceilings (derived in shapes.py's docstring). ``label``'s stay where they always were:
+CEILINGS: dict[str, float] = {"chance": 1 / 6, "image": 1 / 3, "text": 1 / 3, "audio": 1 / 2, "fused": 1.0}
+CEILINGS_BY_SUBSET: dict[str, float] = {
+    "image": 1 / 3,
+    "text": 1 / 3,
+    "audio": 1 / 2,
+    "image+text": 1 / 3,
+    "audio+image": 1.0,
+    "audio+text": 1.0,
+    "audio+image+text": 1.0,
+}
+#: the columns of :data:`TARGET_CEILINGS`: chance, each single modality, each pair, additive late
+#: fusion (``late``: what the population cross-entropy minimiser over sums of per-modality logits
+#: scores) and full fusion (``fused``: every modality, any function of them)
+CEILING_KEYS = ("chance", "image", "text", "audio", "image+text", "audio+image", "audio+text", "late", "fused")
+
+
+def target_ceilings(faded: float = FADED["image"]) -> dict[str, dict[str, float]]:
+    """Every target's accuracy ceilings (columns :data:`CEILING_KEYS`) when a fraction ``faded`` of
+    the images and another of the sounds are faded (0: ``generate(..., fades=False)``); derived in
+    shapes.py's docstring, recomputed from the design's cells by tests/data/test_shapes_targets.py."""
+    r, f = CORRUPTED["image"], faded  # the formulas take the image's and the audio's rates equal
+    ui = (1 - f) * (1 - r) + f / 2  # unreliable, image alone: faded -> a guess, else wrong if corrupted
+    uf = 1 - f * r  # unreliable, image + audio: wrong only if the image faded and the audio is corrupted
+    rows = {
+        "label": (1 / 6, 1 / 3, 1 / 3, 1 / 2, 1 / 3, 1.0, 1.0, 1.0, 1.0),
+        "has_red": (1 / 2, 1.0, 1.0, 1 / 2, 1.0, 1.0, 1.0, 1.0, 1.0),
+        "tone": (1 / 3, 1 / 3, 1 / 3, 1.0, 1 / 3, 1.0, 1.0, 1.0, 1.0),
+        "redundant": (1 / 2, 1.0, 1.0, 1 / 2, 1.0, 1.0, 1.0, 1.0, 1.0),
+        "unique": (1 / 2, 1 / 2, 1 / 2, 1 - f / 2, 1 / 2, 1 - f / 2, 1 - f / 2, 1 - f / 2, 1 - f / 2),
+        "synergy": (1 / 2, 1 / 2, 1 / 2, 1 / 2, 1 / 2, 1 - f / 2, 1 - f / 2, 1 / 2, 1 - f / 2),
+        "unreliable": (1 / 2, ui, 1 / 2, 1 - r, ui, uf, 1 - r, 1 - r, uf),
+        "mixed": (
+            1 / 4,
+            ui / 2,
+            1 / 4,
+            (1 - r) / 2,
+            ui / 2,
+            1 - f / 2 - f * r,
+            (1 - f / 2) * (1 - r),
+            (1 - r) / 2,
+            1 - f / 2 - f * r,
+        ),
+    }
+    return {t: dict(zip(CEILING_KEYS, row, strict=True)) for t, row in rows.items()}
+
+
+assert CORRUPTED["image"] == CORRUPTED["audio"] and FADED["image"] == FADED["audio"]  # target_ceilings' formulas
+#: every target's accuracy ceilings with the default fades
+TARGET_CEILINGS = target_ceilings()
+#: which modalities carry each target's information, by construction (the interpretability check
+#: compares learned modality weights with this; synergy and mixed need two of them at once, so
+#: every modality that holds a part is listed)
+INFORMATIVE_MODALITIES = {
+    "has_red": ["image", "text"],
+    "tone": ["audio"],
+    "label": ["audio", "image", "text"],
+    "redundant": ["image", "text"],
+    "unique": ["audio"],
+    "synergy": ["audio", "image", "text"],
+    "unreliable": ["audio", "image"],
+    "mixed": ["audio", "image", "text"],
+}
 
 SMALL_SIDE = (0.17, 0.21)  # fraction of the image side (>= 12 %, so red stays salient at 224 px)
 LARGE_SIDE = (0.28, 0.34)
@@ -89,6 +179,68 @@ PHRASE_TO_DIRECTION = {p: d for d, ps in REL_PHRASES.items() for p in ps}
 
 
 Shape = dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------ design
+def design(n: int, fades: bool = True) -> dict[str, np.ndarray]:
+    """The balanced attribute design of samples ``0 .. n-1``, before :func:`shapes.generate`
+    shuffles it (one seeded permutation of the samples, the same one that always shuffled the
+    labels): for ``j = i % 1200``, ``tone = j % 3``, ``has_red = (j // 3) % 2`` (so ``label = j % 6``,
+    exactly as before), and for the block ``q = j // 6``: ``hiss``, ``signal`` and ``marker`` are
+    the three bits of ``q % 8``, the corruption state is level ``q % 5`` and the fade level
+    ``(q // 5) % 5`` of (none, image, none, audio, none). ``q % 8`` and ``q % 25`` run through all
+    200 pairs in every 200 consecutive blocks (Chinese remainder), so every 1200 samples hold each
+    combination of the attributes in exact proportion: for ``n`` a multiple of 1200 they are
+    exactly balanced and mutually independent (corruption and fade 3 : 1 : 1 each). For other
+    ``n``, ``has_red`` and ``tone`` stay exactly balanced whenever 6 divides ``n`` (as before), the
+    corruption and the fade are exact whenever 150 divides ``n`` (the smoke profile's 150 scenes:
+    one cycle of ``q % 25``); otherwise the corruption is off by at most one block of 6 samples, the
+    fade by one run of 5 blocks (30), and each bit by a few blocks (hiss by one, signal by two,
+    marker by four). ``block`` (``q``) orders the samples of a class when the splits
+    are assigned, so every split keeps the new targets balanced too. ``fades=False``: no fades."""
+    j = np.arange(n) % DESIGN_PERIOD
+    q = j // 6
+    bits = q % 8
+    levels = np.array(_LEVELS)
+    return {
+        "has_red": (j // 3) % 2,
+        "tone": j % 3,
+        "hiss": bits & 1,
+        "signal": (bits >> 1) & 1,
+        "marker": (bits >> 2) & 1,
+        "corruption": levels[q % 5],
+        "fade": levels[(q // 5) % 5] if fades else np.zeros_like(q),
+        "block": q,
+    }
+
+
+def targets_of(has_red: int, tone: int, hiss: int, signal: int) -> dict[str, int]:
+    """Every target of a scene from its attributes (indices into :data:`TARGETS`' classes)."""
+    synergy = int(has_red) ^ int(hiss)
+    return {
+        "label": 3 * int(has_red) + int(tone),
+        "has_red": int(has_red),
+        "tone": int(tone),
+        "redundant": int(has_red),
+        "unique": int(hiss),
+        "synergy": synergy,
+        "unreliable": int(signal),
+        "mixed": 2 * synergy + int(signal),
+    }
+
+
+def shown(marker: int, signal: int, corruption: str) -> dict[str, dict[str, Any]]:
+    """What the image and the audio show: each the code (``signal XOR marker``) and the marker
+    (bits), and the signal it reads alone (``code XOR marker``, a name). Clean, the truth. A
+    corrupted image shows the other session's marker (its code intact), a corrupted audio the
+    wrong code (its marker intact): read alone, either gives the wrong signal and nothing in it
+    says so. What no corruption touches: the image's code and the audio's marker."""
+    code = signal ^ marker
+    marker_i, code_a = marker ^ int(corruption == "image"), code ^ int(corruption == "audio")
+    return {
+        "image": {"code": code, "marker": marker_i, "signal": SIGNALS[code ^ marker_i]},
+        "audio": {"code": code_a, "marker": marker, "signal": SIGNALS[code_a ^ marker]},
+    }
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -200,11 +352,54 @@ def _polygon(kind: str, x: float, y: float, side: float) -> list[tuple[float, fl
     raise ValueError(kind)
 
 
-def _render(rng: np.random.Generator, shapes: list[Shape], size: int) -> tuple[np.ndarray, list[int]]:
+def _background(
+    rng: np.random.Generator, bg: list[int], size: int, code: int, marker: int, faded: bool = False
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The background at ``SUPERSAMPLE`` x ``size``: the colour ``bg`` tinted by ``delta`` levels,
+    warm (red up, blue down) or cool (the reverse) by ``TINTS[marker]``, with faint square-wave
+    stripes of ``amplitude`` levels and ``period`` px, ``STRIPES[code]``; ``faded``: plain ``bg``
+    (no tint, no stripes; the draws are made all the same). Draws only from ``rng`` (the
+    image-cue stream)."""
+    delta = float(rng.uniform(12.0, 18.0))
+    amplitude = float(rng.uniform(3.0, 5.0))
+    period = float(rng.uniform(6.0, 10.0))  # px of the image
+    phase = float(rng.uniform(0.0, 2 * math.pi))
+    sign = 0.0 if faded else 1.0 if TINTS[marker] == "warm" else -1.0
+    color = np.array(bg, dtype=np.float64) + sign * delta * np.array([1.0, 0.0, -1.0])
+    side = size * SUPERSAMPLE
+    coord = (np.arange(side) + 0.5) / SUPERSAMPLE
+    wave = (0.0 if faded else amplitude) * np.sign(np.sin(2 * math.pi * coord / period + phase))
+    stripes = wave[:, None] if STRIPES[code] == "horizontal" else wave[None, :]  # varies along rows or columns
+    arr = color[None, None, :] + np.broadcast_to(stripes, (side, side))[..., None]
+    meta = {
+        "stripes": None if faded else STRIPES[code],
+        "tint": None if faded else TINTS[marker],
+        "stripe_period": round(period, 3),
+        "stripe_amplitude": round(amplitude, 3),
+        "tint_delta": round(delta, 3),
+    }
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8), meta
+
+
+def _render(
+    rng: np.random.Generator,
+    shapes: list[Shape],
+    size: int,
+    code: int = 0,
+    marker: int = 0,
+    cue_rng: np.random.Generator | None = None,
+    faded: bool = False,
+) -> tuple[np.ndarray, list[int], dict[str, Any]]:
+    """The scene's RGB pixels, its base background colour and its background cues (what
+    :func:`_background` drew for ``code`` and ``marker``, from ``cue_rng``; the shapes, colours
+    and pixel noise still draw from ``rng`` exactly as before the cues existed)."""
     base = int(rng.integers(222, 248))
     bg = [int(np.clip(base + t, 0, 255)) for t in rng.integers(-6, 7, 3)]
     ss = SUPERSAMPLE
-    img = Image.new("RGB", (size * ss, size * ss), tuple(bg))
+    back, cues = _background(
+        cue_rng if cue_rng is not None else np.random.default_rng(0), bg, size, code, marker, faded
+    )
+    img = Image.fromarray(back, "RGB")
     draw = ImageDraw.Draw(img)
     for s in shapes:
         fill = tuple(
@@ -222,10 +417,33 @@ def _render(rng: np.random.Generator, shapes: list[Shape], size: int) -> tuple[n
             draw.polygon(_polygon(s["kind"], x, y, side), fill=fill, outline=outline, width=ss)
     arr = np.asarray(img.reduce(ss), dtype=np.int16)
     arr = arr + np.rint(rng.normal(0.0, 3.0, arr.shape)).astype(np.int16)
-    return np.clip(arr, 0, 255).astype(np.uint8), bg
+    return np.clip(arr, 0, 255).astype(np.uint8), bg, cues
 
 
-def _audio(rng: np.random.Generator, tone: str) -> tuple[np.ndarray, dict[str, float]]:
+def _band_noise(rng: np.random.Generator, lo: float, hi: float, n: int, rms: float) -> np.ndarray:
+    """White noise from ``rng`` band-limited to ``lo``-``hi`` Hz (FFT mask), scaled to ``rms``."""
+    spec = np.fft.rfft(rng.normal(0.0, 1.0, n))
+    freqs = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
+    spec[(freqs < lo) | (freqs > hi)] = 0
+    y = np.fft.irfft(spec, n)
+    return rms * y / max(float(np.sqrt(np.mean(y**2))), 1e-12)
+
+
+def _audio(
+    rng: np.random.Generator,
+    tone: str,
+    hiss: str = "low",
+    code: int = 0,
+    marker: int = 0,
+    cue_rng: np.random.Generator | None = None,
+    faded: bool = False,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The one-second sound: the tone (drawn from ``rng`` exactly as before the audio cues
+    existed) plus three steady cues from ``cue_rng``, all quieter than the tone and below its
+    fundamental (200 Hz) or above its third harmonic (4.5 kHz): a hum in ``HUM_BANDS[code]``, a
+    whistle in ``WHISTLE_BANDS[marker]`` and a band of hiss (``hiss``: 4.8-5.4 or 5.6-6.2 kHz),
+    which ``faded`` leaves out. Every cue's draws are made whatever the values."""
+    rnd = cue_rng if cue_rng is not None else np.random.default_rng(0)
     lo, hi = TONE_BANDS[tone]
     f0 = float(rng.uniform(lo, hi))
     onset = float(rng.uniform(0.0, 0.3))
@@ -244,5 +462,79 @@ def _audio(rng: np.random.Generator, tone: str) -> tuple[np.ndarray, dict[str, f
     env = np.clip(rel / attack, 0, 1) * np.clip((dur - rel) / release, 0, 1)
     env *= np.exp(-1.5 * np.clip(rel, 0, None))  # gentle decay
     y = amp * env * wave / (1 + h2 + h3) + rng.normal(0.0, 0.01, t.shape)
-    meta = {"f0": round(f0, 3), "onset_s": round(onset, 4), "duration_s": round(dur, 4)}
+    tones = {}
+    for name, (lo_c, hi_c), level in (
+        ("hum", HUM_BANDS[code], (0.004, 0.008)),
+        ("whistle", WHISTLE_BANDS[marker], (0.008, 0.014)),
+    ):
+        f, a, ph = float(rnd.uniform(lo_c, hi_c)), float(rnd.uniform(*level)), float(rnd.uniform(0, 2 * np.pi))
+        y = y + a * np.sin(2 * np.pi * f * t + ph)
+        tones[f"{name}_hz"] = round(f, 3)
+    hiss_rms = float(rnd.uniform(0.006, 0.012))
+    y = y + (0.0 if faded else 1.0) * _band_noise(rnd, *HISS_BANDS[hiss], len(t), hiss_rms)
+    meta = {
+        "f0": round(f0, 3),
+        "onset_s": round(onset, 4),
+        "duration_s": round(dur, 4),
+        **tones,
+        "hiss": None if faded else hiss,
+        "hiss_rms": 0.0 if faded else round(hiss_rms, 5),
+    }
     return np.clip(y, -1, 1).astype(np.float32), meta
+
+
+# ------------------------------------------------------------------ reading the cues back
+#: :func:`measure_image_cues`' stripe contrast above which an image has stripes, and
+#: :func:`measure_audio_cues`' hiss band energy ratio above which a clip has hiss (what the
+#: generator's output measures, with and without: tests/data/test_shapes_targets.py)
+STRIPE_CONTRAST, HISS_RATIO = 1.0, 2.5
+
+
+def measure_image_cues(pixels: np.ndarray) -> dict[str, Any]:
+    """What an image's raw pixels show of the background cues, measured (for validation), on the
+    background pixels (within 20 levels of the light pixels' median colour in every channel: no
+    shape colour or outline passes): the tint from their mean red minus blue; the stripes from the
+    mean variance of the background within each row and within each column: stripes run along
+    the lines they are constant on, so horizontal ones leave rows flat and vertical ones columns
+    (``stripe_contrast``: how much larger the other direction's variance is, in levels squared)."""
+    px = np.asarray(pixels, dtype=np.float64)
+    light = px.min(axis=-1) > 175
+    centre = np.median(px[light], axis=0) if light.any() else np.full(3, 230.0)
+    back = (np.abs(px - centre) < 20).all(axis=-1)
+    gray = px.mean(axis=-1)
+
+    def within(axis: int) -> float:  # mean variance of the background along ``axis`` (1: within rows)
+        n = back.sum(axis=axis)
+        s1 = np.where(back, gray, 0).sum(axis=axis)
+        s2 = np.where(back, gray**2, 0).sum(axis=axis)
+        keep = n >= 8
+        if not keep.any():
+            return 0.0
+        var = s2[keep] / n[keep] - (s1[keep] / n[keep]) ** 2
+        return float(np.average(var, weights=n[keep]))
+
+    rows, cols = within(1), within(0)
+    tint = "warm" if float(np.mean(px[..., 0][back] - px[..., 2][back])) > 0 else "cool"
+    return {"stripes": "horizontal" if rows < cols else "vertical", "tint": tint, "stripe_contrast": abs(rows - cols)}
+
+
+def measure_audio_cues(wave: np.ndarray) -> dict[str, Any]:
+    """What a clip's raw samples show of the audio cues, measured (for validation): the hum's and
+    the whistle's frequencies (the spectral peaks in 60-180 Hz and 6.6-7.7 kHz), which hiss band
+    holds more energy and how many times more (``hiss_ratio``)."""
+    y = np.asarray(wave, dtype=np.float64)
+    mag = np.abs(np.fft.rfft(y))
+    freqs = np.fft.rfftfreq(len(y), 1 / SAMPLE_RATE)
+
+    def peak(lo: float, hi: float) -> float:
+        band = (freqs >= lo) & (freqs <= hi)
+        return float(freqs[band][np.argmax(mag[band])])
+
+    energy = {h: float(np.sum(mag[(freqs >= lo) & (freqs <= hi)] ** 2)) for h, (lo, hi) in HISS_BANDS.items()}
+    hiss = max(energy, key=energy.get)
+    return {
+        "hum_hz": peak(60, 180),
+        "whistle_hz": peak(6600, 7700),
+        "hiss": hiss,
+        "hiss_ratio": energy[hiss] / max(min(energy.values()), 1e-12),
+    }

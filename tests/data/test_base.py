@@ -62,3 +62,15 @@ def test_media_paths_are_checked_by_one_function(tmp_path):
     assert safe_media_path(tmp_path, "./images//a.png", "w") == "images/a.png"
     with pytest.raises(DatasetError, match=r"^w: absolute path '/etc/passwd' refused"):
         safe_media_path(tmp_path, "/etc/passwd", "w")
+
+
+def test_ceilings_are_the_targets_own(tmp_path):
+    from fusionkit.data import shapes
+
+    ds = shapes.generate(tmp_path / "shapes", n=24, image_size=32, progress=False)
+    assert ds.ceilings("mixed") == shapes.TARGET_CEILINGS["mixed"] != ds.ceilings("label")
+    assert ds.ceilings() == ds.ceilings("label") == shapes.TARGET_CEILINGS["label"]
+    del ds.info["target_ceilings"]
+    assert ds.ceilings() == ds.info["ceilings"] and ds.ceilings("mixed") == {}  # info["ceilings"]: the first target's
+    with pytest.raises(KeyError, match="target 'nope' not in dataset"):
+        ds.ceilings("nope")

@@ -86,9 +86,20 @@ def test_dataset_json_manifest_and_media(root):
     ds = load_dataset(root)
     assert ds.name == "shapes" and len(ds) == N
     assert ds.modalities == {"image": "image", "text": "text", "audio": "audio"}
-    assert ds.targets == {"label": shapes.LABELS, "has_red": ["no", "yes"], "tone": ["low", "mid", "high"]}
+    assert ds.targets == {
+        "label": shapes.LABELS,
+        "has_red": ["no", "yes"],
+        "tone": ["low", "mid", "high"],
+        "redundant": ["no", "yes"],
+        "unique": ["low", "high"],
+        "synergy": ["no", "yes"],
+        "unreliable": ["off", "on"],
+        "mixed": ["no/off", "no/on", "yes/off", "yes/on"],
+    }
     assert shapes.LABELS == ["no_red/low", "no_red/mid", "no_red/high", "red/low", "red/mid", "red/high"]
     assert ds.info["ceilings"] == shapes.CEILINGS
+    assert ds.info["target_ceilings"] == shapes.TARGET_CEILINGS
+    assert set(ds.info["informative_modalities"]) == set(ds.targets)
     assert ds.info["params"]["n"] == N and ds.info["params"]["seed"] == SEED
     assert [s.id for s in ds.samples] == [f"shapes_{i:05d}" for i in range(N)]
     for s in ds.samples:
@@ -423,10 +434,11 @@ def test_validate_catches_a_missing_image(copy):
 
 def test_validate_catches_a_truncated_image_and_a_short_wav(copy):
     png = copy / "images" / "shapes_00003.png"
-    png.write_bytes(png.read_bytes()[:200])
+    good = png.read_bytes()
+    png.write_bytes(good[:200])
     with pytest.raises(DatasetError, match=r"shapes_00003\.png"):
         shapes.validate(copy)
-    shutil.copy(copy / "images" / "shapes_00002.png", png)
+    png.write_bytes(good)
     sf.write(copy / "audio" / "shapes_00005.wav", np.zeros(8000), 16000, subtype="PCM_16")
     with pytest.raises(DatasetError, match=r"shapes_00005\.wav.*8000 frames"):
         shapes.validate(copy)
@@ -549,11 +561,11 @@ def test_a_crash_leaves_no_half_written_dataset(tmp_path, monkeypatch, copy):
     real = shapes._audio
     calls = {"n": 0}
 
-    def failing(rng, tone):
+    def failing(*args, **kw):
         calls["n"] += 1
         if calls["n"] == 5:
             raise RuntimeError("disk full")
-        return real(rng, tone)
+        return real(*args, **kw)
 
     monkeypatch.setattr(shapes, "_audio", failing)
     with pytest.raises(RuntimeError, match="disk full"):
