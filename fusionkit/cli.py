@@ -167,7 +167,7 @@ def _cmd_data_interactions(args: argparse.Namespace) -> int:
         index = FeatureIndex.read(index_path)
         mods = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
         prof = interactions.profile(index, target, seeds=range(args.seed, args.seed + args.seeds), modalities=mods,
-                                    cfg=cfg, hidden=args.hidden, joint=args.joint, split=args.split,
+                                    cfg=cfg, hidden=args.hidden, joint=args.joint or interactions.JOINT, split=args.split,
                                     comparison=comparison)  # fmt: skip
     except (KeyError, FileNotFoundError, ValueError) as e:
         print(f"fusionkit: error: {e.args[0] if e.args else e}", file=sys.stderr)
@@ -204,7 +204,7 @@ def _add_interactions_command(sub) -> None:
     di.add_argument("--seed", type=int, default=0, help="first seed")
     di.add_argument("--modalities", default="", help="comma-separated modalities to pair (default: all)")
     di.add_argument("--split", choices=["test", "val"], default="test", help="where the informations are estimated")
-    di.add_argument("--joint", default="concat", help="the fusion method that estimates I(a,b;Y)")
+    di.add_argument("--joint", default=None, help="the fusion method that estimates I(a,b;Y) (default: lmf)")
     di.add_argument("--epochs", type=int, default=40)
     di.add_argument("--lr", type=float, default=2e-3)
     di.add_argument("--hidden", type=int, default=128)

@@ -11,8 +11,12 @@ cross-entropy of a classifier trained on ``X`` and ``H_V(Y)`` that of the best c
 the empirical label entropy of the held-out split. The classifiers are fusionkit's own trainings
 (``fusionkit.grid.run_job``, the comparison's jobs at the comparison's default configuration):
 ``unimodal:<m>`` for ``I(m; Y)``, ``late`` (additive: a sum of per-modality logits) for the
-information additive fusion extracts, and ``joint`` (default ``concat``: an MLP over both
-modalities, so an XOR is learnable) for ``I(a, b; Y)``. Each is trained on the train split,
+information additive fusion extracts, and ``joint`` (default :data:`JOINT`, ``lmf``: Low-rank
+Multimodal Fusion, whose products of the modalities' projections, each with an appended 1, hold
+every additive rule and the cross-modal ones such as an XOR) for ``I(a, b; Y)``. ``concat`` (an MLP
+over both) could learn an XOR in principle, but on the shapes' ``synergy`` target it stays at
+chance (test accuracy 0.470 over 3 seeds, so ``S = 0`` on every pair) where ``lmf`` reaches 0.865
+and finds the synergy of the audio with the caption (0.71 bits, every seed). Each is trained on the train split,
 early-stopped on validation, its logits' temperature fitted on validation (minimum NLL; a
 classifier early-stopped on accuracy can be over-confident, and a scaled predictor is in the same
 family), and scored on ``split`` (default: test, which nothing here chooses anything on).
@@ -52,7 +56,11 @@ additive split of ``S`` tells such synergy apart from true interaction:
 **Validation** (``tests/test_interactions.py``): on synthetic features whose interaction type is
 known by construction - redundant (the same bit in both modalities), unique (the bit in one
 modality only), synergistic (``Y = a XOR b``, ``a`` in one modality, ``b`` in the other) - the
-component that defines the type is the largest one in every seed.
+component that defines the type is the largest one in every seed. On the synthetic shapes'
+targets (default profile's features, 3 seeds, ``fusionkit data interactions RUN --target T
+--seeds 3``): ``redundant`` -> redundancy on image / text, ``unique`` -> unique:audio on both
+audio pairs, ``synergy`` -> synergy on audio / text, each in every seed (on audio / image, where
+the image's has_red is the noisier cue, the synergy shows in one seed of three).
 
 ::
 
@@ -90,6 +98,8 @@ COMPONENTS = ("redundancy", "unique_a", "unique_b", "synergy")
 #: below this many bits no component is called the largest ("none": nothing usable was found)
 NONE_BELOW = 0.01
 ESTIMATION_SPLITS = ("val", "test")
+#: the fusion method that estimates ``I(a, b; Y)`` by default (module docstring)
+JOINT = "lmf"
 
 
 class InteractionError(ValueError):
@@ -172,7 +182,7 @@ class Evidence:
     unimodal: dict[str, Score]
     late: Score
     joint: Score
-    joint_method: str = "concat"
+    joint_method: str = "lmf"
     best_fusion: Score | None = None
     best_fusion_method: str | None = None
 
@@ -260,7 +270,7 @@ class InteractionProfile:
     num_classes: int
     pairs: tuple[PairInteraction, ...]
     evidence: Evidence
-    joint_method: str = "concat"
+    joint_method: str = "lmf"
     class_names: tuple[str, ...] = field(default=())
 
     def pair(self, a: str, b: str) -> PairInteraction:
@@ -406,7 +416,7 @@ def profile(
     cfg: TrainConfig | None = None,
     hidden: int = 128,
     dropout: float = 0.1,
-    joint: str = "concat",
+    joint: str = JOINT,
     split: str = "test",
     comparison: pd.DataFrame | str | Path | None = None,
     output: str = "pooled",

@@ -46,7 +46,7 @@ def test_xor_synergy_is_beyond_late_fusion_and_the_evidence_says_so(profiles):
     (pair,) = prof.pairs
     assert pair.mean("synergy_beyond_late") > 0.15 > 0.02 > pair.mean("synergy_late")
     ev = prof.evidence
-    assert ev.late.test < 0.65 and ev.joint.test > 0.7  # late fusion cannot do an XOR; concat can
+    assert ev.late.test < 0.65 and ev.joint.test > 0.7  # late fusion cannot do an XOR; the joint model (lmf) can
     assert max(s.test for s in ev.unimodal.values()) < 0.6
     assert ev.gaps()["joint - late"] > 0.15
 
