@@ -18,6 +18,8 @@ from fusionkit.tracking import read_mirror
 
 #: long tables the report links to instead of showing
 LINK_ONLY = {"comparison_runs", "noise_curves", "robustness_summary", "class_balance", "feature_stats"}
+#: 05's VQA-RAD table (``workbook.evaluate_task`` logs the VQA task's tables as ``vqa_<name>``)
+PUBLISHED_TABLE = "vqa_vqarad_vs_published"
 STEP_ORDER = ["01_data_prep", "02_feature_extraction", "03_fusion_comparison", "04_train", "05_evaluate", "06_report"]
 
 
@@ -156,9 +158,9 @@ def _by_interaction(run_dir: Path, records: list[dict[str, Any]]) -> list[str]:
 
 def _published(run_dir: Path, records: list[dict[str, Any]]) -> list[str]:
     """VQA-RAD: fusionkit's closed / open / all accuracy next to the published numbers (05's table
-    ``vqarad_vs_published``, :func:`fusionkit.tasks.vqa.task.published_table`), with a warning while
+    :data:`PUBLISHED_TABLE`, :func:`fusionkit.tasks.vqa.task.published_table`), with a warning while
     fusionkit's rows come from a split carved from the training questions."""
-    rec = next((r for r in records if r.get("kind") == "table" and r.get("key") == "vqarad_vs_published"), None)
+    rec = next((r for r in records if r.get("kind") == "table" and r.get("key") == PUBLISHED_TABLE), None)
     if rec is None or not (run_dir / rec["path"]).exists():
         return []
     df = pd.read_csv(run_dir / rec["path"])

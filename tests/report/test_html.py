@@ -142,7 +142,7 @@ def test_vqarad_numbers_sit_next_to_the_published_ones_marked_not_comparable(tmp
     for official in (False, True):
         table = published_table(rows, VQATable([], info={"benchmark": "vqa-rad", "official_test": official}))
         with tracking.start(tmp_path, "05_evaluate", mode="disabled") as t:
-            t.log_table("vqarad_vs_published", table)
+            t.log_table("vqa_vqarad_vs_published", table)  # as 05 logs the VQA task's table
         report.build_report(tmp_path)
         html = (tmp_path / "report.html").read_text()
         section = html[html.index("VQA-RAD next to the published numbers") : html.index("<h2>Summary")]
