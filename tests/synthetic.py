@@ -58,3 +58,43 @@ def interaction_problem(
             feats[m] = sign * protos[m] + noise * torch.randn(n, dim, generator=g)
         out[split] = SplitData(feats, bits[2], [f"{split}{i}" for i in range(n)])
     return out
+
+
+def vqarad_folder(root, n_images: int = 20, per_image: int = 4, test: bool = False, size: int = 32):
+    """A tiny VQA-RAD folder (``trainset.json``, ``testset.json`` when ``test``, ``images/``) in the
+    real format, with the real data's quirks: ``"CLOSED "`` with a stray space, answers in mixed
+    case with spaces, a numeric answer. Greyscale JPEGs; the brightness of image ``i`` tells its
+    closed answer (``i % 2``: yes on bright images). Returns ``root``."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    organs = ("HEAD", "CHEST", "ABD")
+    train, tests = [], []
+    qid = 0
+    for i in range(n_images):
+        name = f"synpic{1000 + i}.jpg"
+        level = 200 if i % 2 else 40
+        Image.fromarray(np.full((size, size), level, dtype=np.uint8), "L").save(root / "images" / name)
+        for j in range(per_image + (1 if test else 0)):
+            qid += 1
+            closed = j % 2 == 0
+            rec = {
+                "qid": qid,
+                "image_name": name,
+                "image_organ": organs[i % 3],
+                "answer": ("Yes" if i % 2 else "no ") if closed else (["Left lung", " left lung", 2][(i + j) % 3]),
+                "answer_type": ("CLOSED " if qid % 7 == 0 else "CLOSED") if closed else "OPEN",
+                "question_type": "PRES" if closed else "POS",
+                "question": f"Is there something in image part {j}?" if closed else f"Where is the lesion {j}?",
+                "phrase_type": "freeform",
+            }
+            (tests if test and j == per_image else train).append(rec)
+    (root / "trainset.json").write_text(json.dumps(train, indent=1))
+    if test:
+        (root / "testset.json").write_text(json.dumps(tests, indent=1))
+    return root

@@ -163,6 +163,23 @@ SOURCES: dict[str, dict[str, Any]] = {
         "licence": "annotations CC BY 4.0; images: COCO terms of use",
         "prepare": "vqa",
     },
+    "vqarad": {
+        # the public release (Lau et al. 2018, OSF project 89kps): OSF builds this zip on request,
+        # so it has no fixed size or checksum to verify (the server's Content-Length is checked);
+        # `--from PATH` takes a folder of the MEVF split (trainset.json, testset.json, images/)
+        "folder": "vqarad",
+        "files": (
+            Remote(
+                "https://files.osf.io/v1/resources/89kps/providers/osfstorage/?zip=",
+                "vqarad-osf-89kps.zip",
+                "data",
+                checksum_from="none published: OSF zips the project's files on request",
+            ),
+        ),
+        "homepage": "https://osf.io/89kps/ (Lau, Gayen, Ben Abacha, Demner-Fushman, Scientific Data 5, 180251, 2018)",
+        "licence": "CC0 1.0",
+        "prepare": "vqarad",
+    },
 }
 
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")

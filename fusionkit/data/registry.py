@@ -14,6 +14,8 @@ coco           ``annotations/captions_{train,val}2014.json`` and/or    match
                ``dataset_coco.json`` + image folders
 imagefolder    a folder of images + a captions file                    match
 vqa            VQA v2 questions + annotations JSON + COCO images       answer (top-K answers)
+vqarad         VQA-RAD ``trainset.json`` (+ ``testset.json``) +       answer (training answers; exact
+               ``images/``                                             match after lower-case + trim)
 avdigits       FSDD recordings (+ sklearn's 8x8 digits, offline)       digit
 manifest       your CSV / JSONL / Parquet manifest, or a fusionkit     your target columns
                dataset folder
@@ -21,7 +23,7 @@ manifest       your CSV / JSONL / Parquet manifest, or a fusionkit     your targ
 
 Each loader's options are the keyword-only parameters of its ``scan`` function, documented there
 (:func:`fusionkit.data.captions.scan_flickr`, :func:`fusionkit.data.coco.scan`,
-:func:`fusionkit.data.vqa.scan`, :func:`fusionkit.data.avdigits.scan`,
+:func:`fusionkit.data.vqa.scan`, :func:`fusionkit.data.vqarad.scan`, :func:`fusionkit.data.avdigits.scan`,
 :func:`fusionkit.data.manifest.scan`, ...); :func:`options` lists them with their defaults, and an
 unknown option is an error naming the allowed ones.
 
@@ -70,6 +72,7 @@ from fusionkit.data.base import (
     write_dataset,
 )
 from fusionkit.data.problems import Issue, Problems, Report, check_on_error, class_balance, write_issues
+from fusionkit.data.vqarad import is_vqarad_folder
 
 __all__ = ["Built", "available", "check_raw", "detect", "fingerprint", "options", "prepare"]
 
@@ -82,11 +85,12 @@ _LOADERS: dict[str, str] = {
     "coco": "fusionkit.data.coco:scan",
     "imagefolder": "fusionkit.data.captions:scan_imagefolder",
     "vqa": "fusionkit.data.vqa:scan",
+    "vqarad": "fusionkit.data.vqarad:scan",
     "avdigits": "fusionkit.data.avdigits:scan",
     "manifest": "fusionkit.data.manifest:scan",
 }
 # the download that provides a dataset's raw data (fusionkit data download NAME)
-DOWNLOAD_FOR = {"flickr8k": "flickr8k", "coco": "coco", "vqa": "vqa", "avdigits": "fsdd"}
+DOWNLOAD_FOR = {"flickr8k": "flickr8k", "coco": "coco", "vqa": "vqa", "vqarad": "vqarad", "avdigits": "fsdd"}
 _FIXED = {"source", "seed", "problems", "progress"}
 
 
@@ -373,6 +377,8 @@ def detect(path: str | os.PathLike) -> tuple[str, str]:
         )
     if (path / "dataset.json").is_file():
         return "manifest", "dataset.json: a fusionkit dataset folder"
+    if is_vqarad_folder(path):
+        return "vqarad", "VQA-RAD trainset.json"
     if _has(path, "*questions*.json") and _has(path, "*annotations*.json"):
         return "vqa", "VQA questions + annotations JSON"
     if _has(path, "dataset_flickr30k.json") or _has(path, "results_20130124.token") or _has(path, "results.csv"):
@@ -396,7 +402,7 @@ def detect(path: str | os.PathLike) -> tuple[str, str]:
         return "manifest", tables[0].name
     raise DatasetError(
         f"{path}: cannot tell the dataset format; expected Flickr8k/30k captions (captions.txt, *.token.txt, "
-        "dataset_*.json), COCO captions (annotations/captions_*.json), VQA v2 (*questions*.json + *annotations*.json), "
+        "dataset_*.json), COCO captions (annotations/captions_*.json), VQA v2 (*questions*.json + *annotations*.json), VQA-RAD (trainset.json), "
         "FSDD recordings ({digit}_{speaker}_{index}.wav), a manifest (.csv/.jsonl/.parquet) or a fusionkit dataset "
         "folder (dataset.json)"
     )

@@ -18,6 +18,8 @@ from fusionkit.tracking import read_mirror
 
 #: long tables the report links to instead of showing
 LINK_ONLY = {"comparison_runs", "noise_curves", "robustness_summary", "class_balance", "feature_stats"}
+#: 05's VQA-RAD table (``workbook.evaluate_task`` logs the VQA task's tables as ``vqa_<name>``)
+PUBLISHED_TABLE = "vqa_vqarad_vs_published"
 STEP_ORDER = ["01_data_prep", "02_feature_extraction", "03_fusion_comparison", "04_train", "05_evaluate", "06_report"]
 
 
@@ -154,6 +156,28 @@ def _by_interaction(run_dir: Path, records: list[dict[str, Any]]) -> list[str]:
     return parts
 
 
+def _published(run_dir: Path, records: list[dict[str, Any]]) -> list[str]:
+    """VQA-RAD: fusionkit's closed / open / all accuracy next to the published numbers (05's table
+    :data:`PUBLISHED_TABLE`, :func:`fusionkit.tasks.vqa.task.published_table`), with a warning while
+    fusionkit's rows come from a split carved from the training questions."""
+    rec = next((r for r in records if r.get("kind") == "table" and r.get("key") == PUBLISHED_TABLE), None)
+    if rec is None or not (run_dir / rec["path"]).exists():
+        return []
+    df = pd.read_csv(run_dir / rec["path"])
+    ours = df[df["kind"] != "published"]
+    parts = ["<h2>VQA-RAD next to the published numbers</h2>"]
+    if ours["evaluated_on"].astype(str).str.contains("not comparable").any():
+        parts.append(
+            "<p class='warn'>fusionkit's rows: <b>validation, not comparable</b> - no <code>testset.json</code>, so "
+            "they are measured on images carved from the training questions, not on the official 451 test "
+            "questions the published rows use.</p>"
+        )
+    parts.append(
+        df.to_html(index=False, float_format=lambda x: f"{x:.1f}", classes="tbl", border=0, escape=True, na_rep="")
+    )
+    return parts
+
+
 def build_report(run_dir: str | Path) -> dict[str, Any]:
     """Write ``summary.csv`` and ``report.html`` into the run folder; return the headline."""
     run_dir = Path(run_dir)
@@ -182,6 +206,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
             f" by <b>{100 * head['margin']:+.1f} points</b>.</p>"
         )
     parts.append(f"<p class='note'>{html.escape(SELECTION_PROTOCOL)}</p>")
+    parts.extend(_published(run_dir, records))
     parts.extend(_by_interaction(run_dir, records))
     trials = int(float(head.get("search_trials") or 0))
     if "search_trials" in head:

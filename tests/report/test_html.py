@@ -130,3 +130,21 @@ def test_the_interaction_heatmap_is_the_first_figure_with_a_sentence_per_target(
         "image+audio: mostly synergy (R 0.01, U 0.00 / 0.02, S 0.61 bits, of which 0.01 late fusion already extracts)"
         in html
     )
+
+
+def test_vqarad_numbers_sit_next_to_the_published_ones_marked_not_comparable(tmp_path):
+    from fusionkit.tasks.vqa.data import VQATable
+    from fusionkit.tasks.vqa.task import published_table
+
+    rows = [{"model": "film", "kind": "fusion", "accuracy": 0.5, "answer_type/CLOSED": 0.7, "answer_type/OPEN": 0.25,
+             "n": 400}]  # fmt: skip
+    _fake_run(tmp_path)
+    for official in (False, True):
+        table = published_table(rows, VQATable([], info={"benchmark": "vqa-rad", "official_test": official}))
+        with tracking.start(tmp_path, "05_evaluate", mode="disabled") as t:
+            t.log_table("vqa_vqarad_vs_published", table)  # as 05 logs the VQA task's table
+        report.build_report(tmp_path)
+        html = (tmp_path / "report.html").read_text()
+        section = html[html.index("VQA-RAD next to the published numbers") : html.index("<h2>Summary")]
+        assert "MEVF+BAN" in section and "75.1" in section and "43.9" in section and "70.0" in section
+        assert ("validation, not comparable" in section) is (not official)

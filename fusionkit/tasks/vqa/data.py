@@ -15,7 +15,7 @@ import torch
 from fusionkit.data import problems
 from fusionkit.data.caption_formats import karpathy_images
 from fusionkit.data.vqa import VQAFile, read_vqa_file, vqa_annotations, vqa_questions
-from fusionkit.tasks.vqa.metrics import _answers_of, normalize_answer
+from fusionkit.tasks.vqa.metrics import _answers_of, answer_normaliser, check_metric
 
 Tensor = torch.Tensor
 
@@ -30,16 +30,21 @@ class VQARecord:
     multiple_choice_answer: str
     answer_type: str = ""
     question_type: str = ""
+    image_organ: str = ""  # VQA-RAD: HEAD / CHEST / ABD
 
 
 @dataclass
 class VQATable:
     """The questions of one split with their answers; :attr:`questions` is what the text
-    encoder encodes (in this order)."""
+    encoder encodes (in this order). ``metric``: how its answers are compared ("vqa": VQA v2's
+    accuracy; "exact": VQA-RAD's exact match), from the annotation file's ``"metric"``;
+    ``info``: that file's ``benchmark`` / ``official_test`` entries when it has them."""
 
     records: list[VQARecord]
     source: str = ""
     report: problems.InputReport = field(default_factory=problems.InputReport)
+    metric: str = "vqa"
+    info: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -64,6 +69,7 @@ class VQATable:
                 "answers": list(r.answers),
                 "answer_type": r.answer_type,
                 "question_type": r.question_type,
+                **({"image_organ": r.image_organ} if r.image_organ else {}),
             }
             for r in self.records
         ]
@@ -74,7 +80,7 @@ class VQATable:
         return torch.as_tensor([vocab.index(r.multiple_choice_answer) for r in self.records], dtype=torch.long)
 
     def subset(self, index: Sequence[int]) -> VQATable:
-        return VQATable([self.records[i] for i in index], self.source, self.report)
+        return VQATable([self.records[i] for i in index], self.source, self.report, self.metric, self.info)
 
     def to_frame(self):
         import pandas as pd
@@ -120,6 +126,9 @@ def load_vqa(
     problems.check_on_error(on_error)
     qp, ap = Path(questions_path), Path(annotations_path)
     qf, af = _vqa_file(qp, "questions"), _vqa_file(ap, "annotations")
+    metric = str(af.doc.get("metric", "vqa"))
+    if metric not in ("vqa", "exact"):
+        raise problems.TaskInputError(f"{ap}: metric = {metric!r}; expected 'vqa' or 'exact'")
     report = problems.InputReport(source=f"{qp} + {ap}")
     anns: dict[Any, dict[str, Any]] = {}
     for ann in vqa_annotations(af, problems.ReportProblems(report, on_error, ap)):
@@ -176,6 +185,7 @@ def load_vqa(
                 multiple_choice_answer=mc,
                 answer_type=str(a.get("answer_type", "")),
                 question_type=str(a.get("question_type", "")),
+                image_organ=str(a.get("image_organ", "") or ""),
             )
         )
     for qid in anns:
@@ -185,7 +195,8 @@ def load_vqa(
             )
     if not records:
         raise problems.TaskInputError(f"{qp}: no usable questions ({report.to_text()})")
-    table = VQATable(records, report.source, report)
+    info = {k: af.doc[k] for k in ("benchmark", "official_test") if k in af.doc}
+    table = VQATable(records, report.source, report, metric, info)
     if report_path is not None:
         report.write(report_path)
     return table
@@ -208,14 +219,17 @@ def load_shapes_vqa(
 
 @dataclass
 class AnswerVocab:
-    """The ``top_k`` most frequent (normalised) answers; index ``i`` <-> ``answers[i]``."""
+    """The ``top_k`` most frequent (normalised) answers; index ``i`` <-> ``answers[i]``.
+    ``metric``: which normalisation ("vqa": VQA v2's; "exact": lower-case + trim)."""
 
     answers: list[str]
     counts: list[int] = field(default_factory=list)
+    metric: str = "vqa"
 
     def __post_init__(self) -> None:
         if len(set(self.answers)) != len(self.answers):
             raise ValueError("AnswerVocab: repeated answers")
+        self._norm = answer_normaliser(check_metric(self.metric))
         self._index = {a: i for i, a in enumerate(self.answers)}
 
     @classmethod
@@ -225,10 +239,15 @@ class AnswerVocab:
         top_k: int = 1000,
         min_count: int = 1,
         use: str = "multiple_choice_answer",
+        metric: str | None = None,
     ) -> AnswerVocab:
         """Count the normalised answers of ``table`` (a :class:`VQATable` or annotation
         records): ``use="multiple_choice_answer"`` (one per question, the usual choice) or
-        ``"answers"`` (every annotator's); keep the ``top_k`` most frequent (ties alphabetical)."""
+        ``"answers"`` (every annotator's); keep the ``top_k`` most frequent (ties alphabetical).
+        ``metric``: the normalisation (default: the table's, else "vqa")."""
+        if metric is None:
+            metric = table.metric if isinstance(table, VQATable) else "vqa"
+        norm = answer_normaliser(metric)
         if use not in ("multiple_choice_answer", "answers"):
             raise ValueError(f"use={use!r}; expected 'multiple_choice_answer' or 'answers'")
         recs = table.annotations() if isinstance(table, VQATable) else list(table)
@@ -238,24 +257,24 @@ class AnswerVocab:
         counts: Counter[str] = Counter()
         for r in recs:
             if use == "answers":
-                counts.update(normalize_answer(a) for a in _answers_of(r))
+                counts.update(norm(a) for a in _answers_of(r))
             else:
                 mc = r.get("multiple_choice_answer")
                 if mc is None:
                     mc = Counter(_answers_of(r)).most_common(1)[0][0]
-                counts[normalize_answer(mc)] += 1
+                counts[norm(mc)] += 1
         counts.pop("", None)
         items = sorted((a for a, n in counts.items() if n >= min_count), key=lambda a: (-counts[a], a))[:top_k]
         if not items:
             raise ValueError("AnswerVocab.build: no answers")
-        return cls(items, [counts[a] for a in items])
+        return cls(items, [counts[a] for a in items], metric)
 
     def __len__(self) -> int:
         return len(self.answers)
 
     def index(self, answer: str) -> int:
         """Index of the normalised ``answer``; -1 when it is not in the vocabulary."""
-        return self._index.get(normalize_answer(answer), -1)
+        return self._index.get(self._norm(answer), -1)
 
     def decode(self, index: int) -> str:
         return self.answers[index]
@@ -268,8 +287,8 @@ class AnswerVocab:
         return float((table.labels(self) >= 0).float().mean())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"answers": self.answers, "counts": self.counts}
+        return {"answers": self.answers, "counts": self.counts, "metric": self.metric}
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> AnswerVocab:
-        return cls(list(state["answers"]), list(state.get("counts", [])))
+        return cls(list(state["answers"]), list(state.get("counts", [])), str(state.get("metric", "vqa")))

@@ -1,4 +1,6 @@
-"""The VQA v2 accuracy (the official ``vqaEval.py``, ported line by line) and its normalisation."""
+"""The VQA v2 accuracy (the official ``vqaEval.py``, ported line by line) and its normalisation;
+and exact match (VQA-RAD's metric: answers compared after lower-casing and trimming,
+:func:`fusionkit.data.vqarad.normalise_answer`). ``metric`` names which: "vqa" or "exact"."""
 
 from __future__ import annotations
 
@@ -9,7 +11,14 @@ from typing import Any
 
 import torch
 
+from fusionkit.data.vqarad import normalise_answer as exact_normalise
+
 Tensor = torch.Tensor
+
+#: the answer comparisons a VQA table can ask for (its annotation file's ``"metric"``)
+METRICS = ("vqa", "exact")
+#: the breakdowns :func:`vqa_accuracy` reports, by annotation field (``image_organ`` only where present)
+BREAKDOWNS = {"answer_type": "per_answer_type", "question_type": "per_question_type", "image_organ": "per_image_organ"}
 
 
 # from vqaEval.py (GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation), kept as published
@@ -113,6 +122,25 @@ def vqa_score(prediction: str, answers: Sequence[str]) -> float:
     return sum(accs) / len(accs)
 
 
+def check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ValueError(f"metric={metric!r}; expected one of {METRICS}")
+    return metric
+
+
+def answer_normaliser(metric: str):
+    """How answers are normalised before they are compared (and counted into a vocabulary)."""
+    return normalize_answer if check_metric(metric) == "vqa" else exact_normalise
+
+
+def exact_score(prediction: str, answers: Sequence[str]) -> float:
+    """1.0 when ``prediction`` equals one of ``answers`` after lower-casing and trimming, else 0.0."""
+    if isinstance(answers, str) or len(answers) == 0:
+        raise ValueError(f"exact_score: expected a non-empty list of ground-truth answers, got {answers!r}")
+    p = exact_normalise(prediction)
+    return float(any(p == exact_normalise(a) for a in answers))
+
+
 def _answers_of(ann: Mapping[str, Any]) -> list[str]:
     answers = ann.get("answers")
     if not isinstance(answers, list):
@@ -123,13 +151,15 @@ def _answers_of(ann: Mapping[str, Any]) -> list[str]:
 def vqa_accuracy(
     predictions: Mapping[Any, str],
     annotations: Iterable[Mapping[str, Any]] | Mapping[Any, Mapping[str, Any]],
+    metric: str = "vqa",
 ) -> dict[str, Any]:
     """VQA accuracy of ``predictions`` (``{question_id: answer}``) over the annotated questions
     (VQA v2 annotation records with ``question_id``, ``answers`` - dicts with ``"answer"`` or
     plain strings - and optionally ``answer_type`` / ``question_type``).
 
     Returns ``{"overall", "per_answer_type": {type: acc}, "per_question_type": {type: acc},
-    "per_question": {question_id: acc}, "n"}``. Every annotated question needs a prediction
+    "per_question": {question_id: acc}, "n"}`` (and ``"per_image_organ"`` when the annotations have
+    ``image_organ``). ``metric``: "vqa" (:func:`vqa_score`) or "exact" (:func:`exact_score`). Every annotated question needs a prediction
     (``ValueError`` naming the missing ids); predictions for unannotated questions are an error
     too."""
     anns = list(annotations.values()) if isinstance(annotations, Mapping) else list(annotations)
@@ -145,22 +175,22 @@ def vqa_accuracy(
         raise ValueError(
             f"vqa_accuracy: no prediction for question ids {missing[:5]}; predictions for unannotated ids {extra[:5]}"
         )
+    score = vqa_score if check_metric(metric) == "vqa" else exact_score
     per_q: dict[Any, float] = {}
-    by_atype: dict[str, list[float]] = defaultdict(list)
-    by_qtype: dict[str, list[float]] = defaultdict(list)
+    groups: dict[str, dict[str, list[float]]] = {f: defaultdict(list) for f in BREAKDOWNS}
     for qid, a in by_q.items():
         answers = _answers_of(a)
         if not answers:
             raise ValueError(f"vqa_accuracy: question_id {qid!r} has no ground-truth answers")
-        acc = vqa_score(predictions[qid], answers)
+        acc = score(predictions[qid], answers)
         per_q[qid] = acc
-        by_atype[str(a.get("answer_type", "all"))].append(acc)
-        by_qtype[str(a.get("question_type", "all"))].append(acc)
+        for f in BREAKDOWNS:
+            if f != "image_organ" or a.get(f):
+                groups[f][str(a.get(f, "all"))].append(acc)
     n = len(per_q)
-    return {
-        "overall": sum(per_q.values()) / n if n else float("nan"),
-        "per_answer_type": {k: sum(v) / len(v) for k, v in sorted(by_atype.items())},
-        "per_question_type": {k: sum(v) / len(v) for k, v in sorted(by_qtype.items())},
-        "per_question": per_q,
-        "n": n,
-    }
+    out: dict[str, Any] = {"overall": sum(per_q.values()) / n if n else float("nan")}
+    for f, key in BREAKDOWNS.items():
+        if f != "image_organ" or groups[f]:
+            out[key] = {k: sum(v) / len(v) for k, v in sorted(groups[f].items())}
+    out.update(per_question=per_q, n=n)
+    return out

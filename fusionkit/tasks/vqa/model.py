@@ -131,5 +131,38 @@ class VQANet(torch.nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
-def build_vqa_net(meta: Mapping[str, Any]) -> VQANet:
+#: the name the question-only baseline is saved and reported under
+QUESTION_ONLY = "question_only"
+
+
+class QuestionOnlyNet(torch.nn.Module):
+    """The question-only baseline: the question branch and the answer classifier of
+    :class:`VQANet` (``Projector`` of the sentence vector, Linear-GELU-Dropout-Linear), no image.
+    Called like a VQANet (the image arguments are ignored), so it trains and predicts through the
+    same code; what it gets right needs no image."""
+
+    method = QUESTION_ONLY
+
+    def __init__(self, question_dim: int, num_answers: int, *, hidden: int = 128, dropout: float = 0.1, **_: Any):
+        super().__init__()
+        from torch import nn
+
+        self.question_proj = Projector(question_dim, hidden, dropout)
+        self.head = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_answers)
+        )
+
+    def fit_pca(self, images: Tensor) -> None:
+        """Nothing to fit: no image branch."""
+
+    def forward(self, image: Tensor, question: Tensor, image_index: Tensor | None = None) -> Tensor:
+        return self.head(self.question_proj(question.float()))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def build_vqa_net(meta: Mapping[str, Any]) -> VQANet | QuestionOnlyNet:
+    if meta["method"] == QUESTION_ONLY:
+        return QuestionOnlyNet(meta["question_dim"], meta["num_answers"], **meta["hparams"])
     return VQANet(meta["method"], meta["image_dim"], meta["question_dim"], meta["num_answers"], **meta["hparams"])

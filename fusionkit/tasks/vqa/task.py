@@ -1,5 +1,13 @@
 """The VQA task on a feature index: train one answer classifier per fusion method (and fine-tuned
-copies) into ``<out>/vqa/``, and evaluate them on the test split with the VQA accuracy."""
+copies) into ``<out>/vqa/``, and evaluate them on the test split with the table's metric (VQA v2's
+accuracy, or exact match for VQA-RAD), overall, per answer type, question type and organ.
+
+Baselines (option ``baselines``): the majority answer of the training questions per answer type,
+and the question-only model (:class:`~fusionkit.tasks.vqa.model.QuestionOnlyNet`: the question
+encoder's features and the same answer classifier, no image), trained like the fusion models;
+neither is a candidate for the best model. On VQA-RAD (the annotation files' ``benchmark``)
+evaluation adds the table ``vqarad_vs_published``: every model's closed / open / all accuracy next
+to :data:`fusionkit.data.vqarad.PUBLISHED`, each row saying what it was evaluated on."""
 
 from __future__ import annotations
 
@@ -15,6 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from fusionkit import bundle
+from fusionkit.data.vqarad import PUBLISHED
 from fusionkit.fusion import available
 from fusionkit.tasks import common
 from fusionkit.tasks import transfer as T
@@ -29,7 +38,8 @@ from fusionkit.tasks.features import (
 )
 from fusionkit.tasks.transfer import encode_texts
 from fusionkit.tasks.vqa import AnswerVocab, vqa_accuracy
-from fusionkit.tasks.vqa.model import VQANet, build_vqa_net
+from fusionkit.tasks.vqa.metrics import answer_normaliser
+from fusionkit.tasks.vqa.model import QUESTION_ONLY, QuestionOnlyNet, VQANet, build_vqa_net
 from fusionkit.training import Step, TrainResult, fit, seed_everything, warmup_cosine
 
 Tensor = torch.Tensor
@@ -50,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "label_smoothing": 0.0,
     "patience": 8,
     "top_k": 1000,
+    "baselines": False,  # also the majority answer per answer type and the question-only model (no image)
     "resume": False,  # continue an interrupted training from <out>/vqa/<method>[_finetune]_checkpoint.pt
     **common.finetune_defaults(16),  # 16 images per step, each with all its questions
 }
@@ -163,7 +174,7 @@ def train(index, index_path, out, seed, epochs, method, opts, progress) -> dict[
 
     methods = common.pick_methods(method, opts["methods"], available(), "vqa fusion methods")
     tables = vqa_tables(index, index_path)
-    vocab = AnswerVocab.build(tables["train"], top_k=int(opts["top_k"]))
+    vocab = AnswerVocab.build(tables["train"], top_k=int(opts["top_k"]), metric=tables["train"].metric)
     train = vqa_arrays(index, index_path, tables["train"], vocab, opts["image"])
     val = vqa_arrays(index, index_path, tables["val"], vocab, opts["image"])
     image_dim = int(train.images.shape[-1])
@@ -175,12 +186,17 @@ def train(index, index_path, out, seed, epochs, method, opts, progress) -> dict[
         "answer_coverage_val": vocab.coverage(tables["val"]),
         "n_train_questions": int((train.labels >= 0).sum()),
     }
-    for m in methods:
+    trained = methods + ([QUESTION_ONLY] if opts["baselines"] else [])
+    for m in trained:
         seed_everything(seed)
         hp = {"n_regions": n_regions, "hidden": int(opts["hidden"]), "dropout": float(opts["dropout"]),
               "context_layers": int(opts["context_layers"]), "heads": int(opts["heads"]),
               "glimpses": int(opts["glimpses"]), "pca_dim": int(opts["pca_dim"])}  # fmt: skip
-        model = VQANet(m, image_dim, q_dim, len(vocab), **hp)
+        if m == QUESTION_ONLY:
+            hp = {"hidden": hp["hidden"], "dropout": hp["dropout"]}
+            model = QuestionOnlyNet(q_dim, len(vocab), **hp)
+        else:
+            model = VQANet(m, image_dim, q_dim, len(vocab), **hp)
         model.fit_pca(train.images)
         with common.training_checkpoint(out / f"{m}_checkpoint.pt", opts) as ckpt:
             res = fit_vqa(model, train, val, opts, epochs, seed, progress, checkpoint=ckpt)
@@ -199,10 +215,11 @@ def train(index, index_path, out, seed, epochs, method, opts, progress) -> dict[
             "params": model.num_parameters(),
         }
         bundle.save(out / f"{m}.safetensors", model, "vqa", meta)
-        summary.update(finetune(index, index_path, out, m, model, meta, train, val, tables, opts, seed, progress,
-                                     decoded))  # fmt: skip
+        if m != QUESTION_ONLY:  # the baseline has no image encoder to fine-tune
+            summary.update(finetune(index, index_path, out, m, model, meta, train, val, tables, opts, seed, progress,
+                                         decoded))  # fmt: skip
         summary.update(common.run_summary(m, "val_accuracy", res, params=model.num_parameters()))
-    common.write_json(out / "methods.json", {"methods": methods})
+    common.write_json(out / "methods.json", {"methods": methods, "baselines": bool(opts["baselines"])})
     return summary
 
 
@@ -285,19 +302,84 @@ def finetune(index, index_path, out: Path, method: str, model, meta, train: VQAA
     return common.finetune_summary(f"{method}_finetuned", "val_accuracy", res, cfg)
 
 
+def majority_by_answer_type(table, metric: str) -> dict[str, str]:
+    """The most frequent (normalised) training answer of each answer type (ties: alphabetical),
+    with ``""`` for the most frequent answer overall (a type the training questions lack)."""
+    from collections import Counter
+
+    norm = answer_normaliser(metric)
+    by_type: dict[str, Counter[str]] = {}
+    overall: Counter[str] = Counter()
+    for r in table.records:
+        a = norm(r.multiple_choice_answer)
+        by_type.setdefault(r.answer_type, Counter())[a] += 1
+        overall[a] += 1
+
+    def top(c: Counter[str]) -> str:
+        return min(c, key=lambda a: (-c[a], a))
+
+    return {"": top(overall), **{t: top(c) for t, c in sorted(by_type.items())}}
+
+
+def majority_predictions(train_table, table, metric: str) -> dict[Any, str]:
+    """The majority baseline's answer to each question of ``table``: its answer type's majority answer."""
+    maj = majority_by_answer_type(train_table, metric)
+    return {r.question_id: maj.get(r.answer_type, maj[""]) for r in table.records}
+
+
+def published_table(rows: list[dict[str, Any]], table) -> Any:
+    """fusionkit's closed / open / all accuracy (percent) per model next to the published VQA-RAD
+    numbers (:data:`fusionkit.data.vqarad.PUBLISHED`); ``evaluated_on`` says which split each row
+    comes from, so numbers from a split carved from the training questions are never mistaken
+    for official test numbers."""
+    import pandas as pd
+
+    ours = (
+        "official test (testset.json)"
+        if table.info.get("official_test")
+        else "validation, not comparable (test split carved from trainset.json by image)"
+    )
+    out = []
+    for r in rows:
+        out.append({"model": r["model"], "kind": r["kind"], "closed": 100 * r.get("answer_type/CLOSED", float("nan")),
+                    "open": 100 * r.get("answer_type/OPEN", float("nan")), "all": 100 * r["accuracy"],
+                    "n": r["n"], "evaluated_on": ours})  # fmt: skip
+    for p in PUBLISHED:
+        out.append({"model": p.method, "kind": "published", "closed": p.closed, "open": p.open,
+                    "all": float("nan"), "n": 451, "evaluated_on": f"official test ({p.source})"})  # fmt: skip
+    return pd.DataFrame(out)
+
+
 def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -> common.TaskResult:
     import pandas as pd
 
-    methods = common.read_json(folder / "methods.json", "list of trained VQA models")["methods"]
+    trained = common.read_json(folder / "methods.json", "list of trained VQA models")
+    methods = trained["methods"]
     tables = vqa_tables(index, index_path)
     table = tables["test"]
+    metric = table.metric
     rows, per_type = [], []
     arrays: dict[str, VQAArrays] = {}
     results, val_scores = {}, {}
 
-    # (name, weights): each method, then its fine-tuned copy
+    def score(name: str, kind: str, preds: dict[Any, str], extra: dict[str, Any]) -> dict[str, Any]:
+        acc = vqa_accuracy(preds, table.annotations(), metric=metric)
+        results[name] = (acc, preds)
+        row = {"model": name, "kind": kind, "accuracy": acc["overall"]}
+        for key, col in (("per_answer_type", "answer_type"), ("per_question_type", "question_type"),
+                         ("per_image_organ", "image_organ")):  # fmt: skip
+            for k, v in acc.get(key, {}).items():
+                row[f"{col}/{k}"] = v
+                per_type.append({"model": name, "kind": col, "type": k, "accuracy": v})
+        row.update(n=acc["n"], **extra)
+        rows.append(row)
+        return acc
+
+    # (name, weights): each method, then its fine-tuned copy, then the question-only baseline
     entries = [(m, folder / f"{m}.safetensors") for m in methods]
     entries += [(f"{m}_finetuned", f) for m in methods if (f := common.finetuned_files(folder, m)["model"]).is_file()]
+    if trained.get("baselines"):
+        entries.append((QUESTION_ONLY, folder / f"{QUESTION_ONLY}.safetensors"))
     for m, weights in entries:
         meta = bundle.read_meta(weights)
         vocab = AnswerVocab.from_state_dict(meta["vocab"])
@@ -315,30 +397,34 @@ def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -
         model = bundle.load_weights(build_vqa_net(meta), weights)
         answers = vocab.decode_logits(vqa_logits(model, a))
         preds = {r.question_id: ans for r, ans in zip(table.records, answers)}
-        acc = vqa_accuracy(preds, table.annotations())
-        results[m] = (acc, preds)
-        val_scores[m] = common.validation_score(meta)
-        rows.append({"model": m, "accuracy": acc["overall"],
-                     **{f"answer_type/{k}": v for k, v in acc["per_answer_type"].items()},
-                     **{f"question_type/{k}": v for k, v in acc["per_question_type"].items()},
-                     "n": acc["n"], "params": model.num_parameters(),
-                     "encoders": common.finetune_label(meta["finetune"]) if "finetune" in meta else "frozen"})  # fmt: skip
-        for k, v in acc["per_question_type"].items():
-            per_type.append({"model": m, "kind": "question_type", "type": k, "accuracy": v})
-        for k, v in acc["per_answer_type"].items():
-            per_type.append({"model": m, "kind": "answer_type", "type": k, "accuracy": v})
+        baseline = m == QUESTION_ONLY
+        encoders = common.finetune_label(meta["finetune"]) if "finetune" in meta else "frozen"
+        score(m, "baseline" if baseline else "fusion", preds,
+              {"params": model.num_parameters(), "encoders": "question only" if baseline else encoders,
+               "val_accuracy": common.validation_score(meta)})  # fmt: skip
+        if not baseline:
+            val_scores[m] = common.validation_score(meta)
+    if trained.get("baselines"):
+        val_preds = majority_predictions(tables["train"], tables["val"], metric)
+        val_acc = vqa_accuracy(val_preds, tables["val"].annotations(), metric=metric)["overall"]
+        score("majority", "baseline", majority_predictions(tables["train"], table, metric),
+              {"params": 0, "encoders": "none: majority answer per answer type", "val_accuracy": val_acc})  # fmt: skip
     metrics = pd.DataFrame(rows)
-    metrics["val_accuracy"] = [val_scores[m] for m in metrics.model]
-    best = common.pick_best(val_scores)  # chosen on validation, reported on test
+    if not trained.get("baselines"):  # every row is a fusion model
+        metrics = metrics.drop(columns="kind")
+    best = common.pick_best(val_scores)  # chosen on validation, among the fusion models, reported on test
     metrics["best"] = metrics["model"] == best
     breakdown = pd.DataFrame(per_type)
+    tables_out = {}
+    for col in ("question_type", "answer_type", "image_organ"):
+        part = breakdown[breakdown.kind == col]
+        if len(part):
+            pivot = part.pivot(index="type", columns="model", values="accuracy")
+            tables_out[f"per_{col}"] = pivot.rename_axis(col).reset_index()
     by_qtype = breakdown[breakdown.kind == "question_type"].pivot(index="type", columns="model", values="accuracy")
-    by_atype = breakdown[breakdown.kind == "answer_type"].pivot(index="type", columns="model", values="accuracy")
+    if table.info.get("benchmark") == "vqa-rad":
+        tables_out["vqarad_vs_published"] = published_table(rows, table)
     acc, preds = results[best]
-    tables_out = {
-        "per_question_type": by_qtype.rename_axis("question_type").reset_index(),
-        "per_answer_type": by_atype.rename_axis("answer_type").reset_index(),
-    }
     if n_examples:
         paths = image_paths(index, table)
         sample_rows = []
@@ -351,8 +437,12 @@ def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -
     plots = {"per_question_type": by_qtype}
     summary = {f"vqa/{r['model']}/accuracy": float(r["accuracy"]) for r in rows}
     summary["vqa/best/accuracy"] = float(acc["overall"])
-    for k, v in acc["per_question_type"].items():
-        summary[f"vqa/best/question_type/{k}"] = float(v)
-    for k, v in acc["per_answer_type"].items():
-        summary[f"vqa/best/answer_type/{k}"] = float(v)
-    return common.TaskResult("vqa", metrics, tables_out, plots, summary)
+    for key, col in (("per_question_type", "question_type"), ("per_answer_type", "answer_type"),
+                     ("per_image_organ", "image_organ")):  # fmt: skip
+        for k, v in acc.get(key, {}).items():
+            summary[f"vqa/best/{col}/{k}"] = float(v)
+    notes = []
+    if table.info.get("benchmark") == "vqa-rad" and not table.info.get("official_test"):
+        notes.append("VQA-RAD: the test split is carved from the training questions by image (no testset.json): "
+                     "validation numbers, not comparable with the published ones")  # fmt: skip
+    return common.TaskResult("vqa", metrics, tables_out, plots, summary, notes)
