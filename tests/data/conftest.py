@@ -29,3 +29,11 @@ def flickr_small(tmp_path_factory, shared_data_module) -> tuple[Path, dict[str, 
     for n in names:
         shutil.copyfile(shared_data_module / "flickr8k-800" / "images" / n, root / "Flicker8k_Dataset" / n)
     return root, {n: caps[n] for n in names}
+
+
+@pytest.fixture
+def copy(root, tmp_path) -> Path:
+    """A private copy of the module's ``root`` fixture dataset, free to corrupt."""
+    dst = tmp_path / "copy"
+    shutil.copytree(root, dst)
+    return dst

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -25,14 +24,6 @@ def root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shapes") / "ds"
     shapes.generate(root, n=N, seed=SEED, image_size=SIZE, progress=False)
     return root
-
-
-@pytest.fixture
-def copy(root, tmp_path) -> Path:
-    """A private copy of the fixture dataset, free to corrupt."""
-    dst = tmp_path / "copy"
-    shutil.copytree(root, dst)
-    return dst
 
 
 def _scenes(root: Path) -> dict[str, dict]:

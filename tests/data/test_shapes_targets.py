@@ -33,13 +33,6 @@ def root(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def copy(root, tmp_path) -> Path:
-    dst = tmp_path / "copy"
-    shutil.copytree(root, dst)
-    return dst
-
-
 def _scenes(root: Path) -> list[dict]:
     return [json.loads(line) for line in (root / "scenes.jsonl").read_text().splitlines()]
 
