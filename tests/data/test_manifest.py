@@ -211,6 +211,7 @@ def test_registry_guards(own, tmp_path):
         "flickr30k",
         "coco",
         "vqa",
+        "vqarad",
         "avdigits",
         "manifest",
         "imagefolder",
