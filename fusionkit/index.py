@@ -211,8 +211,8 @@ class FeatureIndex:
     def by_target(
         self, targets: list[str], output: str = "pooled", modalities: list[str] | None = None
     ) -> dict[str, tuple[dict[str, SplitData], int]]:
-        """:meth:`splits` for each of ``targets``: target -> (splits, number of classes), what
-        :func:`fusionkit.compare.across_targets` takes."""
+        """:meth:`splits` for each of ``targets``: target -> (splits, number of classes; 0 for a
+        regression target), what :func:`fusionkit.compare.across_targets` takes."""
         out = {}
         for t in targets:
             splits, names = self.splits(target=t, output=output, modalities=modalities)
@@ -223,7 +223,8 @@ class FeatureIndex:
         self, target: str = "label", output: str = "pooled", modalities: list[str] | None = None
     ) -> tuple[dict[str, SplitData], list[str]]:
         """The cached features of every split as :class:`SplitData`, aligned with the dataset's
-        labels of ``target``; returns (splits, class names)."""
+        labels of ``target``; returns (splits, class names). A regression target
+        (:func:`fusionkit.data.base.target_kind`) has no class names and float labels in its units."""
         ds = self.load_dataset()
         if target not in ds.targets:
             raise KeyError(f"target {target!r} not in dataset {ds.name}; valid: {', '.join(ds.targets)}")
@@ -233,7 +234,7 @@ class FeatureIndex:
             samples = ds.split(split)
             if not samples:
                 continue
-            labels = torch.tensor([s.targets[target] for s in samples])
+            labels = _labels([s.targets[target] for s in samples], ds.targets[target])
             ids = [s.id for s in samples]
             feats = {}
             for m in mods:
@@ -252,7 +253,8 @@ class FeatureIndex:
         if target not in ds.targets:
             raise KeyError(f"target {target!r} not in dataset {ds.name}; valid: {', '.join(ds.targets)}")
         by_id = {s.id: s for s in ds.samples}
-        return {split: torch.tensor([by_id[i].targets[target] for i in d.ids]) for split, d in splits.items()}
+        classes = ds.targets[target]
+        return {split: _labels([by_id[i].targets[target] for i in d.ids], classes) for split, d in splits.items()}
 
     def encoders(self) -> dict[str, Any]:
         """The frozen encoders that made the cached features, checked to be the same (identity
@@ -267,3 +269,8 @@ class FeatureIndex:
                 )
             out[modality] = enc.eval()
         return out
+
+
+def _labels(values: list, classes: list[str]) -> torch.Tensor:
+    """Class indices (int64), or a regression target's numbers (float32: ``SplitData.regression``)."""
+    return torch.tensor(values, dtype=torch.int64 if classes else torch.float32)

@@ -3,10 +3,11 @@
 On disk a dataset is a folder with
 
 * ``dataset.json`` - metadata: ``name``, ``modalities`` (name -> kind: image | text | audio),
-  ``targets`` (name -> list of class names), free-form ``info``;
+  ``targets`` (name -> list of class names; an empty list for a *regression* target, whose
+  values are numbers), free-form ``info``;
 * ``manifest.jsonl`` - one JSON object per sample: ``id``, ``split``, one key per modality
   (a path relative to the dataset root for image/audio, the text itself for text) and one key per
-  target (an integer class index).
+  target (an integer class index; a finite number for a regression target).
 
 Every loader (synthetic shapes, Flickr8k, AV-digits, a user's own manifest) ends in this format,
 so everything downstream (feature cache, training, reports) walks one code path.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -43,6 +45,15 @@ SPLIT_ALIASES = {
     "testing": "test",
 }
 SPLITS = ("train", "val", "test")
+#: what a target can be: classes (its class names in ``dataset.json``) or a number (no class names)
+TARGET_KINDS = ("classification", "regression")
+
+
+def target_kind(classes: list[str]) -> str:
+    """``"regression"`` for a target without class names (``targets[name] == []``), else
+    ``"classification"``: the one rule that tells the two apart (``dataset.json``, the feature
+    index, the comparison's ``num_classes`` of 0)."""
+    return "classification" if classes else "regression"
 
 
 class DatasetError(ValueError):
@@ -54,7 +65,7 @@ class Sample:
     id: str
     split: str
     modalities: dict[str, str]  # name -> path relative to the root (image/audio) or text
-    targets: dict[str, int] = field(default_factory=dict)
+    targets: dict[str, int | float] = field(default_factory=dict)  # class index, or the number (regression)
 
 
 @dataclass
@@ -62,7 +73,7 @@ class Dataset:
     name: str
     root: Path
     modalities: dict[str, str]  # name -> kind
-    targets: dict[str, list[str]]  # target name -> class names
+    targets: dict[str, list[str]]  # target name -> class names ([] for a regression target)
     samples: list[Sample]
     info: dict[str, Any] = field(default_factory=dict)
     #: folder that image/audio paths are relative to: the dataset folder itself, or the raw data
@@ -88,9 +99,16 @@ class Dataset:
             raise DatasetError(f"modality {modality!r} is text, not a file")
         return self.media_root / sample.modalities[modality]
 
-    def labels(self, split: str, target: str | None = None) -> list[int]:
+    def labels(self, split: str, target: str | None = None) -> list[int | float]:
         target = target or next(iter(self.targets))
         return [s.targets[target] for s in self.split(split)]
+
+    def target_kind(self, target: str | None = None) -> str:
+        """``"classification"`` or ``"regression"`` (:func:`target_kind`) of ``target`` (default: the first)."""
+        target = target or next(iter(self.targets))
+        if target not in self.targets:
+            raise KeyError(f"{self.root}: target {target!r} not in dataset; it has {list(self.targets)}")
+        return target_kind(self.targets[target])
 
     def ceilings(self, target: str | None = None) -> dict[str, float]:
         """The documented accuracy ceilings of ``target`` (default: the first target): what each
@@ -115,11 +133,24 @@ class Dataset:
         out: dict[str, Any] = {"name": self.name, "n": len(self.samples)}
         out["splits"] = dict(Counter(s.split for s in self.samples))
         for t, classes in self.targets.items():
+            if not classes:  # regression: the distribution of the numbers per split
+                out[f"values/{t}"] = {sp: value_stats([s.targets[t] for s in self.split(sp)]) for sp in SPLITS}
+                continue
             counts = Counter((s.split, s.targets[t]) for s in self.samples)
             out[f"class_balance/{t}"] = {
                 sp: {classes[c]: counts.get((sp, c), 0) for c in range(len(classes))} for sp in SPLITS
             }
         return out
+
+
+def value_stats(values: list[int | float]) -> dict[str, float | int]:
+    """``n``, ``mean``, ``std``, ``min``, ``max`` of a regression target's values (``{"n": 0}`` for none)."""
+    if not values:
+        return {"n": 0}
+    n = len(values)
+    mean = sum(values) / n
+    std = (sum((v - mean) ** 2 for v in values) / n) ** 0.5
+    return {"n": n, "mean": mean, "std": std, "min": min(values), "max": max(values)}
 
 
 def with_options(
@@ -264,8 +295,8 @@ def read_manifest(
     with a non-empty string ``id`` seen once, ``split`` in :data:`SPLITS`, every modality (text: a
     string, not empty; image/audio: a relative path inside ``media_root``, the file there when
     ``check_files``, and ``check_media(kind, path)`` happy with it, each file checked once) and
-    every target (an integer class index). Every problem goes to ``problem`` (which may raise);
-    a row with a fatal one is left out."""
+    every target (an integer class index; a finite number for a regression target). Every
+    problem goes to ``problem`` (which may raise); a row with a fatal one is left out."""
     try:
         text = man_path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -331,9 +362,18 @@ def read_manifest(
                     problem("corrupt", where, str(e), str(p), True)
                     bad = True
             mods[m] = rel
-        tg: dict[str, int] = {}
+        tg: dict[str, int | float] = {}
         for t, classes in targets.items():
             v = row.get(t)
+            if not classes:  # regression
+                if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                    problem(
+                        "malformed", where, f"regression target {t!r} = {v!r}; expected a finite number", None, True
+                    )
+                    bad = True
+                else:
+                    tg[t] = v
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < len(classes):
                 msg = f"target {t!r} = {v!r}; expected an integer in [0, {len(classes)})"
                 problem("malformed", where, msg, None, True)

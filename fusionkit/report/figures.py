@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from fusionkit.data.base import SPLITS, Dataset
 from fusionkit.data.readers import load_rgb
+from fusionkit.evaluate import higher_is_better
 from fusionkit.train import SplitData
 
 
@@ -50,7 +51,7 @@ def plot_examples(ds: Dataset, n: int = 8, seed: int = 0, captions: dict[str, li
     for ax, s in zip(axes.flat, samples):
         if img_mod:
             ax.imshow(load_rgb(ds.path(s, img_mod), s.id))
-        labels = ", ".join(f"{t}={ds.targets[t][v]}" for t, v in s.targets.items())
+        labels = ", ".join(f"{t}={ds.targets[t][v] if ds.targets[t] else f'{v:.4g}'}" for t, v in s.targets.items())
         text = caps.get(s.id, [v for m, v in s.modalities.items() if ds.modalities[m] == "text"])[:2]
         ax.set_title("\n".join([s.id, labels] + [textwrap.shorten(c, 48) for c in text]), fontsize=8)
     fig.tight_layout()
@@ -98,7 +99,7 @@ def plot_comparison(
     for _, r in summary.iterrows():
         axes[1].annotate(r["method"].replace("unimodal:", "uni:"), (r["params"], r[f"{metric}_mean"]), fontsize=7)
     axes[1].set_xscale("log")
-    axes[1].set_title("accuracy vs parameters")
+    axes[1].set_title(f"{metric.removeprefix('test_')} vs parameters")
     fig.tight_layout()
     return fig
 
@@ -157,7 +158,8 @@ def plot_search(trials: pd.DataFrame, metric: str = "val_accuracy"):
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.1 * nrows), sharex=True, sharey=True, squeeze=False)
     for ax, method in zip(axes.flat, methods):
         t = trials[trials["method"] == method].sort_values("trial")
-        ax.plot(t["trial"], t[metric].cummax(), color="#2b6f97", lw=1.5)
+        best = t[metric].cummax() if higher_is_better(metric) else t[metric].cummin()
+        ax.plot(t["trial"], best, color="#2b6f97", lw=1.5)
         ax.scatter(t["trial"], t[metric], s=10, color="k", zorder=3)
         ax.scatter(t["trial"].iloc[:1], t[metric].iloc[:1], s=40, facecolors="none", edgecolors="#c2577a", zorder=4)
         ax.set_title(method.replace("unimodal:", "uni:"), fontsize=8)
