@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fusionkit.compare import across_targets, run, summarize
+from fusionkit.fusion import available
 from fusionkit.grid import SerialExecutor, search
 from fusionkit.grid.jobs import run_one
 from fusionkit.train import SplitData, TrainConfig, predict
@@ -93,3 +94,13 @@ def test_labels_and_num_classes_must_agree():
     with pytest.raises(ValueError, match=r"NaN/inf regression targets \(samples \['train3'\]\)"):
         run_one("concat", bad, TrainConfig(epochs=1), 0, hidden=8)
     assert torch.is_floating_point(data["test"].labels)
+
+
+@pytest.mark.parametrize("method", available())
+def test_every_fusion_method_trains_a_regression_head(method):
+    data = regression_problem(n=64, seed=5, dim=6)
+    model, row, res = run_one(method, data, TrainConfig(epochs=2, batch_size=32), 0, hidden=8)
+    assert model.regression and res.monitor == "val_mse"
+    pred, _ = predict(model, data["val"])
+    assert pred.shape == (len(data["val"]), 1) and torch.isfinite(pred).all()
+    assert {"test_mse", "test_mae", "test_r2", "val_mse"} <= set(row)
