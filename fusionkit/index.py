@@ -29,6 +29,7 @@ import torch
 
 from fusionkit.data.base import SPLITS, Dataset, DatasetError, atomic_write_text, load_dataset
 from fusionkit.data.readers import read_json
+from fusionkit.encoders import DEFAULTS as DEFAULT_ENCODERS
 from fusionkit.encoders import build_encoder
 from fusionkit.features import extract_features, read_feature_set
 from fusionkit.train import SplitData
@@ -52,6 +53,10 @@ class ModalityFeatures:
     identity: dict[str, Any]
     files: dict[str, dict[str, str]] = field(default_factory=dict)  # output -> split -> path
     dims: dict[str, list[int]] = field(default_factory=dict)  # output -> feature shape per sample
+    #: what the encoder learnt from the training split (tabular: statistics, vocabularies); JSON
+    fitted: dict[str, Any] | None = None
+    #: split -> the encoder's notes on it (tabular: categories unseen in training, missing values)
+    notes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def file(self, output: str, split: str, modality: str = "") -> str:
         try:
@@ -64,8 +69,13 @@ class ModalityFeatures:
             ) from None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "encoder": self.encoder, "identity": self.identity, "files": self.files,
-                "dims": self.dims}  # fmt: skip
+        doc = {"kind": self.kind, "encoder": self.encoder, "identity": self.identity, "files": self.files,
+               "dims": self.dims}  # fmt: skip
+        if self.fitted is not None:
+            doc["fitted"] = self.fitted
+        if self.notes:
+            doc["notes"] = self.notes
+        return doc
 
 
 @dataclass
@@ -96,8 +106,10 @@ class FeatureIndex:
         progress: bool = True,
     ) -> FeatureIndex:
         """Encode every modality x split x output of ``ds`` into the feature cache (``encoders``:
-        kind -> encoder name; kinds without one are left out), write the index to ``path`` (the
-        file later notebooks take as ``features_index``) and return it."""
+        kind -> encoder name; kinds without one are left out, except tabular, which needs no
+        weights and gets its default), write the index to ``path`` (the file later notebooks take
+        as ``features_index``) and return it. An encoder that is fitted (tabular) is fitted on the
+        training split; its state goes into the index entry (``fitted``)."""
         index = cls(
             dataset_dir=str(Path(ds.root).resolve()),
             dataset=ds.name,
@@ -106,11 +118,13 @@ class FeatureIndex:
             targets=ds.targets,
         )
         for modality, kind in sorted(ds.modalities.items()):
-            name = encoders.get(kind)
+            name = encoders.get(kind) or (DEFAULT_ENCODERS[kind] if kind == "tabular" else None)
             if not name:
                 continue
             enc = build_encoder(kind, name)
-            entry = ModalityFeatures(kind=kind, encoder=enc.name, identity=enc.identity())
+            if enc.needs_fit:
+                enc.fit_dataset(ds, modality)
+            entry = ModalityFeatures(kind=kind, encoder=enc.name, identity=enc.identity(), fitted=enc.fitted())
             for output in outputs:
                 for split in SPLITS:
                     if not ds.split(split):
@@ -119,6 +133,8 @@ class FeatureIndex:
                                           batch_size=batch_size or None, progress=progress)  # fmt: skip
                     entry.files.setdefault(output, {})[split] = str(Path(fs.path).resolve())
                     entry.dims[output] = list(fs.values.shape[1:])
+                    if fs.meta.get("notes"):
+                        entry.notes[split] = fs.meta["notes"]
             index.modalities[modality] = entry
         index.write(path)
         return index
@@ -156,7 +172,8 @@ class FeatureIndex:
         for name, entry in doc["modalities"].items():
             try:
                 mods[name] = ModalityFeatures(entry["kind"], entry["encoder"], entry.get("identity", {}),
-                                              entry.get("files", {}), entry.get("dims", {}))  # fmt: skip
+                                              entry.get("files", {}), entry.get("dims", {}), entry.get("fitted"),
+                                              entry.get("notes", {}))  # fmt: skip
             except (KeyError, TypeError) as e:
                 raise FeatureIndexError(f"{src}: modalities.{name}: missing or malformed field {e}") from None
         tasks = doc.get("tasks")
@@ -262,6 +279,8 @@ class FeatureIndex:
         out = {}
         for modality, entry in self.modalities.items():
             enc = build_encoder(entry.kind, entry.encoder)
+            if entry.fitted is not None:
+                enc.load_fitted(entry.fitted)
             if not enc.matches(entry.identity):
                 raise FeatureIndexError(
                     f"{self.path or 'feature index'}: encoder {entry.encoder!r} for {modality!r} differs from the one "

@@ -24,6 +24,13 @@ optionally, ``id`` and ``split``::
   unless declared (and a column with more words than numbers is classes, each non-integer
   number a bad row). Refused in a regression column: each row with a word or NaN / inf (named),
   and a constant column.
+* **tabular**: ``tabular="record=age,sex,bp?"`` makes the columns ``age``, ``sex`` and ``bp``
+  one modality named ``record`` (several: ``"record=age,sex;item=price,brand"``); its manifest
+  value is an object column -> value. A column is numeric when all its values are numbers, else
+  categorical; ``age:num`` / ``sex:cat`` say so. A column may have missing values (empty, null,
+  NaN) only when declared so with a trailing ``?`` (``bp?``, ``bp:num?``); inf is always refused.
+  Tabular columns are neither detected as modalities nor taken as targets. The tabular encoder
+  (:mod:`fusionkit.encoders.tabular`) standardises, one-hot encodes, imputes and masks them.
 * **split**: a ``split`` column (train / val / test; also training, validation, valid, dev,
   testing) is used as given; without it the samples are split at random, stratified by the first
   target (a regression target: by its quintiles), by ``split_fractions`` (seeded).
@@ -100,6 +107,48 @@ def parse_modalities(spec: str | dict[str, str] | None) -> dict[str, tuple[str, 
     return out
 
 
+_TABULAR_TYPES = {"num": "numeric", "numeric": "numeric", "cat": "categorical", "categorical": "categorical"}
+
+
+def parse_tabular(spec: str | dict[str, Any] | None) -> dict[str, list[tuple[str, str | None, bool]]]:
+    """{modality: [(column, "numeric" | "categorical" | None (detect), missing allowed)]} from
+    ``"record=age,sex:cat,bp?;item=price"`` or a dict ``{modality: "age,sex" or [columns]}``."""
+    if spec is None or spec == "":
+        return {}
+    groups = (
+        spec.items() if isinstance(spec, dict) else [g.split("=", 1) if "=" in g else ("", g) for g in spec.split(";")]
+    )
+    out: dict[str, list[tuple[str, str | None, bool]]] = {}
+    for name, cols in groups:
+        name = str(name).strip()
+        items = cols.split(",") if isinstance(cols, str) else list(cols)
+        parsed = []
+        for item in (str(c).strip() for c in items):
+            missing = item.endswith("?")
+            item = item.rstrip("?").strip()
+            col, _, kind = item.partition(":")
+            col, kind = col.strip(), kind.strip()
+            if not col or (kind and kind not in _TABULAR_TYPES):
+                raise DatasetError(
+                    f"tabular option: {item!r} in group {name!r}; expected 'column', 'column:num' or 'column:cat', "
+                    "with a trailing '?' where values may be missing"
+                )
+            parsed.append((col, _TABULAR_TYPES[kind] if kind else None, missing))
+        if not name or not parsed:
+            raise DatasetError(f"tabular option: {spec!r}; expected 'name=column,column,...' groups separated by ';'")
+        if name in out:
+            raise DatasetError(f"tabular option: modality {name!r} is named twice")
+        out[name] = parsed
+    return out
+
+
+def _is_missing(v: Any) -> bool:
+    """Empty, null or NaN: a missing tabular value."""
+    if v is None or (isinstance(v, str) and (not v.strip() or v.strip().lower() in ("nan", "+nan", "-nan"))):
+        return True
+    return isinstance(v, float | np.floating) and math.isnan(v)
+
+
 def _find_manifest(source: Path, manifest: str | None) -> Path:
     if source.is_file():
         return source
@@ -161,6 +210,7 @@ def _from_dataset_folder(source: Path, problems: Problems) -> Built:
         samples=list(ds.samples),
         info={**ds.info, "reindexed_from": str(source)},
         media_root=ds.media_root,
+        tabular=ds.tabular,
         stats={"source_dataset": str(source)},
     )
 
@@ -230,6 +280,7 @@ def scan(
     name: str | None = None,
     check_media: str = "verify",
     encoding: str = "utf-8",
+    tabular: str | dict[str, Any] | None = None,
 ) -> Built:
     """A manifest table (module docstring).
 
@@ -240,7 +291,8 @@ def scan(
     whose numbers are predicted (regression; detected for non-integer numbers). ``id_column``, ``split_column``:
     their names. ``split_fractions``: (train, val, test) when there is no split column.
     ``media_root``: folder the file paths are relative to (relative to the manifest's folder;
-    default that folder). ``name``: the dataset name (default the manifest's stem, or its folder
+    default that folder). ``tabular``: tabular modalities, "name=col,col:cat,col?;..." (module
+    docstring). ``name``: the dataset name (default the manifest's stem, or its folder
     name for manifest.*). ``check_media``: "verify", "decode" or "none". ``encoding``: of CSV/JSONL."""
     if check_media not in ("verify", "decode", "none"):
         raise DatasetError(f"manifest: check_media = {check_media!r}; expected verify, decode or none")
@@ -257,7 +309,13 @@ def scan(
     ds_name = name or (path.parent.name if path.stem == "manifest" else path.stem)
     # ------------------------------------------------------------------ columns
     spec = parse_modalities(modalities)
+    tab = parse_tabular(tabular)
     reserved = {id_column, split_column}
+    for tname, tcols in tab.items():
+        missing = [c for c, _, _ in tcols if c not in cols]
+        if missing:
+            raise DatasetError(f"{path}: tabular column(s) {missing} of {tname!r} not found; the columns are {cols}")
+    tab_cols = {c for tcols in tab.values() for c, _, _ in tcols}
     mods: dict[str, tuple[str, str]] = {}
     if spec is not None:
         for mname, (col, kind) in spec.items():
@@ -275,7 +333,10 @@ def scan(
     missing = [t for t in declared if t not in cols]
     if missing:
         raise DatasetError(f"{path}: regression column(s) {missing} not found; the columns are {cols}")
-    taken = {c for c, _ in mods.values()} | set(tgt_cols or []) | set(declared)
+    both = sorted(tab_cols & ({c for c, _ in mods.values()} | set(tgt_cols or []) | set(declared)))
+    if both:
+        raise DatasetError(f"{path}: column(s) {both} are tabular and also a modality or a target; use each once")
+    taken = {c for c, _ in mods.values()} | set(tgt_cols or []) | set(declared) | tab_cols
     for col in cols:
         if col in reserved or col in taken:
             continue
@@ -293,21 +354,31 @@ def scan(
             vals = [r.get(col) for _, r in rows if isinstance(r.get(col), str) and r.get(col)]
             k = Counter(sniff_media_kind(v) for v in vals).most_common(1)
             mods[mname] = (col, k[0][0] if k and k[0][0] else "text")
-    if not mods:
+    if not mods and not tab:
         raise DatasetError(
             f"{path}: no modality column found in {cols}; expected file paths with image/audio extensions or a "
             "text column (text, caption, ...), or pass modalities='column:kind,...'"
         )
     if tgt_cols is None:
-        tgt_cols = [c for c in cols if c not in reserved and c not in {c2 for c2, _ in mods.values()}]
+        tgt_cols = [c for c in cols if c not in reserved | tab_cols and c not in {c2 for c2, _ in mods.values()}]
     if not tgt_cols:
         raise DatasetError(f"{path}: no target column; the columns are {cols} - add one (e.g. label) or pass targets=")
-    clash = sorted((set(mods) & set(tgt_cols)) | ((set(mods) | set(tgt_cols)) & {"id", "split"}))
+    names = set(mods) | set(tab)
+    clash = sorted((set(mods) & set(tab)) | (names & set(tgt_cols)) | ((names | set(tgt_cols)) & {"id", "split"}))
     if clash:
         raise DatasetError(f"{path}: names {clash} are used twice (modality/target/id/split); rename the columns")
     has_split = split_column in cols
     has_id = id_column in cols
     regress = [t for t in tgt_cols if t in declared or _is_regression(t, rows)]
+    # each tabular column's type: as declared, else numeric when every present value is a number
+    schema: dict[str, dict[str, dict[str, Any]]] = {}
+    for tname, tcols in tab.items():
+        schema[tname] = {}
+        for c, kind, missing in tcols:
+            if kind is None:
+                present = [r.get(c) for _, r in rows if not _is_missing(r.get(c))]
+                kind = "numeric" if present and all(_number(v) is not None for v in present) else "categorical"
+            schema[tname][c] = {"type": kind, "missing": missing}
     for t in regress:
         if t not in declared:
             problems.warn(
@@ -342,7 +413,7 @@ def scan(
             if split is None:
                 problems.error("malformed", where, f"{split_column} = {raw!r}; expected train, val or test")
                 continue
-        vals: dict[str, str] = {}
+        vals: dict[str, Any] = {}
         bad = False
         for mname, (col, kind) in mods.items():
             v = row.get(col)
@@ -427,12 +498,39 @@ def scan(
             )
         if bad:
             continue
+        for tname, tcols in schema.items():
+            record: dict[str, Any] = {}
+            for c, col_spec in tcols.items():
+                v = row.get(c)
+                if _is_missing(v):
+                    if not col_spec["missing"]:
+                        problems.error("malformed", where, f"tabular column {c!r} of {tname!r} is missing ({v!r}); "
+                                       f"declare it '{c}?' to allow missing values")  # fmt: skip
+                        bad = True
+                        break
+                    record[c] = None
+                elif col_spec["type"] == "numeric":
+                    x = _number(v)
+                    if x is None or not math.isfinite(x):
+                        what = "inf" if x is not None else "not a number"
+                        problems.error("malformed", where, f"tabular column {c!r} of {tname!r} = {v!r} ({what}); "
+                                       "expected a finite number")  # fmt: skip
+                        bad = True
+                        break
+                    record[c] = x
+                else:
+                    record[c] = str(v).strip() if isinstance(v, str) else str(v)
+            if bad:
+                break
+            vals[tname] = record
+        if bad:
+            continue
         good.append((sid, where, split, vals, tv))
     if not good:
         return Built(
             name=ds_name,
             format=path.suffix.lstrip(".") or "table",
-            modalities={m: k for m, (_, k) in mods.items()},
+            modalities={**{m: k for m, (_, k) in mods.items()}, **{t: "tabular" for t in schema}},
             targets={},
             samples=[],
         )
@@ -490,6 +588,7 @@ def scan(
         "manifest": str(path),
         "columns": {
             "modalities": {m: c for m, (c, _) in mods.items()},
+            "tabular": {t: list(cs) for t, cs in schema.items()},
             "targets": tgt_cols,
             "regression": regress,
             "split": has_split,
@@ -499,11 +598,12 @@ def scan(
     return Built(
         name=ds_name,
         format=f"manifest-{fmt}",
-        modalities={m: k for m, (_, k) in mods.items()},
+        modalities={**{m: k for m, (_, k) in mods.items()}, **{t: "tabular" for t in schema}},
         targets=classes,
         samples=samples,
         info=info,
         media_root=root,
+        tabular=schema,
         stats={
             "rows": len(rows),
             "columns": cols,
