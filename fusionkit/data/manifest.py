@@ -542,6 +542,12 @@ def scan(
                 "expected values that vary"
             )
     classes = {t: [] if t in regress else _classes([(w, tv[t]) for _, w, _, _, tv in good]) for t in tgt_cols}
+    for t, cs in classes.items():
+        if t not in regress and len(cs) < 2:  # nothing to learn, but a table may be read for other targets
+            problems.warn(
+                "malformed", str(path), f"target {t!r} is constant ({cs[0]!r} on all {len(good)} usable rows): it has "
+                "one class, nothing to predict"
+            )  # fmt: skip
     index = {t: {c: i for i, c in enumerate(cs)} for t, cs in classes.items()}
     # ------------------------------------------------------------------ splits
     if not has_split:

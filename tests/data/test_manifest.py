@@ -293,6 +293,9 @@ def test_regression_bad_values_name_the_file_and_row(own, tmp_path):
             DatasetError, match=rf"manifest\.csv:5 \(id 'r3'\): regression target 'score' = '{bad}' \(NaN / inf\)"
         ):
             registry.prepare("manifest", tmp_path / "out", source_dir=own, progress=False)
+    _scores(own, ["2"] * 6)  # a constant class target: a warning (one class, nothing to predict)
+    ds = registry.prepare("manifest", tmp_path / "one", source_dir=own, progress=False)
+    assert any("target 'score' is constant ('2' on all 6" in i.message for i in Report.load(ds.root).warnings)
     _scores(own, ["2.5"] * 6)
     with pytest.raises(DatasetError, match=r"manifest\.csv: regression target 'score' is constant \(2\.5 on all 6"):
         registry.prepare("manifest", tmp_path / "out", source_dir=own, regression="score", progress=False)
