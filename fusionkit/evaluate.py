@@ -45,6 +45,14 @@ def target_metrics(logits: Tensor, labels: Tensor, num_classes: int) -> dict[str
     return classification_metrics(logits, labels, num_classes)
 
 
+def score(logits: Tensor, labels: Tensor) -> tuple[str, float]:
+    """(name, value) of the one score the robustness and interpretability studies report:
+    ``accuracy``, or ``r2`` for a regression target (float labels); higher is better in both."""
+    if labels.is_floating_point():
+        return "r2", regression_metrics(logits, labels)["r2"]
+    return "accuracy", float((logits.argmax(1) == labels).float().mean())
+
+
 def classification_metrics(logits: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
     preds = logits.argmax(1)
     return {
