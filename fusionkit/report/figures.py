@@ -15,6 +15,7 @@ import seaborn as sns
 from sklearn.decomposition import PCA
 from torch.nn import functional as F
 
+from fusionkit.compare import metrics_of
 from fusionkit.data.base import SPLITS, Dataset
 from fusionkit.data.readers import load_rgb
 from fusionkit.evaluate import higher_is_better
@@ -79,8 +80,11 @@ def plot_projection(data: SplitData, class_names: list[str], max_points: int = 1
 
 
 def plot_comparison(
-    results: pd.DataFrame, summary: pd.DataFrame, metric: str = "test_accuracy", ceilings: dict | None = None
+    results: pd.DataFrame, summary: pd.DataFrame, metric: str | None = None, ceilings: dict | None = None
 ):
+    """Each method's ``metric`` (default: the comparison's, ``compare.metrics_of``: test accuracy,
+    or test MSE on a regression target) per seed and vs its parameter count."""
+    metric = metric or metrics_of(summary)[0]
     order = summary["method"].tolist()
     fig, axes = plt.subplots(
         1, 2, figsize=(13, max(3.5, 0.38 * len(order) + 1.5)), gridspec_kw={"width_ratios": [2, 1]}
@@ -149,9 +153,11 @@ def plot_targets(
     return fig
 
 
-def plot_search(trials: pd.DataFrame, metric: str = "val_accuracy"):
+def plot_search(trials: pd.DataFrame, metric: str | None = None):
     """Each method's search: the validation score of every trial (dots; trial 0 is the method's
-    defaults, ringed) and the best so far (line). ``trials``: ``SearchResult.trials``."""
+    defaults, ringed) and the best so far (line). ``trials``: ``SearchResult.trials``;
+    ``metric``: default ``val_accuracy``, or ``val_mse`` where the trials have it."""
+    metric = metric or ("val_mse" if "val_mse" in trials.columns else "val_accuracy")
     methods = list(dict.fromkeys(trials["method"]))
     ncols = min(5, len(methods))
     nrows = -(-len(methods) // ncols)
