@@ -160,7 +160,11 @@ def run(
     search then minimises ``val_mse`` unless ``search_metric`` says otherwise)."""
 
     seeds = list(seeds)
-    search_metric = search_metric or (REGRESSION_SELECTION if data["train"].regression else SELECTION)
+    own_metric = REGRESSION_SELECTION if data["train"].regression else SELECTION
+    search_metric = search_metric or own_metric
+    if search_trials > 0 and search_metric != own_metric:
+        kind = "a regression target" if data["train"].regression else "a class target"
+        raise ValueError(f"search_metric {search_metric!r}: {kind} is searched on {own_metric!r} (validation)")
     methods = _methods(methods, data, unimodal)
     if search_space and search_trials > 0:
         check_overrides(methods, search_space)

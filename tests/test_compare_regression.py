@@ -104,3 +104,9 @@ def test_every_fusion_method_trains_a_regression_head(method):
     pred, _ = predict(model, data["val"])
     assert pred.shape == (len(data["val"]), 1) and torch.isfinite(pred).all()
     assert {"test_mse", "test_mae", "test_r2", "val_mse"} <= set(row)
+
+
+def test_a_class_metric_cannot_search_a_regression_target():
+    with pytest.raises(ValueError, match=r"search_metric 'val_accuracy': a regression target is searched on 'val_mse'"):
+        run(["concat"], regression_problem(n=40), CFG, 0, seeds=[0], search_trials=1, search_metric="val_accuracy",
+            show_progress=False)  # fmt: skip
