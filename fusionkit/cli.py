@@ -97,7 +97,8 @@ def _cmd_fusion_compare(args: argparse.Namespace) -> int:
         return 2
     try:
         comparison = compare.run(methods, splits, cfg, len(class_names), seeds=range(args.seed, args.seed + args.seeds),
-                                 hidden=args.hidden, search_trials=args.search_trials, search_metric=args.search_metric,
+                                 hidden=args.hidden, search_trials=args.search_trials,
+                                 search_metric=args.search_metric or None,
                                  search_space=space, executor=ex)  # fmt: skip
     except (KeyError, ValueError) as e:
         print(f"fusionkit: error: {e.args[0] if e.args else e}", file=sys.stderr)
@@ -113,14 +114,20 @@ def _cmd_fusion_compare(args: argparse.Namespace) -> int:
     written = ["comparison_runs.csv", "comparison_summary.csv", "rankings.csv", "comparison.png"]
     if comparison.tuned:
         comparison.search.trials.to_csv(out / "search_trials.csv", index=False)
-        figures.plot_search(comparison.search.trials).savefig(out / "search_curves.png", dpi=110, bbox_inches="tight")
+        figures.plot_search(comparison.search.trials, comparison.search.metric).savefig(
+            out / "search_curves.png", dpi=110, bbox_inches="tight"
+        )
         written += ["search_trials.csv", "search_curves.png"]
-    figures.plot_comparison(results, summary).savefig(out / "comparison.png", dpi=110, bbox_inches="tight")
+    metric, select = compare.metrics_of(summary)
+    figures.plot_comparison(results, summary, metric=metric).savefig(out / "comparison.png", dpi=110,
+                                                                     bbox_inches="tight")  # fmt: skip
+    extra = [f"test_{k}_mean" for k in ("mae", "r2") if f"test_{k}_mean" in summary] if metric == "test_mse" else []
     cols = [
         "method",
-        "test_accuracy_mean",
-        "test_accuracy_ci95",
-        "val_accuracy_mean",
+        f"{metric}_mean",
+        f"{metric}_ci95",
+        *extra,
+        f"{select}_mean",
         "params",
         "train_time_s",
         "p_vs_best",
@@ -259,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--methods", default="all", help="comma-separated method names, or 'all'")
     fc.add_argument("--seeds", type=int, default=5)
     fc.add_argument("--seed", type=int, default=0, help="first seed")
-    fc.add_argument("--target", default="label")
+    fc.add_argument("--target", default="label", help="a class target, or a regression target (MSE / MAE / R^2)")
     fc.add_argument("--epochs", type=int, default=40)
     fc.add_argument("--batch-size", type=int, default=64)
     fc.add_argument("--lr", type=float, default=2e-3)
@@ -268,7 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--modality-dropout", type=float, default=0.0)
     fc.add_argument("--hidden", type=int, default=128)
     fc.add_argument("--search-trials", type=int, default=0, help="trials per method, the same for all (0: no search)")
-    fc.add_argument("--search-metric", default="val_accuracy", help="what the search maximises (validation only)")
+    fc.add_argument(
+        "--search-metric",
+        default="",
+        help="what the search optimises (validation only; default val_accuracy, or val_mse - minimised - for a "
+        "regression target)",
+    )
     fc.add_argument(
         "--search-space", default="", help='JSON overrides, e.g. \'{"lr": {"low": 1e-4, "high": 1e-2, "log": true}}\''
     )

@@ -1,7 +1,12 @@
 """Fusion-method comparison: every method x several seeds under one training budget, unimodal
 baselines alongside, optionally each tuned with the same search budget (``fusionkit.grid``), mean
 and 95% confidence intervals, and a paired test against the best; the best is chosen on
-validation. The trainings run on an executor: this process or Ray (``fusionkit.grid.executors``)."""
+validation. The trainings run on an executor: this process or Ray (``fusionkit.grid.executors``).
+
+On a regression target (``num_classes`` 0, float labels) the runs carry ``test_mse``,
+``test_mae``, ``test_r2`` and ``val_mse``: the comparison reports and tests ``test_mse`` and
+selects on ``val_mse``, lower being better (:func:`metrics_of`; the direction of every metric is
+:func:`fusionkit.evaluate.higher_is_better`)."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import pandas as pd
 from scipy import stats
 
 from fusionkit import tracking
+from fusionkit.evaluate import higher_is_better
 from fusionkit.fusion import get
 from fusionkit.grid.executors import Executor, SerialExecutor
 from fusionkit.grid.jobs import FUSION_PREFIX, UNIMODAL_PREFIX, TrainJob, in_dims_of
@@ -24,6 +30,18 @@ from fusionkit.grid.space import check_overrides, default_config
 from fusionkit.train import SplitData, TrainConfig
 
 SELECTION = "val_accuracy"
+#: a regression target's: what is reported and tested, what selects
+REGRESSION_METRIC, REGRESSION_SELECTION = "test_mse", "val_mse"
+
+
+def metrics_of(results: pd.DataFrame) -> tuple[str, str]:
+    """(the test metric a comparison reports and tests, the validation metric it selects on) for
+    its runs or summary: ``test_mse`` / ``val_mse`` for a regression target, else
+    ``test_accuracy`` / ``val_accuracy``."""
+    cols = set(results.columns)
+    if REGRESSION_SELECTION in cols or f"{REGRESSION_SELECTION}_mean" in cols:
+        return REGRESSION_METRIC, REGRESSION_SELECTION
+    return "test_accuracy", SELECTION
 
 
 def _methods(methods: Iterable[str], data: dict[str, SplitData], unimodal: bool) -> list[str]:
@@ -89,27 +107,30 @@ class Comparison:
     def tuned(self) -> bool:
         return self.search is not None
 
-    def rankings(self, metric: str = "test_accuracy") -> pd.DataFrame:
-        """The untuned and the tuned ranking side by side: mean +- 95% CI of ``metric``, rank
-        (1 = best by mean test score, for reading; the best method itself is chosen on
-        validation), the validation score, and the chosen configuration."""
+    def rankings(self, metric: str | None = None) -> pd.DataFrame:
+        """The untuned and the tuned ranking side by side: mean +- 95% CI of ``metric`` (default:
+        :func:`metrics_of`), rank (1 = best by mean test score, for reading; the best method
+        itself is chosen on validation), the validation score, and the chosen configuration."""
+        metric = metric or metrics_of(self.untuned_summary)[0]
         return side_by_side(self.untuned_summary, self.summary if self.tuned else None, self.configs, metric)
 
 
 def side_by_side(
     untuned: pd.DataFrame, tuned: pd.DataFrame | None, configs: dict[str, dict], metric: str
 ) -> pd.DataFrame:
-    cols = [f"{metric}_mean", f"{metric}_ci95", f"{SELECTION}_mean", "is_best"]
+    select = metrics_of(untuned)[1]
+    low_first = not higher_is_better(metric)
+    cols = [f"{metric}_mean", f"{metric}_ci95", f"{select}_mean", "is_best"]
     out = untuned.set_index("method")[cols].add_prefix("untuned_")
-    out["untuned_rank"] = out[f"untuned_{metric}_mean"].rank(ascending=False, method="min").astype(int)
+    out["untuned_rank"] = out[f"untuned_{metric}_mean"].rank(ascending=low_first, method="min").astype(int)
     if tuned is not None:
         t = tuned.set_index("method")[cols].add_prefix("tuned_")
-        t["tuned_rank"] = t[f"tuned_{metric}_mean"].rank(ascending=False, method="min").astype(int)
+        t["tuned_rank"] = t[f"tuned_{metric}_mean"].rank(ascending=low_first, method="min").astype(int)
         out = out.join(t, how="outer")
         out["gain"] = out[f"tuned_{metric}_mean"] - out[f"untuned_{metric}_mean"]
     out["config"] = [json.dumps(configs.get(m, {}), sort_keys=True) for m in out.index]
     order = f"tuned_{metric}_mean" if tuned is not None else f"untuned_{metric}_mean"
-    return out.sort_values(order, ascending=False).reset_index()
+    return out.sort_values(order, ascending=low_first).reset_index()
 
 
 def run(
@@ -123,7 +144,7 @@ def run(
     hidden: int = 128,
     dropout: float = 0.1,
     search_trials: int = 0,
-    search_metric: str = SELECTION,
+    search_metric: str | None = None,
     search_space: dict[str, Any] | None = None,
     executor: Executor | None = None,
     on_result: Callable[..., None] | None = None,
@@ -135,9 +156,15 @@ def run(
     chosen configuration retrained with every seed - the comparison reported. Trainings run on
     ``executor`` (default: this process). ``on_result(row, model, train_result, tag)`` is called
     for each finished per-seed training (``tag`` "grid" or "tuned"; ``model`` is the trained model
-    for the first seed, else None)."""
+    for the first seed, else None). ``num_classes`` 0: a regression target (float labels; the
+    search then minimises ``val_mse`` unless ``search_metric`` says otherwise)."""
 
     seeds = list(seeds)
+    own_metric = REGRESSION_SELECTION if data["train"].regression else SELECTION
+    search_metric = search_metric or own_metric
+    if search_trials > 0 and search_metric != own_metric:
+        kind = "a regression target" if data["train"].regression else "a class target"
+        raise ValueError(f"search_metric {search_metric!r}: {kind} is searched on {own_metric!r} (validation)")
     methods = _methods(methods, data, unimodal)
     if search_space and search_trials > 0:
         check_overrides(methods, search_space)
@@ -265,7 +292,8 @@ def ci95(values: np.ndarray) -> float:
 
 def paired_p(a: np.ndarray, b: np.ndarray, alternative: str = "two-sided") -> float:
     """The paired t-test's p-value over seeds of ``a`` against ``b`` (``alternative``
-    "greater": that ``a`` is better); 1.0 when the two are equal on every seed."""
+    "greater": that ``a`` is higher - better for accuracy; "less" for a metric where lower is
+    better, e.g. MSE); 1.0 when the two are equal on every seed."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if np.allclose(a - b, 0):
         return 1.0
@@ -273,15 +301,21 @@ def paired_p(a: np.ndarray, b: np.ndarray, alternative: str = "two-sided") -> fl
 
 
 def summarize(
-    results: pd.DataFrame, metric: str = "test_accuracy", alpha: float = 0.05, select: str = "val_accuracy"
+    results: pd.DataFrame, metric: str | None = None, alpha: float = 0.05, select: str | None = None
 ) -> pd.DataFrame:
     """Per method: mean and 95% CI of the test metrics, the mean of the validation metric
     ``select``, parameters, time; a paired t-test over seeds of ``metric`` against the best fusion
-    method (``p_vs_best``; ``worse_than_best`` when p < alpha).
+    method (``p_vs_best``; ``worse_than_best`` when p < alpha and the method's mean is worse).
+    ``metric`` / ``select`` default to :func:`metrics_of` the results (a regression target:
+    ``test_mse`` / ``val_mse``).
 
-    The best fusion method (``is_best``) is the one with the highest mean ``select``: it is chosen
-    on the validation split, never on the test split it is then scored on (ties: the first in the
-    results' order)."""
+    The best fusion method (``is_best``) is the one with the best mean ``select`` (the highest, or
+    the lowest for a metric where lower is better, e.g. ``val_mse``): it is chosen on the
+    validation split, never on the test split it is then scored on (ties: the first in the
+    results' order). Rows are sorted best first by ``metric``."""
+    default_metric, default_select = metrics_of(results)
+    metric, select = metric or default_metric, select or default_select
+    higher = higher_is_better(select)
     metrics = [c for c in results.columns if c.startswith("test_")]
     g = results.groupby("method", sort=False)
     out = pd.DataFrame({"n_seeds": g.size()})
@@ -296,7 +330,8 @@ def summarize(
     out["infer_samples_per_s"] = g["infer_samples_per_s"].mean()
     out["kind"] = ["unimodal" if m.startswith(UNIMODAL_PREFIX) else "fusion" for m in out.index]
     fusion = out[out["kind"] == "fusion"]
-    best = (fusion if len(fusion) else out)[f"{select}_mean"].idxmax()
+    pool = (fusion if len(fusion) else out)[f"{select}_mean"]
+    best = pool.idxmax() if higher else pool.idxmin()
     best_vals = results[results["method"] == best].set_index("seed")[metric]
     pvals, worse = [], []
     for m in out.index:
@@ -309,11 +344,11 @@ def summarize(
         a, b = best_vals.loc[common].to_numpy(), vals.loc[common].to_numpy()
         p = paired_p(a, b, alternative="two-sided")
         pvals.append(p)
-        worse.append(bool(p < alpha and a.mean() > b.mean()))
+        worse.append(bool(p < alpha and (a.mean() > b.mean()) == higher_is_better(metric)))
     out["p_vs_best"] = pvals
     out["worse_than_best"] = worse
     out["is_best"] = out.index == best
-    return out.sort_values(f"{metric}_mean", ascending=False).reset_index()
+    return out.sort_values(f"{metric}_mean", ascending=not higher_is_better(metric)).reset_index()
 
 
 # --- the comparison on several targets (the interaction types of fusionkit.data.shapes) -------
@@ -340,10 +375,12 @@ class TargetComparison:
     def targets(self) -> list[str]:
         return list(dict.fromkeys(self.summary["target"]))
 
-    def table(self, metric: str = "test_accuracy") -> pd.DataFrame:
-        """Methods x targets: the mean of ``metric`` (rows in the order of the mean over targets)."""
+    def table(self, metric: str | None = None) -> pd.DataFrame:
+        """Methods x targets: the mean of ``metric`` (default: :func:`metrics_of`; rows in the
+        order of the mean over targets, best first)."""
+        metric = metric or metrics_of(self.summary)[0]
         t = self.summary.pivot(index="method", columns="target", values=f"{metric}_mean")[self.targets]
-        return t.loc[t.mean(axis=1).sort_values(ascending=False).index]
+        return t.loc[t.mean(axis=1).sort_values(ascending=not higher_is_better(metric)).index]
 
     def verdicts(self, ceilings: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
         """One row per target: the best method (on validation) with its test mean +- CI, late
@@ -354,18 +391,22 @@ class TargetComparison:
         rows = []
         for t in self.targets:
             sub = self.summary[self.summary.target == t].set_index("method")
+            metric, select = metrics_of(sub.dropna(axis=1, how="all"))
+            name = metric[len("test_") :]
             fusion = sub[sub.kind == "fusion"]
             best = str(fusion.index[fusion["is_best"]][0]) if fusion["is_best"].any() else None
-            uni = sub[sub.kind == "unimodal"].sort_values(f"{SELECTION}_mean", ascending=False, kind="stable")
+            uni = sub[sub.kind == "unimodal"].sort_values(
+                f"{select}_mean", ascending=not higher_is_better(select), kind="stable"
+            )
             c = dict((ceilings or {}).get(t, {}))
             row: dict[str, Any] = {
                 "target": t,
                 "best_method": best,
-                "best_accuracy": None if best is None else float(sub.loc[best, "test_accuracy_mean"]),
-                "best_accuracy_ci95": None if best is None else float(sub.loc[best, "test_accuracy_ci95"]),
-                "late_accuracy": float(sub.loc[LATE, "test_accuracy_mean"]) if LATE in sub.index else None,
+                f"best_{name}": None if best is None else float(sub.loc[best, f"{metric}_mean"]),
+                f"best_{name}_ci95": None if best is None else float(sub.loc[best, f"{metric}_ci95"]),
+                f"late_{name}": float(sub.loc[LATE, f"{metric}_mean"]) if LATE in sub.index else None,
                 "best_unimodal": str(uni.index[0]) if len(uni) else None,
-                "best_unimodal_accuracy": float(uni["test_accuracy_mean"].iloc[0]) if len(uni) else None,
+                f"best_unimodal_{name}": float(uni[f"{metric}_mean"].iloc[0]) if len(uni) else None,
                 "ceiling_fused": c.get("fused"),
                 "ceiling_late": c.get("late"),
                 "ceiling_unimodal": max((c[m] for m in _modalities(sub.index) if m in c), default=None),
@@ -426,7 +467,8 @@ def _targets_plan(methods, data, cfg, seeds, hidden, dropout, alpha):
     runs = pd.DataFrame(rows)
     parts = []
     for t in data:
-        r = runs[runs.target == t].drop(columns="target") if len(runs) else runs
+        # a regression target's runs lack the accuracies and a class target's the MSE: drop them
+        r = runs[runs.target == t].drop(columns="target").dropna(axis=1, how="all") if len(runs) else runs
         if not len(r):
             continue
         part = summarize(r, alpha=alpha)
@@ -437,11 +479,17 @@ def _targets_plan(methods, data, cfg, seeds, hidden, dropout, alpha):
     return TargetComparison(runs, summary, failed, alpha)
 
 
-def _against(summary: pd.DataFrame, runs: pd.DataFrame, alpha: float, metric: str = "test_accuracy") -> None:
+def _against(summary: pd.DataFrame, runs: pd.DataFrame, alpha: float, metric: str | None = None) -> None:
     """Add the one-sided paired tests against late fusion and the best single modality (on
-    validation) to one target's ``summary``, in place."""
+    validation) to one target's ``summary``, in place (``metric``: default :func:`metrics_of`;
+    "better" in its direction)."""
+    default_metric, select = metrics_of(runs)
+    metric = metric or default_metric
+    better = "greater" if higher_is_better(metric) else "less"
     by_seed = {m: g.set_index("seed")[metric] for m, g in runs.groupby("method")}
-    uni = summary[summary.kind == "unimodal"].sort_values(f"{SELECTION}_mean", ascending=False, kind="stable")
+    uni = summary[summary.kind == "unimodal"].sort_values(
+        f"{select}_mean", ascending=not higher_is_better(select), kind="stable"
+    )
     refs = {"late": LATE if LATE in by_seed else None, "unimodal": str(uni["method"].iloc[0]) if len(uni) else None}
     for name, ref in refs.items():
         if ref is None:
@@ -455,7 +503,7 @@ def _against(summary: pd.DataFrame, runs: pd.DataFrame, alpha: float, metric: st
             if len(common) < 2:
                 ps.append(float("nan"))
                 continue
-            ps.append(paired_p(by_seed[m].loc[common], by_seed[ref].loc[common], alternative="greater"))
+            ps.append(paired_p(by_seed[m].loc[common], by_seed[ref].loc[common], alternative=better))
         summary[f"p_vs_{name}"] = ps
         summary[f"no_better_than_{name}"] = [
             bool(k == "fusion" and m != ref and not (p < alpha))

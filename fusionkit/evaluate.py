@@ -14,6 +14,45 @@ from fusionkit.train import SplitData, predict
 Tensor = torch.Tensor
 
 
+#: whether a higher value of a metric is better (names without their ``val_`` / ``test_`` prefix)
+HIGHER_IS_BETTER = {"accuracy": True, "balanced_accuracy": True, "macro_f1": True, "r2": True,
+                    "mse": False, "mae": False, "loss": False}  # fmt: skip
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a higher ``metric`` (``val_mse``, ``test_accuracy``, ``r2``, ...) is better."""
+    name = metric.split("_", 1)[1] if metric.startswith(("val_", "test_", "train_")) else metric
+    if name not in HIGHER_IS_BETTER:
+        raise KeyError(f"metric {metric!r}: no known direction; expected one of {sorted(HIGHER_IS_BETTER)}")
+    return HIGHER_IS_BETTER[name]
+
+
+def regression_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
+    """``mse``, ``mae`` and ``r2`` (1 - MSE / variance of ``target``; 0 is the mean's score) of
+    predictions in the target's units (``(N,)`` or ``(N, 1)``)."""
+    pred, target = pred.reshape(-1).double(), target.reshape(-1).double()
+    err = pred - target
+    mse = float((err**2).mean())
+    var = float(((target - target.mean()) ** 2).mean())
+    return {"mse": mse, "mae": float(err.abs().mean()), "r2": 1.0 - mse / var if var > 0 else float("nan")}
+
+
+def target_metrics(logits: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
+    """:func:`regression_metrics` for a regression target (float labels, ``num_classes`` 0),
+    else :func:`classification_metrics`."""
+    if labels.is_floating_point():
+        return regression_metrics(logits, labels)
+    return classification_metrics(logits, labels, num_classes)
+
+
+def score(logits: Tensor, labels: Tensor) -> tuple[str, float]:
+    """(name, value) of the one score the robustness and interpretability studies report:
+    ``accuracy``, or ``r2`` for a regression target (float labels); higher is better in both."""
+    if labels.is_floating_point():
+        return "r2", regression_metrics(logits, labels)["r2"]
+    return "accuracy", float((logits.argmax(1) == labels).float().mean())
+
+
 def classification_metrics(logits: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
     preds = logits.argmax(1)
     return {
@@ -28,7 +67,8 @@ def confusion(logits: Tensor, labels: Tensor, num_classes: int) -> np.ndarray:
 
 
 def modality_ablation(model: MultimodalModel, data: SplitData, num_classes: int) -> list[dict[str, Any]]:
-    """Accuracy with all modalities, with each one dropped (mask = 0), and with only each one."""
+    """Accuracy (a regression target: MSE, MAE, R^2) with all modalities, with each one dropped
+    (mask = 0), and with only each one."""
     mods = sorted(data.features)
     n = len(data)
     rows = []
@@ -36,7 +76,7 @@ def modality_ablation(model: MultimodalModel, data: SplitData, num_classes: int)
     def run(present: dict[str, bool], name: str) -> None:
         mask = {m: torch.full((n,), 1.0 if present[m] else 0.0) for m in mods}
         logits, _ = predict(model, data, mask)
-        rows.append({"condition": name, **classification_metrics(logits, data.labels, num_classes)})
+        rows.append({"condition": name, **target_metrics(logits, data.labels, num_classes)})
 
     run({m: True for m in mods}, "all")
     for m in mods:

@@ -12,6 +12,8 @@ Cache layout (one folder per dataset content x modality x encoder configuration)
         {split}-{output}.parts/        chunk files while an extraction is in progress (resumable)
         {split}-{output}.lock          the entry's lock file (see "Concurrent processes")
         skipped.json                   records skipped under on_error="skip", per split, with reasons
+        fitted.json                    an encoder fitted on the training split (tabular): its
+                                        statistics and vocabularies (the sidecars carry them too)
     {cache_dir}/extractions.jsonl      one line per entry computed: key, records computed, seconds,
                                         host, pid, time (who computed what, and how often)
 
@@ -62,7 +64,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from fusionkit import __version__
-from fusionkit.data.base import Dataset, DatasetError, atomic_write_text
+from fusionkit.data.base import INLINE_KINDS, Dataset, DatasetError, atomic_write_text
 from fusionkit.data.problems import check_on_error
 from fusionkit.data.readers import read_json, read_jsonl
 from fusionkit.encoders import build_encoder
@@ -73,6 +75,8 @@ from fusionkit.runtime import allocator_tuned, available_cpus, cpu_threads, tune
 
 CACHE_FORMAT = 1
 OUTPUTS = ("pooled", "grid")
+#: an encoder folder's fitted state (the tabular encoder's statistics and vocabularies), JSON
+FITTED = "fitted.json"
 
 
 class CacheError(ValueError):
@@ -300,7 +304,7 @@ class _Records(torch.utils.data.Dataset):
         try:
             return i, self.encoder.load(self.values[i], self.root), None
         except InputError as e:
-            f = e.path or (None if self.kind == "text" else str(self.root / str(self.values[i])))
+            f = e.path or (None if self.kind in INLINE_KINDS else str(self.root / str(self.values[i])))
             return i, None, (e.reason, f)
 
 
@@ -348,6 +352,8 @@ def _resolve(dataset: Dataset, modality: str, encoder: Encoder | str | None) -> 
     enc = encoder if isinstance(encoder, Encoder) else build_encoder(kind, encoder)
     if enc.kind != kind:
         raise ValueError(f"encoder {enc.name!r} is a {enc.kind} encoder but modality {modality!r} is {kind}")
+    if enc.needs_fit and not enc.is_fitted:  # the tabular encoder: statistics of the training split only
+        enc.fit_dataset(dataset, modality)
     return enc
 
 
@@ -543,10 +549,18 @@ def _compute_entry(
         },  # fmt: skip
         "timing": {"seconds": round(compute_s, 3), "records_computed": sum(len(chunks[c]) for c in todo)},
         "versions": _versions(),
+        **({"fitted": enc.fitted()} if enc.fitted() is not None else {}),
+        **({"notes": notes} if (notes := enc.split_notes([s.modalities[modality] for s in samples])) else {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "file_size": path.stat().st_size,
         "sha256": _sha256_file(path),
     }
+    unknown = (meta.get("notes") or {}).get("unknown_categories") or {}
+    if unknown:
+        warnings.warn(f"{path.with_suffix('')}: categories the training split lacks, encoded as unknown - records per "
+                      f"column: {unknown}", RuntimeWarning, stacklevel=3)  # fmt: skip
+    if enc.fitted() is not None:  # what the encoder learnt from the training split, beside its features
+        atomic_write_text(path.parent / FITTED, json.dumps(enc.fitted(), indent=1, ensure_ascii=False) + "\n")
     atomic_write_text(_sidecar(path), json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
     _write_skipped(path.parent / "skipped.json", split, skipped)
     _log_extraction(Path(cache_dir), path, meta)

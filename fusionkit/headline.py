@@ -62,6 +62,11 @@ class Headline:
         """From :func:`fusionkit.compare.summarize`'s table (its ``is_best`` row and the single
         modality with the best validation accuracy: both chosen on validation, reported on test),
         the known-information check and :func:`fusionkit.robustness.by_method`."""
+        if "test_accuracy_mean" not in summary:
+            raise ValueError(
+                "the headline reports test accuracy; this comparison has none (a regression target: its headline, "
+                "in MSE / R^2, is not written yet - read compare.summarize's table)"
+            )
         best = summary[summary.is_best].iloc[0]
         uni = summary[summary.kind == "unimodal"]
         if "val_accuracy_mean" in uni:  # the best single modality is chosen on validation too

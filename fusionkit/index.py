@@ -29,6 +29,7 @@ import torch
 
 from fusionkit.data.base import SPLITS, Dataset, DatasetError, atomic_write_text, load_dataset
 from fusionkit.data.readers import read_json
+from fusionkit.encoders import DEFAULTS as DEFAULT_ENCODERS
 from fusionkit.encoders import build_encoder
 from fusionkit.features import extract_features, read_feature_set
 from fusionkit.train import SplitData
@@ -52,6 +53,10 @@ class ModalityFeatures:
     identity: dict[str, Any]
     files: dict[str, dict[str, str]] = field(default_factory=dict)  # output -> split -> path
     dims: dict[str, list[int]] = field(default_factory=dict)  # output -> feature shape per sample
+    #: what the encoder learnt from the training split (tabular: statistics, vocabularies); JSON
+    fitted: dict[str, Any] | None = None
+    #: split -> the encoder's notes on it (tabular: categories unseen in training, missing values)
+    notes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def file(self, output: str, split: str, modality: str = "") -> str:
         try:
@@ -64,8 +69,13 @@ class ModalityFeatures:
             ) from None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "encoder": self.encoder, "identity": self.identity, "files": self.files,
-                "dims": self.dims}  # fmt: skip
+        doc = {"kind": self.kind, "encoder": self.encoder, "identity": self.identity, "files": self.files,
+               "dims": self.dims}  # fmt: skip
+        if self.fitted is not None:
+            doc["fitted"] = self.fitted
+        if self.notes:
+            doc["notes"] = self.notes
+        return doc
 
 
 @dataclass
@@ -96,8 +106,10 @@ class FeatureIndex:
         progress: bool = True,
     ) -> FeatureIndex:
         """Encode every modality x split x output of ``ds`` into the feature cache (``encoders``:
-        kind -> encoder name; kinds without one are left out), write the index to ``path`` (the
-        file later notebooks take as ``features_index``) and return it."""
+        kind -> encoder name; kinds without one are left out, except tabular, which needs no
+        weights and gets its default), write the index to ``path`` (the file later notebooks take
+        as ``features_index``) and return it. An encoder that is fitted (tabular) is fitted on the
+        training split; its state goes into the index entry (``fitted``)."""
         index = cls(
             dataset_dir=str(Path(ds.root).resolve()),
             dataset=ds.name,
@@ -106,11 +118,13 @@ class FeatureIndex:
             targets=ds.targets,
         )
         for modality, kind in sorted(ds.modalities.items()):
-            name = encoders.get(kind)
+            name = encoders.get(kind) or (DEFAULT_ENCODERS[kind] if kind == "tabular" else None)
             if not name:
                 continue
             enc = build_encoder(kind, name)
-            entry = ModalityFeatures(kind=kind, encoder=enc.name, identity=enc.identity())
+            if enc.needs_fit:
+                enc.fit_dataset(ds, modality)
+            entry = ModalityFeatures(kind=kind, encoder=enc.name, identity=enc.identity(), fitted=enc.fitted())
             for output in outputs:
                 for split in SPLITS:
                     if not ds.split(split):
@@ -119,6 +133,8 @@ class FeatureIndex:
                                           batch_size=batch_size or None, progress=progress)  # fmt: skip
                     entry.files.setdefault(output, {})[split] = str(Path(fs.path).resolve())
                     entry.dims[output] = list(fs.values.shape[1:])
+                    if fs.meta.get("notes"):
+                        entry.notes[split] = fs.meta["notes"]
             index.modalities[modality] = entry
         index.write(path)
         return index
@@ -156,7 +172,8 @@ class FeatureIndex:
         for name, entry in doc["modalities"].items():
             try:
                 mods[name] = ModalityFeatures(entry["kind"], entry["encoder"], entry.get("identity", {}),
-                                              entry.get("files", {}), entry.get("dims", {}))  # fmt: skip
+                                              entry.get("files", {}), entry.get("dims", {}), entry.get("fitted"),
+                                              entry.get("notes", {}))  # fmt: skip
             except (KeyError, TypeError) as e:
                 raise FeatureIndexError(f"{src}: modalities.{name}: missing or malformed field {e}") from None
         tasks = doc.get("tasks")
@@ -211,8 +228,8 @@ class FeatureIndex:
     def by_target(
         self, targets: list[str], output: str = "pooled", modalities: list[str] | None = None
     ) -> dict[str, tuple[dict[str, SplitData], int]]:
-        """:meth:`splits` for each of ``targets``: target -> (splits, number of classes), what
-        :func:`fusionkit.compare.across_targets` takes."""
+        """:meth:`splits` for each of ``targets``: target -> (splits, number of classes; 0 for a
+        regression target), what :func:`fusionkit.compare.across_targets` takes."""
         out = {}
         for t in targets:
             splits, names = self.splits(target=t, output=output, modalities=modalities)
@@ -223,7 +240,8 @@ class FeatureIndex:
         self, target: str = "label", output: str = "pooled", modalities: list[str] | None = None
     ) -> tuple[dict[str, SplitData], list[str]]:
         """The cached features of every split as :class:`SplitData`, aligned with the dataset's
-        labels of ``target``; returns (splits, class names)."""
+        labels of ``target``; returns (splits, class names). A regression target
+        (:func:`fusionkit.data.base.target_kind`) has no class names and float labels in its units."""
         ds = self.load_dataset()
         if target not in ds.targets:
             raise KeyError(f"target {target!r} not in dataset {ds.name}; valid: {', '.join(ds.targets)}")
@@ -233,7 +251,7 @@ class FeatureIndex:
             samples = ds.split(split)
             if not samples:
                 continue
-            labels = torch.tensor([s.targets[target] for s in samples])
+            labels = _labels([s.targets[target] for s in samples], ds.targets[target])
             ids = [s.id for s in samples]
             feats = {}
             for m in mods:
@@ -252,7 +270,8 @@ class FeatureIndex:
         if target not in ds.targets:
             raise KeyError(f"target {target!r} not in dataset {ds.name}; valid: {', '.join(ds.targets)}")
         by_id = {s.id: s for s in ds.samples}
-        return {split: torch.tensor([by_id[i].targets[target] for i in d.ids]) for split, d in splits.items()}
+        classes = ds.targets[target]
+        return {split: _labels([by_id[i].targets[target] for i in d.ids], classes) for split, d in splits.items()}
 
     def encoders(self) -> dict[str, Any]:
         """The frozen encoders that made the cached features, checked to be the same (identity
@@ -260,6 +279,8 @@ class FeatureIndex:
         out = {}
         for modality, entry in self.modalities.items():
             enc = build_encoder(entry.kind, entry.encoder)
+            if entry.fitted is not None:
+                enc.load_fitted(entry.fitted)
             if not enc.matches(entry.identity):
                 raise FeatureIndexError(
                     f"{self.path or 'feature index'}: encoder {entry.encoder!r} for {modality!r} differs from the one "
@@ -267,3 +288,8 @@ class FeatureIndex:
                 )
             out[modality] = enc.eval()
         return out
+
+
+def _labels(values: list, classes: list[str]) -> torch.Tensor:
+    """Class indices (int64), or a regression target's numbers (float32: ``SplitData.regression``)."""
+    return torch.tensor(values, dtype=torch.int64 if classes else torch.float32)

@@ -523,6 +523,11 @@ def _inputs(source, target, modalities, output, class_names):
         )
     if isinstance(source, FeatureIndex):
         data, names = source.splits(target=target, output=output, modalities=mods)
+        if data["train"].regression:
+            raise InteractionError(
+                f"target {target!r} of {source.dataset} is a regression target; the interaction profile (usable "
+                "information in bits) is defined for class targets only"
+            )
         missing = [s for s in ("train", "val", "test") if s not in data]
         if missing:
             raise InteractionError(
@@ -530,6 +535,8 @@ def _inputs(source, target, modalities, output, class_names):
             )
         return data, source.dataset, list(class_names or names), mods
     data = {s: d.select(mods) for s, d in source.items() if s in ("train", "val", "test")}
+    if data["train"].regression:
+        raise InteractionError("regression targets (float labels): the interaction profile is for class targets only")
     return data, "data", list(class_names or []), mods
 
 

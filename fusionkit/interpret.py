@@ -5,8 +5,8 @@ Two views, side by side:
 * the **learned per-sample modality weights** of the methods that have them (late fusion with
   learned weights, weighted softmax, additive attention, GMU gates): their distribution per method
   and per class;
-* the **drop importance** of each modality: test accuracy lost when it is masked as missing - what
-  the model actually needs, whatever its weights say.
+* the **drop importance** of each modality: test accuracy (a regression target: R^2) lost when it
+  is masked as missing - what the model actually needs, whatever its weights say.
 
 On a dataset that documents which modalities carry each target's information by construction
 (``info["informative_modalities"]``, e.g. the synthetic shapes: ``tone`` is in the audio only,
@@ -21,6 +21,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from fusionkit.evaluate import score
 from fusionkit.grid.executors import Executor, SerialExecutor
 from fusionkit.grid.jobs import TrainJob, in_dims_of
 from fusionkit.grid.space import default_config
@@ -30,13 +31,19 @@ from fusionkit.train import SplitData, TrainConfig, accuracy, predict
 
 def weight_samples(models: dict[str, MultimodalModel], test: SplitData, class_names: list[str]) -> pd.DataFrame:
     """One row per (method, sample, modality) with the learned weight (methods without weights are
-    left out)."""
+    left out). ``class``: the sample's class; on a regression target its quintile of the test
+    values (``q1`` lowest ... ``q5``)."""
+    if test.regression:
+        ranks = test.labels.argsort().argsort()
+        class_names = [f"q{k + 1}" for k in range(5)]
+        labels = (ranks * 5 // max(1, len(test))).tolist()
+    else:
+        labels = test.labels.tolist()
     rows = []
     for name, model in models.items():
         _, weights = predict(model, test)
         if not weights:
             continue
-        labels = test.labels.tolist()
         for m, w in weights.items():
             for i, v in enumerate(w.tolist()):
                 rows.append({"method": name, "modality": m, "class": class_names[labels[i]], "weight": v})
@@ -44,19 +51,20 @@ def weight_samples(models: dict[str, MultimodalModel], test: SplitData, class_na
 
 
 def drop_importance(models: dict[str, MultimodalModel], test: SplitData) -> pd.DataFrame:
-    """Accuracy lost when each modality is masked (rows: method, modality, importance)."""
+    """Accuracy (R^2 on a regression target) lost when each modality is masked (rows: method,
+    modality, importance)."""
     mods = sorted(test.features)
     n = len(test)
     rows = []
     for name, model in models.items():
-        full = accuracy(predict(model, test)[0], test.labels)
+        full = score(predict(model, test)[0], test.labels)[1]
         for m in mods:
             mask = {k: torch.full((n,), 0.0 if k == m else 1.0) for k in mods}
             rows.append(
                 {
                     "method": name,
                     "modality": m,
-                    "importance": full - accuracy(predict(model, test, mask)[0], test.labels),
+                    "importance": full - score(predict(model, test, mask)[0], test.labels)[1],
                 }
             )
     return pd.DataFrame(rows)

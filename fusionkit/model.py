@@ -23,6 +23,27 @@ class Projector(nn.Module):
         return self.net(x)
 
 
+class TargetScale(nn.Module):
+    """A regression head's last step: the network predicts the target standardised, this maps it
+    back to the target's units (``z * std + mean``). ``mean`` / ``std`` are buffers (saved with
+    the weights) that :func:`fusionkit.train.train` sets from the training split's targets."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("mean", torch.zeros(1))
+        self.register_buffer("std", torch.ones(1))
+
+    def fit(self, targets: Tensor) -> None:
+        """Set ``mean`` / ``std`` from the training targets (``std`` 1 for a constant target)."""
+        std = targets.float().std(unbiased=False)
+        self.mean.fill_(float(targets.float().mean()))
+        self.std.fill_(float(std) if float(std) > 0 else 1.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner(x) * self.std + self.mean
+
+
 @dataclass
 class ModelOutput:
     logits: Tensor
@@ -44,6 +65,11 @@ class MultimodalModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
+    @property
+    def regression(self) -> bool:
+        """Whether the head predicts one number in the target's units (:class:`TargetScale`)."""
+        return isinstance(self.head, TargetScale)
+
 
 def build_model(
     method: str,
@@ -57,9 +83,12 @@ def build_model(
     """Projectors to ``hidden`` dims, the named fusion method, and a 2-layer MLP head (or none when
     the method already outputs logits, as late fusion does). The method's hyper-parameters come
     as keywords or in ``fusion_kwargs`` (the way to pass the ones named like the model's own,
-    e.g. a fusion method's ``hidden``)."""
+    e.g. a fusion method's ``hidden``). ``num_classes`` 0: a regression target - one output,
+    standardised inside and mapped back to the target's units by :class:`TargetScale`."""
     fusion_hparams = {**fusion_hparams, **(fusion_kwargs or {})}
     projectors = {m: Projector(d, hidden, dropout) for m, d in in_dims.items()}
+    regression = num_classes == 0
+    num_classes = num_classes or 1
 
     cls = get(method)
     if cls.outputs_logits:
@@ -71,7 +100,7 @@ def build_model(
         head = nn.Sequential(
             nn.Linear(fusion.out_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
         )
-    return MultimodalModel(projectors, fusion, head)
+    return MultimodalModel(projectors, fusion, TargetScale(head) if regression else head)
 
 
 def modality_mask(batch: int, present: dict[str, bool], device: torch.device | None = None) -> dict[str, Tensor]:

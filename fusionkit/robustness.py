@@ -9,6 +9,10 @@
 * **Effective robustness**: relative robustness minus late fusion's, scaled to the same clean
   accuracy: ``RR(m) - RR(late) * acc0(m) / acc0(late)`` - the robustness a method gains over late
   fusion beyond what its clean accuracy alone would predict.
+
+On a regression target (float labels) every number is R^2 instead of accuracy (columns ``r2``,
+``clean_r2``, ``worst_r2``; :func:`score`): higher is better in both. A tabular modality has no
+corruption yet (``fusionkit.perturb``): the noisy study leaves it clean; the missing one drops it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 
 from fusionkit.data.base import Dataset, Sample
 from fusionkit.encoders.base import InputError
+from fusionkit.evaluate import score
 from fusionkit.grid.executors import Executor, SerialExecutor
 from fusionkit.grid.jobs import TrainJob, in_dims_of
 from fusionkit.grid.space import default_config
@@ -29,7 +34,11 @@ from fusionkit.model import MultimodalModel
 from fusionkit.perturb import CORRUPTIONS, LEVELS
 from fusionkit.progress import progress
 from fusionkit.runtime import cpu_threads, tune_allocator, work_threads
-from fusionkit.train import SplitData, TrainConfig, accuracy, predict
+from fusionkit.train import SplitData, TrainConfig, predict
+
+
+def _metric(frame: pd.DataFrame) -> str:
+    return "r2" if "r2" in frame.columns or "clean_r2" in frame.columns else "accuracy"
 
 
 @torch.inference_mode()
@@ -98,7 +107,7 @@ def _corrupt(raw, fn, level: float, rng: np.random.Generator):
 
 
 def missing_modality(models: dict[str, MultimodalModel], test: SplitData) -> pd.DataFrame:
-    """Accuracy of each model with all modalities and with each one dropped."""
+    """Accuracy (a regression target: R^2) of each model with all modalities and with each one dropped."""
     mods = sorted(test.features)
     n = len(test)
     rows = []
@@ -106,7 +115,7 @@ def missing_modality(models: dict[str, MultimodalModel], test: SplitData) -> pd.
         for dropped in [None, *mods]:
             mask = {m: torch.full((n,), 0.0 if m == dropped else 1.0) for m in mods}
             logits, _ = predict(model, test, mask)
-            rows.append({"method": name, "dropped": dropped or "none", "accuracy": accuracy(logits, test.labels)})
+            rows.append({"method": name, "dropped": dropped or "none", **dict([score(logits, test.labels)])})
     return pd.DataFrame(rows)
 
 
@@ -120,7 +129,8 @@ def noise_curves(
     corruptions: dict[str, list[str]] | None = None,
     show_progress: bool = True,
 ) -> pd.DataFrame:
-    """Accuracy of every model for every (modality, corruption, level); level 0 is the clean input.
+    """Accuracy (R^2 on a regression target) of every model for every (modality, corruption,
+    level); level 0 is the clean input.
     ``encoders``: modality -> the frozen encoder that made the cached features."""
     by_id = {s.id: s for s in ds.samples}
     samples = [by_id[i] for i in test.ids]
@@ -128,17 +138,15 @@ def noise_curves(
     jobs = []
     for modality, enc in sorted(encoders.items()):
         kind = ds.modalities[modality]
-        for corruption in (corruptions or {}).get(modality, list(CORRUPTIONS[kind])):
+        for corruption in (corruptions or {}).get(modality, list(CORRUPTIONS.get(kind, ()))):
             for level in levels:
                 jobs.append((modality, enc, corruption, level))
-    clean = {name: accuracy(predict(m, test)[0], test.labels) for name, m in models.items()}
+    clean = {name: score(predict(m, test)[0], test.labels) for name, m in models.items()}
     rows = []
     for modality in sorted(encoders):
         for corruption in {j[2] for j in jobs if j[0] == modality}:
-            for name, acc in clean.items():
-                rows.append(
-                    {"method": name, "modality": modality, "corruption": corruption, "level": 0.0, "accuracy": acc}
-                )
+            for name, (metric, acc) in clean.items():
+                rows.append({"method": name, "modality": modality, "corruption": corruption, "level": 0.0, metric: acc})
     for modality, enc, corruption, level in progress(jobs, enabled=show_progress, desc="corruptions"):
         feats = dict(test.features)
         feats[modality] = encode_corrupted(enc, ds, samples, modality, corruption, level, seed=seed)
@@ -151,7 +159,7 @@ def noise_curves(
                     "modality": modality,
                     "corruption": corruption,
                     "level": float(level),
-                    "accuracy": accuracy(logits, test.labels),
+                    **dict([score(logits, test.labels)]),
                 }
             )
     return pd.DataFrame(rows).sort_values(["method", "modality", "corruption", "level"]).reset_index(drop=True)
@@ -159,19 +167,21 @@ def noise_curves(
 
 def robustness_summary(curves: pd.DataFrame, reference: str = "late") -> pd.DataFrame:
     """Relative robustness (AUC over levels) and effective robustness (vs ``reference``) per
-    method x modality x corruption, plus each method's mean over corruptions."""
+    method x modality x corruption, plus each method's mean over corruptions (of accuracy, or of
+    R^2 for a regression target's curves)."""
+    metric = _metric(curves)
     rows = []
     for (method, modality, corruption), g in curves.groupby(["method", "modality", "corruption"]):
         g = g.sort_values("level")
-        lv, acc = g["level"].to_numpy(), g["accuracy"].to_numpy()
+        lv, acc = g["level"].to_numpy(), g[metric].to_numpy()
         auc = float(np.sum((acc[1:] + acc[:-1]) / 2 * np.diff(lv)) / (lv[-1] - lv[0])) if len(lv) > 1 else float(acc[0])
         rows.append(
             {
                 "method": method,
                 "modality": modality,
                 "corruption": corruption,
-                "clean_accuracy": float(acc[0]),
-                "worst_accuracy": float(acc.min()),
+                f"clean_{metric}": float(acc[0]),
+                f"worst_{metric}": float(acc.min()),
                 "relative_robustness": auc,
             }
         )
@@ -181,7 +191,8 @@ def robustness_summary(curves: pd.DataFrame, reference: str = "late") -> pd.Data
 
         def eff(r):
             base = ref.loc[(r["modality"], r["corruption"])]
-            scale = r["clean_accuracy"] / base["clean_accuracy"] if base["clean_accuracy"] > 0 else 1.0
+            clean = f"clean_{metric}"
+            scale = r[clean] / base[clean] if base[clean] > 0 else 1.0
             return r["relative_robustness"] - base["relative_robustness"] * scale
 
         out["effective_robustness"] = out.apply(eff, axis=1)
@@ -193,7 +204,8 @@ def robustness_summary(curves: pd.DataFrame, reference: str = "late") -> pd.Data
 def by_method(summary: pd.DataFrame) -> pd.DataFrame:
     """Mean clean accuracy, relative and effective robustness of each method over every
     (modality, corruption), most robust first."""
-    cols = ["clean_accuracy", "worst_accuracy", "relative_robustness", "effective_robustness"]
+    metric = _metric(summary)
+    cols = [f"clean_{metric}", f"worst_{metric}", "relative_robustness", "effective_robustness"]
     out = summary.groupby("method")[cols].mean().reset_index()
     return out.sort_values("relative_robustness", ascending=False).reset_index(drop=True)
 

@@ -1,8 +1,14 @@
-"""Classification on cached features: the splits (:class:`SplitData`), the settings
-(:class:`TrainConfig`) and :func:`train`, which runs :func:`fusionkit.training.fit` with AdamW (or
-SGD), weight decay, class weights, modality dropout and early stopping on validation accuracy
-(ties broken by the lower validation loss), the best state restored; :func:`predict` for a
-whole split."""
+"""Classification and regression on cached features: the splits (:class:`SplitData`), the
+settings (:class:`TrainConfig`) and :func:`train`, which runs :func:`fusionkit.training.fit` with
+AdamW (or SGD), weight decay, class weights, modality dropout and early stopping on validation
+accuracy (ties broken by the lower validation loss), the best state restored; :func:`predict` for
+a whole split.
+
+A regression target (float labels, ``SplitData.regression``; a model built with
+``num_classes=0``) trains on the targets standardised with the training split's mean and
+standard deviation (MSE loss in those units; the model's :class:`~fusionkit.model.TargetScale`
+holds them and its outputs are in the target's own units), early stopping on the validation MSE
+(lower is better)."""
 
 from __future__ import annotations
 
@@ -24,8 +30,9 @@ __all__ = ["SplitData", "TrainConfig", "TrainResult", "accuracy", "cpu_threads",
 
 @dataclass
 class SplitData:
-    """Features of one split: ``{modality: (N, D) or (N, L, D)}``, integer labels, sample ids, and
-    optional per-modality presence masks ``{modality: (N,)}`` (1 = present)."""
+    """Features of one split: ``{modality: (N, D) or (N, L, D)}``, labels (integer class indices,
+    or a regression target's numbers as floats), sample ids, and optional per-modality presence
+    masks ``{modality: (N,)}`` (1 = present)."""
 
     features: dict[str, Tensor]
     labels: Tensor
@@ -34,6 +41,11 @@ class SplitData:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def regression(self) -> bool:
+        """Whether the labels are a regression target's numbers (float) rather than class indices."""
+        return bool(self.labels.is_floating_point())
 
     def select(self, modalities: list[str]) -> SplitData:
         missing = [m for m in modalities if m not in self.features]
@@ -50,6 +62,9 @@ class SplitData:
                 raise ValueError(f"{name}: modality {m!r} has NaN/inf features (samples {[self.ids[i] for i in bad]})")
             if self.mask is not None and m in self.mask and float(self.mask[m].sum()) == 0:
                 raise ValueError(f"{name}: modality {m!r} is missing from every sample")
+        if self.regression and not torch.isfinite(self.labels).all():
+            bad = (~torch.isfinite(self.labels)).nonzero().flatten()[:5].tolist()
+            raise ValueError(f"{name}: NaN/inf regression targets (samples {[self.ids[i] for i in bad]})")
 
 
 @dataclass
@@ -127,6 +142,35 @@ def accuracy(logits: Tensor, labels: Tensor) -> float:
     return float((logits.argmax(1) == labels).float().mean())
 
 
+def _train_regression(model: MultimodalModel, train_data: SplitData, val_data: SplitData, cfg: TrainConfig, opt,
+                      sched, batches, modalities, log_fn, show_progress, checkpoint, resume) -> TrainResult:  # fmt: skip
+    """:func:`train`'s regression branch: MSE on the standardised target, early stopping on the
+    validation MSE in the target's units (lower is better)."""
+    if not model.regression:
+        raise ValueError("regression targets (float labels) need a model built with num_classes=0 (a regression head)")
+    if float(train_data.labels.std(unbiased=False)) == 0:
+        raise ValueError(f"train: the regression target is constant ({float(train_data.labels[0])}) on every sample")
+    scale = model.head
+    scale.fit(train_data.labels)
+    std = float(scale.std)
+
+    def step(idx: Tensor, gen: torch.Generator) -> Step:
+        feats, mask = _batch(train_data, idx)
+        mask = _modality_dropout(mask, modalities, len(idx), cfg.modality_dropout, gen)
+        out = model(feats, mask)
+        return Step(nn.functional.mse_loss(out.logits[:, 0] / std, train_data.labels[idx] / std), len(idx))
+
+    def evaluate() -> dict[str, float]:
+        pred, _ = predict(model, val_data)
+        err = pred[:, 0] - val_data.labels
+        mse = float((err**2).mean())
+        return {"val_loss": mse / std**2, "val_mse": mse}
+
+    return fit(model, opt, sched, batches, step, evaluate, epochs=cfg.epochs, seed=cfg.seed, monitor="val_mse",
+               mode="min", patience=cfg.patience, grad_clip=cfg.grad_clip, checkpoint=checkpoint, resume=resume,
+               log_fn=log_fn, show_progress=show_progress)  # fmt: skip
+
+
 def train(
     model: MultimodalModel,
     train_data: SplitData,
@@ -138,14 +182,21 @@ def train(
     resume: bool = False,
 ) -> TrainResult:
     """Train with early stopping on validation accuracy (``monitor="val_acc"``, ties broken by
-    the lower ``val_loss``); the best state is restored at the end. ``checkpoint`` / ``resume``:
-    the loop's opt-in per-epoch checkpoint (:func:`fusionkit.training.fit`)."""
+    the lower ``val_loss``; a regression target: on ``val_mse``, lower is better); the best state
+    is restored at the end. ``checkpoint`` / ``resume``: the loop's opt-in per-epoch checkpoint
+    (:func:`fusionkit.training.fit`)."""
     tune_allocator()  # fusionkit.runtime: no page faults for every batch-sized tensor
     with cpu_threads(cfg.num_threads):
         cfg.validate()
         train_data.check("train")
         val_data.check("val")
-        num_classes = int(max(train_data.labels.max(), val_data.labels.max())) + 1
+        if train_data.regression != val_data.regression:
+            raise ValueError("train and val labels differ in kind (one regression, one classes)")
+        if not train_data.regression and model.regression:
+            raise ValueError("a regression model (num_classes=0) needs regression targets (float labels)")
+        if cfg.class_weights and train_data.regression:
+            raise ValueError("class_weights: a regression target has no classes")
+        num_classes = 1 if train_data.regression else int(max(train_data.labels.max(), val_data.labels.max())) + 1
         weight = None
         if cfg.class_weights:
             counts = torch.bincount(train_data.labels, minlength=num_classes).float()
@@ -163,6 +214,10 @@ def train(
             perm = torch.randperm(len(train_data), generator=gen)
             for start in range(0, len(perm), cfg.batch_size):
                 yield perm[start : start + cfg.batch_size]
+
+        if train_data.regression:
+            return _train_regression(model, train_data, val_data, cfg, opt, sched, batches, modalities, log_fn,
+                                     show_progress, checkpoint, resume)  # fmt: skip
 
         def step(idx: Tensor, gen: torch.Generator) -> Step:
             feats, mask = _batch(train_data, idx)

@@ -69,11 +69,16 @@ def prepare_dataset(
 
 
 def balance_table(ds: Dataset) -> pd.DataFrame:
-    """Samples per (target, split, class)."""
+    """Samples per (target, split, class) of the class targets (a regression target's numbers
+    are summarised by ``Dataset.summary``'s ``values/<target>``)."""
     rows = []
     for t, classes in ds.targets.items():
+        if not classes:
+            continue
         for s in ds.samples:
             rows.append({"target": t, "split": s.split, "class": classes[s.targets[t]]})
+    if not rows:
+        return pd.DataFrame(columns=["target", "split", "class", "count"])
     df = pd.DataFrame(rows)
     return df.groupby(["target", "split", "class"]).size().rename("count").reset_index()
 

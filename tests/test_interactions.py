@@ -144,3 +144,10 @@ def test_one_modality_or_a_missing_split_is_refused():
         it.profile(single)
     with pytest.raises(it.InteractionError, match=r"splits \['test'\] missing"):
         it.profile({"train": data["train"], "val": data["val"]})
+
+
+def test_a_regression_target_is_refused_with_a_clear_error():
+    from tests.synthetic import regression_problem
+
+    with pytest.raises(it.InteractionError, match="interaction profile is for class targets only"):
+        it.profile(regression_problem(n=30), seeds=[0], cfg=TrainConfig(epochs=1))

@@ -199,3 +199,31 @@ def test_modality_dropout_study_retrains_with_dropout_next_to_the_reference():
     first = study[study.method == "concat (p=0.5)"].set_index("dropped").accuracy
     second = robustness.modality_dropout_study("concat", data, cfg, 6, rate=0.5, reference=ref, hidden=16)
     assert second[second.method == "concat (p=0.5)"].set_index("dropped").accuracy.to_dict() == first.to_dict()
+
+
+def test_on_a_regression_target_the_studies_report_r2():
+    """Each modality carries half of the target (R^2 0.4 alone, 0.8 both). Late fusion averages
+    its per-modality predictions over the present ones, so trained on both its heads predict
+    h_image = 2u + c, h_audio = 2v - c (in units of y / 2); with the image masked it predicts
+    2v - c, whose error v - u - e - c has the target's whole variance: R^2 <= 0, an importance
+    of about 0.8 each. The curves' summary is in R^2 too."""
+    from fusionkit.grid.jobs import run_one
+    from tests.synthetic import regression_problem
+
+    data = regression_problem(n=300, seed=6)
+    model, _, _ = run_one("late", data, TrainConfig(epochs=20, batch_size=64), 0, hidden=32)
+    missing = robustness.missing_modality({"late": model}, data["test"]).set_index("dropped")
+    assert "r2" in missing and "accuracy" not in missing
+    assert missing.loc["none", "r2"] == pytest.approx(0.8, abs=0.08)
+    assert missing.loc["image", "r2"] < 0.1 and missing.loc["audio", "r2"] < 0.1
+    imp = interpret.drop_importance({"late": model}, data["test"]).set_index("modality")["importance"]
+    assert imp["image"] == pytest.approx(0.8, abs=0.15) and imp["audio"] == pytest.approx(0.8, abs=0.15)
+    curves = pd.DataFrame(
+        [{"method": m, "modality": "image", "corruption": "noise", "level": lv, "r2": r2 - lv * drop}
+         for m, r2, drop in (("late", 0.8, 0.4), ("concat", 0.8, 0.2)) for lv in (0.0, 0.5, 1.0)]
+    )  # fmt: skip
+    s = robustness.robustness_summary(curves).set_index("method")
+    assert s.loc["concat", "clean_r2"] == pytest.approx(0.8) and s.loc["late", "worst_r2"] == pytest.approx(0.4)
+    assert s.loc["concat", "effective_robustness"] == pytest.approx(0.1)  # 0.7 - 0.6
+    weights = interpret.weight_samples({"late": model}, data["test"], [])
+    assert set(weights["class"]) <= {f"q{k}" for k in range(1, 6)}

@@ -2,11 +2,15 @@
 
 On disk a dataset is a folder with
 
-* ``dataset.json`` - metadata: ``name``, ``modalities`` (name -> kind: image | text | audio),
-  ``targets`` (name -> list of class names), free-form ``info``;
+* ``dataset.json`` - metadata: ``name``, ``modalities`` (name -> kind: image | text | audio |
+  tabular), for each tabular modality its columns in ``tabular`` (modality -> column ->
+  ``{"type": "numeric" | "categorical", "missing": whether the value may be missing}``),
+  ``targets`` (name -> list of class names; an empty list for a *regression* target, whose
+  values are numbers), free-form ``info``;
 * ``manifest.jsonl`` - one JSON object per sample: ``id``, ``split``, one key per modality
-  (a path relative to the dataset root for image/audio, the text itself for text) and one key per
-  target (an integer class index).
+  (a path relative to the dataset root for image/audio, the text itself for text, for tabular an
+  object column -> value: a finite number, a string, or null where missing is allowed) and one key per
+  target (an integer class index; a finite number for a regression target).
 
 Every loader (synthetic shapes, Flickr8k, AV-digits, a user's own manifest) ends in this format,
 so everything downstream (feature cache, training, reports) walks one code path.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -29,7 +34,10 @@ from typing import Any
 
 from fusionkit.locks import file_lock
 
-MODALITY_KINDS = ("image", "text", "audio")
+MODALITY_KINDS = ("image", "text", "audio", "tabular")
+#: kinds whose manifest value is the data itself, not a file
+INLINE_KINDS = ("text", "tabular")
+TABULAR_TYPES = ("numeric", "categorical")
 #: split names a raw file may use, and the split each means (the Karpathy files' ``restval`` is
 #: added by :mod:`fusionkit.data.caption_formats`)
 SPLIT_ALIASES = {
@@ -43,6 +51,15 @@ SPLIT_ALIASES = {
     "testing": "test",
 }
 SPLITS = ("train", "val", "test")
+#: what a target can be: classes (its class names in ``dataset.json``) or a number (no class names)
+TARGET_KINDS = ("classification", "regression")
+
+
+def target_kind(classes: list[str]) -> str:
+    """``"regression"`` for a target without class names (``targets[name] == []``), else
+    ``"classification"``: the one rule that tells the two apart (``dataset.json``, the feature
+    index, the comparison's ``num_classes`` of 0)."""
+    return "classification" if classes else "regression"
 
 
 class DatasetError(ValueError):
@@ -53,8 +70,8 @@ class DatasetError(ValueError):
 class Sample:
     id: str
     split: str
-    modalities: dict[str, str]  # name -> path relative to the root (image/audio) or text
-    targets: dict[str, int] = field(default_factory=dict)
+    modalities: dict[str, Any]  # name -> path relative to the root (image/audio), text, or {column: value} (tabular)
+    targets: dict[str, int | float] = field(default_factory=dict)  # class index, or the number (regression)
 
 
 @dataclass
@@ -62,12 +79,14 @@ class Dataset:
     name: str
     root: Path
     modalities: dict[str, str]  # name -> kind
-    targets: dict[str, list[str]]  # target name -> class names
+    targets: dict[str, list[str]]  # target name -> class names ([] for a regression target)
     samples: list[Sample]
     info: dict[str, Any] = field(default_factory=dict)
     #: folder that image/audio paths are relative to: the dataset folder itself, or the raw data
     #: folder when a loader indexes files in place (``media_root`` in dataset.json)
     media_root: Path | None = None
+    #: tabular modality -> column -> {"type": "numeric" | "categorical", "missing": bool}
+    tabular: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -84,13 +103,20 @@ class Dataset:
     def path(self, sample: Sample, modality: str) -> Path:
         """Absolute path of a file modality (image/audio) of ``sample``."""
         kind = self.modalities[modality]
-        if kind == "text":
-            raise DatasetError(f"modality {modality!r} is text, not a file")
+        if kind in INLINE_KINDS:
+            raise DatasetError(f"modality {modality!r} is {kind}, not a file")
         return self.media_root / sample.modalities[modality]
 
-    def labels(self, split: str, target: str | None = None) -> list[int]:
+    def labels(self, split: str, target: str | None = None) -> list[int | float]:
         target = target or next(iter(self.targets))
         return [s.targets[target] for s in self.split(split)]
+
+    def target_kind(self, target: str | None = None) -> str:
+        """``"classification"`` or ``"regression"`` (:func:`target_kind`) of ``target`` (default: the first)."""
+        target = target or next(iter(self.targets))
+        if target not in self.targets:
+            raise KeyError(f"{self.root}: target {target!r} not in dataset; it has {list(self.targets)}")
+        return target_kind(self.targets[target])
 
     def ceilings(self, target: str | None = None) -> dict[str, float]:
         """The documented accuracy ceilings of ``target`` (default: the first target): what each
@@ -115,11 +141,24 @@ class Dataset:
         out: dict[str, Any] = {"name": self.name, "n": len(self.samples)}
         out["splits"] = dict(Counter(s.split for s in self.samples))
         for t, classes in self.targets.items():
+            if not classes:  # regression: the distribution of the numbers per split
+                out[f"values/{t}"] = {sp: value_stats([s.targets[t] for s in self.split(sp)]) for sp in SPLITS}
+                continue
             counts = Counter((s.split, s.targets[t]) for s in self.samples)
             out[f"class_balance/{t}"] = {
                 sp: {classes[c]: counts.get((sp, c), 0) for c in range(len(classes))} for sp in SPLITS
             }
         return out
+
+
+def value_stats(values: list[int | float]) -> dict[str, float | int]:
+    """``n``, ``mean``, ``std``, ``min``, ``max`` of a regression target's values (``{"n": 0}`` for none)."""
+    if not values:
+        return {"n": 0}
+    n = len(values)
+    mean = sum(values) / n
+    std = (sum((v - mean) ** 2 for v in values) / n) ** 0.5
+    return {"n": n, "mean": mean, "std": std, "min": min(values), "max": max(values)}
 
 
 def with_options(
@@ -172,11 +211,13 @@ def write_dataset(
     samples: list[Sample],
     info: dict[str, Any] | None = None,
     media_root: str | os.PathLike | None = None,
+    tabular: dict[str, dict[str, dict[str, Any]]] | None = None,
 ) -> Path:
     """Write ``dataset.json`` + ``manifest.jsonl`` atomically (the manifest first, the metadata
     last, so a dataset folder with a ``dataset.json`` is always complete). ``media_root``: where
     image/audio paths are relative to, when it is not the dataset folder itself (files indexed in
-    place, e.g. in ``data/raw``); stored as an absolute path."""
+    place, e.g. in ``data/raw``); stored as an absolute path. ``tabular``: the columns of each
+    tabular modality (module docstring)."""
     root = Path(root)
     lines = []
     for s in samples:
@@ -185,7 +226,9 @@ def write_dataset(
         row.update(s.targets)
         lines.append(json.dumps(row, ensure_ascii=False))
     atomic_write_text(root / "manifest.jsonl", "\n".join(lines) + "\n")
-    meta = {"name": name, "modalities": modalities, "targets": targets, "info": info or {}}
+    meta: dict[str, Any] = {"name": name, "modalities": modalities, "targets": targets, "info": info or {}}
+    if tabular:
+        meta["tabular"] = tabular
     if media_root is not None:
         meta["media_root"] = str(Path(media_root).resolve())
     atomic_write_text(root / "dataset.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
@@ -241,6 +284,18 @@ def read_metadata(root: str | os.PathLike) -> tuple[dict[str, Any], Path]:
     for m, kind in meta["modalities"].items():
         if kind not in MODALITY_KINDS:
             raise DatasetError(f"{meta_path}: modality {m!r} has kind {kind!r}; expected one of {MODALITY_KINDS}")
+    tabular = meta.get("tabular") or {}
+    for m, kind in meta["modalities"].items():
+        cols = tabular.get(m) if isinstance(tabular, dict) else None
+        if kind == "tabular" and not (
+            isinstance(cols, dict)
+            and cols
+            and all(isinstance(c, dict) and c.get("type") in TABULAR_TYPES for c in cols.values())
+        ):
+            raise DatasetError(
+                f"{meta_path}: tabular modality {m!r} needs its columns in 'tabular' ({m!r}: column -> "
+                f'{{"type": one of {TABULAR_TYPES}, "missing": true/false}})'
+            )
     media_root = Path(meta["media_root"]) if meta.get("media_root") else root
     if not media_root.is_dir():
         raise DatasetError(
@@ -258,14 +313,15 @@ def read_manifest(
     *,
     check_files: bool = True,
     check_media: Callable[[str, Path], None] | None = None,
+    tabular: dict[str, dict[str, dict[str, Any]]] | None = None,
 ) -> tuple[list[Sample], int]:
     """The rules of a ``manifest.jsonl`` row, written once for :func:`load_dataset` and
     ``fusionkit data check``: (usable samples, number of rows with an id). Each row: a JSON object
     with a non-empty string ``id`` seen once, ``split`` in :data:`SPLITS`, every modality (text: a
     string, not empty; image/audio: a relative path inside ``media_root``, the file there when
     ``check_files``, and ``check_media(kind, path)`` happy with it, each file checked once) and
-    every target (an integer class index). Every problem goes to ``problem`` (which may raise);
-    a row with a fatal one is left out."""
+    every target (an integer class index; a finite number for a regression target). Every
+    problem goes to ``problem`` (which may raise); a row with a fatal one is left out."""
     try:
         text = man_path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -305,6 +361,13 @@ def read_manifest(
                 bad = True
                 continue
             v = row[m]
+            if kind == "tabular":
+                msg = tabular_problem(v, (tabular or {}).get(m, {}), m)
+                if msg:
+                    problem("malformed", where, msg, None, True)
+                    bad = True
+                mods[m] = v
+                continue
             if kind == "text":
                 if not isinstance(v, str):
                     problem("malformed", where, f"text modality {m!r} must be a string, got {v!r}", None, True)
@@ -331,9 +394,18 @@ def read_manifest(
                     problem("corrupt", where, str(e), str(p), True)
                     bad = True
             mods[m] = rel
-        tg: dict[str, int] = {}
+        tg: dict[str, int | float] = {}
         for t, classes in targets.items():
             v = row.get(t)
+            if not classes:  # regression
+                if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                    problem(
+                        "malformed", where, f"regression target {t!r} = {v!r}; expected a finite number", None, True
+                    )
+                    bad = True
+                else:
+                    tg[t] = v
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < len(classes):
                 msg = f"target {t!r} = {v!r}; expected an integer in [0, {len(classes)})"
                 problem("malformed", where, msg, None, True)
@@ -360,8 +432,9 @@ def load_dataset(root: str | os.PathLike, check_files: bool = True) -> Dataset:
     meta, media_root = read_metadata(root)
     man_path = root / "manifest.jsonl"
     samples, _ = read_manifest(
-        man_path, meta["modalities"], meta["targets"], media_root, _raise_fatal, check_files=check_files
-    )
+        man_path, meta["modalities"], meta["targets"], media_root, _raise_fatal, check_files=check_files,
+        tabular=meta.get("tabular"),
+    )  # fmt: skip
     if not samples:
         raise DatasetError(f"{man_path}: no samples")
     return Dataset(
@@ -372,7 +445,33 @@ def load_dataset(root: str | os.PathLike, check_files: bool = True) -> Dataset:
         samples=samples,
         info=meta.get("info", {}),
         media_root=media_root,
+        tabular=meta.get("tabular") or {},
     )
+
+
+def tabular_problem(value: Any, columns: dict[str, dict[str, Any]], modality: str) -> str | None:
+    """What is wrong with one tabular record ``value`` given its ``columns`` (``dataset.json``'s
+    ``tabular`` entry), or None: an object with every column - a finite number (numeric) or a
+    string (categorical), null only where ``missing`` is allowed - and no other."""
+    if not isinstance(value, dict):
+        return f"tabular modality {modality!r} = {value!r}; expected an object column -> value"
+    absent = [c for c in columns if c not in value]
+    if absent:
+        return f"tabular modality {modality!r} lacks column(s) {absent}; expected {list(columns)}"
+    extra = [c for c in value if c not in columns]
+    if extra:
+        return f"tabular modality {modality!r} has unknown column(s) {extra}; expected {list(columns)}"
+    for c, spec in columns.items():
+        v = value[c]
+        if v is None:
+            if not spec.get("missing"):
+                return f"tabular column {c!r} of {modality!r} is missing; it was not declared as allowed to be missing"
+        elif spec["type"] == "numeric":
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                return f"tabular column {c!r} of {modality!r} = {v!r}; expected a finite number"
+        elif not isinstance(v, str):
+            return f"tabular column {c!r} of {modality!r} = {v!r}; expected a category (a string)"
+    return None
 
 
 @dataclass
@@ -386,6 +485,7 @@ class Built:
     samples: list[Sample]
     info: dict[str, Any] = field(default_factory=dict)
     media_root: Path | None = None  # None: paths are relative to the processed folder itself
+    tabular: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # see write_dataset
     files: dict[str, Any] = field(default_factory=dict)  # relpath -> str, or a JSON-able object
     writers: list[Callable[[Path, bool], None]] = field(default_factory=list)  # write media into the folder
     stats: dict[str, Any] = field(default_factory=dict)  # extra counts for the report

@@ -15,11 +15,25 @@ optionally, ``id`` and ``split``::
 * **targets**: ``targets="label"`` (comma-separated or a list); without it every remaining column
   (not id, split or a modality) is a target. Values are class names: strings are sorted
   alphabetically, integers (or strings that all look like integers) numerically; the manifest
-  stores the class index, ``dataset.json`` the names. A column that looks continuous (floats) is
-  refused - fusionkit's targets are classes.
+  stores the class index, ``dataset.json`` the names.
+* **regression targets**: ``regression="score"`` (comma-separated or a list; each is a target
+  too) declares columns whose values are numbers to predict; the manifest stores the number,
+  ``dataset.json`` an empty class list (:func:`fusionkit.data.base.target_kind`). An undeclared
+  target column whose values are all numbers, some of them not integers (``0.37``), is a
+  regression target too, and a note in the report says so; a column of integers stays classes
+  unless declared (and a column with more words than numbers is classes, each non-integer
+  number a bad row). Refused in a regression column: each row with a word or NaN / inf (named),
+  and a constant column.
+* **tabular**: ``tabular="record=age,sex,bp?"`` makes the columns ``age``, ``sex`` and ``bp``
+  one modality named ``record`` (several: ``"record=age,sex;item=price,brand"``); its manifest
+  value is an object column -> value. A column is numeric when all its values are numbers, else
+  categorical; ``age:num`` / ``sex:cat`` say so. A column may have missing values (empty, null,
+  NaN) only when declared so with a trailing ``?`` (``bp?``, ``bp:num?``); inf is always refused.
+  Tabular columns are neither detected as modalities nor taken as targets. The tabular encoder
+  (:mod:`fusionkit.encoders.tabular`) standardises, one-hot encodes, imputes and masks them.
 * **split**: a ``split`` column (train / val / test; also training, validation, valid, dev,
   testing) is used as given; without it the samples are split at random, stratified by the first
-  target, by ``split_fractions`` (seeded).
+  target (a regression target: by its quintiles), by ``split_fractions`` (seeded).
 * **id**: an ``id`` column (unique) or, without one, ``row{N}`` (N: the data row, from 1).
 * file paths are relative to the manifest's folder (or ``media_root``, relative to it); they must
   stay inside it (no ``..``, absolute paths or symlinks out). Files are indexed in place.
@@ -27,7 +41,7 @@ optionally, ``id`` and ``split``::
 Validation (each row; with ``on_error="skip"`` the row is left out and listed): unknown or
 missing columns (header), wrong number of fields, wrong types in JSONL/Parquet (a list where a
 path is expected, a float target), empty values, duplicate ids, bad split names, missing files,
-paths escaping the root, corrupt images and WAVs (``check_media``: "verify", "decode", "none").
+paths escaping the root, NaN / inf / words in a regression target, corrupt images and WAVs (``check_media``: "verify", "decode", "none").
 Text files must be UTF-8 (a BOM is fine, CRLF is fine; ``encoding=`` for others). Parquet needs
 the ``pyarrow`` package.
 
@@ -93,6 +107,48 @@ def parse_modalities(spec: str | dict[str, str] | None) -> dict[str, tuple[str, 
     return out
 
 
+_TABULAR_TYPES = {"num": "numeric", "numeric": "numeric", "cat": "categorical", "categorical": "categorical"}
+
+
+def parse_tabular(spec: str | dict[str, Any] | None) -> dict[str, list[tuple[str, str | None, bool]]]:
+    """{modality: [(column, "numeric" | "categorical" | None (detect), missing allowed)]} from
+    ``"record=age,sex:cat,bp?;item=price"`` or a dict ``{modality: "age,sex" or [columns]}``."""
+    if spec is None or spec == "":
+        return {}
+    groups = (
+        spec.items() if isinstance(spec, dict) else [g.split("=", 1) if "=" in g else ("", g) for g in spec.split(";")]
+    )
+    out: dict[str, list[tuple[str, str | None, bool]]] = {}
+    for name, cols in groups:
+        name = str(name).strip()
+        items = cols.split(",") if isinstance(cols, str) else list(cols)
+        parsed = []
+        for item in (str(c).strip() for c in items):
+            missing = item.endswith("?")
+            item = item.rstrip("?").strip()
+            col, _, kind = item.partition(":")
+            col, kind = col.strip(), kind.strip()
+            if not col or (kind and kind not in _TABULAR_TYPES):
+                raise DatasetError(
+                    f"tabular option: {item!r} in group {name!r}; expected 'column', 'column:num' or 'column:cat', "
+                    "with a trailing '?' where values may be missing"
+                )
+            parsed.append((col, _TABULAR_TYPES[kind] if kind else None, missing))
+        if not name or not parsed:
+            raise DatasetError(f"tabular option: {spec!r}; expected 'name=column,column,...' groups separated by ';'")
+        if name in out:
+            raise DatasetError(f"tabular option: modality {name!r} is named twice")
+        out[name] = parsed
+    return out
+
+
+def _is_missing(v: Any) -> bool:
+    """Empty, null or NaN: a missing tabular value."""
+    if v is None or (isinstance(v, str) and (not v.strip() or v.strip().lower() in ("nan", "+nan", "-nan"))):
+        return True
+    return isinstance(v, float | np.floating) and math.isnan(v)
+
+
 def _find_manifest(source: Path, manifest: str | None) -> Path:
     if source.is_file():
         return source
@@ -154,22 +210,57 @@ def _from_dataset_folder(source: Path, problems: Problems) -> Built:
         samples=list(ds.samples),
         info={**ds.info, "reindexed_from": str(source)},
         media_root=ds.media_root,
+        tabular=ds.tabular,
         stats={"source_dataset": str(source)},
     )
 
 
-def _classes(values: list[tuple[str, Any]], col: str, path: Path) -> list[str]:
-    """Class names of a target column (sorted), refusing continuous-looking values."""
+def _classes(values: list[tuple[str, Any]]) -> list[str]:
+    """Class names of a target column: integers (or strings that all look like integers)
+    numerically, other names alphabetically."""
     names = sorted({str(v) for _, v in values})
     if all(_INT.fullmatch(n) for n in names):
         return sorted(names, key=int)
-    floats = [n for n in names if _FLOAT.fullmatch(n) and not _INT.fullmatch(n)]
-    if floats and all(_FLOAT.fullmatch(n) for n in names):
-        where = next(w for w, v in values if str(v) == floats[0])
-        raise DatasetError(
-            f"{where}: target {col!r} = {floats[0]} looks continuous; expected class labels (names or integers)"
-        )
     return names
+
+
+_NON_FINITE = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
+
+
+def _number(v: Any) -> float | None:
+    """``v`` as a float when it is a number (a JSON/Parquet number or a string that reads as one,
+    NaN / inf included), else None."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int | float | np.integer | np.floating):
+        return float(v)
+    if isinstance(v, str) and (_FLOAT.fullmatch(v.strip()) or v.strip().lower() in _NON_FINITE):
+        return float(v.strip())
+    return None
+
+
+def _is_regression(col: str, rows: list[tuple[str, dict[str, Any]]]) -> bool:
+    """Whether an undeclared target column holds continuous numbers: some values are numbers
+    that are not integers, and numbers outnumber words (each word is then a bad row, reported;
+    with more words, the column is classes and each non-integer number is a bad row)."""
+    decimal, numbers, words = False, 0, 0
+    for _, row in rows:
+        v = row.get(col)
+        if v is None or (isinstance(v, str) and not v.strip()):
+            continue
+        x = _number(v)
+        if x is None:
+            words += 1
+            continue
+        numbers += 1
+        decimal = decimal or not math.isfinite(x) or not x.is_integer()
+    return decimal and numbers > words
+
+
+def _split_column(value: str | Sequence[str] | None) -> list[str]:
+    if value is None or value == "":
+        return []
+    return [t.strip() for t in value.split(",") if t.strip()] if isinstance(value, str) else [str(t) for t in value]
 
 
 def scan(
@@ -181,6 +272,7 @@ def scan(
     manifest: str | None = None,
     modalities: str | dict[str, str] | None = None,
     targets: str | Sequence[str] | None = None,
+    regression: str | Sequence[str] | None = None,
     id_column: str = "id",
     split_column: str = "split",
     split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
@@ -188,16 +280,19 @@ def scan(
     name: str | None = None,
     check_media: str = "verify",
     encoding: str = "utf-8",
+    tabular: str | dict[str, Any] | None = None,
 ) -> Built:
     """A manifest table (module docstring).
 
     ``manifest``: the file, relative to ``source_dir`` (default: manifest.csv/.tsv/.txt/.jsonl/
     .parquet, or the only table there); ``source_dir`` may also be the file itself.
     ``modalities``: "column:kind,..." (or a dict column -> kind); default auto-detected.
-    ``targets``: target column(s); default every other column. ``id_column``, ``split_column``:
+    ``targets``: target column(s); default every other column. ``regression``: target column(s)
+    whose numbers are predicted (regression; detected for non-integer numbers). ``id_column``, ``split_column``:
     their names. ``split_fractions``: (train, val, test) when there is no split column.
     ``media_root``: folder the file paths are relative to (relative to the manifest's folder;
-    default that folder). ``name``: the dataset name (default the manifest's stem, or its folder
+    default that folder). ``tabular``: tabular modalities, "name=col,col:cat,col?;..." (module
+    docstring). ``name``: the dataset name (default the manifest's stem, or its folder
     name for manifest.*). ``check_media``: "verify", "decode" or "none". ``encoding``: of CSV/JSONL."""
     if check_media not in ("verify", "decode", "none"):
         raise DatasetError(f"manifest: check_media = {check_media!r}; expected verify, decode or none")
@@ -214,7 +309,13 @@ def scan(
     ds_name = name or (path.parent.name if path.stem == "manifest" else path.stem)
     # ------------------------------------------------------------------ columns
     spec = parse_modalities(modalities)
+    tab = parse_tabular(tabular)
     reserved = {id_column, split_column}
+    for tname, tcols in tab.items():
+        missing = [c for c, _, _ in tcols if c not in cols]
+        if missing:
+            raise DatasetError(f"{path}: tabular column(s) {missing} of {tname!r} not found; the columns are {cols}")
+    tab_cols = {c for tcols in tab.values() for c, _, _ in tcols}
     mods: dict[str, tuple[str, str]] = {}
     if spec is not None:
         for mname, (col, kind) in spec.items():
@@ -222,12 +323,20 @@ def scan(
                 raise DatasetError(f"{path}: modality column {col!r} not found; the columns are {cols}")
             mods[mname] = (col, kind or "")
     tgt_cols: list[str] | None = None
+    declared = _split_column(regression)
     if targets is not None and targets != "":
-        tgt_cols = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else [str(t) for t in targets]
+        tgt_cols = _split_column(targets)
+        tgt_cols += [t for t in declared if t not in tgt_cols]
         missing = [t for t in tgt_cols if t not in cols]
         if missing:
             raise DatasetError(f"{path}: target column(s) {missing} not found; the columns are {cols}")
-    taken = {c for c, _ in mods.values()} | set(tgt_cols or [])
+    missing = [t for t in declared if t not in cols]
+    if missing:
+        raise DatasetError(f"{path}: regression column(s) {missing} not found; the columns are {cols}")
+    both = sorted(tab_cols & ({c for c, _ in mods.values()} | set(tgt_cols or []) | set(declared)))
+    if both:
+        raise DatasetError(f"{path}: column(s) {both} are tabular and also a modality or a target; use each once")
+    taken = {c for c, _ in mods.values()} | set(tgt_cols or []) | set(declared) | tab_cols
     for col in cols:
         if col in reserved or col in taken:
             continue
@@ -245,20 +354,39 @@ def scan(
             vals = [r.get(col) for _, r in rows if isinstance(r.get(col), str) and r.get(col)]
             k = Counter(sniff_media_kind(v) for v in vals).most_common(1)
             mods[mname] = (col, k[0][0] if k and k[0][0] else "text")
-    if not mods:
+    if not mods and not tab:
         raise DatasetError(
             f"{path}: no modality column found in {cols}; expected file paths with image/audio extensions or a "
             "text column (text, caption, ...), or pass modalities='column:kind,...'"
         )
     if tgt_cols is None:
-        tgt_cols = [c for c in cols if c not in reserved and c not in {c2 for c2, _ in mods.values()}]
+        tgt_cols = [c for c in cols if c not in reserved | tab_cols and c not in {c2 for c2, _ in mods.values()}]
     if not tgt_cols:
         raise DatasetError(f"{path}: no target column; the columns are {cols} - add one (e.g. label) or pass targets=")
-    clash = sorted((set(mods) & set(tgt_cols)) | ((set(mods) | set(tgt_cols)) & {"id", "split"}))
+    names = set(mods) | set(tab)
+    clash = sorted((set(mods) & set(tab)) | (names & set(tgt_cols)) | ((names | set(tgt_cols)) & {"id", "split"}))
     if clash:
         raise DatasetError(f"{path}: names {clash} are used twice (modality/target/id/split); rename the columns")
     has_split = split_column in cols
     has_id = id_column in cols
+    regress = [t for t in tgt_cols if t in declared or _is_regression(t, rows)]
+    # each tabular column's type: as declared, else numeric when every present value is a number
+    schema: dict[str, dict[str, dict[str, Any]]] = {}
+    for tname, tcols in tab.items():
+        schema[tname] = {}
+        for c, kind, missing in tcols:
+            if kind is None:
+                present = [r.get(c) for _, r in rows if not _is_missing(r.get(c))]
+                kind = "numeric" if present and all(_number(v) is not None for v in present) else "categorical"
+            schema[tname][c] = {"type": kind, "missing": missing}
+    for t in regress:
+        if t not in declared:
+            problems.warn(
+                "note",
+                str(path),
+                f"target {t!r} holds non-integer numbers: read as a regression target (the numbers "
+                f"are predicted); pass targets/regression options to change that",
+            )
     # ------------------------------------------------------------------ rows
     good: list[tuple[str, str, str | None, dict[str, str], dict[str, Any]]] = []
     seen: dict[str, str] = {}
@@ -285,7 +413,7 @@ def scan(
             if split is None:
                 problems.error("malformed", where, f"{split_column} = {raw!r}; expected train, val or test")
                 continue
-        vals: dict[str, str] = {}
+        vals: dict[str, Any] = {}
         bad = False
         for mname, (col, kind) in mods.items():
             v = row.get(col)
@@ -338,9 +466,21 @@ def scan(
         for t in tgt_cols:
             v = row.get(t)
             if v is None or (isinstance(v, str) and not v.strip()):
-                problems.error("malformed", where, f"target {t!r} is empty; expected a class label")
+                expected = "a number (regression target)" if t in regress else "a class label"
+                problems.error("malformed", where, f"target {t!r} is empty; expected {expected}")
                 bad = True
                 break
+            if t in regress:
+                x = _number(v)
+                if x is None or not math.isfinite(x):
+                    what = "a word among numbers" if x is None else "NaN / inf"
+                    problems.error(
+                        "malformed", where, f"regression target {t!r} = {v!r} ({what}); expected a finite number"
+                    )
+                    bad = True
+                    break
+                tv[t] = x
+                continue
             if isinstance(v, bool) or isinstance(v, float) and not float(v).is_integer():
                 problems.error(
                     "malformed", where, f"target {t!r} = {v!r} ({type(v).__name__}); expected a class name or integer"
@@ -358,16 +498,56 @@ def scan(
             )
         if bad:
             continue
+        for tname, tcols in schema.items():
+            record: dict[str, Any] = {}
+            for c, col_spec in tcols.items():
+                v = row.get(c)
+                if _is_missing(v):
+                    if not col_spec["missing"]:
+                        problems.error("malformed", where, f"tabular column {c!r} of {tname!r} is missing ({v!r}); "
+                                       f"declare it '{c}?' to allow missing values")  # fmt: skip
+                        bad = True
+                        break
+                    record[c] = None
+                elif col_spec["type"] == "numeric":
+                    x = _number(v)
+                    if x is None or not math.isfinite(x):
+                        what = "inf" if x is not None else "not a number"
+                        problems.error("malformed", where, f"tabular column {c!r} of {tname!r} = {v!r} ({what}); "
+                                       "expected a finite number")  # fmt: skip
+                        bad = True
+                        break
+                    record[c] = x
+                else:
+                    record[c] = str(v).strip() if isinstance(v, str) else str(v)
+            if bad:
+                break
+            vals[tname] = record
+        if bad:
+            continue
         good.append((sid, where, split, vals, tv))
     if not good:
         return Built(
             name=ds_name,
             format=path.suffix.lstrip(".") or "table",
-            modalities={m: k for m, (_, k) in mods.items()},
+            modalities={**{m: k for m, (_, k) in mods.items()}, **{t: "tabular" for t in schema}},
             targets={},
             samples=[],
         )
-    classes = {t: _classes([(w, tv[t]) for _, w, _, _, tv in good], t, path) for t in tgt_cols}
+    for t in regress:
+        values = {tv[t] for _, _, _, _, tv in good}
+        if len(values) < 2:
+            raise DatasetError(
+                f"{path}: regression target {t!r} is constant ({next(iter(values))} on all {len(good)} usable rows); "
+                "expected values that vary"
+            )
+    classes = {t: [] if t in regress else _classes([(w, tv[t]) for _, w, _, _, tv in good]) for t in tgt_cols}
+    for t, cs in classes.items():
+        if t not in regress and len(cs) < 2:  # nothing to learn, but a table may be read for other targets
+            problems.warn(
+                "malformed", str(path), f"target {t!r} is constant ({cs[0]!r} on all {len(good)} usable rows): it has "
+                "one class, nothing to predict"
+            )  # fmt: skip
     index = {t: {c: i for i, c in enumerate(cs)} for t, cs in classes.items()}
     # ------------------------------------------------------------------ splits
     if not has_split:
@@ -380,9 +560,15 @@ def scan(
                 f"split_fractions = {tuple(split_fractions)!r}; expected 3 non-negative fractions summing to 1"
             )
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(505,)))
-        by_class: dict[str, list[int]] = defaultdict(list)
-        for i, (_, _, _, _, tv) in enumerate(good):
-            by_class[tv[tgt_cols[0]]].append(i)
+        by_class: dict[Any, list[int]] = defaultdict(list)
+        first = tgt_cols[0]
+        if first in regress:  # strata: the quintiles of the numbers (ties broken by row order)
+            order = sorted(range(len(good)), key=lambda i: good[i][4][first])
+            for rank, i in enumerate(order):
+                by_class[rank * 5 // len(good)].append(i)
+        else:
+            for i, (_, _, _, _, tv) in enumerate(good):
+                by_class[tv[first]].append(i)
         assign: dict[int, str] = {}
         for c in sorted(by_class):
             idx = [by_class[c][j] for j in rng.permutation(len(by_class[c]))]
@@ -397,26 +583,33 @@ def scan(
                 assign[i] = "val" if k < n_val else "test" if k < n_val + n_test else "train"
         good = [(sid, w, assign[i], v, tv) for i, (sid, w, _, v, tv) in enumerate(good)]
     samples = [
-        Sample(sid, split, vals, {t: index[t][tv[t]] for t in tgt_cols})  # type: ignore[arg-type]
+        Sample(sid, split, vals, {t: tv[t] if t in regress else index[t][tv[t]] for t in tgt_cols})  # type: ignore[arg-type]
         for sid, _, split, vals, tv in good
     ]
     samples.sort(key=lambda s: SPLITS.index(s.split))
     fmt = {".jsonl": "jsonl", ".parquet": "parquet", ".tsv": "tsv"}.get(path.suffix.lower(), "csv")
     info = {
         "description": f"{ds_name}: user manifest {path.name} (fusionkit.data.manifest)",
-        "task": "classification",
+        "task": "regression" if tgt_cols[0] in regress else "classification",
         "manifest": str(path),
-        "columns": {"modalities": {m: c for m, (c, _) in mods.items()}, "targets": tgt_cols, "split": has_split},
+        "columns": {
+            "modalities": {m: c for m, (c, _) in mods.items()},
+            "tabular": {t: list(cs) for t, cs in schema.items()},
+            "targets": tgt_cols,
+            "regression": regress,
+            "split": has_split,
+        },  # fmt: skip
         "split_policy": "given" if has_split else "stratified random",
     }
     return Built(
         name=ds_name,
         format=f"manifest-{fmt}",
-        modalities={m: k for m, (_, k) in mods.items()},
+        modalities={**{m: k for m, (_, k) in mods.items()}, **{t: "tabular" for t in schema}},
         targets=classes,
         samples=samples,
         info=info,
         media_root=root,
+        tabular=schema,
         stats={
             "rows": len(rows),
             "columns": cols,

@@ -82,6 +82,7 @@ KINDS = {
     "malformed": "malformed records",
     "unmatched": "unmatched annotations",
     "dropped": "dropped by an option",
+    "note": "notes on how the data was read",
 }
 
 

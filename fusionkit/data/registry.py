@@ -249,8 +249,9 @@ def _write(out: Path, built: Built, report: Report, meta_info: dict[str, Any], p
             "files": {"report": "report.json", "skipped": "skipped.json"},
         }
         write_dataset(
-            tmp, built.name, built.modalities, built.targets, built.samples, info, media_root=built.media_root
-        )
+            tmp, built.name, built.modalities, built.targets, built.samples, info, media_root=built.media_root,
+            tabular=built.tabular,
+        )  # fmt: skip
         load_dataset(tmp)  # validate before it takes the place of out
         _replace_dir(tmp, out)
     finally:

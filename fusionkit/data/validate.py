@@ -42,8 +42,9 @@ def check_processed(root: str | os.PathLike, media: str = "verify") -> Report:
 
     try:
         samples, n_rows = read_manifest(
-            man_path, modalities, targets, media_root, problem, check_media=None if media == "none" else check_media
-        )
+            man_path, modalities, targets, media_root, problem, check_media=None if media == "none" else check_media,
+            tabular=meta.get("tabular"),
+        )  # fmt: skip
     except DatasetError as e:
         rep.issues.append(Issue("malformed", str(root), str(e)))
         return rep

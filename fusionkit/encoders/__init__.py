@@ -1,10 +1,11 @@
-"""Image / text / audio encoders behind one registry.
+"""Image / text / audio / tabular encoders behind one registry.
 
     enc = build_encoder("image")                          # EfficientNet-Lite0, ImageNet weights
     enc = build_encoder("image", "resnet50")              # torchvision weights from the local torch cache
     enc = build_encoder("image", "resnet18", weights=None, seed=0)   # random init, explicitly
     enc = build_encoder("text", "hf:bert-base-uncased")   # any HF encoder available offline
     enc = build_encoder("audio", "mfcc", seconds=2.0)
+    enc = build_encoder("tabular")                        # standardised numbers, one-hot categories
 
 Every encoder works offline: weights ship in pinned packages (EfficientNet-Lite0, MiniLM) or are
 read from local caches; when they are missing an :class:`EncoderUnavailableError` says how to get
@@ -18,7 +19,7 @@ from typing import Any
 
 from fusionkit.encoders.base import Encoder, EncoderUnavailableError, InputError
 
-DEFAULTS = {"image": "efficientnet_lite0", "text": "minilm", "audio": "logmel"}
+DEFAULTS = {"image": "efficientnet_lite0", "text": "minilm", "audio": "logmel", "tabular": "onehot"}
 
 
 def _image(name: str) -> Callable[..., Encoder]:
@@ -36,6 +37,12 @@ def _text_minilm(**kw: Any) -> Encoder:
     from fusionkit.encoders.text import MiniLM
 
     return MiniLM(**kw)
+
+
+def _tabular(**kw: Any) -> Encoder:
+    from fusionkit.encoders.tabular import TabularEncoder
+
+    return TabularEncoder(**kw)
 
 
 def _audio(name: str) -> Callable[..., Encoder]:
@@ -62,6 +69,7 @@ _REGISTRY: dict[str, dict[str, Callable[..., Encoder]]] = {
     },
     "text": {"minilm": _text_minilm},
     "audio": {n: _audio(n) for n in ("logmel", "mfcc", "audio_cnn")},
+    "tabular": {"onehot": _tabular},
 }
 
 

@@ -118,6 +118,9 @@ class Encoder(nn.Module):
     unit: str = "it"
     #: ``build_encoder``'s arguments ({"kind", "name", "kwargs"}); set by ``build_encoder``
     build_spec: dict[str, Any] | None = None
+    #: whether the encoder is fitted on the training split before it encodes (the tabular one:
+    #: ``fit_dataset(dataset, modality)``, ``fitted()`` its JSON state, ``load_fitted(state)``)
+    needs_fit: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -216,6 +219,20 @@ class Encoder(nn.Module):
         if isinstance(batch, dict):
             return {k: self.batch_to(v, device, non_blocking) for k, v in batch.items()}
         return batch
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether the encoder can encode: always, unless it ``needs_fit`` and was not fitted yet."""
+        return not self.needs_fit
+
+    def fitted(self) -> dict[str, Any] | None:
+        """What the encoder learnt from the training split (JSON-able; saved with the features), or None."""
+        return None
+
+    def split_notes(self, values: list[Any]) -> dict[str, Any]:
+        """Facts about encoding one split's records worth recording in the cache's sidecar (e.g.
+        categories the training split lacked); ``{}`` by default."""
+        return {}
 
     def batch_info(self, batch: Any) -> dict[str, Any]:
         """Per-item facts the extraction records (e.g. ``{"truncated": BoolTensor (B,)}``)."""

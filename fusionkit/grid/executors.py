@@ -425,7 +425,13 @@ def _trial(config: dict, refs: dict[str, Any], weights: str, tries: int) -> None
         os.replace(tmp, final)
         path = str(final)
     tune.report({"row_json": json.dumps(res.row), "history_json": json.dumps(res.history), "weights": path,
-                 "node_id": node, "attempts": res.attempts, "val_accuracy": float(res.row["val_accuracy"])})  # fmt: skip
+                 "node_id": node, "attempts": res.attempts, "val_accuracy": _tune_score(res.row)})  # fmt: skip
+
+
+def _tune_score(row: dict) -> float:
+    """What Tune's own bookkeeping maximises (the plan, not Tune, chooses): the validation
+    accuracy, or for a regression target minus the validation MSE."""
+    return float(row["val_accuracy"]) if "val_accuracy" in row else -float(row["val_mse"])
 
 
 def ray_cpus() -> float:

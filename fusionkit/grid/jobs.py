@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from fusionkit.evaluate import classification_metrics
+from fusionkit.evaluate import target_metrics
 from fusionkit.model import MultimodalModel, build_model
 from fusionkit.train import SplitData, TrainConfig, TrainResult, predict, seed_everything, train
 
@@ -118,8 +118,10 @@ class JobOutcome:
 
     def train_result(self) -> TrainResult:
         row = self.row or {}
-        return TrainResult(history=self.history, monitor="val_acc", best_epoch=int(row.get("best_epoch", -1)),
-                           best_value=float(row.get("val_accuracy", float("nan"))),
+        regression = "val_mse" in row
+        return TrainResult(history=self.history, monitor="val_mse" if regression else "val_acc",
+                           best_epoch=int(row.get("best_epoch", -1)),
+                           best_value=float(row.get("val_mse" if regression else "val_accuracy", float("nan"))),
                            epochs_run=int(row.get("epochs_run", 0)), train_time_s=float(row.get("train_time_s", 0.0)))  # fmt: skip
 
 
@@ -129,7 +131,9 @@ def in_dims_of(data: dict[str, SplitData]) -> dict[str, int]:
 
 def run_job(job: TrainJob, data: dict[str, SplitData], num_classes: int) -> JobOutcome:
     """Train ``job`` on ``data`` (train / val / test splits) and score it on test; raises what
-    the training raises (the executors retry and record it)."""
+    the training raises (the executors retry and record it). ``num_classes`` 0: a regression
+    target (float labels); the row then has ``test_mse`` / ``test_mae`` / ``test_r2`` and
+    ``val_mse`` (what selection uses) instead of the accuracies and ``val_accuracy``."""
     model, row, res = _train(job, data, num_classes)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()} if job.keep else None
     return JobOutcome(job, row=row, history=res.history, state=state)
@@ -157,18 +161,24 @@ def run_one(
 
 def _train(job: TrainJob, data: dict[str, SplitData], num_classes: int, log_fn=None):
     data = job.splits(data)
+    regression = data["train"].regression
+    if regression != (num_classes == 0):
+        raise ValueError(
+            f"{job.name}: num_classes={num_classes} but the labels are "
+            f"{'regression targets (floats; num_classes must be 0)' if regression else 'class indices'}"
+        )
     cfg = job.train_config()
     model = job.build(in_dims_of(data), num_classes)
     res = train(model, data["train"], data["val"], cfg, log_fn=log_fn)
     t0 = time.perf_counter()
     logits, _ = predict(model, data["test"])
     infer_s = time.perf_counter() - t0
-    test = classification_metrics(logits, data["test"].labels, num_classes)
+    test = target_metrics(logits, data["test"].labels, num_classes)
     row = {
         "method": job.method,
         "seed": job.seed,
         **{f"test_{k}": v for k, v in test.items()},
-        "val_accuracy": res.best_val_acc,
+        ("val_mse" if regression else "val_accuracy"): res.best_value,
         "best_epoch": res.best_epoch,
         "epochs_run": res.epochs_run,
         "params": model.num_parameters(),

@@ -2,7 +2,8 @@
 
 Every method (the unimodal baselines too) gets the same number of trials, ``trials``, each
 trained with the same settings (epochs, patience, seed) on the train split and scored on the
-validation split only (``metric``, default ``val_accuracy``, maximised). Trial 0 of every method
+validation split only (``metric``: ``val_accuracy``, maximised, or for a regression target
+``val_mse``, minimised). Trial 0 of every method
 is its default configuration (so a tuned method never ranks below itself untuned on validation)
 unless the user's ``search_space`` overrides exclude it; the others come from Optuna's TPE sampler, seeded per method from ``seed`` and the method's name.
 
@@ -11,7 +12,7 @@ trains them all at once on the executor (the methods' trials run in parallel, on
 cluster), then tells each study its result in method order. A study only ever sees its own
 results in a fixed order, so the same seed chooses the same configurations however the trials
 were scheduled (``tests/grid/test_search.py``). The best trial of a method is the one with the
-highest validation score (ties: the earliest, so the defaults win a tie). A trial that fails
+best validation score (ties: the earliest, so the defaults win a tie). A trial that fails
 is recorded with its error; a method whose every trial fails is reported in ``failed``."""
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from fusionkit.grid.jobs import JobOutcome, TrainJob
 from fusionkit.grid.space import contains, default_config, method_space, searched
 from fusionkit.train import TrainConfig
 
-METRICS = {"val_accuracy": "maximize"}
+METRICS = {"val_accuracy": "maximize", "val_mse": "minimize"}
 
 
 @dataclass
@@ -64,6 +65,11 @@ def _distribution(dim):
     if isinstance(dim, Choice):
         return optuna.distributions.CategoricalDistribution(list(dim.values))
     raise TypeError(f"not a search dimension: {dim!r}")
+
+
+def _better(value: float, than: float, metric: str) -> bool:
+    """Whether ``value`` of ``metric`` is strictly better than ``than`` (in ``METRICS``' direction)."""
+    return value > than if METRICS[metric] == "maximize" else value < than
 
 
 def method_seed(seed: int, method: str) -> int:
@@ -148,7 +154,7 @@ def search_plan(
             records.append({"method": m, "trial": r, **{f"config.{k}": v for k, v in job.config.items()},
                             metric: value, **{k: v for k, v in (out.row or {}).items() if k.startswith("test_")},
                             "error": out.error or ""})  # fmt: skip
-            if out.ok and (m not in best or value > best[m][0]):  # ties: the earlier trial stays
+            if out.ok and (m not in best or _better(value, best[m][0], metric)):  # ties: the earlier trial stays
                 best[m] = (value, r, job.config, out)
         # weights of trials that are no longer the best are not needed any more
         if memo is not None:

@@ -15,8 +15,10 @@ import seaborn as sns
 from sklearn.decomposition import PCA
 from torch.nn import functional as F
 
+from fusionkit.compare import metrics_of
 from fusionkit.data.base import SPLITS, Dataset
 from fusionkit.data.readers import load_rgb
+from fusionkit.evaluate import higher_is_better
 from fusionkit.train import SplitData
 
 
@@ -50,7 +52,7 @@ def plot_examples(ds: Dataset, n: int = 8, seed: int = 0, captions: dict[str, li
     for ax, s in zip(axes.flat, samples):
         if img_mod:
             ax.imshow(load_rgb(ds.path(s, img_mod), s.id))
-        labels = ", ".join(f"{t}={ds.targets[t][v]}" for t, v in s.targets.items())
+        labels = ", ".join(f"{t}={ds.targets[t][v] if ds.targets[t] else f'{v:.4g}'}" for t, v in s.targets.items())
         text = caps.get(s.id, [v for m, v in s.modalities.items() if ds.modalities[m] == "text"])[:2]
         ax.set_title("\n".join([s.id, labels] + [textwrap.shorten(c, 48) for c in text]), fontsize=8)
     fig.tight_layout()
@@ -78,8 +80,11 @@ def plot_projection(data: SplitData, class_names: list[str], max_points: int = 1
 
 
 def plot_comparison(
-    results: pd.DataFrame, summary: pd.DataFrame, metric: str = "test_accuracy", ceilings: dict | None = None
+    results: pd.DataFrame, summary: pd.DataFrame, metric: str | None = None, ceilings: dict | None = None
 ):
+    """Each method's ``metric`` (default: the comparison's, ``compare.metrics_of``: test accuracy,
+    or test MSE on a regression target) per seed and vs its parameter count."""
+    metric = metric or metrics_of(summary)[0]
     order = summary["method"].tolist()
     fig, axes = plt.subplots(
         1, 2, figsize=(13, max(3.5, 0.38 * len(order) + 1.5)), gridspec_kw={"width_ratios": [2, 1]}
@@ -98,7 +103,7 @@ def plot_comparison(
     for _, r in summary.iterrows():
         axes[1].annotate(r["method"].replace("unimodal:", "uni:"), (r["params"], r[f"{metric}_mean"]), fontsize=7)
     axes[1].set_xscale("log")
-    axes[1].set_title("accuracy vs parameters")
+    axes[1].set_title(f"{metric.removeprefix('test_')} vs parameters")
     fig.tight_layout()
     return fig
 
@@ -148,16 +153,19 @@ def plot_targets(
     return fig
 
 
-def plot_search(trials: pd.DataFrame, metric: str = "val_accuracy"):
+def plot_search(trials: pd.DataFrame, metric: str | None = None):
     """Each method's search: the validation score of every trial (dots; trial 0 is the method's
-    defaults, ringed) and the best so far (line). ``trials``: ``SearchResult.trials``."""
+    defaults, ringed) and the best so far (line). ``trials``: ``SearchResult.trials``;
+    ``metric``: default ``val_accuracy``, or ``val_mse`` where the trials have it."""
+    metric = metric or ("val_mse" if "val_mse" in trials.columns else "val_accuracy")
     methods = list(dict.fromkeys(trials["method"]))
     ncols = min(5, len(methods))
     nrows = -(-len(methods) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.1 * nrows), sharex=True, sharey=True, squeeze=False)
     for ax, method in zip(axes.flat, methods):
         t = trials[trials["method"] == method].sort_values("trial")
-        ax.plot(t["trial"], t[metric].cummax(), color="#2b6f97", lw=1.5)
+        best = t[metric].cummax() if higher_is_better(metric) else t[metric].cummin()
+        ax.plot(t["trial"], best, color="#2b6f97", lw=1.5)
         ax.scatter(t["trial"], t[metric], s=10, color="k", zorder=3)
         ax.scatter(t["trial"].iloc[:1], t[metric].iloc[:1], s=40, facecolors="none", edgecolors="#c2577a", zorder=4)
         ax.set_title(method.replace("unimodal:", "uni:"), fontsize=8)

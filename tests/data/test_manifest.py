@@ -113,9 +113,6 @@ def test_malformed_csv_header_and_fields(own, tmp_path):
         registry.prepare("manifest", tmp_path / "out", source_dir=own, modalities="photo:image", progress=False)
     with pytest.raises(DatasetError, match=r"target column\(s\) \['class'\] not found"):
         registry.prepare("manifest", tmp_path / "out", source_dir=own, targets="class", progress=False)
-    _write(own, ["id,image,score", "a,photos/p0.png,0.37", "b,photos/p1.png,1.5"])
-    with pytest.raises(DatasetError, match=r"manifest\.csv:2 \(id 'a'\): target 'score' = 0\.37 looks continuous"):
-        registry.prepare("manifest", tmp_path / "out", source_dir=own, progress=False)
     _write(own, ["id,image", "a,photos/p0.png"])
     with pytest.raises(DatasetError, match="no target column"):
         registry.prepare("manifest", tmp_path / "out", source_dir=own, progress=False)
@@ -254,3 +251,73 @@ def test_check_names_an_image_over_the_decompression_bomb_limit_and_exits_non_ze
     )
     err = capsys.readouterr().err
     assert rc == 2 and "(id 's04')" in err and "p4.png: refused as a possible decompression bomb" in err
+
+
+# ------------------------------------------------------------------------------ regression targets
+def _scores(root: Path, values: list[str], header: str = "id,caption,score,split") -> None:
+    splits = ["train", "train", "val", "test"]
+    _write(root, [header] + [f"r{i},text {i},{v},{splits[i % 4]}" for i, v in enumerate(values)])
+
+
+def test_non_integer_numbers_are_a_regression_target_with_a_note(own, tmp_path):
+    _scores(own, ["0.37", "1.5", "2", "-3e-1", "4.25", "0.5", "7", "1.125"])
+    ds = registry.prepare("manifest", tmp_path / "out", source_dir=own, progress=False)
+    assert ds.targets == {"score": []} and ds.target_kind("score") == "regression"
+    by_id = {s.id: s.targets["score"] for s in ds.samples}
+    assert by_id["r0"] == 0.37 and by_id["r2"] == 2.0 and by_id["r3"] == -0.3
+    notes = [i for i in Report.load(ds.root).issues if i.kind == "note"]
+    assert (
+        len(notes) == 1 and "target 'score' holds non-integer numbers: read as a regression target" in notes[0].message
+    )
+    assert ds.summary()["values/score"]["train"]["n"] == 4
+    assert load_dataset(ds.root).samples == ds.samples  # the folder reads back
+
+
+def test_integer_columns_stay_classes_unless_declared(own, tmp_path):
+    _scores(own, ["1", "3", "2", "3", "1", "2", "3", "1"])
+    ds = registry.prepare("manifest", tmp_path / "a", source_dir=own, progress=False)
+    assert ds.targets == {"score": ["1", "2", "3"]}
+    ds = registry.prepare("manifest", tmp_path / "b", source_dir=own, regression="score", progress=False)
+    assert ds.targets == {"score": []} and sorted({s.targets["score"] for s in ds.samples}) == [1.0, 2.0, 3.0]
+    assert not [i for i in Report.load(ds.root).issues if i.kind == "note"]  # declared: nothing to note
+
+
+def test_regression_bad_values_name_the_file_and_row(own, tmp_path):
+    _scores(own, ["0.5", "1.5", "n/a", "2.5", "3.5", "0.25"])
+    with pytest.raises(DatasetError, match=r"manifest\.csv:4 \(id 'r2'\): regression target 'score' = 'n/a' \(a word"):
+        registry.prepare("manifest", tmp_path / "out", source_dir=own, progress=False)
+    ds = registry.prepare("manifest", tmp_path / "out", source_dir=own, on_error="skip", progress=False)
+    assert len(ds) == 5 and [i.where for i in Report.load(ds.root).skipped] == [f"{own / 'manifest.csv'}:4 (id 'r2')"]
+    for bad in ("nan", "inf", "-Infinity"):
+        _scores(own, ["0.5", "1.5", "2.5", bad, "0.25"])
+        with pytest.raises(
+            DatasetError, match=rf"manifest\.csv:5 \(id 'r3'\): regression target 'score' = '{bad}' \(NaN / inf\)"
+        ):
+            registry.prepare("manifest", tmp_path / "out", source_dir=own, progress=False)
+    _scores(own, ["2"] * 6)  # a constant class target: a warning (one class, nothing to predict)
+    ds = registry.prepare("manifest", tmp_path / "one", source_dir=own, progress=False)
+    assert any("target 'score' is constant ('2' on all 6" in i.message for i in Report.load(ds.root).warnings)
+    _scores(own, ["2.5"] * 6)
+    with pytest.raises(DatasetError, match=r"manifest\.csv: regression target 'score' is constant \(2\.5 on all 6"):
+        registry.prepare("manifest", tmp_path / "out", source_dir=own, regression="score", progress=False)
+    with pytest.raises(DatasetError, match=r"regression column\(s\) \['y'\] not found"):
+        registry.prepare("manifest", tmp_path / "out", source_dir=own, regression="y", progress=False)
+    # a JSON NaN in a dataset folder's manifest.jsonl is refused when the folder is read
+    _scores(own, ["0.5", "1.5", "2.5", "3.5"])
+    ds = registry.prepare("manifest", tmp_path / "ok", source_dir=own, progress=False)
+    man = ds.root / "manifest.jsonl"
+    man.write_text(man.read_text().replace('"score": 1.5', '"score": NaN'), encoding="utf-8")
+    with pytest.raises(
+        DatasetError, match=r"manifest\.jsonl:\d+ \(id 'r1'\): regression target 'score' = nan; expected a finite"
+    ):
+        load_dataset(ds.root)
+
+
+def test_without_a_split_column_a_regression_target_is_stratified_by_quintiles(own, tmp_path):
+    _write(own, ["caption,score"] + [f"t{i},{i / 10}" for i in range(50)])
+    ds = registry.prepare("manifest", tmp_path / "out", source_dir=own, progress=False)
+    by_split = Counter(s.split for s in ds.samples)
+    assert by_split == {"train": 30, "val": 10, "test": 10}
+    for q in range(5):  # every quintile lands in every split
+        inq = [s for s in ds.samples if q <= s.targets["score"] < q + 1]
+        assert {s.split for s in inq} == {"train", "val", "test"}
