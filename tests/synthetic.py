@@ -58,3 +58,14 @@ def interaction_problem(
             feats[m] = sign * protos[m] + noise * torch.randn(n, dim, generator=g)
         out[split] = SplitData(feats, bits[2], [f"{split}{i}" for i in range(n)])
     return out
+
+
+def grouped_problem(n_groups: int = 4, per_group: int = 60, seed: int = 0) -> tuple[SplitData, list[str]]:
+    """:func:`label_problem`'s samples in ``n_groups`` groups (``g0``, ``g1``, ...), each group's
+    audio shifted by an offset of its own (a speaker): (all the samples, their groups)."""
+    data = label_problem(n=n_groups * per_group, seed=seed)["train"]
+    g = torch.Generator().manual_seed(seed + 1)
+    groups = [f"g{i % n_groups}" for i in range(len(data))]
+    offsets = torch.randn(n_groups, data.features["audio"].shape[1], generator=g) * 0.5
+    audio = data.features["audio"] + offsets[torch.tensor([i % n_groups for i in range(len(data))])]
+    return SplitData({**data.features, "audio": audio}, data.labels, data.ids), groups

@@ -20,6 +20,10 @@ optionally, ``id`` and ``split``::
 * **split**: a ``split`` column (train / val / test; also training, validation, valid, dev,
   testing) is used as given; without it the samples are split at random, stratified by the first
   target, by ``split_fractions`` (seeded).
+* **group**: an optional ``group`` column (speaker, patient, site; ``group_column`` names another):
+  every group stays inside one split. With a split column, a group found in two splits is an
+  error naming it; without one, whole groups are split at random by ``split_fractions`` (seeded;
+  each split with a fraction > 0 needs one group at least) - ``fusionkit.data.groups``.
 * **id**: an ``id`` column (unique) or, without one, ``row{N}`` (N: the data row, from 1).
 * file paths are relative to the manifest's folder (or ``media_root``, relative to it); they must
   stay inside it (no ``..``, absolute paths or symlinks out). Files are indexed in place.
@@ -48,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from fusionkit.data.base import MODALITY_KINDS, SPLIT_ALIASES, SPLITS, Built, DatasetError, Sample, load_dataset
+from fusionkit.data.groups import check_groups, split_groups
 from fusionkit.data.problems import Problems
 from fusionkit.data.readers import (
     check_audio,
@@ -183,6 +188,7 @@ def scan(
     targets: str | Sequence[str] | None = None,
     id_column: str = "id",
     split_column: str = "split",
+    group_column: str = "group",
     split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
     media_root: str | None = None,
     name: str | None = None,
@@ -194,8 +200,8 @@ def scan(
     ``manifest``: the file, relative to ``source_dir`` (default: manifest.csv/.tsv/.txt/.jsonl/
     .parquet, or the only table there); ``source_dir`` may also be the file itself.
     ``modalities``: "column:kind,..." (or a dict column -> kind); default auto-detected.
-    ``targets``: target column(s); default every other column. ``id_column``, ``split_column``:
-    their names. ``split_fractions``: (train, val, test) when there is no split column.
+    ``targets``: target column(s); default every other column. ``id_column``, ``split_column``,
+    ``group_column``: their names (the group column is optional; each group stays in one split). ``split_fractions``: (train, val, test) when there is no split column.
     ``media_root``: folder the file paths are relative to (relative to the manifest's folder;
     default that folder). ``name``: the dataset name (default the manifest's stem, or its folder
     name for manifest.*). ``check_media``: "verify", "decode" or "none". ``encoding``: of CSV/JSONL."""
@@ -214,7 +220,7 @@ def scan(
     ds_name = name or (path.parent.name if path.stem == "manifest" else path.stem)
     # ------------------------------------------------------------------ columns
     spec = parse_modalities(modalities)
-    reserved = {id_column, split_column}
+    reserved = {id_column, split_column, group_column}
     mods: dict[str, tuple[str, str]] = {}
     if spec is not None:
         for mname, (col, kind) in spec.items():
@@ -259,8 +265,10 @@ def scan(
         raise DatasetError(f"{path}: names {clash} are used twice (modality/target/id/split); rename the columns")
     has_split = split_column in cols
     has_id = id_column in cols
+    has_group = group_column in cols
     # ------------------------------------------------------------------ rows
     good: list[tuple[str, str, str | None, dict[str, str], dict[str, Any]]] = []
+    group_of: dict[str, str] = {}
     seen: dict[str, str] = {}
     media_ok: dict[str, str | None] = {}
     for n, (where, row) in enumerate(
@@ -358,6 +366,14 @@ def scan(
             )
         if bad:
             continue
+        if has_group:
+            g = row.get(group_column)
+            if isinstance(g, int | np.integer) and not isinstance(g, bool):
+                g = str(int(g))
+            if not isinstance(g, str) or not g.strip():
+                problems.error("malformed", where, f"{group_column} = {g!r}; expected a non-empty group name")
+                continue
+            group_of[sid] = g.strip()
         good.append((sid, where, split, vals, tv))
     if not good:
         return Built(
@@ -370,7 +386,15 @@ def scan(
     classes = {t: _classes([(w, tv[t]) for _, w, _, _, tv in good], t, path) for t in tgt_cols}
     index = {t: {c: i for i, c in enumerate(cs)} for t, cs in classes.items()}
     # ------------------------------------------------------------------ splits
-    if not has_split:
+    where_groups = f"{path} ({group_column!r} column)"
+    if has_group and has_split:
+        check_groups({sid: str(sp) for sid, _, sp, _, _ in good}, group_of, where=where_groups)
+    elif has_group:
+        if len(split_fractions) != 3 or any(f < 0 for f in split_fractions):
+            raise DatasetError(f"split_fractions = {tuple(split_fractions)!r}; expected 3 non-negative fractions")
+        by_group = split_groups(group_of, split_fractions, seed, where=where_groups)
+        good = [(sid, w, by_group[sid], v, tv) for sid, w, _, v, tv in good]
+    if not has_split and not has_group:
         if (
             len(split_fractions) != 3
             or any(f < 0 for f in split_fractions)
@@ -397,7 +421,7 @@ def scan(
                 assign[i] = "val" if k < n_val else "test" if k < n_val + n_test else "train"
         good = [(sid, w, assign[i], v, tv) for i, (sid, w, _, v, tv) in enumerate(good)]
     samples = [
-        Sample(sid, split, vals, {t: index[t][tv[t]] for t in tgt_cols})  # type: ignore[arg-type]
+        Sample(sid, split, vals, {t: index[t][tv[t]] for t in tgt_cols}, group_of.get(sid))  # type: ignore[arg-type]
         for sid, _, split, vals, tv in good
     ]
     samples.sort(key=lambda s: SPLITS.index(s.split))
@@ -407,8 +431,10 @@ def scan(
         "task": "classification",
         "manifest": str(path),
         "columns": {"modalities": {m: c for m, (c, _) in mods.items()}, "targets": tgt_cols, "split": has_split},
-        "split_policy": "given" if has_split else "stratified random",
+        "split_policy": "given" if has_split else f"random by {group_column!r}" if has_group else "stratified random",
     }
+    if has_group:
+        info["group_column"] = group_column
     return Built(
         name=ds_name,
         format=f"manifest-{fmt}",

@@ -9,6 +9,21 @@ ignore them, so a short clip has the same pooled vector whatever ``seconds`` is.
 * ``logmel`` (default): ``grid`` = frames x n_mels log-mel (dB); ``pooled`` = per-band mean and std over
   the real frames (2 x n_mels). No learned weights: exact and always frozen.
 * ``mfcc``: the same with ``n_mfcc`` MFCCs + deltas + delta-deltas (3 x n_mfcc per frame).
+
+Options of both (off by default, so the defaults' features and cache keys do not change):
+
+* ``cmvn=True``: per-utterance cepstral mean and variance normalisation - every frame feature minus
+  its mean over the clip's real frames, divided by its std there (floored at 1e-3): what a new
+  voice, room or microphone shifts is taken out. The ``grid`` is normalised; ``pooled`` keeps the
+  raw mean and std (they carry level and timbre) and normalises what ``segments`` adds.
+* ``segments=K``: temporal structure - the real frames cut into K equal parts and each part's mean
+  frame appended to ``pooled`` (+ K x D).
+* ``deltas=True`` (``logmel`` only; ``mfcc`` always has them): deltas and delta-deltas of the bands
+  (3 x n_mels per frame).
+
+Bad input (:class:`~fusionkit.encoders.base.InputError`, naming the file): a recording shorter than
+the encoder's window (``n_fft`` samples, and ``segments`` frames), and a silence-only recording
+(every sample below one 16-bit step, 2**-15).
 * ``audio_cnn``: a small CNN (4 conv blocks) over the log-mel, random init seeded by ``seed``, meant to
   be fine-tuned inside a model; ``grid`` = its time steps (frequency averaged), ``pooled`` = their
   masked mean.
@@ -32,6 +47,7 @@ AUDIO_PERF = {
     "cuda": {"batch_size": 128, "channels_last": False, "num_workers": "auto"},  # not measured here (no GPU lent)
 }
 SILENCE_DB = -100.0  # 10 * log10(amin) with amin = 1e-10
+SILENCE_PEAK = 2.0**-15  # below one 16-bit step everywhere: a silence-only recording
 
 
 class AudioClip(NamedTuple):
@@ -88,8 +104,14 @@ class SpectrogramEncoder(Encoder):
         hop_length: int = 160,
         fmin: float = 0.0,
         fmax: float | None = None,
+        cmvn: bool = False,
+        segments: int = 0,
     ) -> None:
         super().__init__()
+        if not isinstance(segments, int) or segments < 0:
+            raise ValueError(f"{self.name}: segments = {segments!r}; expected an integer >= 0")
+        self.cmvn = bool(cmvn)
+        self.segments = int(segments)
         self.sample_rate = int(sample_rate)
         self.seconds = float(seconds)
         self.n_mels = int(n_mels)
@@ -113,13 +135,32 @@ class SpectrogramEncoder(Encoder):
             "fmax": self.fmax,
             "db": {"ref": 1.0, "amin": 1e-10, "top_db": None},
             "librosa": version("librosa"),
+            # only when set: the defaults keep the identity (and cache keys) they always had
+            **({"cmvn": "per utterance, real frames, std floor 1e-3"} if self.cmvn else {}),
+            **({"segments": self.segments} if self.segments else {}),
         }
 
     def before_workers(self) -> None:
         import librosa  # noqa: F401 - numba start-up once in the parent, not in every worker
 
     def load(self, value: Any, root: str | os.PathLike | None = None) -> AudioClip:
-        return read_audio(as_path(value, root), self.sample_rate, self.seconds)
+        path = as_path(value, root)
+        clip = read_audio(path, self.sample_rate, self.seconds)
+        need = max(self.n_fft, (self.segments - 1) * self.hop_length + 1)
+        if clip.length < need:
+            raise InputError(
+                f"recording of {clip.length} samples ({1000 * clip.length / self.sample_rate:.1f} ms at "
+                f"{self.sample_rate} Hz) is shorter than {self.name}'s window: expected at least {need} samples "
+                f"(n_fft {self.n_fft}"
+                + (f", {self.segments} segments of hop {self.hop_length}" if self.segments else "")
+                + ")",
+                path,
+            )
+        if float(clip.wave[: clip.length].abs().max()) < SILENCE_PEAK:
+            raise InputError(
+                "silence-only recording (every sample below one 16-bit step); expected audible audio", path
+            )
+        return clip
 
     def logmel(self, clip: AudioClip) -> np.ndarray:
         """(real frames, n_mels) log-mel in dB of the real samples."""
@@ -155,6 +196,28 @@ class SpectrogramEncoder(Encoder):
         return {"spec": spec, "mask": mask}
 
 
+def masked_cmvn(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, D), (B, T) -> (B, T, D): each clip's frames minus their mean over its real frames,
+    divided by their std there (floored at 1e-3); padded frames 0."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    n = m.sum(1, keepdim=True).clamp(min=1.0)
+    mean = (x * m).sum(1, keepdim=True) / n
+    std = ((((x - mean) * m) ** 2).sum(1, keepdim=True) / n).sqrt().clamp(min=1e-3)
+    return (x - mean) / std * m
+
+
+def segment_means(x: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, T, D), (B, T) -> (B, k * D): the real frames (a prefix of each clip) cut into ``k``
+    equal parts, each part's mean frame (part j: frames t with floor(t * k / length) = j)."""
+    lengths = mask.sum(1).clamp(min=1)  # (B,)
+    t = torch.arange(x.shape[1], device=x.device)
+    part = torch.div(t.unsqueeze(0) * k, lengths.unsqueeze(1), rounding_mode="floor")  # (B, T)
+    w = (part.unsqueeze(1) == torch.arange(k, device=x.device).view(1, k, 1)) & mask.bool().unsqueeze(1)
+    w = w.to(x.dtype)
+    means = torch.bmm(w, x) / w.sum(2, keepdim=True).clamp(min=1.0)  # (B, k, D)
+    return means.reshape(len(x), -1)
+
+
 def masked_mean_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, T, D), (B, T) -> (B, 2D): mean and population std over the real frames."""
     m = mask.unsqueeze(-1).to(x.dtype)
@@ -167,15 +230,44 @@ def masked_mean_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class LogMel(SpectrogramEncoder):
     name = "logmel"
 
-    def __init__(self, **kw: Any) -> None:
+    def __init__(self, deltas: bool = False, **kw: Any) -> None:
         super().__init__(**kw)
-        self._dims = {"pooled": 2 * self.n_mels, "grid": self.n_mels}
+        self.deltas = bool(deltas)
+        self._set_dims((3 if self.deltas else 1) * self.n_mels)
         self._weights_id = "none (no learned weights)"
         self._finish_init()
 
+    def _set_dims(self, d: int) -> None:
+        self._dims = {"pooled": (2 + self.segments) * d, "grid": d}
+
+    def preprocessing(self) -> dict[str, Any]:
+        extra = {"deltas": [1, 2], "delta_width": 9} if self.deltas and self.name == "logmel" else {}
+        return {**super().preprocessing(), **extra}
+
+    def frame_features(self, clip: AudioClip) -> np.ndarray:
+        mel = self.logmel(clip)
+        return with_deltas(mel.T).T if self.deltas else mel
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         spec, mask = batch["spec"], batch["mask"]
-        return {"pooled": masked_mean_std(spec, mask), "grid": spec, "grid_mask": mask}
+        pooled = masked_mean_std(spec, mask)
+        frames = masked_cmvn(spec, mask) if self.cmvn else spec
+        if self.segments:
+            pooled = torch.cat([pooled, segment_means(frames, mask, self.segments)], dim=1)
+        if self.cmvn:  # padded frames of the normalised grid carry 0, like the real frames' mean
+            frames = torch.where(mask.bool().unsqueeze(-1), frames, torch.zeros_like(frames))
+        return {"pooled": pooled, "grid": frames, "grid_mask": mask}
+
+
+def with_deltas(feats: np.ndarray) -> np.ndarray:
+    """(D, frames) -> (3D, frames): the features, their deltas and delta-deltas (librosa, width 9;
+    'nearest' edges for clips shorter than 9 frames)."""
+    import librosa
+
+    mode = "interp" if feats.shape[1] >= 9 else "nearest"
+    d1 = librosa.feature.delta(feats, width=9, order=1, mode=mode)
+    d2 = librosa.feature.delta(feats, width=9, order=2, mode=mode)
+    return np.concatenate([feats, d1, d2], axis=0).astype(np.float32)
 
 
 class MFCC(LogMel):
@@ -183,10 +275,11 @@ class MFCC(LogMel):
     pad_value = 0.0
 
     def __init__(self, n_mfcc: int = 20, **kw: Any) -> None:
+        if "deltas" in kw:
+            raise ValueError("mfcc: the deltas option is logmel's; mfcc always has deltas and delta-deltas")
         self.n_mfcc = int(n_mfcc)
         super().__init__(**kw)
-        d = 3 * self.n_mfcc
-        self._dims = {"pooled": 2 * d, "grid": d}
+        self._set_dims(3 * self.n_mfcc)
 
     def preprocessing(self) -> dict[str, Any]:
         return {**super().preprocessing(), "n_mfcc": self.n_mfcc, "deltas": [1, 2], "delta_width": 9}
@@ -196,10 +289,7 @@ class MFCC(LogMel):
 
         mel_db = self.logmel(clip).T  # (n_mels, frames)
         mfcc = librosa.feature.mfcc(S=mel_db, n_mfcc=self.n_mfcc)
-        mode = "interp" if mfcc.shape[1] >= 9 else "nearest"
-        d1 = librosa.feature.delta(mfcc, width=9, order=1, mode=mode)
-        d2 = librosa.feature.delta(mfcc, width=9, order=2, mode=mode)
-        return np.concatenate([mfcc, d1, d2], axis=0).T.astype(np.float32)
+        return with_deltas(mfcc).T
 
 
 class AudioCNN(SpectrogramEncoder):
