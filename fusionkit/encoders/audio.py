@@ -26,7 +26,9 @@ the encoder's window (``n_fft`` samples, and ``segments`` frames), and a silence
 (every sample below one 16-bit step, 2**-15).
 * ``audio_cnn``: a small CNN (4 conv blocks) over the log-mel, random init seeded by ``seed``, meant to
   be fine-tuned inside a model; ``grid`` = its time steps (frequency averaged), ``pooled`` = their
-  masked mean.
+  masked mean. ``cmvn=True`` normalises its input per utterance; ``augment={...}`` (:class:`SpecAugment`:
+  time shift, gain, noise, SpecAugment-style frequency and time masks) perturbs its input in
+  training mode only - extraction (eval mode) never sees it.
 """
 
 from __future__ import annotations
@@ -292,13 +294,74 @@ class MFCC(LogMel):
         return with_deltas(mfcc).T
 
 
+class SpecAugment(nn.Module):
+    """Training-time augmentation of (B, T, n_mels) log-mel batches in dB, plain torch ops, drawn
+    from torch's global RNG (seeded by the training): a random ``gain_db`` in +-gain_db, white
+    noise at an SNR drawn in ``snr_db`` (added to the mel power), the real frames shifted by up to
+    ``shift`` frames inside the padded window, ``freq_masks`` bands of up to ``freq_width`` mels
+    and ``time_masks`` spans of up to ``time_width`` frames set to the clip's mean. Identity in
+    eval mode."""
+
+    def __init__(self, gain_db: float = 6.0, snr_db: tuple[float, float] = (5.0, 30.0), shift: int = 10,
+                 freq_masks: int = 2, freq_width: int = 8, time_masks: int = 2, time_width: int = 10) -> None:  # fmt: skip
+        super().__init__()
+        self.gain_db, self.snr_db, self.shift = float(gain_db), (float(snr_db[0]), float(snr_db[1])), int(shift)
+        self.freq_masks, self.freq_width = int(freq_masks), int(freq_width)
+        self.time_masks, self.time_width = int(time_masks), int(time_width)
+
+    def config(self) -> dict[str, Any]:
+        return {"gain_db": self.gain_db, "snr_db": list(self.snr_db), "shift": self.shift,
+                "freq_masks": self.freq_masks, "freq_width": self.freq_width, "time_masks": self.time_masks,
+                "time_width": self.time_width}  # fmt: skip
+
+    def forward(self, spec: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.training:
+            return spec, mask
+        b, t, f = spec.shape
+        m = mask.to(spec.dtype)
+        x = spec + (torch.rand(b, 1, 1) * 2 - 1) * self.gain_db
+        power = 10 ** (x / 10)
+        mean_power = (power * m.unsqueeze(-1)).sum((1, 2)) / (m.sum(1) * f).clamp(min=1.0)
+        snr = torch.empty(b).uniform_(*self.snr_db)
+        x = 10 * torch.log10(power + (mean_power * 10 ** (-snr / 10)).view(b, 1, 1) + 1e-10)
+        if self.shift:  # move the real frames (a prefix) right by 0..shift frames, within the window
+            lengths = mask.sum(1)
+            room = (t - lengths).clamp(min=0).clamp(max=self.shift)
+            off = (torch.rand(b) * (room + 1).to(spec.dtype)).long()
+            src = torch.arange(t).unsqueeze(0) - off.unsqueeze(1)
+            ok = (src >= 0) & (src < lengths.unsqueeze(1))
+            x = torch.gather(x, 1, src.clamp(0, t - 1).unsqueeze(-1).expand(-1, -1, f))
+            x = torch.where(ok.unsqueeze(-1), x, torch.full_like(x, SILENCE_DB))
+            mask = ok.to(mask.dtype)
+        fill = (x * mask.unsqueeze(-1)).sum(1, keepdim=True) / mask.sum(1).clamp(min=1).view(b, 1, 1)
+        for n, width, axis in ((self.freq_masks, self.freq_width, 2), (self.time_masks, self.time_width, 1)):
+            size = x.shape[axis]
+            pos = torch.arange(size).unsqueeze(0)
+            for _ in range(n):
+                w = torch.randint(0, width + 1, (b, 1))
+                start = (torch.rand(b, 1) * (size - w + 1).to(spec.dtype)).long()
+                hit = (pos >= start) & (pos < start + w)
+                hit = hit.unsqueeze(1) if axis == 2 else hit.unsqueeze(2)
+                x = torch.where(hit, fill.expand_as(x), x)
+        return x, mask
+
+
 class AudioCNN(SpectrogramEncoder):
     """Small CNN over the log-mel (for fine-tuning inside a model)."""
 
     name = "audio_cnn"
 
-    def __init__(self, channels: tuple[int, ...] = (32, 64, 128, 128), seed: int = 0, **kw: Any) -> None:
+    def __init__(
+        self,
+        channels: tuple[int, ...] = (32, 64, 128, 128),
+        seed: int = 0,
+        augment: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
+        if self.segments:
+            raise ValueError("audio_cnn: segments is an option of logmel and mfcc (the CNN pools its own time steps)")
+        self.augment = SpecAugment(**augment) if augment is not None else None
         self.channels = tuple(int(c) for c in channels)
         self.seed = int(seed)
         with seeded(seed):
@@ -322,10 +385,15 @@ class AudioCNN(SpectrogramEncoder):
         self._finish_init()
 
     def preprocessing(self) -> dict[str, Any]:
-        return {**super().preprocessing(), "channels": self.channels}
+        extra = {"augment": self.augment.config()} if self.augment is not None else {}
+        return {**super().preprocessing(), "channels": self.channels, **extra}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         spec, mask = batch["spec"], batch["mask"]
+        if self.augment is not None:
+            spec, mask = self.augment(spec, mask)  # training mode only
+        if self.cmvn:
+            spec = masked_cmvn(spec, mask)
         x = self.bn0(spec.transpose(1, 2)).unsqueeze(1)  # (B, 1, n_mels, T)
         m = mask.to(x.dtype).unsqueeze(1)  # (B, 1, T)
         for blk in self.blocks:

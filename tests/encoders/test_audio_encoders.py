@@ -168,3 +168,26 @@ def test_too_short_and_silent_recordings_name_the_file(tmp_path):
     enc.load(tmp_path / "short4.wav")
     with pytest.raises(InputError, match=r"short4.wav: .* expected at least 961 samples \(n_fft 400, 7 segments"):
         build_encoder("audio", "mfcc", segments=7).load(tmp_path / "short4.wav")
+
+
+def test_audio_cnn_augments_in_training_only_and_seeded(tmp_path):
+    sf.write(tmp_path / "x.wav", tone(16000, 0.6, 500), 16000)
+    plain = build_encoder("audio", "audio_cnn", channels=(8, 8), seed=1)
+    enc = build_encoder("audio", "audio_cnn", channels=(8, 8), seed=1, cmvn=True, augment={"shift": 20})
+    assert enc.identity_hash() != plain.identity_hash() and "augment" not in plain.identity()["preprocessing"]
+    batch = enc.collate([enc.load("x.wav", tmp_path)] * 2)
+    enc.eval()
+    with torch.inference_mode():
+        a, b = enc(batch), enc(batch)
+    assert torch.equal(a["pooled"], b["pooled"])  # eval (extraction): no augmentation
+    aug = enc.augment.train()
+    torch.manual_seed(0)
+    x1, m1 = aug(batch["spec"], batch["mask"])
+    torch.manual_seed(0)
+    x2, m2 = aug(batch["spec"], batch["mask"])
+    assert torch.equal(x1, x2) and torch.equal(m1, m2)  # seeded
+    assert not torch.equal(x1, batch["spec"]) and not torch.equal(x1[0], x1[1])  # perturbed, per sample
+    assert m1.sum(1).tolist() == batch["mask"].sum(1).tolist()  # a shift moves frames, never drops them
+    assert torch.isfinite(x1).all()
+    with pytest.raises(ValueError, match="segments is an option of logmel and mfcc"):
+        build_encoder("audio", "audio_cnn", segments=2)
