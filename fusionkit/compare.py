@@ -477,8 +477,9 @@ class FoldComparison:
     single modalities, the robust options (``<method>+modality_dropout``, ``late_calibrated``:
     late fusion of the single-modality models with weights chosen on the fold's validation
     group) and the linear anchors (``baseline:<name>``, one row per fold); ``per_fold``: one row
-    per (fold, method) - :func:`summarize`'s columns within the fold and ``best_unimodal`` (the
-    single modality best on the fold's validation group); ``summary``: one row per method - the
+    per (fold, method) - the seed-mean (and CI over seeds) of the test accuracy, the seed-mean
+    validation accuracy, ``best_unimodal`` (the single modality best on the fold's validation
+    group) and ``gain`` (the test accuracy minus that modality's); ``summary``: one row per method - the
     mean over folds of each fold's seed-mean test accuracy with its 95% CI over folds, the mean
     validation accuracy, and the gain over the fold's best single modality (mean, CI, one-sided
     paired t-test over folds ``p_gain``: that the method is better); ``is_best``: the fusion
