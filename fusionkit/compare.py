@@ -509,3 +509,192 @@ def _against(summary: pd.DataFrame, runs: pd.DataFrame, alpha: float, metric: st
             bool(k == "fusion" and m != ref and not (p < alpha))
             for m, k, p in zip(summary["method"], summary["kind"], ps)
         ]
+
+
+# --- the comparison once per fold of the leave-one-group-out protocol (fusionkit.data.groups) -
+
+CALIBRATED = "late_calibrated"
+DROPOUT_SUFFIX = "+modality_dropout"
+ANCHOR_PREFIX = "baseline:"
+
+
+@dataclass
+class FoldComparison:
+    """The comparison once per fold (leave one group - speaker, patient, site - out; the next
+    group validates). ``runs``: one row per (fold, method, seed) - the fusion methods and the
+    single modalities, the robust options (``<method>+modality_dropout``, ``late_calibrated``:
+    late fusion of the single-modality models with weights chosen on the fold's validation
+    group) and the linear anchors (``baseline:<name>``, one row per fold); ``per_fold``: one row
+    per (fold, method) - the seed-mean (and CI over seeds) of the test accuracy, the seed-mean
+    validation accuracy, ``best_unimodal`` (the single modality best on the fold's validation
+    group) and ``gain`` (the test accuracy minus that modality's); ``summary``: one row per method - the
+    mean over folds of each fold's seed-mean test accuracy with its 95% CI over folds, the mean
+    validation accuracy, and the gain over the fold's best single modality (mean, CI, one-sided
+    paired t-test over folds ``p_gain``: that the method is better); ``is_best``: the fusion
+    method with the highest mean validation accuracy over folds (never test)."""
+
+    runs: pd.DataFrame
+    per_fold: pd.DataFrame
+    summary: pd.DataFrame
+    failed: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    @property
+    def folds(self) -> list[str]:
+        return list(dict.fromkeys(self.per_fold["fold"]))
+
+    def table(self, metric: str = "test_accuracy") -> pd.DataFrame:
+        """Methods x folds: the seed-mean of ``metric`` (rows in the summary's order)."""
+        t = self.per_fold.pivot(index="method", columns="fold", values=f"{metric}_mean")[self.folds]
+        return t.loc[[m for m in self.summary["method"] if m in t.index]]
+
+    def headline(self) -> dict[str, Any]:
+        """What 03 logs as its summary about the protocol: the best fusion method (on
+        validation) with its accuracy, CI and gain over the best single modality."""
+        s = self.summary.set_index("method")
+        best = str(s.index[s["is_best"]][0]) if s["is_best"].any() else None
+        uni = s[s.kind == "unimodal"].sort_values(f"{SELECTION}_mean", ascending=False, kind="stable")
+        out: dict[str, Any] = {"loso_folds": len(self.folds)}
+        if best is not None:
+            out.update({"loso_best_method": best, "loso_best_accuracy": float(s.loc[best, "test_accuracy_mean"]),
+                        "loso_best_accuracy_ci95": float(s.loc[best, "test_accuracy_ci95"]),
+                        "loso_best_gain": float(s.loc[best, "gain_mean"]),
+                        "loso_best_gain_ci95": float(s.loc[best, "gain_ci95"]),
+                        "loso_best_p_gain": float(s.loc[best, "p_gain"])})  # fmt: skip
+        if len(uni):
+            out["loso_best_unimodal"] = str(uni.index[0])
+            out["loso_best_unimodal_accuracy"] = float(uni["test_accuracy_mean"].iloc[0])
+        return out
+
+
+def across_folds(
+    methods: Iterable[str],
+    folds: Mapping[str, tuple[dict[str, SplitData], int]],
+    cfg: TrainConfig,
+    *,
+    seeds: Iterable[int] = (0, 1, 2),
+    hidden: int = 128,
+    dropout: float = 0.1,
+    dropout_methods: Iterable[str] = ("concat", "gmu"),
+    modality_dropout: float = 0.3,
+    calibrated: bool = True,
+    anchors: Mapping[str, Mapping[str, tuple[dict[str, SplitData], str]]] | None = None,
+    executor: Executor | None = None,
+    show_progress: bool = True,
+) -> FoldComparison:
+    """Every method and each modality alone x ``seeds`` at its defaults on each fold of ``folds``
+    (fold -> (splits, number of classes), e.g. :meth:`fusionkit.index.FeatureIndex.by_fold`), all
+    the trainings in one batch on ``executor``; ``dropout_methods`` also trained with
+    ``modality_dropout`` (0 skips them); ``calibrated``: late fusion with validation-chosen
+    weights of each seed's single-modality models; ``anchors``: name -> fold -> (splits, modality)
+    for :func:`fusionkit.baseline.logistic_regression` (e.g. ``{"audio_mfcc_lr": ...}`` on the
+    ``mfcc`` encoder's features)."""
+    from dataclasses import replace
+
+    seeds = list(seeds)
+    if not folds:
+        raise ValueError("across_folds needs at least one fold")
+    first = next(iter(folds.values()))[0]
+    methods = _methods(methods, first, True)
+    robust = [m for m in dropout_methods] if modality_dropout > 0 and modality_dropout != cfg.modality_dropout else []
+    for m in robust:
+        get(m)
+    own = executor is None
+    executor = executor or SerialExecutor(show_progress=show_progress)
+    try:
+        plan = _folds_plan(methods, robust, replace(cfg, modality_dropout=modality_dropout) if robust else cfg, folds,
+                           cfg, seeds, hidden, dropout, calibrated)  # fmt: skip
+        runs, failed = executor.run_plan(plan, dict(folds), desc="comparison by fold")
+    finally:
+        if own:
+            executor.close()
+    rows = []
+    for name, by_fold in (anchors or {}).items():
+        from fusionkit.baseline import logistic_regression
+
+        for fold, (splits, modality) in by_fold.items():
+            r = logistic_regression(splits, modality)
+            rows.append({"fold": fold, "method": f"{ANCHOR_PREFIX}{name}", "seed": seeds[0],
+                         "test_accuracy": r["test_accuracy"], "val_accuracy": r["val_accuracy"],
+                         "config": json.dumps({"C": r["C"]})})  # fmt: skip
+    if rows:
+        runs = pd.concat([runs, pd.DataFrame(rows)], ignore_index=True)
+    per_fold, summary = _fold_summaries(runs, list(folds))
+    return FoldComparison(runs, per_fold, summary, failed)
+
+
+def _folds_plan(methods, robust, robust_cfg, folds, cfg, seeds, hidden, dropout, calibrated):
+    from fusionkit.baseline import calibrated_late
+    from fusionkit.train import predict
+
+    configs = {m: default_config(m, cfg, hidden, dropout) for m in set(methods) | set(robust)}
+    jobs = [TrainJob(m, s, configs[m], cfg, data=f, keep=calibrated and m.startswith(UNIMODAL_PREFIX), tag=f"fold:{f}")
+            for f in folds for m in methods for s in seeds]  # fmt: skip
+    jobs += [TrainJob(m, s, configs[m], robust_cfg, data=f, tag=f"fold:{f}{DROPOUT_SUFFIX}")
+             for f in folds for m in robust for s in seeds]  # fmt: skip
+    outcomes = yield jobs
+    rows, failed, uni = [], {}, {}
+    for out in outcomes:
+        j = out.job
+        name = j.method + (DROPOUT_SUFFIX if j.tag.endswith(DROPOUT_SUFFIX) else "")
+        if not out.ok:
+            failed.setdefault((j.data, name), out.error or "failed")
+            continue
+        rows.append({"fold": j.data, **out.row, "method": name})
+        if out.state is not None:
+            splits, n_classes = folds[j.data]
+            model = out.model(in_dims_of(splits), n_classes)
+            mod = j.method[len(UNIMODAL_PREFIX) :]
+            uni.setdefault((j.data, j.seed), {})[mod] = {
+                sp: predict(model, splits[sp].select([mod]))[0].float().log_softmax(dim=1) for sp in ("val", "test")
+            }
+    n_mods = len(next(iter(folds.values()))[0]["train"].features)
+    for (fold, seed), lp in uni.items():
+        if len(lp) < n_mods:
+            continue  # a single-modality model failed: no calibrated late fusion for this seed
+        splits = folds[fold][0]
+        r = calibrated_late(lp, {sp: splits[sp].labels for sp in ("val", "test")})
+        rows.append({"fold": fold, "method": CALIBRATED, "seed": seed, "test_accuracy": r["test_accuracy"],
+                     "val_accuracy": r["val_accuracy"], "config": r["weights"]})  # fmt: skip
+    return pd.DataFrame(rows), failed
+
+
+def _kind(method: str) -> str:
+    if method.startswith(UNIMODAL_PREFIX):
+        return "unimodal"
+    return "baseline" if method.startswith(ANCHOR_PREFIX) else "fusion"
+
+
+def _fold_summaries(runs: pd.DataFrame, folds: list[str], metric: str = "test_accuracy"):
+    """(per_fold, summary) of :class:`FoldComparison` from its runs."""
+    g = runs.groupby(["fold", "method"], sort=False)
+    per = g.agg(**{f"{metric}_mean": (metric, "mean"), f"{SELECTION}_mean": (SELECTION, "mean"),
+                   "n_seeds": (metric, "size")}).reset_index()  # fmt: skip
+    per[f"{metric}_ci95"] = g[metric].apply(lambda s: ci95(s.to_numpy())).to_numpy()
+    per["kind"] = [_kind(m) for m in per["method"]]
+    best_uni = {}
+    for f in folds:
+        u = per[(per.fold == f) & (per.kind == "unimodal")].sort_values(
+            f"{SELECTION}_mean", ascending=False, kind="stable"
+        )
+        if len(u):
+            best_uni[f] = (str(u["method"].iloc[0]), float(u[f"{metric}_mean"].iloc[0]))
+    per["best_unimodal"] = [best_uni.get(f, (None, np.nan))[0] for f in per["fold"]]
+    per["gain"] = [a - best_uni.get(f, (None, np.nan))[1] for f, a in zip(per["fold"], per[f"{metric}_mean"])]
+    rows = []
+    for m, sub in per.groupby("method", sort=False):
+        sub = sub.set_index("fold").reindex([f for f in folds if f in set(sub["fold"])])
+        acc, gain = sub[f"{metric}_mean"].to_numpy(), sub["gain"].to_numpy()
+        ok = ~np.isnan(gain)
+        p = float("nan")
+        if ok.sum() >= 2 and not np.allclose(gain[ok], 0):
+            p = float(stats.ttest_1samp(gain[ok], 0.0, alternative="greater").pvalue)
+        rows.append({"method": m, "kind": _kind(m), "n_folds": len(sub), f"{metric}_mean": float(acc.mean()),
+                     f"{metric}_ci95": ci95(acc), f"{metric}_min": float(acc.min()),
+                     f"{SELECTION}_mean": float(sub[f"{SELECTION}_mean"].mean()),
+                     "gain_mean": float(gain[ok].mean()) if ok.any() else float("nan"),
+                     "gain_ci95": ci95(gain[ok]), "p_gain": p})  # fmt: skip
+    summary = pd.DataFrame(rows)
+    fusion = summary[summary.kind == "fusion"]
+    best = fusion[f"{SELECTION}_mean"].idxmax() if len(fusion) else None
+    summary["is_best"] = summary.index == best
+    return per, summary.sort_values(f"{metric}_mean", ascending=False, kind="stable").reset_index(drop=True)

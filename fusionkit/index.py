@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fusionkit.data.base import SPLITS, Dataset, DatasetError, atomic_write_text, load_dataset
+from fusionkit.data.groups import Fold, loso_folds
 from fusionkit.data.readers import read_json
 from fusionkit.encoders import DEFAULTS as DEFAULT_ENCODERS
 from fusionkit.encoders import build_encoder
@@ -57,6 +58,8 @@ class ModalityFeatures:
     fitted: dict[str, Any] | None = None
     #: split -> the encoder's notes on it (tabular: categories unseen in training, missing values)
     notes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the encoder's constructor options (``encoder_options`` of 02, e.g. ``{"cmvn": true}``); {} = its defaults
+    options: dict[str, Any] = field(default_factory=dict)
 
     def file(self, output: str, split: str, modality: str = "") -> str:
         try:
@@ -75,6 +78,8 @@ class ModalityFeatures:
             doc["fitted"] = self.fitted
         if self.notes:
             doc["notes"] = self.notes
+        if self.options:
+            doc["options"] = self.options
         return doc
 
 
@@ -104,12 +109,14 @@ class FeatureIndex:
         path: str | os.PathLike,
         batch_size: int = 0,
         progress: bool = True,
+        options: dict[str, dict[str, Any]] | None = None,
     ) -> FeatureIndex:
         """Encode every modality x split x output of ``ds`` into the feature cache (``encoders``:
         kind -> encoder name; kinds without one are left out, except tabular, which needs no
-        weights and gets its default), write the index to ``path`` (the file later notebooks take
-        as ``features_index``) and return it. An encoder that is fitted (tabular) is fitted on the
-        training split; its state goes into the index entry (``fitted``)."""
+        weights and gets its default; ``options``: kind -> the encoder's constructor options, e.g.
+        ``{"audio": {"cmvn": True, "segments": 4}}``), write the index to ``path`` (the file later
+        notebooks take as ``features_index``) and return it. An encoder that is fitted (tabular) is
+        fitted on the training split; its state goes into the index entry (``fitted``)."""
         index = cls(
             dataset_dir=str(Path(ds.root).resolve()),
             dataset=ds.name,
@@ -121,10 +128,15 @@ class FeatureIndex:
             name = encoders.get(kind) or (DEFAULT_ENCODERS[kind] if kind == "tabular" else None)
             if not name:
                 continue
-            enc = build_encoder(kind, name)
+            opts = dict((options or {}).get(kind) or {})
+            try:
+                enc = build_encoder(kind, name, **opts)
+            except TypeError as e:
+                raise ValueError(f"{kind} encoder {name!r}: options {opts} refused ({e})") from None
             if enc.needs_fit:
                 enc.fit_dataset(ds, modality)
-            entry = ModalityFeatures(kind=kind, encoder=enc.name, identity=enc.identity(), fitted=enc.fitted())
+            entry = ModalityFeatures(kind=kind, encoder=enc.name, identity=enc.identity(), fitted=enc.fitted(),
+                                     options=opts)  # fmt: skip
             for output in outputs:
                 for split in SPLITS:
                     if not ds.split(split):
@@ -173,7 +185,7 @@ class FeatureIndex:
             try:
                 mods[name] = ModalityFeatures(entry["kind"], entry["encoder"], entry.get("identity", {}),
                                               entry.get("files", {}), entry.get("dims", {}), entry.get("fitted"),
-                                              entry.get("notes", {}))  # fmt: skip
+                                              entry.get("notes", {}), dict(entry.get("options") or {}))  # fmt: skip
             except (KeyError, TypeError) as e:
                 raise FeatureIndexError(f"{src}: modalities.{name}: missing or malformed field {e}") from None
         tasks = doc.get("tasks")
@@ -236,6 +248,70 @@ class FeatureIndex:
             out[t] = (splits, len(names))
         return out
 
+    def with_encoder(
+        self,
+        modality: str,
+        encoder: str,
+        options: dict[str, Any] | None = None,
+        outputs: tuple[str, ...] = ("pooled",),
+        progress: bool = False,
+    ) -> FeatureIndex:
+        """A copy of this index (not written) whose ``modality`` comes from another ``encoder``
+        (with ``options``), extracted into the same cache - e.g. the ``mfcc`` features the MFCC +
+        logistic-regression audio anchor needs next to a learned encoder's."""
+        entry = self.modality(modality)
+        ds = self.load_dataset()
+        enc = build_encoder(entry.kind, encoder, **(options or {}))
+        new = ModalityFeatures(kind=entry.kind, encoder=enc.name, identity=enc.identity(), options=dict(options or {}))
+        for output in outputs:
+            for split in SPLITS:
+                if ds.split(split):
+                    fs = extract_features(ds, modality, enc, split=split, cache_dir=self.cache_dir, output=output,
+                                          progress=progress)  # fmt: skip
+                    new.files.setdefault(output, {})[split] = str(Path(fs.path).resolve())
+                    new.dims[output] = list(fs.values.shape[1:])
+        return replace(self, modalities={**self.modalities, modality: new}, path=None)
+
+    def anchors_by_fold(
+        self, anchors: dict[str, dict[str, Any]], target: str
+    ) -> dict[str, dict[str, tuple[dict[str, SplitData], str]]]:
+        """The folds of the linear anchors :func:`fusionkit.compare.across_folds` takes:
+        ``anchors`` is modality -> {"encoder": name, "options": {...}} (modalities this index lacks
+        are left out); each becomes ``<modality>_<encoder>_lr`` -> fold -> (splits, modality)."""
+        out = {}
+        for m, spec in anchors.items():
+            if m not in self.modalities:
+                continue
+            other = self.with_encoder(m, spec["encoder"], spec.get("options"))
+            folds, _ = other.by_fold(target, modalities=[m])
+            out[f"{m}_{spec['encoder']}_lr"] = {f: (splits, m) for f, (splits, _) in folds.items()}
+        return out
+
+    def by_fold(
+        self, target: str, output: str = "pooled", modalities: list[str] | None = None
+    ) -> tuple[dict[str, tuple[dict[str, SplitData], int]], list[Fold]]:
+        """The leave-one-group-out protocol (:func:`fusionkit.data.groups.loso_folds`) on the
+        dataset's groups (its speakers, patients, sites): every split's cached features pooled and
+        re-split per fold - fold name -> (splits, number of classes), what
+        :func:`fusionkit.compare.across_folds` takes - and the folds. DatasetError when the
+        dataset has no groups or fewer than 3."""
+        splits, names = self.splits(target=target, output=output, modalities=modalities)
+        ds = self.load_dataset()
+        group_of = ds.groups()
+        where = f"{self.dataset_dir} (dataset {self.dataset})"
+        if not group_of:
+            raise DatasetError(
+                f"{where}: no sample has a group; the leave-one-group-out protocol needs one per sample (a 'group' "
+                "column in a manifest; avdigits: speaker-disjoint splits, split='speaker', val_split='speaker')"
+            )
+        pool = SplitData.concat([splits[sp] for sp in SPLITS if sp in splits])
+        ungrouped = [i for i in pool.ids if i not in group_of]
+        if ungrouped:
+            raise DatasetError(f"{where}: {len(ungrouped)} sample(s) without a group (e.g. {ungrouped[:3]})")
+        groups = [group_of[i] for i in pool.ids]
+        folds = loso_folds(groups, where=where)
+        return fold_splits(pool, groups, folds, len(names)), folds
+
     def splits(
         self, target: str = "label", output: str = "pooled", modalities: list[str] | None = None
     ) -> tuple[dict[str, SplitData], list[str]]:
@@ -278,7 +354,7 @@ class FeatureIndex:
         hash of weights and preprocessing), so that re-encoded inputs are comparable to the cache."""
         out = {}
         for modality, entry in self.modalities.items():
-            enc = build_encoder(entry.kind, entry.encoder)
+            enc = build_encoder(entry.kind, entry.encoder, **entry.options)
             if entry.fitted is not None:
                 enc.load_fitted(entry.fitted)
             if not enc.matches(entry.identity):
@@ -293,3 +369,17 @@ class FeatureIndex:
 def _labels(values: list, classes: list[str]) -> torch.Tensor:
     """Class indices (int64), or a regression target's numbers (float32: ``SplitData.regression``)."""
     return torch.tensor(values, dtype=torch.int64 if classes else torch.float32)
+
+
+def fold_splits(
+    pool: SplitData, groups: list[str], folds: list[Fold], num_classes: int
+) -> dict[str, tuple[dict[str, SplitData], int]]:
+    """Fold name -> (its train / val / test splits of ``pool``, ``num_classes``): each sample goes
+    to the split its group (``groups``, aligned with ``pool``) has in the fold."""
+    out = {}
+    for fold in folds:
+        rows: dict[str, list[int]] = {sp: [] for sp in SPLITS}
+        for i, g in enumerate(groups):
+            rows[fold.split_of(g)].append(i)
+        out[fold.name] = ({sp: pool.take(r) for sp, r in rows.items()}, num_classes)
+    return out

@@ -54,6 +54,24 @@ class SplitData:
         mask = None if self.mask is None else {m: self.mask[m] for m in modalities if m in self.mask}
         return SplitData({m: self.features[m] for m in modalities}, self.labels, self.ids, mask)
 
+    def take(self, rows: list[int] | Tensor) -> SplitData:
+        """The samples at ``rows`` (in that order)."""
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        mask = None if self.mask is None else {m: v[idx] for m, v in self.mask.items()}
+        feats = {m: x[idx] for m, x in self.features.items()}
+        return SplitData(feats, self.labels[idx], [self.ids[i] for i in idx.tolist()], mask)
+
+    @staticmethod
+    def concat(parts: list[SplitData]) -> SplitData:
+        """The samples of ``parts`` one after another (the same modalities in each)."""
+        mods = sorted(parts[0].features)
+        feats = {m: torch.cat([p.features[m] for p in parts]) for m in mods}
+        masks = None
+        if any(p.mask is not None for p in parts):
+            masks = {m: torch.cat([p.mask[m] if p.mask and m in p.mask else torch.ones(len(p)) for p in parts])
+                     for m in mods}  # fmt: skip
+        return SplitData(feats, torch.cat([p.labels for p in parts]), [i for p in parts for i in p.ids], masks)
+
     def check(self, name: str = "data") -> None:
         """Fail loudly on NaN/inf features or a modality missing from every sample."""
         for m, x in self.features.items():

@@ -124,3 +124,14 @@ def regression_problem(n: int = 400, seed: int = 0, noise: float = 0.5**0.5, dim
 def regression_ceilings(noise: float = 0.5**0.5) -> dict[str, float]:
     """:func:`regression_problem`'s R^2 ceilings."""
     return {"image": 1 / (2 + noise**2), "audio": 1 / (2 + noise**2), "fused": 2 / (2 + noise**2)}
+
+
+def grouped_problem(n_groups: int = 4, per_group: int = 60, seed: int = 0) -> tuple[SplitData, list[str]]:
+    """:func:`label_problem`'s samples in ``n_groups`` groups (``g0``, ``g1``, ...), each group's
+    audio shifted by an offset of its own (a speaker): (all the samples, their groups)."""
+    data = label_problem(n=n_groups * per_group, seed=seed)["train"]
+    g = torch.Generator().manual_seed(seed + 1)
+    groups = [f"g{i % n_groups}" for i in range(len(data))]
+    offsets = torch.randn(n_groups, data.features["audio"].shape[1], generator=g) * 0.5
+    audio = data.features["audio"] + offsets[torch.tensor([i % n_groups for i in range(len(data))])]
+    return SplitData({**data.features, "audio": audio}, data.labels, data.ids), groups

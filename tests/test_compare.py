@@ -113,3 +113,64 @@ def test_permuting_the_test_labels_changes_no_selection():
     assert sa[sa.is_best].method.tolist() == sb[sb.is_best].method.tolist()
     ha, hb = (Headline.from_comparison(s, n_methods=3, n_seeds=2) for s in (sa, sb))
     assert (ha.best_fusion_method, ha.best_unimodal) == (hb.best_fusion_method, hb.best_unimodal)
+
+
+@pytest.fixture(scope="module")
+def by_fold():
+    from fusionkit.compare import across_folds
+    from fusionkit.data.groups import loso_folds
+    from fusionkit.index import fold_splits
+    from tests.synthetic import grouped_problem
+
+    pool, groups = grouped_problem(n_groups=3, per_group=40, seed=0)
+    folds = fold_splits(pool, groups, loso_folds(groups), 6)
+    anchors = {"audio_lr": {f: (s, "audio") for f, (s, _) in folds.items()}}
+    cfg = TrainConfig(epochs=4, batch_size=32, patience=5)
+    res = across_folds(["concat", "late"], folds, cfg, seeds=[0], hidden=16, dropout_methods=["concat"],
+                       anchors=anchors, show_progress=False)  # fmt: skip
+    return folds, pool, groups, res
+
+
+def test_loso_folds_hold_out_each_group_once_for_test(by_fold):
+    folds, pool, groups, _ = by_fold
+    group_of = dict(zip(pool.ids, groups, strict=True))
+    tested = []
+    for splits, _ in folds.values():
+        seen = {sp: {group_of[i] for i in d.ids} for sp, d in splits.items()}
+        assert all(len(seen[sp]) >= 1 for sp in ("train", "val", "test"))
+        assert (
+            not (seen["train"] & seen["val"])
+            and not (seen["train"] & seen["test"])
+            and not (seen["val"] & seen["test"])
+        )
+        assert sum(len(d) for d in splits.values()) == len(pool)  # every sample in one split of every fold
+        tested += sorted(seen["test"])
+    assert sorted(tested) == ["g0", "g1", "g2"]
+
+
+def test_fold_comparison_rows_gains_and_choices(by_fold):
+    folds, _, _, res = by_fold
+    methods = set(res.summary["method"])
+    assert methods == {"concat", "late", "unimodal:audio", "unimodal:image", "concat+modality_dropout",
+                       "late_calibrated", "baseline:audio_lr"}  # fmt: skip
+    assert (
+        len(res.runs[res.runs.method == "concat"]) == 3 and len(res.runs[res.runs.method == "baseline:audio_lr"]) == 3
+    )
+    per = res.per_fold
+    for f in res.folds:  # the gain is over the single modality best on the fold's validation group
+        sub = per[per.fold == f].set_index("method")
+        uni = sub[sub.kind == "unimodal"]["val_accuracy_mean"].idxmax()
+        assert (sub["best_unimodal"] == uni).all()
+        assert sub.loc["concat", "gain"] == pytest.approx(
+            sub.loc["concat", "test_accuracy_mean"] - sub.loc[uni, "test_accuracy_mean"]
+        )
+    s = res.summary.set_index("method")
+    g = per[per.method == "late"]["gain"].to_numpy()
+    assert s.loc["late", "gain_mean"] == pytest.approx(g.mean()) and s.loc["late", "gain_ci95"] == pytest.approx(
+        ci95(g)
+    )
+    assert s.loc["late", "p_gain"] == pytest.approx(stats.ttest_1samp(g, 0.0, alternative="greater").pvalue)
+    fusion = s[s.kind == "fusion"]
+    assert s.index[s.is_best].tolist() == [fusion["val_accuracy_mean"].idxmax()]  # chosen on validation
+    assert res.headline()["loso_best_method"] == s.index[s.is_best][0] and res.headline()["loso_folds"] == 3
+    assert res.table().shape == (len(methods), 3)

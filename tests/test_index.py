@@ -123,3 +123,54 @@ def test_by_target_gives_each_target_its_own_labels_and_class_count(indexed):
             assert data.labels.tolist() == [s.targets[target] for s in ds.split(split)]
     with pytest.raises(KeyError, match="target 'nope' not in dataset"):
         index.by_target(["tone", "nope"])
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory):
+    """A manifest of 12 tones (3 pitches = the label) by 4 speakers (``group``), audio only."""
+    import numpy as np
+    import soundfile as sf
+
+    from fusionkit.data import registry
+
+    root = tmp_path_factory.mktemp("grouped")
+    rows = ["id,audio,label,group"]
+    for i in range(12):
+        t = np.arange(8000) / 16000
+        wave = 0.3 * np.sin(2 * np.pi * (200 + 300 * (i % 3) + 15 * (i // 3)) * t)
+        sf.write(root / f"c{i}.wav", wave.astype(np.float32), 16000)
+        rows.append(f"s{i:02d},c{i}.wav,{'abc'[i % 3]},spk{i // 3}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    ds = registry.prepare("manifest", root / "ds", source_dir=root / "manifest.csv", progress=False)
+    cache = root / "cache"
+    index = FeatureIndex.build(ds, {"audio": "logmel"}, cache, ["pooled"], path=root / "features.json", progress=False,
+                               options={"audio": {"cmvn": True, "segments": 2}})  # fmt: skip
+    return ds, index
+
+
+def test_by_fold_resplits_by_group_and_options_are_recorded(grouped):
+    ds, index = grouped
+    assert index.modalities["audio"].options == {"cmvn": True, "segments": 2}
+    assert index.modalities["audio"].dims["pooled"] == [4 * 64]
+    again = FeatureIndex.read(index.path)
+    assert again.modalities["audio"].options == {"cmvn": True, "segments": 2}
+    assert set(again.encoders()) == {"audio"}  # rebuilt with its options: the identity matches
+    folds, fold_list = index.by_fold("label")
+    assert [f.test for f in fold_list] == ["spk0", "spk1", "spk2", "spk3"]
+    group_of = ds.groups()
+    for f in fold_list:
+        splits, n = folds[f.name]
+        assert n == 3 and {group_of[i] for i in splits["test"].ids} == {f.test}
+        assert {group_of[i] for i in splits["val"].ids} == {f.val}
+        assert {group_of[i] for i in splits["train"].ids} == set(f.train)
+    anchors = index.anchors_by_fold({"audio": {"encoder": "mfcc", "options": {"segments": 4}}, "image": {}}, "label")
+    assert list(anchors) == ["audio_mfcc_lr"]  # no image modality here: left out
+    splits, modality = anchors["audio_mfcc_lr"]["test=spk0"]
+    assert modality == "audio" and splits["train"].features["audio"].shape[1] == 6 * 60
+
+
+def test_by_fold_without_groups_is_refused(indexed):
+    from fusionkit.data.base import DatasetError
+
+    with pytest.raises(DatasetError, match="no sample has a group"):
+        indexed[2].by_fold("label")

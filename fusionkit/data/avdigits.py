@@ -16,10 +16,14 @@ Pairing (seeded)
 
 Splits, ``split=``
     "speaker" (default): the ``test_speakers`` (default: the alphabetically first speaker, e.g.
-    ``jackson``) are held out for test - a test speaker never appears in train or val. Validation:
-    the ``val_speakers`` when given (also held out), else a seeded ``val_fraction`` of the takes of
-    every train speaker and digit (so early stopping sees the train speakers' voices, and only the
-    test split measures generalisation to a new speaker).
+    ``jackson``) are held out for test - a test speaker never appears in train or val. Validation
+    (``val_split="speaker"``, the default): the ``val_speakers`` when given, else one speaker held
+    out too - the one after the first test speaker in alphabetical order, rotating (``lucas`` for
+    ``jackson``) - so early stopping and every choice made on validation reward generalising to a
+    new voice, not memorising the training voices; it needs 3 speakers or more. Every sample's
+    ``group`` is its speaker (``fusionkit.data.groups``: the leave-one-speaker-out protocol re-splits
+    by it). ``val_split="takes"`` (the earlier default): a seeded ``val_fraction`` of the takes of
+    every train speaker and digit (the validation split then shares the training voices; no groups).
     "fsdd_official": FSDD's own split - takes 0-4 of every speaker and digit are test; val is a
     seeded ``val_fraction`` of the other takes, the rest train (speakers are shared across splits).
 
@@ -118,6 +122,7 @@ def scan(
     test_speakers: Sequence[str] | str | None = None,
     val_speakers: Sequence[str] | str | None = None,
     val_fraction: float = 0.1,
+    val_split: str = "speaker",
     speakers: Sequence[str] | str | None = None,
     max_takes: int | None = None,
     image_size: int = 32,
@@ -130,13 +135,16 @@ def scan(
     ``split``: "speaker" or "fsdd_official". ``test_speakers`` / ``val_speakers``: speaker names
     (a list or a comma-separated string) held out for test / val (split="speaker").
     ``val_fraction``: share of the takes per speaker and digit used for val when no val speakers
-    are named (and under "fsdd_official"). ``speakers``: use only these speakers.
+    are named and ``val_split`` = "takes" (and under "fsdd_official"). ``val_split``: "speaker"
+    (a held-out validation speaker when ``val_speakers`` is not given) or "takes". ``speakers``: use only these speakers.
     ``max_takes``: use only takes < max_takes of each speaker and digit (small runs).
     ``image_size``: side of the PNG in pixels. ``image_noise``: std of the Gaussian pixel noise
     (pixels in [0, 1]). ``image_pca``: keep this many principal components (0 = off).
     ``audio_snr_db``: add white noise to the audio at this SNR (None = off)."""
     from sklearn.datasets import load_digits
 
+    if val_split not in ("speaker", "takes"):
+        raise DatasetError(f"avdigits: val_split = {val_split!r}; expected 'speaker' or 'takes'")
     if split not in SPLIT_MODES:
         raise DatasetError(f"avdigits: split = {split!r}; expected one of {SPLIT_MODES}")
     if not isinstance(image_size, int) or image_size < 8:
@@ -201,9 +209,20 @@ def scan(
     # ------------------------------------------------------------------ splits
     split_of: dict[str, str] = {}
     tests = vals = None
+    grouped = split == "speaker"
     if split == "speaker":
         tests = names(test_speakers) or speakers_now[:1]
         vals = names(val_speakers) or []
+        if not vals and val_split == "speaker":
+            others = [s for s in speakers_now if s not in tests]
+            if len(others) < 2:
+                raise DatasetError(
+                    f"avdigits: a held-out validation speaker needs 3 speakers or more (test, validation, train); the "
+                    f"recordings have {len(speakers_now)}: {speakers_now} (test {tests}). Add speakers, or pass "
+                    "val_split='takes' to validate on the training speakers' takes"
+                )
+            after = [s for s in speakers_now if s > tests[0] and s in others]
+            vals = [(after or others)[0]]
         unknown = sorted((set(tests) | set(vals)) - set(speakers_now))
         if unknown:
             raise DatasetError(f"avdigits: test/val speakers {unknown} not among the speakers {speakers_now}")
@@ -213,6 +232,7 @@ def scan(
             raise DatasetError(f"avdigits: no train speaker left (speakers {speakers_now}, test {tests}, val {vals})")
         rest = [r for r in recs if r["speaker"] not in tests and r["speaker"] not in vals]
         val_paths = _pick_val(rest, val_fraction, rng) if not vals else set()
+        grouped = bool(vals)  # with validation takes of the train speakers, a speaker is in two splits
         for r in recs:
             sp = (
                 "test"
@@ -278,7 +298,13 @@ def scan(
         sid = Path(r["path"]).stem
         sp = split_of[r["path"]]
         samples.append(
-            Sample(sid, sp, {"image": f"images/{sid}.png", "audio": f"audio/{sid}.wav"}, {"digit": r["digit"]})
+            Sample(
+                sid,
+                sp,
+                {"image": f"images/{sid}.png", "audio": f"audio/{sid}.wav"},
+                {"digit": r["digit"]},
+                r["speaker"] if grouped else None,
+            )
         )
         rows.append(
             {
@@ -343,6 +369,7 @@ def scan(
         "split_policy": split,
         "test_speakers": tests,
         "val_speakers": vals or None,
+        "groups": "speaker" if grouped else None,
         "speakers_per_split": split_speakers,
         "degradation": params,
         "pca_explained_variance": pca_note,

@@ -72,6 +72,9 @@ class Sample:
     split: str
     modalities: dict[str, Any]  # name -> path relative to the root (image/audio), text, or {column: value} (tabular)
     targets: dict[str, int | float] = field(default_factory=dict)  # class index, or the number (regression)
+    #: the group the sample belongs to (speaker, patient, site): a group is kept inside one split
+    #: (``fusionkit.data.groups``); None when the dataset has no groups
+    group: str | None = None
 
 
 @dataclass
@@ -99,6 +102,10 @@ class Dataset:
         if split not in SPLITS:
             raise DatasetError(f"{self.root}: unknown split {split!r}; expected one of {SPLITS}")
         return [s for s in self.samples if s.split == split]
+
+    def groups(self) -> dict[str, str]:
+        """Sample id -> group, for the samples that have one (empty when the dataset has no groups)."""
+        return {s.id: s.group for s in self.samples if s.group is not None}
 
     def path(self, sample: Sample, modality: str) -> Path:
         """Absolute path of a file modality (image/audio) of ``sample``."""
@@ -224,6 +231,8 @@ def write_dataset(
         row: dict[str, Any] = {"id": s.id, "split": s.split}
         row.update(s.modalities)
         row.update(s.targets)
+        if s.group is not None:
+            row["group"] = s.group
         lines.append(json.dumps(row, ensure_ascii=False))
     atomic_write_text(root / "manifest.jsonl", "\n".join(lines) + "\n")
     meta: dict[str, Any] = {"name": name, "modalities": modalities, "targets": targets, "info": info or {}}
@@ -320,8 +329,9 @@ def read_manifest(
     with a non-empty string ``id`` seen once, ``split`` in :data:`SPLITS`, every modality (text: a
     string, not empty; image/audio: a relative path inside ``media_root``, the file there when
     ``check_files``, and ``check_media(kind, path)`` happy with it, each file checked once) and
-    every target (an integer class index; a finite number for a regression target). Every
-    problem goes to ``problem`` (which may raise); a row with a fatal one is left out."""
+    every target (an integer class index; a finite number for a regression target) and an
+    optional ``group`` (a non-empty string). Every problem goes to ``problem`` (which may raise);
+    a row with a fatal one is left out."""
     try:
         text = man_path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -412,8 +422,12 @@ def read_manifest(
                 bad = True
             else:
                 tg[t] = v
+        group = row.get("group")
+        if group is not None and (not isinstance(group, str) or not group):
+            problem("malformed", where, f"group {group!r}; expected a non-empty string (or no 'group' key)", None, True)
+            bad = True
         if not bad:
-            samples.append(Sample(id=sid, split=row["split"], modalities=mods, targets=tg))
+            samples.append(Sample(id=sid, split=row["split"], modalities=mods, targets=tg, group=group))
     return samples, len(seen)
 
 

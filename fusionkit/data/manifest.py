@@ -34,6 +34,10 @@ optionally, ``id`` and ``split``::
 * **split**: a ``split`` column (train / val / test; also training, validation, valid, dev,
   testing) is used as given; without it the samples are split at random, stratified by the first
   target (a regression target: by its quintiles), by ``split_fractions`` (seeded).
+* **group**: an optional ``group`` column (speaker, patient, site; ``group_column`` names another):
+  every group stays inside one split. With a split column, a group found in two splits is an
+  error naming it; without one, whole groups are split at random by ``split_fractions`` (seeded;
+  each split with a fraction > 0 needs one group at least) - ``fusionkit.data.groups``.
 * **id**: an ``id`` column (unique) or, without one, ``row{N}`` (N: the data row, from 1).
 * file paths are relative to the manifest's folder (or ``media_root``, relative to it); they must
   stay inside it (no ``..``, absolute paths or symlinks out). Files are indexed in place.
@@ -62,6 +66,7 @@ from typing import Any
 import numpy as np
 
 from fusionkit.data.base import MODALITY_KINDS, SPLIT_ALIASES, SPLITS, Built, DatasetError, Sample, load_dataset
+from fusionkit.data.groups import check_groups, split_groups
 from fusionkit.data.problems import Problems
 from fusionkit.data.readers import (
     check_audio,
@@ -275,6 +280,7 @@ def scan(
     regression: str | Sequence[str] | None = None,
     id_column: str = "id",
     split_column: str = "split",
+    group_column: str = "group",
     split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
     media_root: str | None = None,
     name: str | None = None,
@@ -288,8 +294,9 @@ def scan(
     .parquet, or the only table there); ``source_dir`` may also be the file itself.
     ``modalities``: "column:kind,..." (or a dict column -> kind); default auto-detected.
     ``targets``: target column(s); default every other column. ``regression``: target column(s)
-    whose numbers are predicted (regression; detected for non-integer numbers). ``id_column``, ``split_column``:
-    their names. ``split_fractions``: (train, val, test) when there is no split column.
+    whose numbers are predicted (regression; detected for non-integer numbers). ``id_column``,
+    ``split_column``, ``group_column``: their names (the group column is optional; each group stays
+    in one split). ``split_fractions``: (train, val, test) when there is no split column.
     ``media_root``: folder the file paths are relative to (relative to the manifest's folder;
     default that folder). ``tabular``: tabular modalities, "name=col,col:cat,col?;..." (module
     docstring). ``name``: the dataset name (default the manifest's stem, or its folder
@@ -310,7 +317,7 @@ def scan(
     # ------------------------------------------------------------------ columns
     spec = parse_modalities(modalities)
     tab = parse_tabular(tabular)
-    reserved = {id_column, split_column}
+    reserved = {id_column, split_column, group_column}
     for tname, tcols in tab.items():
         missing = [c for c, _, _ in tcols if c not in cols]
         if missing:
@@ -387,8 +394,10 @@ def scan(
                 f"target {t!r} holds non-integer numbers: read as a regression target (the numbers "
                 f"are predicted); pass targets/regression options to change that",
             )
+    has_group = group_column in cols
     # ------------------------------------------------------------------ rows
     good: list[tuple[str, str, str | None, dict[str, str], dict[str, Any]]] = []
+    group_of: dict[str, str] = {}
     seen: dict[str, str] = {}
     media_ok: dict[str, str | None] = {}
     for n, (where, row) in enumerate(
@@ -525,6 +534,14 @@ def scan(
             vals[tname] = record
         if bad:
             continue
+        if has_group:
+            g = row.get(group_column)
+            if isinstance(g, int | np.integer) and not isinstance(g, bool):
+                g = str(int(g))
+            if not isinstance(g, str) or not g.strip():
+                problems.error("malformed", where, f"{group_column} = {g!r}; expected a non-empty group name")
+                continue
+            group_of[sid] = g.strip()
         good.append((sid, where, split, vals, tv))
     if not good:
         return Built(
@@ -550,7 +567,15 @@ def scan(
             )  # fmt: skip
     index = {t: {c: i for i, c in enumerate(cs)} for t, cs in classes.items()}
     # ------------------------------------------------------------------ splits
-    if not has_split:
+    where_groups = f"{path} ({group_column!r} column)"
+    if has_group and has_split:
+        check_groups({sid: str(sp) for sid, _, sp, _, _ in good}, group_of, where=where_groups)
+    elif has_group:
+        if len(split_fractions) != 3 or any(f < 0 for f in split_fractions):
+            raise DatasetError(f"split_fractions = {tuple(split_fractions)!r}; expected 3 non-negative fractions")
+        by_group = split_groups(group_of, split_fractions, seed, where=where_groups)
+        good = [(sid, w, by_group[sid], v, tv) for sid, w, _, v, tv in good]
+    if not has_split and not has_group:
         if (
             len(split_fractions) != 3
             or any(f < 0 for f in split_fractions)
@@ -583,7 +608,7 @@ def scan(
                 assign[i] = "val" if k < n_val else "test" if k < n_val + n_test else "train"
         good = [(sid, w, assign[i], v, tv) for i, (sid, w, _, v, tv) in enumerate(good)]
     samples = [
-        Sample(sid, split, vals, {t: tv[t] if t in regress else index[t][tv[t]] for t in tgt_cols})  # type: ignore[arg-type]
+        Sample(sid, split, vals, {t: tv[t] if t in regress else index[t][tv[t]] for t in tgt_cols}, group_of.get(sid))  # type: ignore[arg-type]
         for sid, _, split, vals, tv in good
     ]
     samples.sort(key=lambda s: SPLITS.index(s.split))
@@ -599,8 +624,10 @@ def scan(
             "regression": regress,
             "split": has_split,
         },  # fmt: skip
-        "split_policy": "given" if has_split else "stratified random",
+        "split_policy": "given" if has_split else f"random by {group_column!r}" if has_group else "stratified random",
     }
+    if has_group:
+        info["group_column"] = group_column
     return Built(
         name=ds_name,
         format=f"manifest-{fmt}",

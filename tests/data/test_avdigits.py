@@ -50,8 +50,10 @@ def test_held_out_speaker_pairing_and_files(av):
         spk[s.split].add(rows[s.id]["speaker"])
         assert s.id == f"{s.targets['digit']}_{rows[s.id]['speaker']}_{rows[s.id]['take']}"
     assert spk["test"] == {"jackson"}  # the alphabetically first speaker is held out
-    assert "jackson" not in spk["train"] | spk["val"] and spk["train"] == spk["val"]
-    assert Counter(s.split for s in ds.samples) == {"train": 280, "val": 40, "test": 80}  # val: 1 of 8 takes
+    assert spk["val"] == {"lucas"}  # and the next one validates: no speaker in two splits
+    assert spk["train"] == {"nicolas", "theo", "yweweler"}
+    assert Counter(s.split for s in ds.samples) == {"train": 240, "val": 80, "test": 80}
+    assert all(s.group == rows[s.id]["speaker"] for s in ds.samples) and ds.info["groups"] == "speaker"
     # every image is used in one split only, and shows the recording's digit
     from sklearn.datasets import load_digits
 
@@ -99,7 +101,8 @@ def test_official_split_named_speakers_and_degradation(shared_data_module, tmp_p
 
 
 def test_noise_degrades_the_image_deterministically(shared_data_module, tmp_path):
-    kw = dict(source_dir=shared_data_module / "fsdd", speakers="theo,lucas", max_takes=1, progress=False)
+    kw = dict(source_dir=shared_data_module / "fsdd", speakers="theo,lucas", max_takes=1, val_split="takes")
+    kw["progress"] = False
     clean = registry.prepare("avdigits", tmp_path / "clean", image_noise=0.0, **kw)
     noisy = registry.prepare("avdigits", tmp_path / "noisy", image_noise=0.6, **kw)
     again = registry.prepare("avdigits", tmp_path / "again", image_noise=0.6, **kw)
@@ -130,6 +133,23 @@ def test_any_speaker_names_and_bad_wavs(fsdd_copy, tmp_path):
     assert "zed-2" in rep.stats["speakers"] and len(ds) == 6 * 50 - 2
     assert not check(fsdd_copy).ok
     load_dataset(ds.root)
+
+
+def test_validation_speaker_rotates_and_takes_validation_has_no_groups(shared_data_module, tmp_path):
+    src = shared_data_module / "fsdd"
+    ds = registry.prepare(
+        "avdigits", tmp_path / "y", source_dir=src, test_speakers="yweweler", max_takes=1, progress=False
+    )
+    rows = _rows(ds)
+    assert {rows[s.id]["speaker"] for s in ds.split("val")} == {"jackson"}  # after the last speaker: the first
+    takes = registry.prepare("avdigits", tmp_path / "t", source_dir=src, max_takes=4, val_split="takes", progress=False)
+    rows = _rows(takes)
+    assert {rows[s.id]["speaker"] for s in takes.split("val")} == {"lucas", "nicolas", "theo", "yweweler"}
+    assert all(s.group is None for s in takes.samples)  # the splits share voices: no groups to keep
+    with pytest.raises(
+        DatasetError, match=r"held-out validation speaker needs 3 speakers or more .* \['lucas', 'theo'\]"
+    ):
+        registry.prepare("avdigits", tmp_path / "x", source_dir=src, speakers="theo,lucas", max_takes=1, progress=False)
 
 
 def test_no_recordings(tmp_path):

@@ -122,3 +122,72 @@ def test_fsdd_recordings(shared_data, logmel):
         out = logmel(logmel.collate([logmel.load(f) for f in files]))
     assert out["pooled"].shape == (4, 128) and torch.isfinite(out["pooled"]).all()
     assert (out["grid_mask"].sum(1) > 10).all()
+
+
+def test_cmvn_segments_and_deltas_options(tmp_path, logmel):
+    sweep = np.concatenate([tone(16000, 0.25, 300), tone(16000, 0.25, 1200)])  # two halves, two pitches
+    sweep += np.random.default_rng(0).normal(0, 1e-3, sweep.shape).astype(np.float32)  # no band below amin
+    sf.write(tmp_path / "x.wav", sweep, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "quiet.wav", 0.1 * sweep, 16000, subtype="FLOAT")
+    enc = build_encoder("audio", "logmel", cmvn=True, segments=2, deltas=True)
+    assert enc.dims == {"pooled": (2 + 2) * 3 * 64, "grid": 3 * 64}
+    with torch.inference_mode():
+        out = enc(enc.collate([enc.load("x.wav", tmp_path), enc.load("quiet.wav", tmp_path)]))
+        again = enc(enc.collate([enc.load("x.wav", tmp_path)]))
+        plain = logmel(logmel.collate([logmel.load("x.wav", tmp_path)]))
+    assert out["pooled"].shape == (2, 4 * 192) and out["grid"].shape == (2, 101, 192)
+    assert torch.equal(out["pooled"][:1], again["pooled"])  # deterministic, batch-independent
+    assert torch.allclose(out["pooled"][0, :64], plain["pooled"][0, :64])  # raw band means kept first
+    # CMVN takes the level out: the normalised grid and the segment means of a quieter copy agree
+    real = out["grid_mask"][0].bool()
+    assert torch.allclose(out["grid"][0][real], out["grid"][1][real], atol=1e-3)
+    assert torch.allclose(out["pooled"][0, 2 * 192 :], out["pooled"][1, 2 * 192 :], atol=1e-3)
+    assert not torch.allclose(out["pooled"][0, :192], out["pooled"][1, :192])  # the raw means still see it
+    # the two segments are the two halves: their normalised band profiles differ
+    seg = out["pooled"][0, 2 * 192 :].reshape(2, 192)[:, :64]
+    assert (seg[0] - seg[1]).abs().max() > 0.5
+    # options change the identity (so the cache key); the defaults keep theirs
+    assert enc.identity_hash() != logmel.identity_hash()
+    assert build_encoder("audio", "logmel").identity() == logmel.identity()
+    assert "cmvn" not in logmel.identity()["preprocessing"]
+    with pytest.raises(ValueError, match="mfcc always has deltas"):
+        build_encoder("audio", "mfcc", deltas=True)
+    mf = build_encoder("audio", "mfcc", segments=4)
+    assert mf.dims == {"pooled": 6 * 60, "grid": 60}
+
+
+def test_too_short_and_silent_recordings_name_the_file(tmp_path):
+    sf.write(tmp_path / "blip.wav", tone(16000, 0.01), 16000)  # 160 samples < n_fft 400
+    sf.write(tmp_path / "silence.wav", np.zeros(16000, np.float32), 16000)
+    sf.write(tmp_path / "short4.wav", tone(16000, 0.03), 16000)  # 480 samples: 4 frames only with hop 160
+    enc = build_encoder("audio", "logmel")
+    with pytest.raises(InputError, match=r"blip.wav: recording of 160 samples \(10.0 ms at 16000 Hz\) is shorter"):
+        enc.load(tmp_path / "blip.wav")
+    with pytest.raises(InputError, match=r"silence.wav: silence-only recording"):
+        enc.load(tmp_path / "silence.wav")
+    enc.load(tmp_path / "short4.wav")
+    with pytest.raises(InputError, match=r"short4.wav: .* expected at least 961 samples \(n_fft 400, 7 segments"):
+        build_encoder("audio", "mfcc", segments=7).load(tmp_path / "short4.wav")
+
+
+def test_audio_cnn_augments_in_training_only_and_seeded(tmp_path):
+    sf.write(tmp_path / "x.wav", tone(16000, 0.6, 500), 16000)
+    plain = build_encoder("audio", "audio_cnn", channels=(8, 8), seed=1)
+    enc = build_encoder("audio", "audio_cnn", channels=(8, 8), seed=1, cmvn=True, augment={"shift": 20})
+    assert enc.identity_hash() != plain.identity_hash() and "augment" not in plain.identity()["preprocessing"]
+    batch = enc.collate([enc.load("x.wav", tmp_path)] * 2)
+    enc.eval()
+    with torch.inference_mode():
+        a, b = enc(batch), enc(batch)
+    assert torch.equal(a["pooled"], b["pooled"])  # eval (extraction): no augmentation
+    aug = enc.augment.train()
+    torch.manual_seed(0)
+    x1, m1 = aug(batch["spec"], batch["mask"])
+    torch.manual_seed(0)
+    x2, m2 = aug(batch["spec"], batch["mask"])
+    assert torch.equal(x1, x2) and torch.equal(m1, m2)  # seeded
+    assert not torch.equal(x1, batch["spec"]) and not torch.equal(x1[0], x1[1])  # perturbed, per sample
+    assert m1.sum(1).tolist() == batch["mask"].sum(1).tolist()  # a shift moves frames, never drops them
+    assert torch.isfinite(x1).all()
+    with pytest.raises(ValueError, match="segments is an option of logmel and mfcc"):
+        build_encoder("audio", "audio_cnn", segments=2)
