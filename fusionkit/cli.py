@@ -69,9 +69,7 @@ def _cmd_fusion_compare(args: argparse.Namespace) -> int:
     from fusionkit.train import TrainConfig
 
     try:
-        methods = (
-            fusion.available() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
-        )
+        methods = fusion.named(args.methods)
         for m in methods:
             fusion.get(m)
         splits, class_names = FeatureIndex.read(args.features_index).splits(target=args.target)

@@ -86,6 +86,10 @@ class Fold:
     def split_of(self, group: str) -> str:
         return "test" if group == self.test else "val" if group == self.val else "train"
 
+    def row(self) -> dict[str, str]:
+        """The fold as one table row: its name and the groups of each split."""
+        return {"fold": self.name, "test": self.test, "val": self.val, "train": ", ".join(self.train)}
+
 
 def loso_folds(groups: Iterable[str], where: str = "dataset") -> list[Fold]:
     """Leave one group out, with a rotated validation group: over the sorted groups g_0..g_{n-1},

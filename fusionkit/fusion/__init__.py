@@ -21,8 +21,19 @@ from fusionkit.fusion.base import (
     build_fusion,
     get,
     hyperparameters,
+    named,
     register,
     search_space,
 )
 
-__all__ = ["Fusion", "FusionOutput", "available", "build_fusion", "get", "hyperparameters", "register", "search_space"]
+__all__ = [
+    "Fusion",
+    "FusionOutput",
+    "available",
+    "build_fusion",
+    "get",
+    "hyperparameters",
+    "named",
+    "register",
+    "search_space",
+]

@@ -132,6 +132,14 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def named(methods: list[str] | str) -> list[str]:
+    """The methods a parameter names: ``["all"]`` (or ``"all"``) is every registered one; a
+    comma-separated string or a list is taken as given (blanks dropped)."""
+    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else [str(m).strip() for m in methods]
+    names = [m for m in names if m]
+    return available() if names == ["all"] else names
+
+
 def hyperparameters(name: str) -> dict[str, object]:
     """The keyword hyper-parameters of a method and their defaults."""
     return _init_hyperparameters(get(name))

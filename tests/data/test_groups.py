@@ -22,6 +22,7 @@ def test_loso_covers_every_group_once_with_disjoint_splits():
         assert {f.test, f.val}.isdisjoint(f.train) and f.test != f.val
         assert sorted((f.test, f.val, *f.train)) == ["a", "b", "c", "d", "e"]
         assert f.split_of(f.test) == "test" and f.split_of(f.val) == "val" and f.split_of(f.train[0]) == "train"
+    assert folds[0].row() == {"fold": folds[0].name, "test": "a", "val": "b", "train": "c, d, e"}
     with pytest.raises(DatasetError, match=r"at least 3 groups .* found 2: \['x', 'y'\]"):
         loso_folds(["x", "y", "x"])
 

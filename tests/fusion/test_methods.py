@@ -306,3 +306,12 @@ def test_late_fusion_cannot_solve_xor(learned):
     with torch.no_grad():
         pred = model(centres).logits.argmax(-1)
     assert (pred == (sa != sb).long()).float().mean().item() <= 0.75
+
+
+def test_named_expands_all_and_keeps_a_given_list():
+    from fusionkit import fusion
+
+    assert fusion.named(["all"]) == fusion.named("all") == fusion.available()
+    assert fusion.named("concat, late,") == ["concat", "late"]
+    assert fusion.named(["gmu", " tfn "]) == ["gmu", "tfn"]
+    assert fusion.named(["all", "concat"]) == ["all", "concat"]  # "all" only alone; the unknown name is refused later
