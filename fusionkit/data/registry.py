@@ -111,7 +111,14 @@ def _loader(name: str) -> Callable[..., Built]:
 def options(name: str) -> dict[str, Any]:
     """The options of dataset ``name`` with their defaults (see its ``scan`` docstring)."""
     if name == "shapes":
-        return {"n": 1200, "image_size": 128, "splits": (0.7, 0.15, 0.15), "questions_per_scene": 5, "fades": True}
+        return {
+            "n": 1200,
+            "image_size": 128,
+            "splits": (0.7, 0.15, 0.15),
+            "questions_per_scene": 5,
+            "fades": True,
+            "tabular": False,
+        }
     sig = inspect.signature(_loader(name))
     return {k: p.default for k, p in sig.parameters.items() if k not in _FIXED and p.kind == p.KEYWORD_ONLY}
 

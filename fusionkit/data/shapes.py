@@ -132,6 +132,24 @@ Accuracy ceilings (:data:`~fusionkit.data.shapes_scene.TARGET_CEILINGS`, ``info[
     splits up to the few samples of imbalance above; ``tests/data/test_shapes_targets.py``
     recomputes every one from the design's cells.
 
+Regression target ``score`` and tabular modality ``record`` (``generate(..., tabular=True)``)
+    ``score = has_red + 0.5 tone + 0.5 z + 0.25 (site - 1) + e`` (``tone`` 0, 1, 2; ``e`` normal
+    with sd 0.2), a regression target (``targets["score"] == []``) in every shapes dataset. The
+    record (a tabular modality; with ``tabular=False`` it is not written and its parts are noise
+    to every model) holds ``dose`` = 10 + 2 z mg (z standard normal), ``site`` (north / south /
+    east: site 0, 1, 2) and ``age`` (20-80, missing for a tenth of the samples), a distractor.
+    All of them draw from the scene's own stream 7, so the other files are unchanged.
+    R^2 ceilings (:func:`~fusionkit.data.shapes_scene.score_ceilings`, ``info["r2_ceilings"]``):
+    the parts are independent, so E[score | modalities] is the sum of the parts those modalities
+    show and its R^2 the share of the variance they hold. The variances: has_red 1/4 (image and
+    caption), 0.5 tone 1/6 (audio), 0.5 z 1/4 and 0.25 (site - 1) 1/24 (the record), e 1/25; in
+    all V = 0.7483. So R^2 = 0.334 for the image or the caption alone, 0.223 for the audio, 0.390
+    for the record; 0.557 for image (or caption) + audio, 0.612 audio + record, 0.724 image +
+    record; 0.557 for image + caption + audio, 0.947 with the record too. The score is a sum of
+    one part per modality, so late fusion reaches the fused ceiling (0.557 without the record,
+    0.947 with it). The population numbers: a split of 180 samples has its own variance of z,
+    a few points off. ``tests/data/test_shapes_regression.py`` recomputes them from the record.
+
 Difficulty: the cues are faint (stripes of 3-5 levels, a 12-18 level tint, a whistle and a hum
 20-40 dB below the tone, hiss about as loud as the background noise), the fades and the corruption
 are the noise;
@@ -210,12 +228,14 @@ from fusionkit.data.shapes_scene import (
     KINDS,
     LABELS,
     MARKERS,
-    MODALITIES,
     NAME,
     NUMBERS,
     SAMPLE_RATE,
+    SCORE,
     SIGNALS,
     STRIPES,
+    TABULAR,
+    TABULAR_COLUMNS,
     TARGET_CEILINGS,
     TARGETS,
     TINTS,
@@ -229,9 +249,13 @@ from fusionkit.data.shapes_scene import (
     _rng,
     caption_words,
     design,
+    layout,
     measure_audio_cues,
     measure_image_cues,
     relation,
+    score_and_record,
+    score_ceilings,
+    score_oracle_r2,
     shown,
     target_ceilings,
     targets_of,
@@ -255,7 +279,10 @@ __all__ = [
     "LABELS",
     "MARKERS",
     "NUMBERS",
+    "SCORE",
     "SIGNALS",
+    "TABULAR",
+    "TABULAR_COLUMNS",
     "TARGETS",
     "TARGET_CEILINGS",
     "TONES",
@@ -268,6 +295,8 @@ __all__ = [
     "measure_audio_cues",
     "measure_image_cues",
     "relation",
+    "score_ceilings",
+    "score_oracle_r2",
     "shown",
     "target_ceilings",
     "targets_of",
@@ -275,18 +304,26 @@ __all__ = [
     "validate",
 ]
 
-GENERATOR_VERSION = 3  # 3: the interaction targets and their cues (2: questions_per_scene)
+GENERATOR_VERSION = 4  # 4: the regression target score and the tabular record (3: the interaction targets)
 
 # files besides the manifest that a complete dataset holds (relative to the root)
 _ENTRIES = {"dataset.json", "manifest.jsonl", "scenes.jsonl", "captions.json", "images", "audio", "annotations", "vqa"}
 
 
 def _params(
-    n: int, seed: int, image_size: int, splits: Sequence[float], questions_per_scene: int = 5, fades: bool = True
+    n: int,
+    seed: int,
+    image_size: int,
+    splits: Sequence[float],
+    questions_per_scene: int = 5,
+    fades: bool = True,
+    tabular: bool = False,
 ) -> dict[str, Any]:
     extra = {} if questions_per_scene == 5 else {"questions_per_scene": int(questions_per_scene)}
     if not fades:
         extra["fades"] = False
+    if tabular:
+        extra["tabular"] = True
     return {
         **extra,
         "generator": f"fusionkit.data.shapes v{GENERATOR_VERSION}",
@@ -391,6 +428,7 @@ def generate(
     progress: bool = True,
     questions_per_scene: int = 5,
     fades: bool = True,
+    tabular: bool = False,
 ) -> Dataset:
     """Write the synthetic shapes dataset to ``root`` (see the module docstring) and load it.
 
@@ -413,7 +451,9 @@ def generate(
         )
     if not isinstance(fades, bool):
         raise DatasetError(f"shapes: fades = {fades!r}; expected True or False")
-    params = _params(n, seed, image_size, splits, questions_per_scene, fades)
+    if not isinstance(tabular, bool):
+        raise DatasetError(f"shapes: tabular = {tabular!r}; expected True or False")
+    params = _params(n, seed, image_size, splits, questions_per_scene, fades, tabular)
     with dataset_lock(root):
         if not overwrite and (ds := _complete(root, params)) is not None:
             return ds
@@ -461,7 +501,8 @@ def _write_all(out: Path, params: dict[str, Any], progress: bool) -> None:
         hiss, signal, marker = int(attrs["hiss"][i]), int(attrs["signal"][i]), int(attrs["marker"][i])
         corrupted, faded = CORRUPTIONS[int(attrs["corruption"][i])], FADES[int(attrs["fade"][i])]
         show = shown(marker, signal, corrupted)
-        targets = targets_of(has_red, tone, hiss, signal)
+        targets: dict[str, int | float] = dict(targets_of(has_red, tone, hiss, signal))
+        targets[SCORE], record = score_and_record(has_red, tone, _rng(seed, i, 7))
         r_scene, r_img, r_aud, r_txt = (_rng(seed, i, s) for s in range(4))
         r_img_cue, r_aud_cue = _rng(seed, i, 5), _rng(seed, i, 6)  # stream 4: the extra questions
         shapes = _layout(r_scene, bool(has_red), size)
@@ -489,7 +530,12 @@ def _write_all(out: Path, params: dict[str, Any], progress: bool) -> None:
             Sample(
                 id=sid,
                 split=split,
-                modalities={"image": f"images/{sid}.png", "text": text, "audio": f"audio/{sid}.wav"},
+                modalities={
+                    "image": f"images/{sid}.png",
+                    "text": text,
+                    "audio": f"audio/{sid}.wav",
+                    **({TABULAR: record} if params.get("tabular") else {}),
+                },
                 targets=targets,
             )
         )
@@ -504,6 +550,8 @@ def _write_all(out: Path, params: dict[str, Any], progress: bool) -> None:
                 "hiss": HISS[hiss],
                 "signal": SIGNALS[signal],
                 "marker": MARKERS[marker],
+                SCORE: targets[SCORE],
+                TABULAR: record,
                 "corrupted": corrupted,
                 "faded": faded,
                 "shown": show,
@@ -528,9 +576,14 @@ def _write_all(out: Path, params: dict[str, Any], progress: bool) -> None:
         # of every target (chance, each modality, pairs, late, fused)
         "target_ceilings": target_ceilings(FADED["image"] if params.get("fades", True) else 0.0),
         "interaction_targets": list(INTERACTION_TARGETS),
+        # the regression target's R^2 ceilings (each subset of the modalities, late, fused)
+        "r2_ceilings": {SCORE: score_ceilings(bool(params.get("tabular")))},
         # which modalities carry each target's information, by construction (the interpretability
         # check compares learned modality weights with this)
-        "informative_modalities": INFORMATIVE_MODALITIES,
+        "informative_modalities": {
+            **INFORMATIVE_MODALITIES,
+            SCORE: sorted(["audio", "image", "text", *([TABULAR] if params.get("tabular") else [])]),
+        },
         "corrupted_fraction": CORRUPTED,  # unflagged: only scenes.jsonl says which samples
         # the image's background cues or the audio's hiss left out
         "faded_fraction": FADED if params.get("fades", True) else dict.fromkeys(FADED, 0.0),
@@ -549,7 +602,8 @@ def _write_all(out: Path, params: dict[str, Any], progress: bool) -> None:
             "vqa_annotations": "vqa/annotations_{split}.json",
         },
     }
-    write_dataset(out, NAME, MODALITIES, TARGETS, samples, info)  # dataset.json last
+    modalities, targets, tabular = layout(bool(params.get("tabular")))
+    write_dataset(out, NAME, modalities, targets, samples, info, tabular=tabular)  # dataset.json last
 
 
 def _dump(obj: Any) -> str:
@@ -569,6 +623,8 @@ def _write_scenes(out: Path, scenes: list[dict[str, Any]]) -> None:
         "marker",
         "corrupted",
         "faded",
+        SCORE,
+        TABULAR,
         "shown",
         "image_cues",
         "audio",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -160,6 +161,95 @@ INFORMATIVE_MODALITIES = {
     "unreliable": ["audio", "image"],
     "mixed": ["audio", "image", "text"],
 }
+
+# The regression target ``score`` and the tabular modality ``record`` (shapes.py's docstring
+# derives the R^2 ceilings): score = has_red + TONE_W * tone + DOSE_W * z + SITE_W * (site - 1) + noise,
+# where the record's ``dose`` is 10 + 2 z mg (z standard normal), ``site`` one of SITES and ``age`` a
+# distractor that is missing for a tenth of the samples.
+SCORE = "score"
+TABULAR = "record"
+SITES = ("north", "south", "east")
+TONE_W, DOSE_W, SITE_W, SCORE_NOISE_SD = 0.5, 0.5, 0.25, 0.2
+AGE_MISSING = 0.1
+#: the record's columns (``dataset.json``'s ``tabular`` entry)
+TABULAR_COLUMNS: dict[str, dict[str, Any]] = {
+    "dose": {"type": "numeric", "missing": False},
+    "site": {"type": "categorical", "missing": False},
+    "age": {"type": "numeric", "missing": True},
+}
+#: each part of the score's variance (population), and which modalities show it
+SCORE_PARTS: dict[str, tuple[float, tuple[str, ...]]] = {
+    "has_red": (1 / 4, ("image", "text")),  # Bernoulli(1/2): variance 1/4
+    "tone": (TONE_W**2 * 2 / 3, ("audio",)),  # uniform on {0, 1, 2}: variance 2/3
+    "dose": (DOSE_W**2, (TABULAR,)),
+    "site": (SITE_W**2 * 2 / 3, (TABULAR,)),
+    "noise": (SCORE_NOISE_SD**2, ()),
+}
+
+
+def score_ceilings(tabular: bool = False) -> dict[str, float]:
+    """The R^2 of the best predictor of ``score`` given each non-empty subset of the modalities
+    (keys ``"audio+image"`` ..., sorted names), ``late`` and ``fused``. The parts are independent
+    and the score is their sum, so E[score | modalities] is the sum of the parts they show and its
+    R^2 the share of the variance those parts hold; the sum is additive, so late fusion (a sum of
+    one prediction per modality) reaches the fused ceiling. Without the record (``tabular=False``)
+    the dose and the site are noise to every model."""
+    mods = sorted(["audio", "image", "text", *([TABULAR] if tabular else [])])
+    total = sum(v for v, _ in SCORE_PARTS.values())
+    out: dict[str, float] = {"chance": 0.0}
+    for k in range(1, len(mods) + 1):
+        for sub in combinations(mods, k):  # mods sorted: each subset's names sorted
+            out["+".join(sub)] = sum(v for v, shown in SCORE_PARTS.values() if set(shown) & set(sub)) / total
+    out["late"] = out["fused"] = out["+".join(mods)]
+    return out
+
+
+def layout(tabular: bool = False) -> tuple[dict[str, str], dict[str, list[str]], dict[str, Any] | None]:
+    """The dataset's modalities, targets (``score``: ``[]``, a regression target) and tabular
+    columns (``dataset.json``), with or without the record."""
+    modalities = {**MODALITIES, **({TABULAR: "tabular"} if tabular else {})}
+    return modalities, {**TARGETS, SCORE: []}, ({TABULAR: TABULAR_COLUMNS} if tabular else None)
+
+
+def score_residual(scene: dict[str, Any]) -> float:
+    """What of a scene's ``score`` its parts do not explain: the noise (sd :data:`SCORE_NOISE_SD`)."""
+    tone = TONES.index(scene["tone"]) if isinstance(scene["tone"], str) else scene["tone"]
+    rec = scene[TABULAR]
+    z = (rec["dose"] - 10.0) / 2.0
+    return float(scene[SCORE] - scene["has_red"] - TONE_W * tone - DOSE_W * z - SITE_W * (SITES.index(rec["site"]) - 1))
+
+
+def score_oracle_r2(scenes: Sequence[dict[str, Any]], modalities: Sequence[str]) -> float:
+    """The R^2 on ``scenes`` (rows of ``scenes.jsonl``: ``has_red``, ``tone``, ``record``,
+    ``score``) of the best predictor given ``modalities``: the sum of the parts they show (each
+    read back from the scene and its record, with its weight), plus a constant. Over many scenes it
+    tends to :func:`score_ceilings`; on one split it is that split's own ceiling (its variance of
+    the dose and the noise differs from the population's by a few points)."""
+    y = np.array([float(s[SCORE]) for s in scenes])
+    read = {
+        "has_red": lambda s: float(s["has_red"]),
+        "tone": lambda s: TONE_W * (TONES.index(s["tone"]) if isinstance(s["tone"], str) else s["tone"]),
+        "dose": lambda s: DOSE_W * (s[TABULAR]["dose"] - 10.0) / 2.0,
+        "site": lambda s: SITE_W * (SITES.index(s[TABULAR]["site"]) - 1),
+    }
+    pred = np.zeros(len(y))
+    for part, (_, where) in SCORE_PARTS.items():
+        if part in read and set(where) & set(modalities):
+            pred += np.array([read[part](s) for s in scenes])
+    resid = y - pred
+    return float(1 - resid.var() / y.var())
+
+
+def score_and_record(has_red: int, tone: int, rng: np.random.Generator) -> tuple[float, dict[str, Any]]:
+    """A scene's ``score`` and its tabular ``record`` (drawn from ``rng``, the scene's own stream)."""
+    z, site = float(rng.standard_normal()), int(rng.integers(len(SITES)))
+    age = int(rng.integers(20, 81))
+    age_missing = bool(rng.random() < AGE_MISSING)
+    noise = float(rng.standard_normal()) * SCORE_NOISE_SD
+    score = has_red + TONE_W * tone + DOSE_W * z + SITE_W * (site - 1) + noise
+    record = {"dose": round(10.0 + 2.0 * z, 4), "site": SITES[site], "age": None if age_missing else age}
+    return round(score, 6), record
+
 
 SMALL_SIDE = (0.17, 0.21)  # fraction of the image side (>= 12 %, so red stays salient at 224 px)
 LARGE_SIDE = (0.28, 0.34)

@@ -21,6 +21,7 @@ from fusionkit.data.readers import open_image, read_json
 from fusionkit.data.shapes_scene import (
     COLORS,
     CORRUPTIONS,
+    DOSE_W,
     DURATION_S,
     FADES,
     HISS,
@@ -29,20 +30,27 @@ from fusionkit.data.shapes_scene import (
     KINDS,
     MARKERS,
     MAX_SHAPES,
-    MODALITIES,
     NAME,
     SAMPLE_RATE,
+    SCORE,
+    SCORE_NOISE_SD,
     SIGNALS,
+    SITE_W,
+    SITES,
     STRIPE_CONTRAST,
     STRIPES,
-    TARGETS,
+    TABULAR,
+    TABULAR_COLUMNS,
     TINTS,
+    TONE_W,
     TONES,
     WHISTLE_BANDS,
     caption_words,
     design,
+    layout,
     measure_audio_cues,
     measure_image_cues,
+    score_residual,
     shown,
     targets_of,
     tokenize,
@@ -93,6 +101,25 @@ def _check_caption(raw: str, scene: dict[str, Any], where: str) -> None:
         raise DatasetError(f"{where}: caption {raw!r} names no colour; expected the colour of every shape it names")
 
 
+def _check_score(sc: dict[str, Any], smp: Any, where: str, tabular: bool) -> None:
+    """The regression target: the manifest's score is the scene's, the record (when written) the
+    scene's, and the score is its parts plus a noise of at most 6 sd."""
+    rec = sc.get(TABULAR)
+    if not isinstance(rec, dict) or sorted(rec) != sorted(TABULAR_COLUMNS) or rec.get("site") not in SITES:
+        raise DatasetError(f"{where}: record {rec!r}; expected {list(TABULAR_COLUMNS)} with a site in {list(SITES)}")
+    if smp.targets.get(SCORE) != sc.get(SCORE):
+        raise DatasetError(
+            f"{where}: score {smp.targets.get(SCORE)!r} in manifest.jsonl, {sc.get(SCORE)!r} in the scene"
+        )
+    if tabular and smp.modalities.get(TABULAR) != rec:
+        raise DatasetError(f"{where}: record {smp.modalities.get(TABULAR)!r} in manifest.jsonl, {rec!r} in the scene")
+    if abs(score_residual(sc)) > 6 * SCORE_NOISE_SD:
+        raise DatasetError(
+            f"{where}: score {sc.get(SCORE)!r} is {score_residual(sc):+.3f} away from has_red + {TONE_W} tone + "
+            f"{DOSE_W} z + {SITE_W} (site - 1); expected a noise of sd {SCORE_NOISE_SD}"
+        )
+
+
 def validate(root: str | os.PathLike) -> dict[str, Any]:
     """Re-read everything :func:`~fusionkit.data.shapes.generate` wrote and check it is consistent.
 
@@ -113,9 +140,11 @@ def validate(root: str | os.PathLike) -> dict[str, Any]:
     params = ds.info.get("params") if isinstance(ds.info, dict) else None
     if ds.name != NAME or not isinstance(params, dict):
         raise DatasetError(f"{meta_path}: name {ds.name!r} / info.params {params!r}; expected a shapes dataset")
-    if ds.targets != TARGETS or ds.modalities != MODALITIES:
+    modalities, targets, tabular = layout(bool(params.get("tabular")))
+    if ds.targets != targets or ds.modalities != modalities or (ds.tabular or None) != tabular:
         raise DatasetError(
-            f"{meta_path}: targets/modalities {ds.targets} {ds.modalities}; expected {TARGETS} {MODALITIES}"
+            f"{meta_path}: targets/modalities/tabular {ds.targets} {ds.modalities} {ds.tabular}; expected "
+            f"{targets} {modalities} {tabular}"
         )
     size = params.get("image_size")
     if len(ds) != params.get("n"):
@@ -163,11 +192,13 @@ def validate(root: str | os.PathLike) -> dict[str, Any]:
             MARKERS.index(values["marker"]),
         )
         expect = targets_of(has_red, tone, hiss, signal)
-        if sc.get("has_red") != has_red or smp.targets != expect or sc.get("label") != expect["label"]:
+        classes = {k: v for k, v in smp.targets.items() if k != SCORE}
+        if sc.get("has_red") != has_red or classes != expect or sc.get("label") != expect["label"]:
             raise DatasetError(
                 f"{where}: targets in manifest.jsonl {smp.targets} / scene has_red {sc.get('has_red')} "
                 f"disagree with the scene's shapes, tone, hiss and signal (expected {expect})"
             )
+        _check_score(sc, smp, where, tabular is not None)
         show = shown(marker, signal, values["corrupted"])
         image_faded, audio_faded = values["faded"] == "image", values["faded"] == "audio"
         cues, audio = sc.get("image_cues") or {}, sc.get("audio") or {}

@@ -86,6 +86,7 @@ def test_dataset_json_manifest_and_media(root):
         "synergy": ["no", "yes"],
         "unreliable": ["off", "on"],
         "mixed": ["no/off", "no/on", "yes/off", "yes/on"],
+        "score": [],  # a regression target (test_shapes_regression.py)
     }
     assert shapes.LABELS == ["no_red/low", "no_red/mid", "no_red/high", "red/low", "red/mid", "red/high"]
     assert ds.info["ceilings"] == shapes.CEILINGS

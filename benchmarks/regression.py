@@ -1,0 +1,119 @@
+"""The synthetic regression target and tabular modality (issue 17's numbers): the shapes dataset
+with its tabular ``record`` (``generate(..., tabular=True)``), target ``score``.
+
+    python benchmarks/regression.py [--seeds 5] [--methods late concat lmf gmu simbamm]
+
+1. Each modality alone, late fusion and the best fusion method (chosen on validation MSE) against
+   the documented R^2 ceilings: the population's (``info["r2_ceilings"]``, derived in
+   ``fusionkit/data/shapes.py``) and the test split's own (``shapes_scene.score_oracle_r2``: the
+   same oracle on the test scenes, whose dose and noise vary a few points from the population's);
+   ``gap`` is against the test split's.
+2. The same comparison without the record: the best fused model with the tabular modality against
+   the best without it, one-sided paired t-test over the seeds on test R^2.
+
+Writes ``benchmarks/results/regression.json``. Every training is one thread, serial (the numbers
+do not depend on the executor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from scipy import stats
+
+from fusionkit import compare
+from fusionkit.data import shapes
+from fusionkit.data.shapes_scene import SCORE, TABULAR, score_oracle_r2
+from fusionkit.index import FeatureIndex
+from fusionkit.paths import repo_root
+from fusionkit.train import TrainConfig
+
+UNI = compare.UNIMODAL_PREFIX
+
+
+def _best(runs, summary) -> str:
+    """The fusion method with the lowest mean validation MSE (what 03 selects on)."""
+    fused = summary[[not m.startswith(UNI) for m in summary["method"]]]
+    return str(fused.sort_values("val_mse_mean").iloc[0]["method"])
+
+
+def _per_seed(runs, method: str) -> list[float]:
+    return [float(v) for v in runs[runs["method"] == method].sort_values("seed")["test_r2"]]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--methods", nargs="+", default=["late", "concat", "lmf", "gmu", "simbamm"])
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--work", default=str(repo_root() / "data" / "processed" / "bench-regression"))
+    ap.add_argument("--cache", default=str(repo_root() / "data" / "processed" / "features"))
+    ap.add_argument("--out", default=str(repo_root() / "benchmarks" / "results" / "regression.json"))
+    a = ap.parse_args(argv)
+    work = Path(a.work)
+    t0 = time.perf_counter()
+    ds = shapes.generate(work / "shapes-1200-tabular", n=1200, tabular=True, progress=False)
+    index = FeatureIndex.build(ds, {"image": "efficientnet_lite0", "text": "minilm", "audio": "logmel"}, a.cache,
+                               ["pooled"], path=work / "features.json", progress=False)  # fmt: skip
+    t_feat = time.perf_counter() - t0
+    with_tab, _ = index.splits(target=SCORE)
+    test_scenes = [json.loads(line) for line in (Path(ds.root) / "scenes.jsonl").read_text().splitlines()]
+    test_scenes = [sc for sc in test_scenes if sc["split"] == "test"]
+    without = {k: v.select(sorted(m for m in v.features if m != TABULAR)) for k, v in with_tab.items()}
+    cfg = TrainConfig(epochs=a.epochs)
+    seeds = range(a.seeds)
+    out: dict = {"seeds": a.seeds, "methods": a.methods, "epochs": a.epochs, "features_s": round(t_feat, 1)}
+    ceilings = {True: ds.info["r2_ceilings"][SCORE], False: shapes.score_ceilings(tabular=False)}
+    for tab, data in ((True, with_tab), (False, without)):
+        t1 = time.perf_counter()
+        comp = compare.run(a.methods, data, cfg, 0, seeds=seeds, show_progress=False)
+        runs, summary = comp.runs, comp.summary
+        best = _best(runs, summary)
+        ceil = ceilings[tab]
+        mods = sorted(data["train"].features)
+        rows = {f"{UNI}{m}": [m] for m in mods} | {"late": mods, best: mods}
+        by_method = summary.set_index("method")
+        table = {}
+        for name, shown in rows.items():
+            split_ceiling = score_oracle_r2(test_scenes, shown)
+            r2 = float(by_method.loc[name, "test_r2_mean"])
+            table[name] = {
+                "ceiling_population": round(ceil["+".join(shown)], 4),
+                "ceiling_test_split": round(split_ceiling, 4),
+                "test_r2_mean": round(r2, 4),
+                "test_r2_ci95": round(float(by_method.loc[name, "test_r2_ci95"]), 4),
+                "gap": round(split_ceiling - r2, 4),
+            }
+        out["with_tabular" if tab else "without_tabular"] = {
+            "modalities": mods,
+            "best_fusion": best,
+            "vs_ceilings": table,
+            "within_0.05": {k: abs(v["gap"]) <= 0.05 for k, v in table.items()},
+            "per_seed_test_r2": {m: _per_seed(runs, m) for m in summary["method"]},
+            "wall_s": round(time.perf_counter() - t1, 1),
+        }
+    w, wo = out["with_tabular"], out["without_tabular"]
+    a_r2 = w["per_seed_test_r2"][w["best_fusion"]]
+    b_r2 = wo["per_seed_test_r2"][wo["best_fusion"]]
+    t = stats.ttest_rel(a_r2, b_r2, alternative="greater")
+    out["tabular_vs_none"] = {
+        "with": w["best_fusion"],
+        "without": wo["best_fusion"],
+        "mean_gain_r2": round(sum(x - y for x, y in zip(a_r2, b_r2, strict=True)) / len(a_r2), 4),
+        "t": round(float(t.statistic), 3),
+        "p": float(t.pvalue),
+        "met": bool(t.pvalue < 0.05),
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps({k: out[k] for k in ("tabular_vs_none",)}, indent=1))
+    for key in ("with_tabular", "without_tabular"):
+        print(key, json.dumps(out[key]["vs_ceilings"], indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()
