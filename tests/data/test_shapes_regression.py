@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -114,3 +115,31 @@ def test_the_record_reaches_its_ceiling_through_the_tabular_encoder(tab_root):
 def test_tabular_must_be_a_bool(tmp_path):
     with pytest.raises(DatasetError, match="tabular"):
         shapes.generate(tmp_path / "x", n=6, image_size=32, tabular="yes", progress=False)
+
+
+def test_validate_checks_the_score_and_the_record(tab_root, tmp_path):
+    shapes.validate(tab_root)  # the generated folder passes
+    for mutate, match in (
+        (lambda row: row.update(score=row["score"] + 0.5), "score"),
+        (lambda row: row[sc.TABULAR].update(site="south" if row[sc.TABULAR]["site"] != "south" else "east"), "record"),
+    ):
+        copy = tmp_path / f"c{match}"
+        shutil.copytree(tab_root, copy)
+        lines = (copy / "manifest.jsonl").read_text().splitlines()
+        first = json.loads(lines[0])
+        mutate(first)
+        (copy / "manifest.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+        with pytest.raises(DatasetError, match=match):
+            shapes.validate(copy)
+    scenes = (tab_root / "scenes.jsonl").read_text().splitlines()
+    bad = json.loads(scenes[0])
+    bad[sc.SCORE] += 2.0
+    bad_root = tmp_path / "cnoise"
+    shutil.copytree(tab_root, bad_root)
+    (bad_root / "scenes.jsonl").write_text("\n".join([json.dumps(bad), *scenes[1:]]) + "\n")
+    lines = (bad_root / "manifest.jsonl").read_text().splitlines()
+    row = json.loads(lines[0])
+    row["score"] = bad[sc.SCORE]  # the manifest agrees with the scene, but the score is not its parts + noise
+    (bad_root / "manifest.jsonl").write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
+    with pytest.raises(DatasetError, match="away from has_red"):
+        shapes.validate(bad_root)
