@@ -444,7 +444,12 @@ def _task(run: RunFolder, task: str) -> Section:
     for key in sorted(k for k in run.figures if k.startswith(f"{task}_")):
         sec.body.append(run.figure(key))
     keep = [c for c in metrics.columns if c not in ("encoders", "config")]
-    sec.body.append(table_html(metrics[keep]))
+    rel = html.escape(str(run.tables[f"{task}_metrics"]["path"]))
+    sec.body.append(
+        table_html(metrics[keep])
+        + f"<p class='note'>Table <code>{task}_metrics</code> (the best model and its baselines, test split)"
+        f" &middot; <a href='{rel}' download>CSV</a></p>"
+    )
     if task == "vqa":
         sec.body.extend(_published(run))
     samples = run.table(f"{task}_samples")
