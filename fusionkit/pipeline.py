@@ -6,9 +6,11 @@ to the terminal, into ``reports/runs/<run-id>/``. Parameters come from the profi
 section per notebook), then ``-p notebook.key=value`` overrides, then the paths the runner wires
 between notebooks (``run_dir``, the feature index, the comparison table, the checkpoint).
 
-``run.json`` in the run folder records the state of every notebook; ``status: complete`` and
-``report.html`` appear only when the whole chain finished, and ``reports/latest`` then points at the
-run. ``--resume <run-id>`` re-runs only the notebooks that did not finish.
+``run.json`` in the run folder records the state of every notebook and the fusionkit that made the
+run; ``status: complete`` appears only when the whole chain finished, ``reports/latest`` then points
+at the run and, where a headless Chromium is installed, ``report_first_screen.png`` shows the
+report's first screen. When a notebook fails, the runner still builds ``report.html``: it says what
+is missing and why. ``--resume <run-id>`` re-runs only the notebooks that did not finish.
 
 Sharing: one process runs a run folder at a time (``.run.lock`` in it; a second ``--resume`` of a
 run that is still running is refused, naming the lock). Chains with different run folders may
@@ -35,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from fusionkit import __version__
 from fusionkit.data.base import atomic_write_text
 from fusionkit.locks import LockBusy, file_lock
 from fusionkit.runtime import openmp_environment
@@ -203,6 +206,8 @@ class RunState:
     notebooks: dict[str, dict[str, Any]] = field(default_factory=dict)
     status: str = "running"
     created: str = ""
+    fusionkit_version: str | None = None  # the fusionkit that made the run (None: one older than the record)
+    versions: dict[str, str] = field(default_factory=dict)
 
     def save(self) -> None:
         data = {
@@ -210,6 +215,8 @@ class RunState:
             "profile": self.profile,
             "status": self.status,
             "created": self.created,
+            "fusionkit_version": self.fusionkit_version,
+            "versions": self.versions,
             "parameters": self.parameters,
             "notebooks": self.notebooks,
         }
@@ -232,6 +239,8 @@ class RunState:
             d.get("notebooks", {}),
             d.get("status", "failed"),
             d.get("created", ""),
+            d.get("fusionkit_version"),
+            d.get("versions", {}),
         )
 
 
@@ -366,6 +375,8 @@ def _start(
             params,
             {nb: {"status": "pending"} for nb in NOTEBOOKS},
             created=_dt.datetime.now().isoformat(timespec="seconds"),
+            fusionkit_version=__version__,
+            versions=_versions(),
         )
         state.save()
     return run_dir, state
@@ -433,6 +444,7 @@ def _run_notebooks(
                 )
                 state.status = "failed"
                 state.save()
+                _report_what_there_is(run_dir)
                 first_line = next((ln.strip() for ln in (e.source or "").splitlines() if ln.strip()), "")
                 raise NotebookFailed(nb, e.exec_count, e.ename, e.evalue, out_nb, first_line) from None
             except BaseException as e:
@@ -441,6 +453,8 @@ def _run_notebooks(
                 )
                 state.status = "failed"
                 state.save()
+                if isinstance(e, Exception):
+                    _report_what_there_is(run_dir)
                 raise
             info.update(status="done", seconds=round(time.perf_counter() - t0, 1))
             state.save()
@@ -451,9 +465,55 @@ def _run_notebooks(
         state.status = "complete"
         state.save()
         _update_latest(reports_dir, run_dir)
+        _screenshot(run_dir)
     else:
         state.status = "partial"
         state.save()
+
+
+def _versions() -> dict[str, str]:
+    """The versions a run's numbers depend on (``run.json``; the report's run facts)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("torch", "numpy", "pandas", "scikit-learn", "papermill", "wandb"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[pkg] = version(pkg)
+    return out
+
+
+def _report_what_there_is(run_dir: Path) -> None:
+    """A notebook failed: the report of what the run has (it says what is missing and why); a
+    failure to build it is printed, never raised over the notebook's own error."""
+    try:
+        from fusionkit.report import build_report
+
+        build_report(run_dir)
+    except Exception as e:  # noqa: BLE001 - the notebook's error is the one to raise
+        print(f"[fusionkit] no report of the incomplete run: {type(e).__name__}: {e}", flush=True)
+        return
+    print(f"[fusionkit] report of the incomplete run (it says what is missing): {run_dir / 'report.html'}", flush=True)
+
+
+def _screenshot(run_dir: Path) -> None:
+    """The report's first screen as ``report_first_screen.png``, where a headless Chromium is
+    installed; otherwise the log says why there is none."""
+    from fusionkit.report import browser
+
+    report = run_dir / "report.html"
+    if not report.exists():
+        return
+    found = browser.find()
+    if found is None:
+        print(f"[fusionkit] no screenshot of the report: {browser.MISSING}", flush=True)
+        return
+    try:
+        out = browser.screenshot(report, run_dir / browser.SCREENSHOT, found)
+    except Exception as e:  # noqa: BLE001 - a screenshot never fails a finished run
+        print(f"[fusionkit] no screenshot of the report: {type(e).__name__}: {e}", flush=True)
+        return
+    print(f"[fusionkit] screenshot of the report's first screen: {out}", flush=True)
 
 
 class NotebookFailed(RuntimeError):

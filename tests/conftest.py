@@ -1,5 +1,6 @@
 """Shared fixtures. Tests that need ../shared/data skip when it is absent, except where
-FUSIONKIT_REQUIRE_SHARED_DATA=1 (CI), where they fail."""
+FUSIONKIT_REQUIRE_SHARED_DATA=1 (CI), where they fail; tests that need a headless Chromium skip
+without one, except where FUSIONKIT_REQUIRE_BROWSER=1 (CI), where they fail."""
 
 from __future__ import annotations
 
@@ -36,3 +37,22 @@ def shared_data():
 def shared_data_module():
     """The shared real-data root, module-scoped (:func:`shared_data_or_skip`)."""
     return shared_data_or_skip()
+
+
+def browser_or_skip():
+    """The system's headless Chromium and its driver (:func:`fusionkit.report.browser.find`); the
+    test skips without them, or fails where FUSIONKIT_REQUIRE_BROWSER=1."""
+    from fusionkit.report import browser
+
+    found = browser.find()
+    if found is None:
+        if os.environ.get("FUSIONKIT_REQUIRE_BROWSER") == "1":
+            pytest.fail(browser.MISSING + " and FUSIONKIT_REQUIRE_BROWSER=1")
+        pytest.skip(browser.MISSING)
+    return found
+
+
+@pytest.fixture(scope="session")
+def headless_browser():
+    """The headless Chromium (:func:`browser_or_skip`)."""
+    return browser_or_skip()

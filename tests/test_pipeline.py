@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from fusionkit import cli, pipeline, tracking
+from fusionkit import __version__, cli, pipeline, tracking
 
 BODY = """
 from pathlib import Path
@@ -53,6 +53,7 @@ def fake_chain(tmp_path, monkeypatch):
     )
     monkeypatch.setenv("FUSIONKIT_NOTEBOOKS_DIR", str(nbs))
     monkeypatch.setenv("FUSIONKIT_PROFILES_DIR", str(profiles))
+    monkeypatch.setenv("FUSIONKIT_CHROMIUM", str(tmp_path / "no-browser"))  # no screenshot: these tests are fast
     return tmp_path / "reports"
 
 
@@ -96,10 +97,16 @@ def test_failing_cell_stops_chain_keeps_output_and_exits_nonzero(fake_chain, tmp
     assert state["status"] == "failed"
     assert state["notebooks"]["03_fusion_comparison"]["status"] == "failed"
     assert not (fake_chain / "latest").exists()
+    # the run still gets a report, which says what is missing and why
+    html = (run_dir / "report.html").read_text()
+    assert "Incomplete run" in html and "ValueError: deliberate failure in 03_fusion_comparison" in html
+    assert "<code>04_train</code> did not run" in html
+    assert state["fusionkit_version"] == __version__ and state["versions"]["python"]
 
     # fix the cause, resume: finished notebooks are skipped
     flag.unlink()
     assert cli.main(["run", "--resume", "r2", "--reports-dir", str(fake_chain), "--quiet"]) == 0
+    assert "no screenshot of the report: no headless browser" in capsys.readouterr().out  # said, never fatal
     assert _executed(run_dir) == ["01_data_prep", "02_feature_extraction", "03_fusion_comparison"] + list(
         pipeline.NOTEBOOKS[2:]
     )

@@ -26,8 +26,12 @@ def plot_class_balance(balance: pd.DataFrame):
     """Bars of ``workbook.balance_table``: samples per class and split, one panel per target."""
     df = balance
     targets = list(dict.fromkeys(df["target"]))
-    fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.2), squeeze=False)
-    for ax, t in zip(axes[0], targets):
+    cols = min(4, len(targets))  # rows of at most 4 panels: readable at a page's width
+    rows = -(-len(targets) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    for ax in list(axes.flat)[len(targets) :]:
+        ax.set_visible(False)
+    for ax, t in zip(axes.flat, targets):
         sub = df[df.target == t]
         sns.barplot(sub, x="class", y="count", hue="split", hue_order=list(SPLITS), ax=ax)
         ax.set_title(f"class balance: {t}")
@@ -104,6 +108,50 @@ def plot_comparison(
         axes[1].annotate(r["method"].replace("unimodal:", "uni:"), (r["params"], r[f"{metric}_mean"]), fontsize=7)
     axes[1].set_xscale("log")
     axes[1].set_title(f"{metric.removeprefix('test_')} vs parameters")
+    fig.tight_layout()
+    return fig
+
+
+def plot_forest(summary: pd.DataFrame, ceilings: Mapping[str, float] | None = None, metric: str | None = None):
+    """The comparison as a forest plot: one row per method (``compare.summarize``'s table, best
+    first) with its mean ``metric`` (default: the comparison's, ``compare.metrics_of``) and 95% CI
+    over seeds; the single-modality baselines in their own colour, the best method (chosen on
+    validation) in bold, and the documented ceilings (``ceilings``: name -> value; the fused one
+    solid, the others dotted) as vertical lines."""
+    metric = metric or metrics_of(summary)[0]
+    higher = higher_is_better(metric)
+    df = summary.sort_values(f"{metric}_mean", ascending=not higher, kind="stable").reset_index(drop=True)
+    mean = df[f"{metric}_mean"].to_numpy(dtype=float)
+    ci = df.get(f"{metric}_ci95", pd.Series(np.zeros(len(df)))).fillna(0).to_numpy(dtype=float)
+    uni = df["method"].str.startswith("unimodal:").to_numpy()
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(df) + 1.6))
+    y = np.arange(len(df))
+    for sel, colour, label in ((~uni, "#2b6f97", "fusion method"), (uni, "#d08c60", "single modality")):
+        if sel.any():
+            ax.errorbar(mean[sel], y[sel], xerr=ci[sel], fmt="o", color=colour, ecolor=colour, capsize=3, ms=5,
+                        lw=1.2, label=label)  # fmt: skip
+    lo, hi = float(np.nanmin(mean - ci)), float(np.nanmax(mean + ci))
+    if metric.endswith(("accuracy", "f1")):  # a CI over 2 seeds can reach past what the metric can be
+        lo, hi = max(lo, 0.0), min(hi, 1.0)
+    by_value: dict[float, list[str]] = {}
+    for k, v in (ceilings or {}).items():
+        by_value.setdefault(round(float(v), 4), []).append(k)
+    for i, (v, names) in enumerate(sorted(by_value.items())):  # labels on two rows, so that neighbours do not overlap
+        ax.axvline(v, ls="-" if "fused" in names else ":", color="grey", lw=1)
+        ax.text(v, -0.8 - 0.7 * (i % 2), "/".join(names), fontsize=7, color="grey", ha="center", va="bottom")
+        lo, hi = min(lo, v), max(hi, v)
+    pad = 0.04 * max(hi - lo, 1e-6)
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(len(df) - 0.5, -1.9 if by_value else -0.7)
+    ax.set_yticks(y, [m.replace("unimodal:", "uni:") for m in df["method"]], fontsize=8)
+    if "is_best" in df:
+        for label, best in zip(ax.get_yticklabels(), df["is_best"].fillna(False).astype(bool)):
+            if best:
+                label.set_fontweight("bold")
+    ax.grid(axis="x", color="#eeeeee")
+    ax.set_xlabel(f"{metric} (mean over seeds, 95% CI)")
+    ax.set_title("fusion comparison: bold = best on validation; grey lines = documented ceilings", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right" if higher else "lower left")
     fig.tight_layout()
     return fig
 

@@ -1,11 +1,19 @@
 """The run report: ``summary.csv`` and a self-contained ``report.html`` built from the local
-mirror (``metrics.jsonl``), the tables and the figures of a run folder - never from the W&B API."""
+mirror (``metrics.jsonl``), the tables and the figures of a run folder - never from the W&B API.
+
+The page is curated: the headline first (what was compared, on what data, who won, by how much,
+with CIs and against the documented ceilings; the interaction heatmap first when the run has
+it), then one ``<section>`` per question - its one-line answer, its figure, a compact table, the
+long tables collapsed (``<details>``) with their CSVs beside the page - and the run's facts at the
+end. A section whose notebook did not finish says what is missing and why; a run made by another
+fusionkit than the one building the page says so. Figures are embedded compressed
+(:func:`compress_image`) so that the page stays one small file.
+"""
 
 from __future__ import annotations
 
-import base64
 import html
-import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +22,12 @@ import pandas as pd
 from fusionkit.data.base import atomic_write_text
 from fusionkit.headline import STEP as HEADLINE_STEP
 from fusionkit.headline import Headline
+from fusionkit.report.folder import STEP_ORDER, RunFolder, compress_image
+from fusionkit.report.sections import PUBLISHED_TABLE, SELECTION_PROTOCOL, banners, interaction_sentences, page_sections
 from fusionkit.tracking import read_mirror
 
-#: long tables the report links to instead of showing
-LINK_ONLY = {"comparison_runs", "noise_curves", "robustness_summary", "class_balance", "feature_stats"}
-#: 05's VQA-RAD table (``workbook.evaluate_task`` logs the VQA task's tables as ``vqa_<name>``)
-PUBLISHED_TABLE = "vqa_vqarad_vs_published"
-STEP_ORDER = ["01_data_prep", "02_feature_extraction", "03_fusion_comparison", "04_train", "05_evaluate", "06_report"]
-
-
-#: how every "best" in a run is chosen (stated in the report)
-SELECTION_PROTOCOL = (
-    "Selection protocol: the best fusion method, the best single modality, each method's searched "
-    "configuration, every early-stopping epoch, the re-ranking mix and the best task model are chosen on "
-    "the validation split; the test split is used once, for the numbers reported."
-)
+__all__ = ["PUBLISHED_TABLE", "SELECTION_PROTOCOL", "STEP_ORDER", "build_report", "collect_summary",
+           "compress_image", "expected_sections", "headline", "interaction_sentences", "sections_of"]  # fmt: skip
 
 
 def collect_summary(run_dir: str | Path) -> pd.DataFrame:
@@ -72,228 +71,69 @@ def headline(summary: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def _img(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
-
-
-def _table(path: Path, max_rows: int = 60) -> str:
-    df = pd.read_csv(path)
-    return df.head(max_rows).to_html(
-        index=False, float_format=lambda x: f"{x:.4g}", classes="tbl", border=0, escape=True
-    )
-
-
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-.headline{background:#eef6ee;border-left:4px solid #4a4;padding:.8em 1em;font-size:1.1em}
-.warn{background:#fbeeee;border-left:4px solid #c44;padding:.8em 1em}
-table.tbl{border-collapse:collapse;font-size:.85em;margin:.5em 0} .tbl th,.tbl td{padding:3px 8px;border-bottom:1px solid #eee;text-align:right}
-.tbl th{background:#f4f4f4} img{max-width:100%;border:1px solid #eee;margin:.4em 0} figure{margin:1em 0} figcaption{color:#666;font-size:.85em}
-code{background:#f4f4f4;padding:1px 4px} .note{color:#555;font-size:.9em}
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1120px;margin:1.5em auto;padding:0 1.2em;color:#222;line-height:1.45}
+h1{margin:0 0 .1em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em} h3{margin:1.2em 0 .3em;font-size:1em}
+p,li,summary,figcaption{overflow-wrap:anywhere}
+nav{font-size:.85em;margin:.6em 0 1em;color:#555} nav a{margin-right:.8em;white-space:nowrap}
+.headline{background:#eef6ee;border-left:4px solid #4a4;padding:.7em 1em;font-size:1.08em}
+.warn{background:#fbeeee;border-left:4px solid #c44;padding:.6em 1em}
+.note{color:#555;font-size:.9em} .answer{font-size:1.05em;font-weight:500}
+.scroll{max-width:100%;overflow-x:auto;margin:.4em 0}
+table.tbl{border-collapse:collapse;font-size:.84em} .tbl th,.tbl td{padding:2px 8px;border-bottom:1px solid #eee;white-space:nowrap}
+.tbl th{background:#f4f4f4;text-align:left} .tbl td{text-align:left} .tbl td.n{text-align:right} .tbl caption{text-align:left;color:#555;font-size:.95em;padding:.2em 0}
+table.samples td{white-space:normal;max-width:22em;text-align:left;vertical-align:top} table.samples img{border:0;margin:0;max-width:112px}
+img{max-width:100%;height:auto;border:1px solid #eee;margin:.3em 0} figure{margin:.8em 0} figcaption{color:#666;font-size:.85em}
+details{margin:.3em 0 .6em} summary{cursor:pointer;color:#245} code{background:#f4f4f4;padding:1px 4px}
+section{margin-bottom:1.2em}
+@media print{body{max-width:none;margin:0;font-size:10pt} nav{display:none} figure,table{break-inside:avoid} h2{break-after:avoid}
+.scroll{overflow:visible} a{color:inherit;text-decoration:none}}
 """
 
 
-def _pct(v: Any) -> str:
-    return "?" if v is None or pd.isna(v) else f"{float(v):.3f}"
-
-
-def interaction_sentences(verdicts: pd.DataFrame) -> list[str]:
-    """One plain sentence per target of 03's ``interaction_verdicts`` table
-    (``compare.TargetComparison.verdicts``): who wins against the ceilings, and which methods are
-    no better than late fusion or than the best single modality."""
-    out = []
-    for _, r in verdicts.iterrows():
-        s = (
-            f"On {r['target']}, {r['best_method']} is best on validation with test accuracy {_pct(r['best_accuracy'])}"
-            f" (fused ceiling {_pct(r.get('ceiling_fused'))}, best single modality's ceiling {_pct(r.get('ceiling_unimodal'))});"
-            f" late fusion {_pct(r.get('late_accuracy'))}, the best single modality ({r.get('best_unimodal')})"
-            f" {_pct(r.get('best_unimodal_accuracy'))}."
-        )
-        for col, what in (
-            ("no_better_than_late", "late fusion"),
-            ("no_better_than_unimodal", "the best single modality"),
-        ):
-            names = r.get(col)
-            if isinstance(names, str) and names:
-                s += f" No better than {what}: {names}."
-        out.append(s)
-    return out
-
-
-def _late_part(row: pd.Series) -> str:
-    """How much of a pair's synergy late fusion already extracts (an additive combination of what
-    each modality says), where the profile table has the split."""
-    if "synergy_late" not in row or pd.isna(row["synergy_late"]) or row["synergy"] <= 0:
-        return ""
-    return f", of which {row['synergy_late']:.2f} late fusion already extracts"
-
-
-def _by_interaction(run_dir: Path, records: list[dict[str, Any]]) -> list[str]:
-    """The headline's first figure: 03's methods x interaction-type heatmap and its verdicts."""
-    fig = next((r for r in records if r.get("kind") == "figure" and r.get("key") == "interactions_heatmap"), None)
-    table = next((r for r in records if r.get("kind") == "table" and r.get("key") == "interaction_verdicts"), None)
-    prof = next((r for r in records if r.get("kind") == "table" and r.get("key") == "interaction_profile"), None)
-    if fig is None and table is None and prof is None:
-        return []
-    parts = ["<h2>Which fusion works for which kind of interaction</h2>"]
-    if prof is not None and (run_dir / prof["path"]).exists():
-        rows = pd.read_csv(run_dir / prof["path"])
-        pairs = "; ".join(
-            f"{r['pair']}: mostly {r['largest']} (R {r['redundancy']:.2f}, U {r['unique_a']:.2f} / {r['unique_b']:.2f},"
-            f" S {r['synergy']:.2f} bits{_late_part(r)})"
-            for _, r in rows.iterrows()
-        )
-        parts.append(
-            f"<p>The target's interaction profile (table <code>interaction_profile</code>): {html.escape(pairs)}.</p>"
-        )
-    if fig is not None and (run_dir / fig["path"]).exists():
-        parts.append(f"<figure>{_img(run_dir / fig['path'])}<figcaption>interactions_heatmap</figcaption></figure>")
-    if table is not None and (run_dir / table["path"]).exists():
-        verdicts = pd.read_csv(run_dir / table["path"])
-        parts.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in interaction_sentences(verdicts)) + "</ul>")
-    return parts
-
-
-def _published(run_dir: Path, records: list[dict[str, Any]]) -> list[str]:
-    """VQA-RAD: fusionkit's closed / open / all accuracy next to the published numbers (05's table
-    :data:`PUBLISHED_TABLE`, :func:`fusionkit.tasks.vqa.task.published_table`), with a warning while
-    fusionkit's rows come from a split carved from the training questions."""
-    rec = next((r for r in records if r.get("kind") == "table" and r.get("key") == PUBLISHED_TABLE), None)
-    if rec is None or not (run_dir / rec["path"]).exists():
-        return []
-    df = pd.read_csv(run_dir / rec["path"])
-    ours = df[df["kind"] != "published"]
-    parts = ["<h2>VQA-RAD next to the published numbers</h2>"]
-    if ours["evaluated_on"].astype(str).str.contains("not comparable").any():
-        parts.append(
-            "<p class='warn'>fusionkit's rows: <b>validation, not comparable</b> - no <code>testset.json</code>, so "
-            "they are measured on images carved from the training questions, not on the official 451 test "
-            "questions the published rows use.</p>"
-        )
-    parts.append(
-        df.to_html(index=False, float_format=lambda x: f"{x:.1f}", classes="tbl", border=0, escape=True, na_rep="")
-    )
-    return parts
-
-
 def build_report(run_dir: str | Path) -> dict[str, Any]:
-    """Write ``summary.csv`` and ``report.html`` into the run folder; return the headline."""
+    """Write ``summary.csv`` and ``report.html`` into the run folder; return the headline. An
+    incomplete run folder (a notebook failed, a file is missing) gets a report that says what is
+    missing and why."""
     run_dir = Path(run_dir)
-    state: dict[str, Any] = {}
-    if (run_dir / "run.json").exists():
-        state = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    summary = collect_summary(run_dir)
+    run = RunFolder.read(run_dir)
+    try:
+        summary = collect_summary(run_dir)
+    except ValueError:  # a malformed mirror: RunFolder.read said so
+        summary = pd.DataFrame(columns=["step", "metric", "value"])
     tmp = run_dir / ".summary.csv.tmp"
     summary.to_csv(tmp, index=False)
     tmp.replace(run_dir / "summary.csv")
-    head = headline(summary)
-    records = read_mirror(run_dir)
+    head = headline(summary) if len(summary) else {}
+    h = Headline.from_summary(run.summary(HEADLINE_STEP))
+    sections = page_sections(run, head, h, summary)
+    state = run.state
+    nav = " ".join(f"<a href='#{s.id}'>{html.escape(s.short or s.title)}</a>" for s in sections)
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>fusionkit report {html.escape(run_dir.name)}</title>",
-        f"<style>{CSS}</style></head><body>",
-        f"<h1>fusionkit report</h1><p>run <code>{html.escape(run_dir.name)}</code>"
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>fusionkit report {html.escape(run_dir.name)}</title><style>{CSS}</style></head><body>",
+        f"<header><h1>fusionkit report</h1><p class='note'>run <code>{html.escape(run_dir.name)}</code>"
         f" &middot; profile <code>{html.escape(str(state.get('profile', '?')))}</code>"
-        f" &middot; started {html.escape(str(state.get('created', '?')))}</p>",
+        f" &middot; started {html.escape(str(state.get('created', '?')))}</p></header>",
+        *banners(run),
+        f"<nav>{nav}</nav>",
+        *[s.render() for s in sections],
+        "</body></html>",
     ]
-    if "margin" in head:
-        verdict = "beats" if head["margin"] > 0 else "does not beat"
-        parts.append(
-            f"<p class='{'headline' if head['margin'] > 0 else 'warn'}'>Best fusion method <b>{html.escape(str(head['best_fusion_method']))}</b>"
-            f" reaches test accuracy <b>{float(head['best_fusion_accuracy']):.3f}</b> and {verdict} the best single modality"
-            f" (<b>{html.escape(str(head['best_unimodal']))}</b>, {float(head['best_unimodal_accuracy']):.3f})"
-            f" by <b>{100 * head['margin']:+.1f} points</b>.</p>"
-        )
-    parts.append(f"<p class='note'>{html.escape(SELECTION_PROTOCOL)}</p>")
-    parts.extend(_published(run_dir, records))
-    parts.extend(_by_interaction(run_dir, records))
-    trials = int(float(head.get("search_trials") or 0))
-    if "search_trials" in head:
-        parts.append(
-            f"<p>Tuning: every method (the single modalities too) was searched with <b>{trials}</b> trials of the same "
-            "budget and its best configuration on validation retrained with every seed (table <code>rankings</code>: "
-            "tuned and untuned ranking side by side).</p>"
-            if trials > 0
-            else "<p>Tuning: none; every method was trained at the same fixed settings (<code>search_trials</code> = 0).</p>"
-        )
-    if head.get("weights_point_to_informative"):
-        parts.append(
-            f"<p>Interpretability: learned modality weights point to the modality known to carry the target in "
-            f"<b>{html.escape(str(head['weights_point_to_informative']))}</b> (method, target) pairs (table "
-            f"<code>known_information_check</code>).</p>"
-        )
-    if head.get("most_robust_method"):
-        parts.append(
-            f"<p>Robustness: the most robust fusion method over all corruptions is <b>{html.escape(str(head['most_robust_method']))}</b>"
-            f" (relative robustness {float(head['most_robust_relative_robustness']):.3f}; table <code>robustness_by_method</code>).</p>"
-        )
-    if "final_test_accuracy" in head:
-        parts.append(
-            f"<p>Final model (<code>{html.escape(str(head.get('final_method')))}</code>, 04_train) test accuracy:"
-            f" <b>{float(head['final_test_accuracy']):.3f}</b>.</p>"
-        )
-    # ceilings documented by the dataset
-    ceil = next(
-        (
-            r["data"]
-            for r in records
-            if r.get("kind") == "summary" and r["step"] == "01_data_prep" and "ceilings" in r["data"]
-        ),
-        None,
-    )
-    if ceil:
-        parts.append(
-            "<p>Documented ceilings of the target: "
-            + ", ".join(f"{html.escape(k)} {float(v):.3f}" for k, v in ceil["ceilings"].items())
-            + "</p>"
-        )
-    parts.append("<h2>Summary</h2>")
-    parts.append(
-        summary.to_html(index=False, classes="tbl", border=0, float_format=lambda x: f"{x:.4g}")
-        if len(summary)
-        else "<p>(no summary records)</p>"
-    )
-    tables = [(r["key"], run_dir / r["path"]) for r in records if r.get("kind") == "table"]
-    figures = [(r["step"], r["key"], run_dir / r["path"]) for r in records if r.get("kind") == "figure"]
-    for step in STEP_ORDER:
-        step_tables = [
-            (k, p)
-            for k, p in dict(tables).items()
-            if any(r.get("key") == k and r["step"] == step for r in records if r.get("kind") == "table")
-        ]
-        step_figs = [(k, p) for s, k, p in figures if s == step]
-        if not step_tables and not step_figs:
-            continue
-        parts.append(f"<h2>{html.escape(step)}</h2>")
-        for key, path in step_tables:
-            if not path.exists():
-                continue
-            if key in LINK_ONLY or key.startswith("predictions"):
-                rel = path.relative_to(run_dir)
-                parts.append(f"<p>Table <a href='{html.escape(str(rel))}'>{html.escape(key)}</a> (CSV).</p>")
-            else:
-                parts.append(f"<h3>{html.escape(key)}</h3>{_table(path)}")
-        seen = set()
-        for key, path in step_figs:
-            if path.exists() and path not in seen:
-                seen.add(path)
-                parts.append(f"<figure>{_img(path)}<figcaption>{html.escape(key)}</figcaption></figure>")
-    parts.append("<h2>Notebooks</h2><table class='tbl'><tr><th>notebook</th><th>status</th><th>seconds</th></tr>")
-    for nb, info in state.get("notebooks", {}).items():
-        link = f"notebooks/{nb}.ipynb"
-        parts.append(
-            f"<tr><td><a href='{link}'>{html.escape(nb)}</a></td><td>{html.escape(str(info.get('status')))}</td>"
-            f"<td>{info.get('seconds', '')}</td></tr>"
-        )
-    parts.append("</table>")
-    wandb_dir = run_dir / "wandb"
-    offline = sorted(p.name for p in wandb_dir.glob("offline-run-*")) if wandb_dir.exists() else []
-    if offline:
-        parts.append(
-            f"<p>{len(offline)} offline W&amp;B runs are in <code>wandb/</code>; upload them with "
-            f"<code>wandb sync {html.escape(str(wandb_dir))}/offline-run-*</code>.</p>"
-        )
-    parts.append("</body></html>")
-    atomic_write_text(run_dir / "report.html", "\n".join(parts))
+    atomic_write_text(run_dir / "report.html", "\n".join(p for p in parts if p))
     return head
+
+
+def sections_of(report_html: str) -> list[str]:
+    """The ids of a report's sections, in order (what the browser test expects to see)."""
+    import re
+
+    return re.findall(r"<section id='([^']+)'>", report_html)
+
+
+def expected_sections(tasks: Iterable[str] = ()) -> list[str]:
+    """The sections every report has (whatever the profile ran), with one per task."""
+    return ["headline", "comparison", "robustness", "interpretability", "final-model",
+            *[f"task-{t}" for t in tasks], "data", "run-facts"]  # fmt: skip

@@ -117,3 +117,18 @@ def test_interactions_stack_each_pairs_components_and_show_the_evidence():
     assert [t.get_text() for t in ev.get_yticklabels()] == ["a", "late on a+b+c"]
     assert sorted(p.get_width() for p in ev.patches) == [0.7, 0.8]
     assert len(figures.plot_interactions(table).axes) == 1
+
+
+def test_forest_plot_has_one_row_per_method_best_first_with_ceilings():
+    rows = [{"method": m, "seed": s, "test_accuracy": acc + 0.01 * s, "val_accuracy": acc, "params": 10,
+             "train_time_s": 0.1, "infer_samples_per_s": 1.0}
+            for m, acc in (("concat", 0.9), ("late", 0.7), ("unimodal:a", 0.5)) for s in range(3)]  # fmt: skip
+    summary = summarize(pd.DataFrame(rows))
+    fig = figures.plot_forest(summary, {"fused": 1.0, "a": 0.5})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["concat", "late", "uni:a"]
+    assert [t.get_fontweight() for t in ax.get_yticklabels()][0] == "bold"  # the best on validation
+    assert sorted(t.get_text() for t in ax.texts) == ["a", "fused"]
+    ceilings = [line for line in ax.lines if line.get_color() == "grey"]  # the ceilings drawn across the axes
+    assert sorted(line.get_xdata()[0] for line in ceilings) == [0.5, 1.0]
+    assert [line.get_linestyle() for line in sorted(ceilings, key=lambda c: c.get_xdata()[0])] == [":", "-"]
