@@ -223,16 +223,13 @@ def _add_interactions_command(sub) -> None:
 def _cmd_export(args: argparse.Namespace) -> int:
     from fusionkit.bundle import BundleError
     from fusionkit.data.base import DatasetError
-    from fusionkit.export import export_onnx, export_run
+    from fusionkit.export import export_run
 
     try:
         path = export_run(args.run, args.out, task=args.task, standalone=args.standalone)
         print(
             f"[fusionkit] bundle: {path.parent} ({'standalone' if args.standalone else 'pretrained weights from this machine'})"
         )
-        if args.format == "onnx":
-            res = export_onnx(path, path.parent / "model.onnx")
-            print(f"[fusionkit] ONNX: {res['path']} (onnxruntime vs PyTorch: max abs diff {res['max_abs_diff']:.2e})")
     except (BundleError, DatasetError, FileNotFoundError) as e:
         print(f"fusionkit: error: {e}", file=sys.stderr)
         return 2
@@ -274,6 +271,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from fusionkit.bundle import BundleError
+    from fusionkit.serve import serve
+
+    try:
+        limits = {k: v for k, v in (("max_body_bytes", args.max_body_bytes), ("max_pixels", args.max_pixels)) if v}
+        serve(args.bundle, host=args.host, port=args.port, device=args.device or None, **limits)
+    except BundleError as e:
+        print(f"fusionkit: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _add_model_commands(sub) -> None:
     """``fusionkit export`` / ``predict`` / ``serve``: a trained model on new raw files."""
     ex = sub.add_parser("export", help="write a run's trained model as a bundle that runs without the run folder")
@@ -281,8 +291,6 @@ def _add_model_commands(sub) -> None:
     ex.add_argument("--out", required=True, help="the bundle folder to write")
     ex.add_argument("--task", default="classification", help="classification (also regression targets)")
     ex.add_argument("--standalone", action="store_true", help="also copy the pretrained encoder weights into it")
-    ex.add_argument("--format", choices=["bundle", "onnx"], default="bundle",
-                    help="onnx: also write the fusion model + head as model.onnx, checked by onnxruntime")  # fmt: skip
     ex.set_defaults(func=_cmd_export)
 
     pr = sub.add_parser("predict", help="predict new raw files with a bundle (fusionkit export)")
@@ -296,6 +304,17 @@ def _add_model_commands(sub) -> None:
     pr.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: CUDA when available)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bars")
     pr.set_defaults(func=_cmd_predict)
+
+    sv = sub.add_parser("serve", help="serve a bundle as an HTTP JSON API (/predict, /health, /info)")
+    sv.add_argument("bundle", metavar="BUNDLE", help="a bundle folder written by fusionkit export")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    sv.add_argument("--device", default="", help="cpu, cuda (default: CUDA when available)")
+    sv.add_argument("--max-body-bytes", type=int, default=None, help="largest request body accepted (default: 20 MiB)")
+    sv.add_argument(
+        "--max-pixels", type=int, default=None, help="largest image accepted, width x height (default: 40 million)"
+    )
+    sv.set_defaults(func=_cmd_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

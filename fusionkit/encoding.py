@@ -20,6 +20,9 @@ from fusionkit.encoders.base import Encoder, InputError
 from fusionkit.progress import progress as progress_bar
 from fusionkit.runtime import available_cpus, cpu_threads, tune_allocator, work_threads
 
+#: fewer records than this are decoded in the calling process (:func:`encode_records`)
+SMALL = 64
+
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
@@ -185,6 +188,8 @@ def encode_records(
     that encodes often."""
     dev = resolve_device(device)
     threads, bs, n_workers, group, channels_last = settings(enc, dev, batch_size, num_workers)
+    if len(values) < SMALL:  # starting workers costs more than decoding a few records here (a served request)
+        n_workers, group = 0, bs
     if n_workers:
         enc.before_workers()
     order = batch_indices(enc, values, [range(len(values))], group)

@@ -8,7 +8,7 @@ trained on and what it reached (04's and 05's summaries from the run's ``metrics
 encoder without pretrained files (a random-init or trained audio CNN) travels inside
 (``encoders.safetensors``); ``standalone`` also carries the pretrained ones (image encoders'
 state dicts, a copy of the text encoder's Hugging Face folder), so the bundle runs on a machine
-that has only fusionkit. :func:`export_onnx` writes the fusion model + head as ONNX.
+that has only fusionkit.
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fusionkit import bundle
-from fusionkit.bundle import BundleError, ClassifierSpec, load_classifier, save_classifier
+from fusionkit.bundle import BundleError, load_classifier, save_classifier
 from fusionkit.data.base import target_kind
 from fusionkit.index import FeatureIndex
 from fusionkit.tracking import read_mirror
@@ -90,57 +88,4 @@ def export_run(
     return save_classifier(out / "model.safetensors", model, full)
 
 
-# ---------------------------------------------------------------------------- ONNX
-class _Exportable(torch.nn.Module):
-    """The fusion model + head with tensors in and out (ONNX takes no dicts): features and masks
-    in sorted modality order -> (logits or predictions, per-modality weights if any)."""
-
-    def __init__(self, model: torch.nn.Module, modalities: list[str]) -> None:
-        super().__init__()
-        self.model, self.modalities = model, modalities
-
-    def forward(self, *xs: torch.Tensor):
-        n = len(self.modalities)
-        feats = dict(zip(self.modalities, xs[:n], strict=True))
-        mask = dict(zip(self.modalities, xs[n:], strict=True))
-        out = self.model(feats, mask)
-        if out.weights is None:
-            return (out.logits,)
-        return (out.logits, *(out.weights[m] for m in self.modalities))
-
-
-def export_onnx(bundle_path: str | os.PathLike, out: str | os.PathLike, opset: int = 17) -> dict[str, Any]:
-    """Write the bundle's fusion model + head as ONNX (``out``) and check it with onnxruntime
-    against PyTorch on random features with random masks; returns {"path", "max_abs_diff",
-    "outputs"}. BundleError naming the method when it does not export."""
-    import numpy as np
-
-    model, spec = load_classifier(bundle_path)
-    mods = sorted(spec.in_dims)
-    wrapped = _Exportable(model, mods).eval()
-    g = torch.Generator().manual_seed(0)
-    feats = [torch.randn(8, spec.in_dims[m], generator=g) for m in mods]
-    masks = [torch.ones(8) for _ in mods]
-    if len(mods) > 1:
-        masks[0][::3] = 0.0  # some samples without their first modality
-    args = (*feats, *masks)
-    with torch.no_grad():
-        ref = wrapped(*args)
-    names_in = [f"x_{m}" for m in mods] + [f"mask_{m}" for m in mods]
-    names_out = ["output"] + ([f"weight_{m}" for m in mods] if len(ref) > 1 else [])
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        torch.onnx.export(wrapped, args, str(out), input_names=names_in, output_names=names_out, opset_version=opset,
-                          dynamic_axes={n: {0: "batch"} for n in names_in + names_out}, dynamo=False)  # fmt: skip
-    except Exception as e:  # noqa: BLE001 - any exporter failure: the method does not export
-        raise BundleError(f"fusion method {spec.fusion!r} does not export to ONNX ({type(e).__name__}: {e})") from e
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {n: a.numpy() for n, a in zip(names_in, args, strict=True)})
-    diff = max(float(np.abs(g_ - r.numpy()).max()) for g_, r in zip(got, ref, strict=True))
-    return {"path": str(out), "max_abs_diff": diff, "outputs": names_out, "fusion": spec.fusion}
-
-
-__all__ = ["ClassifierSpec", "export_onnx", "export_run", "run_metrics"]
+__all__ = ["export_run", "run_metrics"]

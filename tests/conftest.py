@@ -36,3 +36,11 @@ def shared_data():
 def shared_data_module():
     """The shared real-data root, module-scoped (:func:`shared_data_or_skip`)."""
     return shared_data_or_skip()
+
+
+@pytest.fixture(scope="session")
+def exported_run(tmp_path_factory):
+    """A tiny trained run folder and its exported bundle (:func:`tests.bundles.exported_run`)."""
+    from tests.bundles import exported_run as build
+
+    return build(tmp_path_factory.mktemp("exported_run"))
