@@ -14,14 +14,23 @@ not there yet.
 
 Bundles written before the format was versioned (no ``format`` key: run folders of earlier
 fusionkits) have the same fields and still load. A bundle of a newer version than this fusionkit
-knows is refused with a message that says so. Later work extends this one format (trained
-encoders, fitted preprocessing, export) by adding fields and raising ``VERSION``.
+knows is refused with a message that says so.
+
+Version 2 adds what a classifier bundle needs to run on new raw files without its run folder
+(``fusionkit export RUN``, :mod:`fusionkit.export`; read by :mod:`fusionkit.predict`):
+``encoders`` (per modality: the encoder's registry name, options, identity, fitted state such as
+tabular statistics, and where its weights are - :data:`WEIGHTS`), ``dataset`` (what it was
+trained on) and ``metrics`` (what it reached). Encoder weights that travel inside the bundle are
+in ``encoders.safetensors`` beside the model (one prefix per modality) or, for a Hugging Face text
+encoder, a copy of its folder under ``encoders/<modality>/``. Version-1 bundles still load; they
+only lack what prediction on raw files needs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,10 +43,19 @@ from safetensors.torch import load_file, save_file
 from fusionkit import __version__
 from fusionkit.data.base import DatasetError, atomic_write_text
 from fusionkit.data.readers import read_json
+from fusionkit.encoders import Encoder, EncoderUnavailableError, build_encoder
+from fusionkit.encoders.base import state_sha256
+from fusionkit.encoders.text import HFTextEncoder
 from fusionkit.model import MultimodalModel, build_model
 
 FORMAT = "fusionkit.model"
-VERSION = 1
+VERSION = 2
+#: where an exported encoder's weights are: ``none`` (it has no learned weights: log-mel, MFCC,
+#: tabular), ``machine`` (pretrained weights this machine must have: a pinned package, the torch or
+#: Hugging Face cache), ``bundle`` (its state dict in ``encoders.safetensors``), ``folder`` (a copy of
+#: a Hugging Face model folder in ``encoders/<modality>/``)
+WEIGHTS = ("none", "machine", "bundle", "folder")
+ENCODER_WEIGHTS = "encoders.safetensors"
 
 
 class BundleError(DatasetError):
@@ -146,6 +164,17 @@ class ClassifierSpec:
     fusion_kwargs: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)  # TrainResult.as_dict()
     config: dict[str, Any] = field(default_factory=dict)  # the notebook's parameters
+    #: version 2 (``fusionkit export``): modality -> how to rebuild its encoder (module docstring)
+    encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: version 2: what it was trained on (name, manifest hash, target kind, the dataset's targets)
+    dataset: dict[str, Any] = field(default_factory=dict)
+    #: version 2: what it reached (04's and 05's summaries)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def regression(self) -> bool:
+        """Whether it predicts a number (``num_classes`` 0; the scaling is in its weights)."""
+        return self.num_classes == 0
 
     def build(self) -> MultimodalModel:
         return build_model(self.fusion, self.in_dims, self.num_classes, hidden=self.hidden, dropout=self.dropout,
@@ -165,8 +194,134 @@ def load_classifier(path: str | os.PathLike) -> tuple[MultimodalModel, Classifie
             num_classes=int(doc["num_classes"]), class_names=list(doc["class_names"]), target=doc["target"],
             hidden=int(doc.get("hidden", 128)), dropout=float(doc.get("dropout", 0.1)),
             fusion_kwargs=dict(doc.get("fusion_kwargs") or {}), train=dict(doc.get("train") or {}),
-            config=dict(doc.get("config") or {}),
+            config=dict(doc.get("config") or {}), encoders={k: dict(v) for k, v in (doc.get("encoders") or {}).items()},
+            dataset=dict(doc.get("dataset") or {}), metrics=dict(doc.get("metrics") or {}),
         )  # fmt: skip
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BundleError(f"{meta_path(path)}: missing or malformed field {e}") from e
     return load_weights(spec.build(), path), spec
+
+
+# ---------------------------------------------------------------------------- encoders in bundles
+def weights_mode(encoder: Encoder, standalone: bool = False) -> str:
+    """Where an exported encoder's weights go (:data:`WEIGHTS`): nowhere when it has none; its
+    pretrained files stay on the machine unless ``standalone``; anything else (a random init, a
+    trained or fine-tuned encoder) travels inside the bundle."""
+    if not encoder.state_dict():
+        return "none"
+    weights = str(encoder.identity()["weights"])
+    pretrained = weights.startswith("sha256:") or ":sha256:" in weights
+    if pretrained and not standalone:
+        return "machine"
+    return "folder" if isinstance(encoder, HFTextEncoder) else "bundle"
+
+
+def encoder_entry(encoder: Encoder, kind: str, name: str, options: Mapping[str, Any], fitted: Any,
+                  output: str, mode: str) -> dict[str, Any]:  # fmt: skip
+    """The ``encoders`` entry of one modality (module docstring)."""
+    entry = {"kind": kind, "encoder": name, "options": dict(options), "identity": encoder.identity(),
+             "fitted": fitted, "output": output, "weights": mode}  # fmt: skip
+    if mode == "bundle":
+        entry["state_sha256"] = state_sha256(encoder)
+    return entry
+
+
+def save_encoders(folder: str | os.PathLike, encoders: Mapping[str, Encoder], entries: Mapping[str, dict]) -> None:
+    """Write the weights of the encoders whose entry says ``bundle`` or ``folder`` into ``folder``."""
+    folder = Path(folder)
+    tensors = {}
+    for m, enc in encoders.items():
+        if entries[m]["weights"] == "bundle":
+            tensors.update({f"{m}.{k}": v for k, v in enc.state_dict().items()})
+        elif entries[m]["weights"] == "folder":
+            src = Path(enc.folder)
+            dst = folder / "encoders" / m
+            has_st = any(src.glob("*.safetensors"))
+            for f in sorted(src.rglob("*")):
+                rel = f.relative_to(src)
+                if f.is_dir() or rel.parts[0].startswith(".") or rel.parts[0] in ("onnx", "openvino"):
+                    continue
+                if has_st and f.suffix in (".bin", ".h5", ".msgpack", ".onnx", ".ot"):
+                    continue
+                (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, dst / rel)
+    if tensors:
+        save_tensors(folder / ENCODER_WEIGHTS, tensors)
+
+
+def _build(entry: dict[str, Any], **extra: Any) -> Encoder:
+    return build_encoder(entry["kind"], entry["encoder"], **{**dict(entry.get("options") or {}), **extra})
+
+
+def load_encoder(folder: str | os.PathLike, modality: str, entry: dict[str, Any],
+                 tensors: Mapping[str, torch.Tensor] | None = None) -> Encoder:  # fmt: skip
+    """Rebuild one modality's encoder from its bundle entry, checked to be the one that made the
+    training features (weights and preprocessing); BundleError naming the bundle otherwise."""
+    folder = Path(folder)
+    where = f"{folder / 'model.json'}: encoder {entry.get('encoder')!r} of modality {modality!r}"
+    mode = entry.get("weights", "machine")
+    if mode not in WEIGHTS:
+        raise BundleError(f"{where}: weights {mode!r}; expected one of {WEIGHTS}")
+    try:
+        if mode == "folder":
+            src = folder / "encoders" / modality
+            if not src.is_dir():
+                raise BundleError(f"{where}: its files {src} are missing from the bundle; export it again")
+            enc: Encoder = HFTextEncoder(str(src), name=entry["encoder"], **dict(entry.get("options") or {}))
+        elif mode == "bundle":
+            prefix = f"{modality}."
+            state = {k[len(prefix) :]: v for k, v in (tensors or {}).items() if k.startswith(prefix)}
+            if not state:
+                raise BundleError(f"{where}: its weights are not in {folder / ENCODER_WEIGHTS}; export it again")
+            try:
+                enc = _build(entry, weights=None)  # no pretrained files needed: the weights follow
+            except TypeError:
+                enc = _build(entry)
+            try:
+                enc.load_state_dict(state)
+            except RuntimeError as e:
+                raise BundleError(f"{where}: the weights in the bundle do not fit it ({e})") from e
+            if state_sha256(enc) != entry.get("state_sha256"):
+                raise BundleError(f"{where}: its weights in {folder / ENCODER_WEIGHTS} are corrupted (hash differs)")
+            enc._weights_id = str(entry["identity"]["weights"])
+            enc._mark_clean()
+        else:
+            enc = _build(entry)
+    except EncoderUnavailableError as e:
+        raise BundleError(
+            f"{where}: its weights are neither inside the bundle nor on this machine ({e}); export the bundle with "
+            "--standalone to carry them"
+        ) from e
+    except (TypeError, ValueError, KeyError) as e:
+        raise BundleError(f"{where}: cannot be rebuilt ({e})") from e
+    if entry.get("fitted") is not None:
+        try:
+            enc.load_fitted(entry["fitted"])
+        except (ValueError, AttributeError) as e:
+            raise BundleError(f"{where}: fitted state refused ({e})") from e
+    mine, recorded = enc.identity(), dict(entry.get("identity") or {})
+    for key in ("weights", "preprocessing", "outputs"):
+        a, b = (json.dumps(x.get(key), sort_keys=True, default=str) for x in (mine, recorded))
+        if a != b:
+            raise BundleError(
+                f"{where}: its {key} on this machine differ from the encoder the model was trained with "
+                f"({a[:120]} vs {b[:120]}); install the same weights or export the bundle with --standalone"
+            )
+    return enc.eval()
+
+
+def load_encoders(folder: str | os.PathLike, spec: ClassifierSpec) -> dict[str, Encoder]:
+    """Every modality's encoder of an exported bundle (:func:`load_encoder`)."""
+    folder = Path(folder)
+    if not spec.encoders:
+        raise BundleError(
+            f"{folder / 'model.json'}: no encoders recorded (a bundle written by 04, not exported); make one with "
+            "`fusionkit export RUN --out DIR`"
+        )
+    missing = sorted(set(spec.in_dims) - set(spec.encoders))
+    if missing:
+        raise BundleError(f"{folder / 'model.json'}: no encoder recorded for modalities {missing}")
+    tensors = None
+    if any(e.get("weights") == "bundle" for e in spec.encoders.values()):
+        tensors = load_tensors(folder / ENCODER_WEIGHTS)
+    return {m: load_encoder(folder, m, spec.encoders[m], tensors) for m in sorted(spec.in_dims)}

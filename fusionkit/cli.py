@@ -220,6 +220,103 @@ def _add_interactions_command(sub) -> None:
     di.set_defaults(func=_cmd_data_interactions)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from fusionkit.bundle import BundleError
+    from fusionkit.data.base import DatasetError
+    from fusionkit.export import export_run
+
+    try:
+        path = export_run(args.run, args.out, task=args.task, standalone=args.standalone)
+        print(
+            f"[fusionkit] bundle: {path.parent} ({'standalone' if args.standalone else 'pretrained weights from this machine'})"
+        )
+    except (BundleError, DatasetError, FileNotFoundError) as e:
+        print(f"fusionkit: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from fusionkit.bundle import BundleError
+    from fusionkit.data.base import DatasetError
+    from fusionkit.predict import Predictor, read_inputs, single_inputs, write_predictions
+
+    singles = {"image": args.image, "text": args.text, "audio": args.audio}
+    if (args.input is None) == all(v is None for v in singles.values()):
+        print("fusionkit: error: give INPUT (a manifest or a folder) or --image / --text / --audio", file=sys.stderr)
+        return 2
+    progress = not args.no_progress and sys.stderr.isatty()
+    try:
+        predictor = Predictor.load(args.bundle, device=args.device or None)
+        inputs = (
+            read_inputs(args.input, predictor, split=args.split) if args.input else single_inputs(predictor, **singles)
+        )
+        result = predictor.predict(inputs, progress=progress)
+        out = write_predictions(result, args.out)
+    except (BundleError, DatasetError) as e:
+        print(f"fusionkit: error: {e}", file=sys.stderr)
+        return 2
+    for issue in result.issues:
+        print(f"skipped: {issue.line()}", file=sys.stderr)
+    masked = sum(1 for r in result.records if r["missing"])
+    if out is not None:
+        print(f"[fusionkit] {len(result.records)} predictions written to {out}", file=sys.stderr)
+    if masked:
+        print(
+            f"[fusionkit] {masked} row(s) predicted with a missing modality (masked; column 'missing')", file=sys.stderr
+        )
+    if result.issues:
+        print(f"[fusionkit] {len(result.issues)} row(s) skipped (above); the others were written", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from fusionkit.bundle import BundleError
+    from fusionkit.serve import serve
+
+    try:
+        limits = {k: v for k, v in (("max_body_bytes", args.max_body_bytes), ("max_pixels", args.max_pixels)) if v}
+        serve(args.bundle, host=args.host, port=args.port, device=args.device or None, **limits)
+    except BundleError as e:
+        print(f"fusionkit: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_model_commands(sub) -> None:
+    """``fusionkit export`` / ``predict`` / ``serve``: a trained model on new raw files."""
+    ex = sub.add_parser("export", help="write a run's trained model as a bundle that runs without the run folder")
+    ex.add_argument("run", metavar="RUN", help="a run folder (its model.safetensors + .json and features.json)")
+    ex.add_argument("--out", required=True, help="the bundle folder to write")
+    ex.add_argument("--task", default="classification", help="classification (also regression targets)")
+    ex.add_argument("--standalone", action="store_true", help="also copy the pretrained encoder weights into it")
+    ex.set_defaults(func=_cmd_export)
+
+    pr = sub.add_parser("predict", help="predict new raw files with a bundle (fusionkit export)")
+    pr.add_argument("bundle", metavar="BUNDLE", help="a bundle folder written by fusionkit export")
+    pr.add_argument("input", metavar="INPUT", nargs="?", help="a manifest (.csv .tsv .jsonl .parquet) or a folder")
+    pr.add_argument("--image", help="one image file")
+    pr.add_argument("--text", help="one text")
+    pr.add_argument("--audio", help="one audio file")
+    pr.add_argument("--split", default=None, help="a dataset folder's split to predict (default: every sample)")
+    pr.add_argument("--out", default=None, help="predictions.csv or .jsonl (default: CSV on standard output)")
+    pr.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pr.set_defaults(func=_cmd_predict)
+
+    sv = sub.add_parser("serve", help="serve a bundle as an HTTP JSON API (/predict, /health, /info)")
+    sv.add_argument("bundle", metavar="BUNDLE", help="a bundle folder written by fusionkit export")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    sv.add_argument("--device", default="", help="cpu, cuda (default: CUDA when available)")
+    sv.add_argument("--max-body-bytes", type=int, default=None, help="largest request body accepted (default: 20 MiB)")
+    sv.add_argument(
+        "--max-pixels", type=int, default=None, help="largest image accepted, width x height (default: 40 million)"
+    )
+    sv.set_defaults(func=_cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fusionkit", description="Multimodal fusion experiments: the notebook chain and its helpers."
@@ -294,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--max-failures", type=int, default=2, help="retries of a training that fails")
     fc.add_argument("--out", default="reports/comparison")
     fc.set_defaults(func=_cmd_fusion_compare)
+
+    _add_model_commands(sub)
 
     d = sub.add_parser("data", help="datasets: generate, download, check")
     from fusionkit.data.commands import add_data_commands

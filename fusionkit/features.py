@@ -63,15 +63,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from fusionkit import __version__
-from fusionkit.data.base import INLINE_KINDS, Dataset, DatasetError, atomic_write_text
+from fusionkit import __version__, encoding
+from fusionkit.data.base import Dataset, DatasetError, atomic_write_text
 from fusionkit.data.problems import check_on_error
 from fusionkit.data.readers import read_json, read_jsonl
 from fusionkit.encoders import build_encoder
 from fusionkit.encoders.base import Encoder, InputError
 from fusionkit.locks import LockBusy, file_lock
 from fusionkit.progress import progress as progress_bar
-from fusionkit.runtime import allocator_tuned, available_cpus, cpu_threads, tune_allocator, work_threads
+from fusionkit.runtime import allocator_tuned, cpu_threads, tune_allocator
 
 CACHE_FORMAT = 1
 OUTPUTS = ("pooled", "grid")
@@ -113,12 +113,6 @@ class FeatureSet:
 
 
 # ----------------------------------------------------------------------------------------- keys
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _precision(device: torch.device) -> str:
     return "bf16-autocast" if device.type == "cuda" else "fp32"
 
@@ -136,7 +130,7 @@ def encoder_key(encoder: Encoder, device: str | torch.device | None = None) -> s
     """``{name}-{identity hash}`` (+ ``-bf16`` on CUDA): the encoder's folder in the cache."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", encoder.name).strip("_") or "encoder"
     key = f"{safe[:60]}-{encoder.identity_hash()[:12]}"
-    if _precision(_resolve_device(device)) != "fp32":
+    if _precision(encoding.resolve_device(device)) != "fp32":
         key += "-bf16"
     return key
 
@@ -291,51 +285,6 @@ def _versions() -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------- loading
-class _Records(torch.utils.data.Dataset):
-    """Record i -> (i, decoded input, None) or (i, None, (reason, file)); runs in DataLoader workers."""
-
-    def __init__(self, encoder: Encoder, values: list[Any], root: Path, kind: str) -> None:
-        self.encoder, self.values, self.root, self.kind = encoder, values, root, kind
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def __getitem__(self, i: int):
-        try:
-            return i, self.encoder.load(self.values[i], self.root), None
-        except InputError as e:
-            f = e.path or (None if self.kind in INLINE_KINDS else str(self.root / str(self.values[i])))
-            return i, None, (e.reason, f)
-
-
-class _Collate:
-    """A loaded group of records -> ``([(indices, batch), ...], bad)``: the readable records
-    collated into forward batches of ``batch_size`` (one per group unless decoding runs in larger
-    groups than the forward, see ``decode_group``)."""
-
-    def __init__(self, encoder: Encoder, batch_size: int) -> None:
-        self.encoder, self.batch_size = encoder, batch_size
-
-    def __call__(self, items):
-        ok = [(i, x) for i, x, err in items if err is None]
-        bad = [(i, err) for i, x, err in items if err is not None]
-        bs = self.batch_size
-        subs = [ok[s : s + bs] for s in range(0, len(ok), bs)]
-        return [([i for i, _ in sub], self.encoder.collate([x for _, x in sub])) for sub in subs], bad
-
-
-def _batches(encoder: Encoder, values: list[Any], chunks: list[range], batch_size: int) -> list[list[int]]:
-    """Index batches that never cross a chunk; within a chunk, texts grouped by length (less padding)."""
-    out = []
-    for rng in chunks:
-        idx = list(rng)
-        hints = [encoder.length_hint(values[i]) for i in idx]
-        if all(h is not None for h in hints):
-            idx = [i for _, i in sorted(zip(hints, idx, strict=True), key=lambda t: (-t[0], t[1]))]
-        out.extend(idx[s : s + batch_size] for s in range(0, len(idx), batch_size))
-    return out
-
-
 def _pad_to(t: torch.Tensor, length: int, dim: int = 1) -> torch.Tensor:
     if t.shape[dim] == length:
         return t
@@ -409,7 +358,7 @@ def extract_features(
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size}; expected >= 1")
     enc = _resolve(dataset, modality, encoder)
-    dev = _resolve_device(device)
+    dev = encoding.resolve_device(device)
     samples = dataset.split(split)
     ids = [s.id for s in samples]
     path = cache_path(dataset, enc, split, output, cache_dir, modality=modality, device=dev)
@@ -451,14 +400,7 @@ def _compute_entry(
 ) -> FeatureSet:
     """Compute the missing chunks of an entry and merge them into its file (the entry's lock held)."""
     samples = dataset.split(split)
-    threads = work_threads()
-    perf = enc.perf.get(dev.type, enc.perf["cpu"])
-    bs = int(batch_size or perf["batch_size"])
-    workers = _workers(perf["num_workers"] if num_workers is None else num_workers, dev, threads)
-    # Decoding in the main process (no spare cores) runs in groups of ``decode_group`` records,
-    # each then forwarded in batches of ``bs``: alternating decode and forward every few images
-    # costs the forward its warm caches (1-8% of the throughput in measurements; benchmarks/README.md).
-    group = max(bs, int(perf.get("decode_group") or bs)) if workers == 0 else bs
+    threads, bs, workers, group, channels_last = encoding.settings(enc, dev, batch_size, num_workers)
     parts = path.with_name(f"{split}-{output}.parts")
     _clean_stale_tmp(path.parent)
     _clean_stale_tmp(parts)
@@ -489,7 +431,7 @@ def _compute_entry(
             _compute_chunks(
                 enc, samples, modality, dataset, chunks, todo, part_path, chunk_ids_sha,
                 output=output, device=dev, batch_size=bs, decode_group=group, num_workers=workers,
-                channels_last=bool(perf.get("channels_last")),
+                channels_last=channels_last,
                 on_error=on_error, progress=progress, desc=f"{modality} {split} {enc.name}",
             )  # fmt: skip
     compute_s = time.perf_counter() - t0
@@ -572,25 +514,6 @@ def _compute_entry(
     fs = read_feature_set(path, verify=False)
     _raise_for_skipped(fs, on_error)  # only reachable when resuming chunks built with "skip"
     return fs
-
-
-def _workers(n: int | str, device: torch.device, threads: int) -> int:
-    """DataLoader workers from an encoder's ``perf`` entry; cores are those this process may use
-    (:func:`fusionkit.runtime.available_cpus`), ``threads`` the forward's intra-op threads.
-
-    ``"auto"``: decode on the cores the model leaves free. On CPU the forward already uses
-    ``threads`` cores, and a worker that preempts one of them stalls the others at their next
-    barrier, so only spare cores get workers (at most 2; none on a 2-core machine). On a GPU the
-    host only decodes: one worker per core but one, at most 8.
-    ``"cores"``: the encoder's forward is negligible (log-mel): one worker per core, at most 4."""
-    cores = available_cpus()
-    if n == "auto":
-        if device.type == "cpu":
-            return max(0, min(2, cores - threads))
-        return max(0, min(8, cores - 1))
-    if n == "cores":
-        return min(4, cores) if cores > 1 else 0
-    return int(n)
 
 
 def _media_root(dataset: Dataset) -> Path:
@@ -678,33 +601,14 @@ def _compute_chunks(
         enc.before_workers()  # e.g. import heavy libraries once, so forked workers inherit them
     values = [s.modalities[modality] for s in samples]
     ids = [s.id for s in samples]
-    batches = _batches(enc, values, [chunks[c] for c in todo], decode_group)
-    loader = torch.utils.data.DataLoader(
-        _Records(enc, values, _media_root(dataset), kind),
-        batch_sampler=batches,
-        collate_fn=_Collate(enc, batch_size),
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-    )
+    batches = encoding.batch_indices(enc, values, [chunks[c] for c in todo], decode_group)
+    loader = encoding.loader(enc, values, _media_root(dataset), kind, batches, batch_size, num_workers, device)
     chunk_of = {i: ci for ci in todo for i in chunks[ci]}
     left = {ci: len(chunks[ci]) for ci in todo}
     rows: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor | None]]] = {ci: {} for ci in todo}
     skipped: dict[int, dict[str, dict[str, str]]] = {ci: {} for ci in todo}
     truncated: dict[int, list[str]] = {ci: [] for ci in todo}
 
-    first = next(iter(enc.parameters()), None)
-    home = first.device if first is not None else torch.device("cpu")
-    was_training = enc.training
-    enc.eval()
-    if home != device:
-        enc.to(device)
-    # channels_last where measured faster; kept afterwards (converting back and forth costs ~0.1 s
-    # per call, and the weights' memory format changes no result beyond float rounding)
-    if channels_last and getattr(enc, "memory_format", None) is not torch.channels_last:
-        enc.set_memory_format(torch.channels_last)
-    # the encoder's inference form (EfficientNet-Lite0: BatchNorm folded into the convolutions)
-    runner = enc.inference_module()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     total = sum(len(chunks[c]) for c in todo)
     bar = progress_bar(total=total, enabled=progress, desc=desc, unit=enc.unit, smoothing=0.1)
 
@@ -715,7 +619,7 @@ def _compute_chunks(
             _write_part(part_path(ci), rows.pop(ci), skipped[ci], truncated[ci], chunk_ids_sha[ci], output)
 
     try:
-        with torch.inference_mode(), autocast:
+        with encoding.inference(enc, device, channels_last) as runner:
             for subs, bad in loader:
                 for i, (reason, file) in bad:
                     if on_error == "raise":
@@ -740,9 +644,6 @@ def _compute_chunks(
                 bar.update(len(bad))
     finally:
         bar.close()
-        if home != device:
-            enc.to(home)
-        enc.train(was_training)
 
 
 def _write_part(

@@ -56,3 +56,11 @@ def browser_or_skip():
 def headless_browser():
     """The headless Chromium (:func:`browser_or_skip`)."""
     return browser_or_skip()
+
+
+@pytest.fixture(scope="session")
+def exported_run(tmp_path_factory):
+    """A tiny trained run folder and its exported bundle (:func:`tests.bundles.exported_run`)."""
+    from tests.bundles import exported_run as build
+
+    return build(tmp_path_factory.mktemp("exported_run"))

@@ -79,7 +79,7 @@ from fusionkit.data.readers import (
 )
 from fusionkit.progress import progress as _progress
 
-__all__ = ["parse_modalities", "scan"]
+__all__ = ["parse_modalities", "read_table", "scan"]
 
 TEXT_COLUMNS = ("text", "caption", "question", "sentence", "transcript", "description", "utterance", "title")
 TABLE_EXTENSIONS = (".csv", ".tsv", ".txt", ".jsonl", ".parquet")
@@ -174,8 +174,9 @@ def _find_manifest(source: Path, manifest: str | None) -> Path:
     )
 
 
-def _read_table(path: Path, encoding: str, problems: Problems) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
-    """(columns, [(where, row)]) for any supported table format."""
+def read_table(path: Path, encoding: str, problems: Problems) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
+    """(columns, [(where, row)]) for any supported table format (a malformed row goes to
+    ``problems``); :func:`scan` and ``fusionkit predict`` (:mod:`fusionkit.predict`) read manifests with it."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = []
@@ -310,7 +311,7 @@ def scan(
     root = (base / safe_media_path(base, media_root, "media_root option")) if media_root else base
     if not root.is_dir():
         raise DatasetError(f"media_root {root} is not a folder")
-    cols, rows = _read_table(path, encoding, problems)
+    cols, rows = read_table(path, encoding, problems)
     if not rows:
         raise DatasetError(f"{path}: no rows; expected a header and one row per sample")
     ds_name = name or (path.parent.name if path.stem == "manifest" else path.stem)

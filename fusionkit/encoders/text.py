@@ -110,6 +110,7 @@ class HFTextEncoder(Encoder):
         from transformers.utils import logging as hf_logging
 
         path = resolve_hf(name_or_path)
+        self.folder = path  # the model's files (a model bundle copies them: fusionkit.bundle.save_encoders)
         st = _st_config(path)
         try:
             verbosity = hf_logging.get_verbosity()

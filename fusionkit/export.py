@@ -1,0 +1,91 @@
+"""``fusionkit export RUN --out DIR``: a run's trained model as a bundle that runs on new raw files
+without the run folder, the notebooks or the training data.
+
+The bundle is the format of :mod:`fusionkit.bundle` (version 2): 04's classifier (or regressor)
+``model.safetensors`` + ``model.json``, now with every modality's encoder (registry name,
+options, identity, the fitted state of a tabular encoder, where its weights are), what it was
+trained on and what it reached (04's and 05's summaries from the run's ``metrics.jsonl``). An
+encoder without pretrained files (a random-init or trained audio CNN) travels inside
+(``encoders.safetensors``); ``standalone`` also carries the pretrained ones (image encoders'
+state dicts, a copy of the text encoder's Hugging Face folder), so the bundle runs on a machine
+that has only fusionkit.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from fusionkit import bundle
+from fusionkit.bundle import BundleError, load_classifier, save_classifier
+from fusionkit.data.base import target_kind
+from fusionkit.index import FeatureIndex
+from fusionkit.tracking import read_mirror
+
+TASKS = ("classification",)  # regression: a classification bundle with num_classes 0
+NOT_EXPORTED = {
+    "captioning": "captioning bundles are not exported yet (fusionkit predict runs classifiers and regressors)",
+    "vqa": "VQA bundles are not exported yet (fusionkit predict runs classifiers and regressors)",
+    "retrieval": "retrieval bundles are not exported yet (fusionkit predict runs classifiers and regressors)",
+}
+#: the run's notebooks whose summaries a bundle keeps as the metrics it reached
+_SUMMARIES = ("04_train", "05_evaluate")
+
+
+def run_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The scalar numbers of 04's and 05's summaries in the run's ``metrics.jsonl``."""
+    out: dict[str, Any] = {}
+    for rec in read_mirror(run_dir):
+        if rec.get("kind") == "summary" and rec.get("run") in _SUMMARIES:
+            out.update({k: v for k, v in (rec.get("data") or {}).items() if isinstance(v, int | float | str | bool)})
+    return out
+
+
+def export_run(
+    run: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    task: str = "classification",
+    standalone: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    features_index: str | os.PathLike | None = None,
+) -> Path:
+    """Write the bundle of ``run``'s trained model to the folder ``out`` (``model.safetensors``,
+    ``model.json``, the encoders' weights where they travel); returns ``out/model.safetensors``.
+    ``checkpoint`` / ``features_index``: 04's model and 02's index (default: in ``run``)."""
+    if task in NOT_EXPORTED:
+        raise BundleError(f"--task {task}: {NOT_EXPORTED[task]}")
+    if task not in TASKS:
+        raise BundleError(f"--task {task!r}; expected one of {TASKS + tuple(NOT_EXPORTED)}")
+    run = Path(run)
+    ckpt = Path(checkpoint) if checkpoint else run / "model.safetensors"
+    index_path = Path(features_index) if features_index else run / "features.json"
+    model, spec = load_classifier(ckpt)
+    try:
+        index = FeatureIndex.read(index_path)
+    except FileNotFoundError as e:
+        raise BundleError(f"{run}: {e}") from e
+    encoders = index.encoders()  # identity-checked: the encoders that made the training features
+    entries = {}
+    for m in sorted(spec.in_dims):
+        if m not in index.modalities:
+            raise BundleError(f"{index_path}: the model takes modality {m!r}, the feature index has none")
+        e = index.modalities[m]
+        enc = encoders[m]
+        entries[m] = bundle.encoder_entry(enc, e.kind, e.encoder, e.options, e.fitted, "pooled",
+                                          bundle.weights_mode(enc, standalone))  # fmt: skip
+    dataset = {"name": index.dataset, "manifest_hash": index.manifest_hash, "target": spec.target,
+               "target_kind": target_kind(index.targets.get(spec.target, spec.class_names)),
+               "targets": sorted(index.targets), "modalities": {m: e.kind for m, e in index.modalities.items()}}  # fmt: skip
+    if model.regression:
+        dataset["target_scale"] = {"mean": float(model.head.mean), "std": float(model.head.std)}
+    full = replace(spec, encoders=entries, dataset=dataset, metrics=run_metrics(run))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    bundle.save_encoders(out, {m: encoders[m] for m in entries}, entries)
+    return save_classifier(out / "model.safetensors", model, full)
+
+
+__all__ = ["export_run", "run_metrics"]
