@@ -34,12 +34,6 @@ from fusionkit.train import TrainConfig
 UNI = compare.UNIMODAL_PREFIX
 
 
-def _best(runs, summary) -> str:
-    """The fusion method with the lowest mean validation MSE (what 03 selects on)."""
-    fused = summary[[not m.startswith(UNI) for m in summary["method"]]]
-    return str(fused.sort_values("val_mse_mean").iloc[0]["method"])
-
-
 def _per_seed(runs, method: str) -> list[float]:
     return [float(v) for v in runs[runs["method"] == method].sort_values("seed")["test_r2"]]
 
@@ -71,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         t1 = time.perf_counter()
         comp = compare.run(a.methods, data, cfg, 0, seeds=seeds, show_progress=False)
         runs, summary = comp.runs, comp.summary
-        best = _best(runs, summary)
+        best = str(summary[summary.is_best].iloc[0]["method"])  # compare.summarize: lowest validation MSE
         ceil = ceilings[tab]
         mods = sorted(data["train"].features)
         rows = {f"{UNI}{m}": [m] for m in mods} | {"late": mods, best: mods}

@@ -211,33 +211,33 @@ def layout(tabular: bool = False) -> tuple[dict[str, str], dict[str, list[str]],
     return modalities, {**TARGETS, SCORE: []}, ({TABULAR: TABULAR_COLUMNS} if tabular else None)
 
 
-def score_residual(scene: dict[str, Any]) -> float:
-    """What of a scene's ``score`` its parts do not explain: the noise (sd :data:`SCORE_NOISE_SD`)."""
+def score_parts(scene: dict[str, Any]) -> dict[str, float]:
+    """The weighted parts of a scene's ``score`` (:data:`SCORE_PARTS` but the noise), read back
+    from the scene (a row of ``scenes.jsonl``: ``has_red``, ``tone``, ``record``)."""
     tone = TONES.index(scene["tone"]) if isinstance(scene["tone"], str) else scene["tone"]
     rec = scene[TABULAR]
-    z = (rec["dose"] - 10.0) / 2.0
-    return float(scene[SCORE] - scene["has_red"] - TONE_W * tone - DOSE_W * z - SITE_W * (SITES.index(rec["site"]) - 1))
+    return {
+        "has_red": float(scene["has_red"]),
+        "tone": TONE_W * tone,
+        "dose": DOSE_W * (rec["dose"] - 10.0) / 2.0,
+        "site": SITE_W * (SITES.index(rec["site"]) - 1),
+    }
+
+
+def score_residual(scene: dict[str, Any]) -> float:
+    """What of a scene's ``score`` its parts do not explain: the noise (sd :data:`SCORE_NOISE_SD`)."""
+    return float(scene[SCORE] - sum(score_parts(scene).values()))
 
 
 def score_oracle_r2(scenes: Sequence[dict[str, Any]], modalities: Sequence[str]) -> float:
-    """The R^2 on ``scenes`` (rows of ``scenes.jsonl``: ``has_red``, ``tone``, ``record``,
-    ``score``) of the best predictor given ``modalities``: the sum of the parts they show (each
-    read back from the scene and its record, with its weight), plus a constant. Over many scenes it
-    tends to :func:`score_ceilings`; on one split it is that split's own ceiling (its variance of
-    the dose and the noise differs from the population's by a few points)."""
+    """The R^2 on ``scenes`` (rows of ``scenes.jsonl``) of the best predictor given
+    ``modalities``: the sum of the parts they show (:func:`score_parts`), plus a constant. Over
+    many scenes it tends to :func:`score_ceilings`; on one split it is that split's own ceiling
+    (its variance of the dose and the noise differs from the population's by a few points)."""
     y = np.array([float(s[SCORE]) for s in scenes])
-    read = {
-        "has_red": lambda s: float(s["has_red"]),
-        "tone": lambda s: TONE_W * (TONES.index(s["tone"]) if isinstance(s["tone"], str) else s["tone"]),
-        "dose": lambda s: DOSE_W * (s[TABULAR]["dose"] - 10.0) / 2.0,
-        "site": lambda s: SITE_W * (SITES.index(s[TABULAR]["site"]) - 1),
-    }
-    pred = np.zeros(len(y))
-    for part, (_, where) in SCORE_PARTS.items():
-        if part in read and set(where) & set(modalities):
-            pred += np.array([read[part](s) for s in scenes])
-    resid = y - pred
-    return float(1 - resid.var() / y.var())
+    shown = [p for p, (_, where) in SCORE_PARTS.items() if set(where) & set(modalities)]
+    pred = np.array([sum(v for p, v in score_parts(s).items() if p in shown) for s in scenes])
+    return float(1 - (y - pred).var() / y.var())
 
 
 def score_and_record(has_red: int, tone: int, rng: np.random.Generator) -> tuple[float, dict[str, Any]]:

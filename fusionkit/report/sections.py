@@ -332,16 +332,13 @@ def _robustness(run: RunFolder, head: dict[str, Any]) -> Section:
     by = run.table("robustness_by_method")
     if by is not None and len(by):
         sec.body.append(table_html(by))
-    mm = run.table("missing_modality")
-    if mm is not None and {"method", "dropped", "accuracy"} <= set(mm.columns):
-        sec.body.append(
-            grid_html(mm, "method", "dropped", "accuracy", "test accuracy with a modality missing (method x dropped)")
-        )
-    ds = run.table("modality_dropout_study")
-    if ds is not None and {"method", "dropped", "accuracy"} <= set(ds.columns):
-        sec.body.append(
-            grid_html(ds, "method", "dropped", "accuracy", "trained with modality dropout (method x dropped)")
-        )
+    for key, caption in (
+        ("missing_modality", "test accuracy with a modality missing (method x dropped)"),
+        ("modality_dropout_study", "trained with modality dropout (method x dropped)"),
+    ):
+        t = run.table(key)
+        if t is not None and {"method", "dropped", "accuracy"} <= set(t.columns):
+            sec.body.append(grid_html(t, "method", "dropped", "accuracy", caption))
     sec.body.append(run.long("robustness_summary", "missing_modality", "noise_curves"))
     if not sec.answer and not any(sec.body):
         sec.body.insert(0, run.missing("03_fusion_comparison") or "<p>Not studied in this run.</p>")
