@@ -21,7 +21,7 @@ from torch import nn
 
 from fusionkit.model import MultimodalModel
 from fusionkit.runtime import tune_allocator
-from fusionkit.training import Step, TrainResult, cpu_threads, fit, seed_everything, warmup_cosine
+from fusionkit.training import Step, TrainResult, adamw, cpu_threads, fit, seed_everything, warmup_cosine
 
 Tensor = torch.Tensor
 
@@ -221,7 +221,7 @@ def train(
             weight = counts.sum() / (num_classes * counts.clamp(min=1))
         loss_fn = nn.CrossEntropyLoss(weight=weight)
         if cfg.optimizer == "adamw":
-            opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            opt: torch.optim.Optimizer = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
             opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         total = cfg.epochs * math.ceil(len(train_data) / cfg.batch_size)

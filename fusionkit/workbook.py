@@ -3,6 +3,7 @@ cells stay narrative + parameters + plots (docs/architecture.md, "Layers")."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -186,26 +187,36 @@ def train_tasks(
     seed: int = 0,
     options: dict | None = None,
     resume: bool = False,
+    workers: int = 0,
 ) -> dict:
     """Train every extra task (captioning, vqa, retrieval) and log each one's summary.
 
     ``options``: task -> keyword arguments of ``fusionkit.tasks.run.train_task`` (``epochs``, ``method``
     and the task's options, e.g. ``{"captioning": {"decoders": ["transformer"], "epochs": 12}}``).
     ``resume``: continue interrupted trainings from their per-epoch checkpoints (a task's own
-    ``resume`` option wins)."""
+    ``resume`` option wins). ``workers``: tasks trained at once, each in its own process
+    (``fusionkit.tasks.run.train_tasks``; 0: as many as the cores allow, 1: one after another)."""
     options = dict(options or {})
     unknown = sorted(set(options) - set(tasks))
     if unknown:
         raise ValueError(f"task_options names task(s) {unknown} that are not in tasks={list(tasks)}")
-    out = {}
+    kws = {}
     for task in tasks:
         kw = options.get(task) or {}
         if not isinstance(kw, dict):
             raise TypeError(f"task_options[{task!r}] must be a dict of train_task options, got {kw!r}")
-        summary = run.train_task(task, features_index, run_dir, seed=seed, **{"resume": bool(resume), **kw})
+        kws[task] = {"resume": bool(resume), **kw}
+    n = run.task_workers(len(tasks), workers)
+    if n > 1:
+        print(f"training {', '.join(tasks)}: {n} at a time, each in its own process")
+    t0 = time.perf_counter()
+
+    def done(task: str, summary: dict) -> None:
+        if n > 1:
+            print(f"  {task} done after {time.perf_counter() - t0:.0f} s", flush=True)
         tracker.summary({f"{task}/{k}": v for k, v in summary.items() if isinstance(v, (int, float, str, bool))})
-        out[task] = summary
-    return out
+
+    return run.train_tasks(tasks, features_index, run_dir, seed=seed, options=kws, workers=workers, on_done=done)
 
 
 def evaluate_task(task: str, features_index: str | Path, run_dir: str | Path, tracker, n_examples: int = 8):

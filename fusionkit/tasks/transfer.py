@@ -45,7 +45,7 @@ from fusionkit.tasks.captioning.metrics import caption_metrics
 from fusionkit.tasks.captioning.training import batch_loss as caption_batch_loss
 from fusionkit.tasks.retrieval.dual_encoder import DualEncoder, info_nce
 from fusionkit.tasks.retrieval.ranking import _positives_table, recall_at_k
-from fusionkit.training import Step, TrainResult, fit, warmup_cosine
+from fusionkit.training import Step, TrainResult, adamw, fit, warmup_cosine
 
 Tensor = torch.Tensor
 
@@ -222,7 +222,7 @@ def finetune_on_images(
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
     if enc_params:
         groups.append({"params": enc_params, "lr": cfg.encoder_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    opt = adamw(groups, weight_decay=cfg.weight_decay)
     rows_all = torch.arange(len(train_images)) if train_rows is None else torch.as_tensor(train_rows).long()
     if not len(rows_all):
         raise ValueError("no training images to fine-tune on")

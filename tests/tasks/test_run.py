@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from fusionkit import workbook as wb
 from fusionkit.data import shapes
@@ -19,6 +20,7 @@ from fusionkit.data.problems import TaskInputError
 from fusionkit.encoders import build_encoder
 from fusionkit.index import FeatureIndex
 from fusionkit.report import figures
+from fusionkit.runtime import available_cpus
 from fusionkit.tasks import features as F
 from fusionkit.tasks import run
 from fusionkit.tasks.common import TaskSetupError
@@ -398,8 +400,35 @@ def test_workbook_train_tasks_passes_each_task_its_own_options(setup, tmp_path):
 def test_workbook_train_tasks_resume_reaches_every_task_unless_a_task_says_otherwise(monkeypatch):
     seen = {}
     monkeypatch.setattr(run, "train_task", lambda task, *a, **kw: seen.setdefault(task, kw) and {})
-    wb.train_tasks(["vqa", "retrieval"], "idx.json", "run", _Tracker(), options={"vqa": {"resume": False}}, resume=True)
+    wb.train_tasks(["vqa", "retrieval"], "idx.json", "run", _Tracker(), options={"vqa": {"resume": False}}, resume=True,
+                   workers=1)  # fmt: skip
     assert seen["vqa"]["resume"] is False and seen["retrieval"]["resume"] is True
+
+
+def test_tasks_trained_side_by_side_save_what_one_after_another_saves(setup, tmp_path):
+    """``workers`` 2: each task in its own process on its share of the cores gives the models the
+    serial path gives on the same thread count; a task that fails there is named once the other
+    has finished, and the other's models are saved."""
+    _, index_path, _, _ = setup
+    opts = {"vqa": {"epochs": 2, "method": "concat", **TINY_VQA}, "retrieval": {"epochs": 2, **TINY_RETRIEVAL}}
+    threads = max(1, available_cpus() // 2)
+    torch.set_num_threads(threads)  # what each of the 2 worker processes runs on
+    serial = run.train_tasks(["vqa", "retrieval"], index_path, tmp_path / "serial", options=opts, workers=1)
+    finished = []
+    side = run.train_tasks(["vqa", "retrieval"], index_path, tmp_path / "side", options=opts, workers=2,
+                           on_done=lambda task, summary: finished.append(task))  # fmt: skip
+    assert sorted(finished) == ["retrieval", "vqa"] and list(side) == ["vqa", "retrieval"]
+    for task, stem in (("vqa", "concat"), ("retrieval", "dual_encoder")):
+        a = load_file(tmp_path / "serial" / task / f"{stem}.safetensors")
+        b = load_file(tmp_path / "side" / task / f"{stem}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), task
+        assert side[task]["train_time_s"] > 0 and {k for k in serial[task] if k != "train_time_s"} <= set(side[task])
+    bad = {**opts, "retrieval": {"epochs": 2, "no_such_option": 1}}
+    with pytest.raises(TypeError, match="retrieval training failed.*no_such_option"):
+        run.train_tasks(["vqa", "retrieval"], index_path, tmp_path / "bad", options=bad, workers=2)
+    assert (tmp_path / "bad" / "vqa" / "concat.safetensors").is_file()
+    with pytest.raises(ValueError, match="workers=-1"):
+        run.train_tasks(["vqa"], index_path, tmp_path, workers=-1)
 
 
 # ----------------------------------------------------------------------------------- bad input

@@ -17,7 +17,7 @@ from fusionkit.tasks.captioning.decoders import CaptionDecoder
 from fusionkit.tasks.captioning.metrics import caption_metrics
 from fusionkit.tasks.captioning.search import predict_captions
 from fusionkit.tasks.captioning.tokenizer import CaptionTokenizer
-from fusionkit.training import Step, TrainResult, fit, warmup_cosine
+from fusionkit.training import Step, TrainResult, adamw, fit, warmup_cosine
 
 Tensor = torch.Tensor
 
@@ -108,9 +108,7 @@ def train_captioner(
     cfg = cfg or CaptionTrainConfig()
     cfg.validate()
     dev = next(model.parameters()).device
-    opt = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
+    opt = adamw([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * math.ceil(len(train.tokens) / cfg.batch_size)
     sched = warmup_cosine(opt, steps, int(cfg.warmup_frac * steps))
     val_sub = val

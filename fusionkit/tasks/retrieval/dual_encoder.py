@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from fusionkit.tasks.retrieval.data import RetrievalSplit
 from fusionkit.tasks.retrieval.ranking import recall_at_k
-from fusionkit.training import Step, TrainResult, fit, warmup_cosine
+from fusionkit.training import Step, TrainResult, adamw, fit, warmup_cosine
 
 Tensor = torch.Tensor
 
@@ -153,9 +153,7 @@ def train_dual_encoder(
     ``checkpoint`` / ``resume``: as in :func:`fusionkit.tasks.captioning.train_captioner`."""
     cfg = cfg or RetrievalTrainConfig()
     dev = next(model.parameters()).device
-    opt = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
+    opt = adamw([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * math.ceil(train.n_texts / cfg.batch_size)
     sched = warmup_cosine(opt, steps, int(cfg.warmup_frac * steps))
 

@@ -17,7 +17,7 @@ from fusionkit.model import build_model
 from fusionkit.tasks.retrieval.data import RetrievalSplit
 from fusionkit.tasks.retrieval.dual_encoder import DualEncoder, encode_split
 from fusionkit.tasks.retrieval.ranking import metrics_from_ranks, retrieval_ranks, topk_similarity
-from fusionkit.training import Step, TrainResult, fit, warmup_cosine
+from fusionkit.training import Step, TrainResult, adamw, fit, warmup_cosine
 
 Tensor = torch.Tensor
 
@@ -114,7 +114,7 @@ def train_matcher(
     dev = next(matcher.parameters()).device
     neg_i2t, neg_t2i = mine_hard_negatives(dual, train, cfg.hard_k, cfg.chunk_size)
     n_neg = min(cfg.n_negatives, neg_i2t.shape[1], neg_t2i.shape[1])
-    opt = torch.optim.AdamW(matcher.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adamw(matcher.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * math.ceil(train.n_texts / cfg.batch_size)
     sched = warmup_cosine(opt, steps, int(cfg.warmup_frac * steps))
 

@@ -40,7 +40,7 @@ from fusionkit.tasks.transfer import encode_texts
 from fusionkit.tasks.vqa import AnswerVocab, vqa_accuracy
 from fusionkit.tasks.vqa.metrics import answer_normaliser
 from fusionkit.tasks.vqa.model import QUESTION_ONLY, QuestionOnlyNet, VQANet, build_vqa_net
-from fusionkit.training import Step, TrainResult, fit, seed_everything, warmup_cosine
+from fusionkit.training import Step, TrainResult, adamw, fit, seed_everything, warmup_cosine
 
 Tensor = torch.Tensor
 
@@ -143,7 +143,7 @@ def fit_vqa(
         raise common.TaskSetupError("VQA: no training question has its answer in the vocabulary")
     bpi = max(1, int(opts["images_per_batch"]))
     steps = epochs * math.ceil(len(has_q) / bpi)
-    opt = torch.optim.AdamW(model.parameters(), lr=float(opts["lr"]), weight_decay=float(opts["weight_decay"]))
+    opt = adamw(model.parameters(), lr=float(opts["lr"]), weight_decay=float(opts["weight_decay"]))
     sched = warmup_cosine(opt, steps, int(0.05 * steps))
 
     def batches(gen: torch.Generator):
