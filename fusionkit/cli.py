@@ -23,6 +23,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             only=args.only.split(",") if args.only else None,
             show_progress=False if args.no_progress else None,
             stream_output=not args.quiet,
+            report_mode=args.report_mode,
         )
     except PipelineError as e:
         print(f"fusionkit: error: {e}", file=sys.stderr)
@@ -339,9 +340,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", help="comma-separated notebooks to run (e.g. 01,02)")
     r.add_argument("--reports-dir", help="where runs/ and latest go (default: reports/)")
     r.add_argument(
-        "--no-progress", action="store_true", help="no progress bars (default when not a terminal or CI is set)"
+        "--no-progress",
+        action="store_true",
+        help="no progress bars nor lines (default: bars in a terminal, plain occasional lines otherwise or under CI)",
     )
     r.add_argument("--quiet", action="store_true", help="do not stream cell output")
+    r.add_argument(
+        "--report-mode",
+        action="store_true",
+        help="the executed notebooks hide their code cells (papermill's report mode; kept by --resume)",
+    )
     r.add_argument(
         "--ray-address",
         default="",

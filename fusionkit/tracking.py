@@ -118,7 +118,8 @@ class Tracker:
             unregister = getattr(self._wandb_run, "_unregister_telemetry_import_hooks", None)
             if unregister is not None:
                 unregister(self._wandb_run.id)
-        self._write({"kind": "config", "data": self.config})
+        # cwd: where the notebook ran (fusionkit run runs its kernels in notebooks/, as JupyterLab does)
+        self._write({"kind": "config", "data": self.config, "cwd": os.getcwd()})
         _OPEN.append(self)
         _install_ipython_hook()
 
