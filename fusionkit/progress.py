@@ -141,7 +141,8 @@ class Lines:
         if self.total:
             count += f" ({100 * self.n / self.total:.0f}%)"
         if final:
-            text = f"{self.desc}: {count}, done in {duration(elapsed)}"
+            ended = "stopped after" if self.total and self.n < self.total else "done in"  # a loop left early
+            text = f"{self.desc}: {count}, {ended} {duration(elapsed)}"
         else:
             text = f"{self.desc}: {count}, {duration(elapsed)} so far"
             if self.total and self.n > 0 and self.n < self.total:

@@ -82,7 +82,7 @@ def test_a_manual_bar_without_a_total_counts_and_takes_a_total_later(clock):
     assert out.getvalue().splitlines() == [
         "trainings: 1/4 (25%), 6 s so far, about 18 s left",
         "trainings: 3/4 (75%), 12 s so far, about 4 s left [best=0.9]",
-        "trainings: 3/4 (75%), done in 12 s [best=0.9]",
+        "trainings: 3/4 (75%), stopped after 12 s [best=0.9]",  # closed before its total
     ]
 
 
