@@ -138,6 +138,10 @@ def build(run_dir: str | Path, *, entity: str = "", project: str = "", online: b
         project = runs.project or DEFAULT_PROJECT
         if runs.project is None:
             notes.append(f"the run does not record its W&B project (an older fusionkit): assuming {project!r}")
+    if online and not entity:  # the API key's default entity (asks W&B: online only)
+        import wandb
+
+        entity = wandb.Api().default_entity or ""
     where = {"entity": entity, "project": project} if online else {}
     b = _Blocks(runs, where)
     b.headline()
