@@ -190,13 +190,16 @@ class _Blocks:
             self._text("Missing: " + "; ".join(gone) + ".")
         return bool(gone)
 
-    def _grid(self, title: str, runs: list[str], panels: list[Any]) -> None:
+    def _grid(self, title: str, runs: list[str], panels: list[Any], *more: tuple[str, list[str]]) -> None:
+        """A panel grid over the W&B runs named (``more``: further run sets, tabs of the same grid)."""
         import wandb_workspaces.reports.v2 as wr
 
-        runs = [r for r in runs if r in self.runs.names]
-        if not panels or not runs:
+        sets = [(t, [r for r in rs if r in self.runs.names]) for t, rs in ((title, runs), *more)]
+        sets = [(t, rs) for t, rs in sets if rs]
+        if not panels or not sets:
             return
-        self.blocks.append(wr.PanelGrid(runsets=[self.runs.runset(title, runs, **self.where)], panels=panels))
+        runsets = [self.runs.runset(t, rs, **self.where) for t, rs in sets]
+        self.blocks.append(wr.PanelGrid(runsets=runsets, panels=panels))
 
     def _tables(self, step: str, keys: list[str]) -> list[Any]:
         import wandb_workspaces.reports.v2 as wr
@@ -269,10 +272,11 @@ class _Blocks:
             return
         per_seed = self.runs.of(step, own=False)
         tuned = [n for n in per_seed if n.endswith("/tuned")]
-        trainings = tuned or [n for n in per_seed if n.count("/") == 1]
+        untuned = [n for n in per_seed if n.count("/") == 1]
+        trainings = tuned or untuned
         self._text(
             "Each fusion method and each modality alone, one W&B run per seed"
-            + (" (the tuned configuration's retrainings)" if tuned else "")
+            + (" (the tuned configuration's retrainings; the untuned grid in the second run set)" if tuned else "")
             + ": bars are the mean over seeds with its standard error; the curves are the validation metric per epoch."
         )
         logged = set().union(*[self.runs.summary.get(n, set()) for n in trainings]) if trainings else set()
@@ -284,7 +288,8 @@ class _Blocks:
         for metric in sorted(k for k in history if k.startswith("val_")):
             panels.append(wr.LinePlot(title=f"{metric} per epoch", x="Step", y=[metric], groupby=Config("method"),
                                       groupby_aggfunc="mean", groupby_rangefunc="stderr"))  # fmt: skip
-        self._grid("03 · trainings per method and seed", trainings, panels)
+        more = [("03 · untuned (each method's defaults)", untuned)] if tuned else []
+        self._grid("03 · trainings per method and seed", trainings, panels, *more)
         tables = self._tables(step, ["comparison_summary", "rankings", "search_chosen"])
         self._grid("03 · comparison tables", [step], tables + self._media(step, ["comparison", "search_curves"]))
 
