@@ -42,7 +42,7 @@ import yaml
 from fusionkit import __version__
 from fusionkit.data.base import atomic_write_text
 from fusionkit.locks import LockBusy, file_lock
-from fusionkit.progress import duration
+from fusionkit.progress import asked_mode, duration
 from fusionkit.runtime import openmp_environment
 from fusionkit.tracking import MODES
 
@@ -507,11 +507,7 @@ def _run_notebooks(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    if show_progress is None:
-        mode = "bars" if sys.stderr.isatty() and not os.environ.get("CI") else "lines"
-    else:
-        mode = "bars" if show_progress else "off"
-    os.environ["FUSIONKIT_PROGRESS"] = mode  # the kernels' loops (fusionkit.progress)
+    os.environ["FUSIONKIT_PROGRESS"] = kernel_progress(show_progress)  # the kernels' loops (fusionkit.progress)
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     openmp_environment()  # before any kernel starts: its OpenMP runtime reads them once
     (run_dir / "notebooks").mkdir(exist_ok=True)
@@ -589,6 +585,15 @@ def _run_notebooks(
     else:
         state.status = "partial"
         state.save()
+
+
+def kernel_progress(show_progress: bool | None) -> str:
+    """The progress mode the kernels get: bars / off when asked (``--no-progress``), else what the
+    environment says (``FUSIONKIT_PROGRESS``, ``FUSIONKIT_NO_PROGRESS``), else bars in a terminal
+    and plain occasional lines where the output is a log (not a terminal, or ``CI`` set)."""
+    if show_progress is not None:
+        return "bars" if show_progress else "off"
+    return asked_mode() or ("bars" if sys.stderr.isatty() and not os.environ.get("CI") else "lines")
 
 
 def _versions() -> dict[str, str]:

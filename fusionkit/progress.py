@@ -23,13 +23,18 @@ MODES = ("bars", "lines", "off")
 INTERVAL = 30.0  # seconds between two plain lines
 
 
-def progress_mode() -> str:
+def asked_mode() -> str | None:
+    """The mode the environment asks for, or None when it does not say."""
     mode = os.environ.get("FUSIONKIT_PROGRESS", "").strip().lower()
     if mode in MODES:
         return mode
     if os.environ.get("FUSIONKIT_NO_PROGRESS", "").lower() in ("1", "true", "yes"):
         return "off"
-    return "bars"
+    return None
+
+
+def progress_mode() -> str:
+    return asked_mode() or "bars"
 
 
 def progress_enabled() -> bool:

@@ -67,7 +67,9 @@ def test_parameters_from_profile_and_overrides(fake_chain, monkeypatch, capsys):
     what the run changed), ``report_mode`` hides the code, under CI the kernels' loops print plain
     lines, and the runner prints one overall line per notebook start and end."""
     monkeypatch.setenv("CI", "true")
-    monkeypatch.setenv("FUSIONKIT_PROGRESS", "placeholder")  # restored after the test: the runner sets it
+    for key in ("FUSIONKIT_PROGRESS", "FUSIONKIT_NO_PROGRESS"):  # restored after the test (the runner sets the first)
+        monkeypatch.setenv(key, "placeholder")
+        monkeypatch.delenv(key)
     run_dir = pipeline.run("tiny", ["04.epochs=7", "common.label=z", "06.epochs=3", "06.label=x"],
                            reports_dir=fake_chain, run_id="r1", stream_output=False, report_mode=True)  # fmt: skip
     state = json.loads((run_dir / "run.json").read_text())
@@ -279,3 +281,18 @@ def test_the_estimate_is_the_median_of_the_profile_s_latest_finished_runs(tmp_pa
     clock.finished("02_feature_extraction")
     assert clock.line(clock.start + 65) == "1m05s elapsed, about 50 s left (from earlier runs of profile smoke)"
     assert clock.position("02_feature_extraction") == "2/2"
+
+
+@pytest.mark.parametrize(
+    "show, env, tty, mode",
+    [(None, {}, True, "bars"), (None, {}, False, "lines"), (None, {"CI": "true"}, True, "lines"),
+     (None, {"CI": "true", "FUSIONKIT_NO_PROGRESS": "1"}, False, "off"), (None, {"FUSIONKIT_PROGRESS": "bars"}, False, "bars"),
+     (False, {}, True, "off"), (True, {"CI": "true"}, False, "bars")],
+)  # fmt: skip
+def test_the_kernels_progress_mode(monkeypatch, show, env, tty, mode):
+    for key in ("CI", "FUSIONKIT_PROGRESS", "FUSIONKIT_NO_PROGRESS"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+    assert pipeline.kernel_progress(show) == mode

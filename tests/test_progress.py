@@ -34,6 +34,7 @@ def test_the_environment_picks_the_mode(monkeypatch, env, mode):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     assert P.progress_mode() == mode
+    assert P.asked_mode() == (None if not env or env.get("FUSIONKIT_PROGRESS") == "nonsense" else mode)
     bar = P.progress(range(3), desc="x")
     assert isinstance(bar, P.Lines) == (mode == "lines")
     if mode != "lines":
