@@ -8,13 +8,14 @@ STAMP := $(VENV)/.installed
 PROFILE ?= default
 export MPLBACKEND := Agg
 
-.PHONY: install demo smoke test lab bench lint clean-runs help
+.PHONY: install demo smoke test lab notebooks bench lint clean-runs help
 
 help:
 	@echo "make demo     run the notebook chain on the default profile (reports/latest)"
 	@echo "make smoke    run the chain on the tiny smoke profile"
 	@echo "make test     run the test suite"
 	@echo "make lab      open the notebooks in JupyterLab"
+	@echo "make notebooks  after editing a notebook: its install cell and its jupytext script (notebooks/*.py)"
 	@echo "make bench    run the benchmarks (JSON in benchmarks/results/)"
 	@echo "make lint     ruff"
 
@@ -39,6 +40,10 @@ test: $(STAMP)
 # kernels started by hand get what `fusionkit run` gives its kernels (fusionkit/runtime.py)
 lab: $(STAMP)
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(VENV)/bin/jupyter lab notebooks/
+
+# each notebook's install cell and its py:percent script (fusionkit/notebook_files.py; tests/notebooks checks them)
+notebooks: $(STAMP)
+	$(PY) -m fusionkit.notebook_files
 
 bench: $(STAMP)
 	@mkdir -p benchmarks/results

@@ -23,6 +23,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             only=args.only.split(",") if args.only else None,
             show_progress=False if args.no_progress else None,
             stream_output=not args.quiet,
+            report_mode=args.report_mode,
         )
     except PipelineError as e:
         print(f"fusionkit: error: {e}", file=sys.stderr)
@@ -317,6 +318,72 @@ def _add_model_commands(sub) -> None:
     sv.set_defaults(func=_cmd_serve)
 
 
+def _cmd_report_wandb(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from fusionkit.pipeline import REPO_ROOT
+    from fusionkit.report import wandb_report
+    from fusionkit.tracking import resolve_mode
+
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():  # a run id: under the reports folder
+        reports = Path(args.reports_dir or os.environ.get("FUSIONKIT_REPORTS_DIR", REPO_ROOT / "reports"))
+        run_dir = reports / "runs" / args.run
+    if not run_dir.is_dir():
+        print(f"fusionkit: error: {args.run}: no such run folder (nor {run_dir})", file=sys.stderr)
+        return 2
+    online = resolve_mode(args.mode) == "online"
+    try:
+        built = wandb_report.build(run_dir, entity=args.entity, project=args.project, online=online)
+    except (wandb_report.NoWandbRuns, FileNotFoundError, ValueError) as e:
+        print(f"fusionkit: error: {e}", file=sys.stderr)
+        return 2
+    for note in built.notes:
+        print(f"[fusionkit] note: {note}")
+    spec = wandb_report.write_spec(built)
+    blocks, panels = built.counts()
+    n = len(built.runs.names)
+    print(f"[fusionkit] W&B Report of {n} W&B runs ({blocks} blocks, {panels} panels): specification in {spec}")
+    if not online:
+        where = f"{args.entity or '<entity>'}/{built.project}"
+        print("[fusionkit] offline: nothing was sent. To publish it (needs the network and WANDB_API_KEY):")
+        offline = [d for d in built.runs.offline_dirs if d.name.startswith("offline-run-")]
+        if offline:
+            print(
+                f"    wandb sync --project {built.project} {run_dir / 'wandb'}/offline-run-*   # its {len(offline)} offline runs"
+            )
+        print(f"    fusionkit report wandb {args.run} --entity {args.entity or '<entity>'} --project {built.project} "
+              f"--mode online   # builds it again and saves it to {where}")  # fmt: skip
+        return 0
+    try:
+        url = wandb_report.publish(built)
+    except Exception as e:  # noqa: BLE001 - the network or W&B's answer: said in one line
+        print(f"fusionkit: error: the report could not be saved to W&B: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(f"[fusionkit] W&B Report saved: {url}")
+    return 0
+
+
+def _add_report_commands(sub) -> None:
+    """``fusionkit report wandb RUN``: a run's W&B Report, built from code."""
+    rp = sub.add_parser("report", help="reports of a run")
+    rsub = rp.add_subparsers(dest="report_command", required=True)
+    rw = rsub.add_parser("wandb", help="a W&B Report of a run's W&B runs (offline: its specification, JSON)")
+    rw.add_argument("run", metavar="RUN", help="a run folder, or a run id under the reports folder")
+    rw.add_argument("--entity", default="", help="the W&B entity (user or team) the report belongs to")
+    rw.add_argument("--project", default="", help="the W&B project (default: the one the run logged to)")
+    rw.add_argument(
+        "--mode",
+        choices=["auto", "offline", "online"],
+        default="auto",
+        help="online saves the report to W&B; offline only writes its specification "
+        "(default auto: WANDB_MODE, else online when WANDB_API_KEY is set)",
+    )
+    rw.add_argument("--reports-dir", help="where runs/ is, for a run id (default: reports/)")
+    rw.set_defaults(func=_cmd_report_wandb)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fusionkit", description="Multimodal fusion experiments: the notebook chain and its helpers."
@@ -339,9 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", help="comma-separated notebooks to run (e.g. 01,02)")
     r.add_argument("--reports-dir", help="where runs/ and latest go (default: reports/)")
     r.add_argument(
-        "--no-progress", action="store_true", help="no progress bars (default when not a terminal or CI is set)"
+        "--no-progress",
+        action="store_true",
+        help="no progress bars nor lines (default: bars in a terminal, plain occasional lines otherwise or under CI)",
     )
     r.add_argument("--quiet", action="store_true", help="do not stream cell output")
+    r.add_argument(
+        "--report-mode",
+        action="store_true",
+        help="the executed notebooks hide their code cells (papermill's report mode; kept by --resume)",
+    )
     r.add_argument(
         "--ray-address",
         default="",
@@ -393,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     fc.set_defaults(func=_cmd_fusion_compare)
 
     _add_model_commands(sub)
+    _add_report_commands(sub)
 
     d = sub.add_parser("data", help="datasets: generate, download, check")
     from fusionkit.data.commands import add_data_commands

@@ -23,12 +23,14 @@ while another process needs the core made two chains at once on 2 cores take 7x 
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import datetime as _dt
 import json
 import logging
 import os
 import re
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ import yaml
 from fusionkit import __version__
 from fusionkit.data.base import atomic_write_text
 from fusionkit.locks import LockBusy, file_lock
+from fusionkit.progress import asked_mode, duration
 from fusionkit.runtime import openmp_environment
 from fusionkit.tracking import MODES
 
@@ -196,6 +199,37 @@ def build_parameters(profile: dict[str, Any], overrides: dict[str, dict[str, str
     return result
 
 
+def _literal(source: str) -> Any:
+    """A parameter's default as papermill reads it (its source text), or a marker when it is not a literal."""
+    try:
+        return ast.literal_eval(source)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return _NOT_LITERAL
+
+
+_NOT_LITERAL = object()
+
+
+def _same(key: str, value: Any, default: Any) -> bool:
+    if default is _NOT_LITERAL or type(value) is not type(default):
+        return False
+    if value == default:
+        return True
+    if key.endswith("_dir") and isinstance(value, str) and value and default:
+        # a folder given as the profile's absolute path and the notebook's default relative to notebooks/
+        # (where the kernels run) is the same folder
+        return Path(value).resolve() == (notebooks_dir() / default).resolve()
+    return False
+
+
+def injected_parameters(notebook: str, params: dict[str, Any]) -> dict[str, Any]:
+    """What papermill injects into ``notebook``: the parameters that differ from the notebook's
+    defaults (same type and value - or the same folder - is left out), so that the executed
+    notebook's injected cell shows what this run changed."""
+    decl = declared_parameters(notebooks_dir() / f"{notebook}.ipynb")
+    return {k: v for k, v in params.items() if k not in decl or not _same(k, v, _literal(decl[k]["default"]))}
+
+
 # ---------------------------------------------------------------------------------------- run state
 @dataclass
 class RunState:
@@ -208,6 +242,7 @@ class RunState:
     created: str = ""
     fusionkit_version: str | None = None  # the fusionkit that made the run (None: one older than the record)
     versions: dict[str, str] = field(default_factory=dict)
+    report_mode: bool = False  # the executed notebooks hide their code cells (--report-mode)
 
     def save(self) -> None:
         data = {
@@ -217,6 +252,7 @@ class RunState:
             "created": self.created,
             "fusionkit_version": self.fusionkit_version,
             "versions": self.versions,
+            "report_mode": self.report_mode,
             "parameters": self.parameters,
             "notebooks": self.notebooks,
         }
@@ -241,7 +277,78 @@ class RunState:
             d.get("created", ""),
             d.get("fusionkit_version"),
             d.get("versions", {}),
+            bool(d.get("report_mode", False)),
         )
+
+
+# ---------------------------------------------------------------------------------------- progress
+HISTORY = 5  # earlier runs of a profile whose durations make the estimate
+
+
+def earlier_durations(reports_dir: Path, profile: str, exclude: str = "") -> dict[str, list[float]]:
+    """Seconds each notebook took in the profile's latest earlier runs (``run.json``'s notebooks
+    that finished; up to :data:`HISTORY` per notebook, newest first). Unreadable run folders are
+    skipped: an estimate is no reason to fail."""
+    runs = []
+    for path in (reports_dir / "runs").glob("*/run.json"):
+        if path.parent.name == exclude:
+            continue
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(d, dict) and d.get("profile") == profile and isinstance(d.get("notebooks"), dict):
+            runs.append(d)
+    runs.sort(key=lambda d: str(d.get("created", "")), reverse=True)
+    out: dict[str, list[float]] = {}
+    for d in runs:
+        for nb, info in d["notebooks"].items():
+            if not isinstance(info, dict) or info.get("status") != "done":
+                continue
+            secs = info.get("seconds")
+            if isinstance(secs, (int, float)) and not isinstance(secs, bool):
+                seen = out.setdefault(nb, [])
+                if len(seen) < HISTORY:
+                    seen.append(float(secs))
+    return out
+
+
+class ChainClock:
+    """The chain's overall progress: elapsed time and an estimate of what is left (each notebook
+    still to run at the median of its earlier durations; one without any makes it a lower bound)."""
+
+    def __init__(self, history: dict[str, list[float]], profile: str, todo: list[str]):
+        self.history, self.profile, self.todo = history, profile, list(todo)
+        self.left_to_run = list(todo)
+        self.start = time.perf_counter()
+
+    def estimate(self, nb: str) -> float | None:
+        seen = self.history.get(nb)
+        return statistics.median(seen) if seen else None
+
+    def finished(self, nb: str) -> None:
+        if nb in self.left_to_run:
+            self.left_to_run.remove(nb)
+
+    def position(self, nb: str) -> str:
+        return f"{self.todo.index(nb) + 1}/{len(self.todo)}" if nb in self.todo else "-"
+
+    def left(self) -> tuple[float, list[str]]:
+        """Seconds left by the estimate, and the notebooks still to run that have no earlier timing."""
+        known = [e for e in map(self.estimate, self.left_to_run) if e is not None]
+        return sum(known), [nb for nb in self.left_to_run if self.estimate(nb) is None]
+
+    def line(self, now: float | None = None) -> str:
+        now = time.perf_counter() if now is None else now
+        text = f"{duration(now - self.start)} elapsed"
+        if not self.left_to_run:
+            return text
+        left, unknown = self.left()
+        if len(unknown) == len(self.left_to_run):
+            return f"{text}, no estimate of what is left (no earlier finished run of profile {self.profile})"
+        if unknown:
+            return f"{text}, at least {duration(left)} left (no earlier timing of {', '.join(unknown)})"
+        return f"{text}, about {duration(left)} left (from earlier runs of profile {self.profile})"
 
 
 def wire_paths(run_dir: Path, params: dict[str, dict[str, Any]]) -> None:
@@ -315,13 +422,18 @@ def run(
     only: list[str] | None = None,
     show_progress: bool | None = None,
     stream_output: bool = True,
+    report_mode: bool = False,
 ) -> Path:
     """Run the chain; returns the run folder. Raises PipelineError (bad input) or
-    NotebookFailed (a cell raised)."""
+    NotebookFailed (a cell raised). ``show_progress``: None - bars in a terminal, plain
+    occasional lines otherwise or under CI; False - none; True - bars. ``report_mode``: the
+    executed notebooks hide their code cells (papermill's report mode; kept by ``--resume``)."""
     reports_dir = Path(reports_dir or os.environ.get("FUSIONKIT_REPORTS_DIR", REPO_ROOT / "reports"))
     _check_writable(reports_dir)
     with contextlib.ExitStack() as held:
         run_dir, state = _start(held, reports_dir, profile, overrides, run_id, resume)
+        if report_mode:
+            state.report_mode = True
         _run_notebooks(state, run_dir, reports_dir, only, show_progress, stream_output)
     return run_dir
 
@@ -395,10 +507,7 @@ def _run_notebooks(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    if show_progress is None:
-        show_progress = sys.stderr.isatty() and not os.environ.get("CI")
-    if not show_progress:
-        os.environ["FUSIONKIT_NO_PROGRESS"] = "1"
+    os.environ["FUSIONKIT_PROGRESS"] = kernel_progress(show_progress)  # the kernels' loops (fusionkit.progress)
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     openmp_environment()  # before any kernel starts: its OpenMP runtime reads them once
     (run_dir / "notebooks").mkdir(exist_ok=True)
@@ -411,6 +520,8 @@ def _run_notebooks(
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if stream_output else logging.WARNING)
     logger.propagate = False
+    todo = [nb for nb in NOTEBOOKS if nb in selected and state.notebooks.get(nb, {}).get("status") != "done"]
+    clock = ChainClock(earlier_durations(reports_dir, state.profile, exclude=state.run_id), state.profile, todo)
     try:
         for nb in NOTEBOOKS:
             if nb not in selected:
@@ -424,17 +535,19 @@ def _run_notebooks(
             info.pop("error", None)
             state.save()
             handler.setFormatter(_Prefix(nb))
-            print(f"[fusionkit] {nb}: running ({kernel} kernel) -> {out_nb}", flush=True)
+            print(f"[fusionkit] {nb}: running ({clock.position(nb)}, {kernel} kernel) -> {out_nb} · {clock.line()}",
+                  flush=True)  # fmt: skip
             t0 = time.perf_counter()
             try:
                 papermill.execute_notebook(
                     str(notebooks_dir() / f"{nb}.ipynb"),
                     str(out_nb),
-                    parameters=state.parameters.get(nb, {}),
+                    parameters=injected_parameters(nb, state.parameters.get(nb, {})),
                     kernel_name=kernel,
                     log_output=stream_output,
                     progress_bar=False,
-                    cwd=str(notebooks_dir()),
+                    report_mode=state.report_mode,
+                    cwd=str(notebooks_dir()),  # as a JupyterLab kernel opened on notebooks/ runs it
                 )
             except PapermillExecutionError as e:
                 info.update(
@@ -458,7 +571,10 @@ def _run_notebooks(
                 raise
             info.update(status="done", seconds=round(time.perf_counter() - t0, 1))
             state.save()
-            print(f"[fusionkit] {nb}: done in {info['seconds']:.1f} s", flush=True)
+            clock.finished(nb)
+            print(
+                f"[fusionkit] {nb}: done in {info['seconds']:.1f} s ({clock.position(nb)}) · {clock.line()}", flush=True
+            )
     finally:
         logger.removeHandler(handler)
     if all(state.notebooks.get(nb, {}).get("status") == "done" for nb in NOTEBOOKS):
@@ -469,6 +585,15 @@ def _run_notebooks(
     else:
         state.status = "partial"
         state.save()
+
+
+def kernel_progress(show_progress: bool | None) -> str:
+    """The progress mode the kernels get: bars / off when asked (``--no-progress``), else what the
+    environment says (``FUSIONKIT_PROGRESS``, ``FUSIONKIT_NO_PROGRESS``), else bars in a terminal
+    and plain occasional lines where the output is a log (not a terminal, or ``CI`` set)."""
+    if show_progress is not None:
+        return "bars" if show_progress else "off"
+    return asked_mode() or ("bars" if sys.stderr.isatty() and not os.environ.get("CI") else "lines")
 
 
 def _versions() -> dict[str, str]:

@@ -94,12 +94,13 @@ class Tracker:
         self.mirror = self.run_dir / "metrics.jsonl"
         self.finished = False
         self._wandb_run = None
+        self.project = project or os.environ.get("WANDB_PROJECT", "fusionkit")
         if self.mode != "disabled":
             import wandb
 
             self._wandb = wandb
             self._wandb_run = wandb.init(
-                project=project or os.environ.get("WANDB_PROJECT", "fusionkit"),
+                project=self.project,
                 dir=str(self.run_dir),
                 group=self.group,
                 job_type=step,
@@ -118,7 +119,12 @@ class Tracker:
             unregister = getattr(self._wandb_run, "_unregister_telemetry_import_hooks", None)
             if unregister is not None:
                 unregister(self._wandb_run.id)
-        self._write({"kind": "config", "data": self.config})
+        # cwd: where the notebook ran (fusionkit run runs its kernels in notebooks/, as JupyterLab does);
+        # wandb: where this run went, if anywhere (what `fusionkit report wandb` builds its report from)
+        where = {"mode": self.mode}
+        if self._wandb_run is not None:
+            where.update(project=self.project, id=self._wandb_run.id, name=f"{self.group}/{self.name}")
+        self._write({"kind": "config", "data": self.config, "cwd": os.getcwd(), "wandb": where})
         _OPEN.append(self)
         _install_ipython_hook()
 

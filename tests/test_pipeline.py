@@ -20,6 +20,7 @@ with open(marker, "a") as f:
     f.write("{name}\\n")
 import json, os
 (Path(run_dir) / "env-{name}.json").write_text(json.dumps({{k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}}))
+(Path(run_dir) / "progress-{name}.txt").write_text(os.environ.get("FUSIONKIT_PROGRESS", ""))
 if Path("fail-{name}").exists():  # the runner runs notebooks in the notebooks folder
     raise ValueError("deliberate failure in {name}")
 """
@@ -61,10 +62,16 @@ def _executed(run_dir: Path) -> list[str]:
     return (run_dir / "executed.txt").read_text().split()
 
 
-def test_parameters_from_profile_and_overrides(fake_chain):
-    run_dir = pipeline.run(
-        "tiny", ["04.epochs=7", "common.label=z"], reports_dir=fake_chain, run_id="r1", stream_output=False
-    )
+def test_parameters_from_profile_and_overrides(fake_chain, monkeypatch, capsys):
+    """Also: only what differs from a notebook's defaults is injected (the executed notebook shows
+    what the run changed), ``report_mode`` hides the code, under CI the kernels' loops print plain
+    lines, and the runner prints one overall line per notebook start and end."""
+    monkeypatch.setenv("CI", "true")
+    for key in ("FUSIONKIT_PROGRESS", "FUSIONKIT_NO_PROGRESS"):  # restored after the test (the runner sets the first)
+        monkeypatch.setenv(key, "placeholder")
+        monkeypatch.delenv(key)
+    run_dir = pipeline.run("tiny", ["04.epochs=7", "common.label=z", "06.epochs=3", "06.label=x"],
+                           reports_dir=fake_chain, run_id="r1", stream_output=False, report_mode=True)  # fmt: skip
     state = json.loads((run_dir / "run.json").read_text())
     assert state["status"] == "complete"
     p = state["parameters"]
@@ -72,10 +79,22 @@ def test_parameters_from_profile_and_overrides(fake_chain):
     assert p["03_fusion_comparison"]["label"] == "y"  # the notebook section beats common
     assert p["05_evaluate"]["label"] == "z"
     assert p["01_data_prep"]["run_dir"] == str(run_dir.resolve())
+    assert p["06_report"] == {"epochs": 3, "label": "x", "run_dir": str(run_dir.resolve())}  # the record is whole
     out = nbformat.read(run_dir / "notebooks" / "04_train.ipynb", as_version=4)
     assert "epochs=7" in out.cells[-1].outputs[0]["text"]
     assert _executed(run_dir) == list(pipeline.NOTEBOOKS)
     assert (fake_chain / "latest").resolve() == run_dir.resolve()
+    last = nbformat.read(run_dir / "notebooks" / "06_report.ipynb", as_version=4)
+    assert last.metadata.papermill.parameters == {"run_dir": str(run_dir.resolve())}  # 3 and "x" are its defaults
+    assert "epochs=3 label=x" in last.cells[-1].outputs[0]["text"]  # ... which it ran with
+    assert out.metadata.papermill.parameters["epochs"] == 7
+    assert state["report_mode"] is True
+    assert all(c.metadata.get("jupyter", {}).get("source_hidden") for c in out.cells if c.cell_type == "code")
+    assert (run_dir / "progress-03_fusion_comparison.txt").read_text() == "lines"
+    said = capsys.readouterr().out
+    assert "[fusionkit] 01_data_prep: running (1/6, " in said
+    assert "no estimate of what is left (no earlier finished run of profile tiny)" in said
+    assert "[fusionkit] 06_report: done in " in said and "(6/6) · " in said
 
 
 def test_failing_cell_stops_chain_keeps_output_and_exits_nonzero(fake_chain, tmp_path, capsys):
@@ -222,3 +241,58 @@ def test_a_run_folder_is_run_by_one_process_at_a_time(fake_chain, tmp_path, caps
         holder.wait(timeout=30)
     assert cli.main(["run", "--resume", "busy", "--reports-dir", str(fake_chain), "--quiet"]) == 0  # released
     assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+
+
+def test_the_chain_says_what_is_left_from_the_profile_s_earlier_runs(fake_chain, capsys):
+    _run_json(fake_chain / "runs", "earlier", "tiny", "2026-01-01T10:00:00",
+              {nb: {"status": "done", "seconds": 30.0} for nb in pipeline.NOTEBOOKS})  # fmt: skip
+    run_dir = pipeline.run("tiny", reports_dir=fake_chain, run_id="r2", stream_output=False, show_progress=False,
+                           only=["01", "02"])  # fmt: skip
+    assert (run_dir / "progress-02_feature_extraction.txt").read_text() == "off"  # --no-progress: no bars, no lines
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[fusionkit] 0")]
+    assert len(lines) == 4 and all(" elapsed" in ln for ln in lines)
+    assert "01_data_prep: running (1/2, " in lines[0]
+    assert "about 1m00s left (from earlier runs of profile tiny)" in lines[0]
+    assert "02_feature_extraction: done in " in lines[-1] and lines[-1].endswith(" elapsed")  # nothing left
+
+
+def _run_json(folder, run_id, profile, created, notebooks):
+    (folder / run_id).mkdir(parents=True)
+    (folder / run_id / "run.json").write_text(
+        json.dumps({"run_id": run_id, "profile": profile, "created": created, "notebooks": notebooks})
+    )
+
+
+def test_the_estimate_is_the_median_of_the_profile_s_latest_finished_runs(tmp_path):
+    runs = tmp_path / "runs"
+    for i in range(7):
+        _run_json(runs, f"a{i}", "smoke", f"2026-01-0{i + 1}T10:00:00",
+                  {"01_data_prep": {"status": "done", "seconds": 10.0 * (i + 1)},
+                   "02_feature_extraction": {"status": "failed", "seconds": 1.0}})  # fmt: skip
+    _run_json(runs, "other", "default", "2026-02-01", {"01_data_prep": {"status": "done", "seconds": 999}})
+    _run_json(runs, "me", "smoke", "2026-03-01", {"01_data_prep": {"status": "done", "seconds": 999}})
+    (runs / "broken").mkdir()
+    (runs / "broken" / "run.json").write_text("{not json")
+    history = pipeline.earlier_durations(tmp_path, "smoke", exclude="me")
+    assert history == {"01_data_prep": [70.0, 60.0, 50.0, 40.0, 30.0]}  # newest first, failed runs left out
+    clock = pipeline.ChainClock(history, "smoke", ["01_data_prep", "02_feature_extraction"])
+    assert clock.estimate("01_data_prep") == 50.0 and clock.estimate("02_feature_extraction") is None
+    assert clock.line(clock.start + 5) == "5 s elapsed, at least 50 s left (no earlier timing of 02_feature_extraction)"
+    clock.finished("02_feature_extraction")
+    assert clock.line(clock.start + 65) == "1m05s elapsed, about 50 s left (from earlier runs of profile smoke)"
+    assert clock.position("02_feature_extraction") == "2/2"
+
+
+@pytest.mark.parametrize(
+    "show, env, tty, mode",
+    [(None, {}, True, "bars"), (None, {}, False, "lines"), (None, {"CI": "true"}, True, "lines"),
+     (None, {"CI": "true", "FUSIONKIT_NO_PROGRESS": "1"}, False, "off"), (None, {"FUSIONKIT_PROGRESS": "bars"}, False, "bars"),
+     (False, {}, True, "off"), (True, {"CI": "true"}, False, "bars")],
+)  # fmt: skip
+def test_the_kernels_progress_mode(monkeypatch, show, env, tty, mode):
+    for key in ("CI", "FUSIONKIT_PROGRESS", "FUSIONKIT_NO_PROGRESS"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+    assert pipeline.kernel_progress(show) == mode

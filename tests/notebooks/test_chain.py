@@ -1,9 +1,18 @@
 """The whole notebook chain on the smoke profile, headless through papermill, as a user runs it."""
 
+import ast
 import json
+from pathlib import Path
 
+import nbformat
 import pandas as pd
+import papermill
 import pytest
+
+from fusionkit import tracking
+from fusionkit.pipeline import coerce, load_profile
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 
 STEPS = ["01_data_prep", "02_feature_extraction", "03_fusion_comparison", "04_train", "05_evaluate", "06_report"]
 
@@ -110,3 +119,61 @@ def test_pin_comparison_catches_a_moved_number():
     renamed = {"tables": {"t": {"acc": [0.5, 0.25], "method": ["a", "c"]}}, "summary": {"x": 0.7500001}}
     assert pinned.differences(renamed, want) == ["/tables/t/method[1]: 'c', pinned 'b'"]
     assert pinned.differences({"tables": {}, "summary": {"x": "0.75"}}, want) == ["/tables/t: missing"]
+
+
+def test_the_kernels_ran_in_notebooks_on_their_defaults_and_the_smoke_sizes(smoke_run):
+    """Each notebook ran as JupyterLab runs it - its kernel in ``notebooks/`` - on its own defaults
+    with only what the run changes injected: the smoke profile's sizes, the test's folders and
+    the files the runner wires between notebooks."""
+    run_dir, _ = smoke_run
+    configs = {r["step"]: r for r in tracking.read_mirror(run_dir) if r["kind"] == "config" and r["run"] == r["step"]}
+    profile = load_profile("smoke")["parameters"]
+    wired = {"run_dir", "run_id", "features_index", "comparison_csv", "checkpoint", "dataset_dir", "cache_dir"}
+    for step in STEPS:
+        assert configs[step]["cwd"] == str(NOTEBOOKS_DIR), step
+        declared = papermill.inspect_notebook(str(NOTEBOOKS_DIR / f"{step}.ipynb"))
+        defaults = {k: ast.literal_eval(p["default"]) for k, p in declared.items()}
+        injected = dict(nbformat.read(run_dir / "notebooks" / f"{step}.ipynb", as_version=4).metadata.papermill.parameters)
+        assert configs[step]["data"] == tracking.scrub({**defaults, **injected}), step  # what the kernel ran on
+        asked = {k: v for k, v in {**profile["common"], **(profile.get(step) or {})}.items() if k in declared}
+        for key, value in asked.items():
+            if key in wired:
+                continue
+            value = coerce(value, declared[key]["inferred_type_name"], key)
+            if value == defaults[key] and type(value) is type(defaults[key]):
+                assert key not in injected, f"{step}.{key}: its default was injected"
+            else:
+                assert injected[key] == value, f"{step}.{key}"
+        assert set(injected) - wired == {k for k in asked if k not in wired and k in injected}, step
+    first = nbformat.read(run_dir / "notebooks" / "01_data_prep.ipynb", as_version=4).metadata.papermill.parameters
+    assert (first["n_scenes"], first["image_size"]) == (150, 96) and "seed" not in first  # seed 0 is the default
+
+
+def test_the_wandb_report_of_the_smoke_run(smoke_run):
+    """``fusionkit report wandb`` on the chain's real offline W&B runs: every run is in a run set,
+    one section per question, the predictions tables."""
+    import wandb_workspaces.reports.v2 as wr
+
+    from fusionkit.report import wandb_report
+
+    run_dir, _ = smoke_run
+    built = wandb_report.build(run_dir)
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(built.runs.names) == len(offline) and built.notes == []
+    blocks = built.report.blocks
+    headings = [b.text for b in blocks if isinstance(b, (wr.H1, wr.H2))]
+    for h in ("Headline", "Fusion comparison", "Robustness", "Interactions", "Interpretability", "Final model",
+              "Tasks", "captioning", "vqa", "retrieval", "Predictions", "Data", "Run facts"):  # fmt: skip
+        assert h in headings, h
+    grids = [b for b in blocks if isinstance(b, wr.PanelGrid)]
+    shown = {n for g in grids for rs in g.runsets for n in ast.literal_eval(rs.filters.split(" in ", 1)[1])}
+    run_id = run_dir.name
+    assert shown == set(built.runs.names.values()) - {f"{run_id}/06_report"}  # each W&B run but 06's (no panels)
+    trainings = [g for g in grids if g.runsets[0].name == "03 · trainings per method and seed"][0]
+    assert [len(ast.literal_eval(rs.filters.split(" in ", 1)[1])) for rs in trainings.runsets] == [12, 12]  # tuned, untuned
+    tables = {p.table_name for g in grids for p in g.panels if isinstance(p, wr.WeavePanelSummaryTable)}
+    assert {"predictions", "captioning_samples", "vqa_samples", "retrieval_samples", "comparison_summary"} <= tables
+    summary = pd.read_csv(run_dir / "summary.csv")
+    best = summary[(summary.step == "03_fusion_comparison") & (summary.metric == "best_fusion_method")].value.iloc[0]
+    assert any(isinstance(b, wr.P) and b.text.startswith(f"Best fusion method {best} ") for b in blocks)
+    assert built.spec()["spec"]["blocks"]
