@@ -51,6 +51,7 @@ class_weights: bool = False  # inverse-frequency class weights
 modality_dropout: float = 0.0  # train-time probability of dropping each modality
 tasks: list[str] = []  # extra tasks to train on the same features: captioning, vqa, retrieval
 task_options: dict = {}  # per task, options of fusionkit.tasks.run.train_task, e.g. {"captioning": {"decoders": ["transformer"], "epochs": 12}}
+task_workers: int = 0  # tasks trained at once, each in its own process on its share of the cores (0: as many as the cores allow; 1: one after another)
 resume: bool = False  # continue the tasks' interrupted trainings from their per-epoch checkpoints
 
 # %%
@@ -103,7 +104,7 @@ tracker.summary({"method": chosen, "best_val_accuracy": result.best_val_acc, "be
 
 # %%
 task_summaries = wb.train_tasks(
-    tasks, features_index, run_dir, tracker, seed=seed, options=task_options, resume=resume
+    tasks, features_index, run_dir, tracker, seed=seed, options=task_options, resume=resume, workers=task_workers
 )
 tracker.finish()
 task_summaries
