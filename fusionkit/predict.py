@@ -44,7 +44,7 @@ import torch
 from fusionkit import bundle
 from fusionkit.bundle import BundleError, ClassifierSpec
 from fusionkit.data.base import INLINE_KINDS, DatasetError, atomic_write_text, load_dataset, safe_media_path
-from fusionkit.data.manifest import TABLE_EXTENSIONS, read_table
+from fusionkit.data.manifest import TABLE_EXTENSIONS, read_table, tabular_value
 from fusionkit.data.problems import Issue, Problems
 from fusionkit.data.readers import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, read_text
 from fusionkit.encoding import encode_records, inference_runner, resolve_device
@@ -241,6 +241,19 @@ def _manifest_rows(path: Path, predictor: Predictor) -> Inputs:
         )
     if not any(c in cols for cs in columns.values() for c in cs) and not any(m in cols for m in columns):
         raise DatasetError(f"{path}: no column for any modality the model takes ({', '.join(sorted(columns))})")
+    for m, kind in predictor.kinds.items():  # a tabular modality given by its columns needs every one it cannot miss
+        if kind != "tabular" or m in cols or not any(c in cols for c in columns[m]):
+            continue
+        spec = (predictor.spec.encoders[m].get("fitted") or {}).get("columns") or {}
+        absent = [c for c in columns[m] if c not in cols and not (spec.get(c) or {}).get("missing")]
+        if absent:
+            raise DatasetError(
+                f"{path}: tabular column(s) {absent} of {m!r} absent; the model was trained on {columns[m]} (only "
+                f"columns declared as allowed to be missing may be left out; leave out all of them for {m!r} missing)"
+            )
+    types = {m: {c: e.get("type", "numeric") for c, e in ((predictor.spec.encoders[m].get("fitted") or {}).get("columns")
+                                                          or {}).items()}
+             for m, kind in predictor.kinds.items() if kind == "tabular"}  # fmt: skip
     rows, seen = [], set()
     for n, (where, r) in enumerate(table, 1):
         rid = str(r.get("id")) if r.get("id") not in (None, "") else f"row{n}"
@@ -254,7 +267,7 @@ def _manifest_rows(path: Path, predictor: Predictor) -> Inputs:
                 if isinstance(r.get(m), dict):
                     vals[m] = r[m]
                 elif any(c in r for c in columns[m]):
-                    vals[m] = {c: (None if r.get(c) in ("", None) else r.get(c)) for c in columns[m]}
+                    vals[m] = {c: tabular_value(r.get(c), types[m].get(c, "numeric")) for c in columns[m]}
             elif m in r and r[m] is not None and not (kind != "text" and r[m] == ""):
                 vals[m] = r[m] if not isinstance(r[m], float) or r[m] == r[m] else None  # NaN: missing
         rows.append(Row(rid, where, vals))

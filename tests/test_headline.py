@@ -25,12 +25,10 @@ def test_from_comparison_takes_the_marked_best_and_the_best_single_modality():
     summary = summarize(_results())
     head = Headline.from_comparison(summary, n_methods=2, n_seeds=3)
     assert head.best_fusion_method == "concat"
-    assert head.best_fusion_accuracy == pytest.approx(0.85)
-    assert head.best_unimodal == "unimodal:audio" and head.best_unimodal_accuracy == pytest.approx(
-        (0.6 + 0.6 + 0.62) / 3
-    )
-    assert head.margin == pytest.approx(0.85 - head.best_unimodal_accuracy)
-    assert head.best_fusion_accuracy_ci95 > 0
+    assert head.best_fusion_score == pytest.approx(0.85)
+    assert head.best_unimodal == "unimodal:audio" and head.best_unimodal_score == pytest.approx((0.6 + 0.6 + 0.62) / 3)
+    assert head.margin == pytest.approx(0.85 - head.best_unimodal_score)
+    assert head.best_fusion_score_ci95 > 0
     s = head.as_summary()
     assert "most_robust_method" not in s and "weights_point_to_informative" not in s  # those studies did not run
 
