@@ -78,14 +78,17 @@ class Inputs:
 
 @dataclass
 class Predictions:
-    """One record per predicted row (id, prediction, probabilities, weights, missing) and the
-    rows skipped (:class:`~fusionkit.data.problems.Issue`, file and row named)."""
+    """One record per predicted row (id, prediction, probabilities, weights, missing), the rows
+    skipped (:class:`~fusionkit.data.problems.Issue`, file and row named) and, per tabular
+    modality, the values of categories its training split lacked (read as ``unknown``: ``unknown``
+    = ``{column: count}``)."""
 
     records: list[dict[str, Any]]
     issues: list[Issue]
     class_names: list[str]
     modalities: list[str]
     weighted: bool
+    unknown: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class Predictor:
@@ -167,12 +170,17 @@ class Predictor:
                 present[m].append(i)
                 values[m].append(v)
         feats: dict[str, dict[int, torch.Tensor]] = {}
+        unknown: dict[str, dict[str, int]] = {}
         for m in sorted(self.kinds):
             idx = [i for i in present[m] if i not in bad]
             vals = [values[m][j] for j, i in enumerate(present[m]) if i not in bad]
             got, failed = encode_records(self.encoders[m], vals, inputs.root, self.kinds[m], device=self.device,
                                          runner=self._runners[m], progress=progress, desc=f"{m} ({self.encoders[m].name})")  # fmt: skip
             feats[m] = {idx[j]: v for j, v in got.items()}
+            if self.kinds[m] == "tabular":
+                counts = self.encoders[m].split_notes([vals[j] for j in got])["unknown_categories"]
+                if counts:
+                    unknown[m] = counts
             for j, (reason, file) in failed.items():
                 refuse(idx[j], f"{m}: {file + ': ' if file else ''}{reason}", file)
         for i in range(len(rows)):
@@ -182,7 +190,7 @@ class Predictor:
         records = self._forward([rows[i] for i in keep], [{m: feats[m].get(i) for m in feats} for i in keep],
                                 batch_size, progress)  # fmt: skip
         issues += [bad[i] for i in sorted(bad)]
-        return Predictions(records, issues, list(self.spec.class_names), sorted(self.kinds), self._weighted)
+        return Predictions(records, issues, list(self.spec.class_names), sorted(self.kinds), self._weighted, unknown)
 
     _weighted = False
 

@@ -211,6 +211,9 @@ def test_a_tabular_column_absent_at_prediction_time_is_named(tmp_path):
     )
     with pytest.raises(DatasetError, match=r"no_sex\.csv: tabular column\(s\) \['sex'\] of 'record' absent"):
         read_inputs(no_sex, p)
+    rows[1]["sex"] = "x"  # a category the training split lacks: read as unknown, counted
+    res = p.predict(read_inputs(_manifest(tmp_path / "unseen.csv", rows, ["id", "age", "sex", "bp"]), p))
+    assert len(res.records) == 3 and res.unknown == {"record": {"sex": 1}} and full.unknown == {}
     no_bp = _manifest(
         tmp_path / "no_bp.csv", [{k: v for k, v in r.items() if k != "bp"} for r in rows], ["id", "age", "sex"]
     )
