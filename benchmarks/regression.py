@@ -14,7 +14,8 @@ with its tabular ``record`` (``generate(..., tabular=True)``), target ``score``.
 3. Both once per image encoder (``image_encoders``: the frozen EfficientNet-Lite0, the default, and
    the colour histogram), with what a linear probe of the image features reads of ``has_red``
    (``image_probe``: logistic regression on the standardised training features, C chosen on
-   validation, test accuracy) - the part of the score the image carries.
+   validation, test accuracy) - the part of the score the image carries. An encoder not named in
+   ``--image-encoders`` keeps its earlier entry when the seeds, methods and epochs are the same.
 
 Writes ``benchmarks/results/regression.json``. Every training is one thread, serial (the numbers
 do not depend on the executor).
@@ -133,6 +134,11 @@ def main(argv: list[str] | None = None) -> dict:
     has_red = {s["id"]: int(s["has_red"]) for s in test_scenes}
     test_scenes = [sc for sc in test_scenes if sc["split"] == "test"]
     out: dict = {"seeds": a.seeds, "methods": a.methods, "epochs": a.epochs, "image_encoders": {}}
+    earlier = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else {}
+    if all(earlier.get(k) == out[k] for k in ("seeds", "methods", "epochs")):  # the same settings: keep the others
+        out["image_encoders"] = {
+            k: v for k, v in earlier.get("image_encoders", {}).items() if k not in a.image_encoders
+        }
     for image_encoder in a.image_encoders:
         out["image_encoders"][image_encoder] = _one_encoder(a, ds, work, image_encoder, test_scenes, has_red)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

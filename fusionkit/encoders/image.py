@@ -531,7 +531,10 @@ class ColorHistogram(ImageEncoder):
     """A colour histogram: no network, no weights. Each pixel of the decoded image (shorter side
     ``image_size``, centre square) falls in one of ``bins``^3 RGB cells (``bins`` levels per
     channel); ``grid`` is the histogram of each of ``cells`` x ``cells`` regions, ``pooled`` the
-    image's (the fraction of its pixels in each colour cell). The image descriptor a frozen
+    image's, each as the square root of the fraction of pixels in each colour cell (the Hellinger
+    map: a colour covering 2 % of the image reads 0.14, not 0.02, beside a background near 1 - a
+    small shape is not lost in the scale; on the synthetic shapes the unimodal regression reaches
+    0.36 R^2 on the roots against 0.30 on the fractions). The image descriptor a frozen
     ImageNet network is not: which colours are present, and how much of each - what the synthetic
     shapes' ``has_red`` is (EfficientNet-Lite0's pooled features read it at about 0.9 accuracy,
     ``docs/datasets.md``)."""
@@ -555,7 +558,7 @@ class ColorHistogram(ImageEncoder):
         self._finish_init()
 
     def preprocessing(self) -> dict[str, Any]:
-        return {**super().preprocessing(), "bins": self.bins, "cells": self.cells}
+        return {**super().preprocessing(), "bins": self.bins, "cells": self.cells, "values": "sqrt of fractions"}
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> (B, bins^3, cells, cells): each region's fraction of pixels per colour cell."""
@@ -568,4 +571,4 @@ class ColorHistogram(ImageEncoder):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         fmap = self.features(x)
-        return {"pooled": fmap.mean(dim=(2, 3)), "grid": fmap.flatten(2).transpose(1, 2)}
+        return {"pooled": fmap.mean(dim=(2, 3)).sqrt(), "grid": fmap.sqrt().flatten(2).transpose(1, 2)}

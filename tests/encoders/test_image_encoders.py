@@ -419,9 +419,10 @@ def test_color_histogram_counts_each_regions_colours(tmp_path):
     out = enc(enc.collate([enc.load("a.png", tmp_path)]))
     red, light = (3 * 4 + 0) * 4 + 0, (3 * 4 + 3) * 4 + 3
     assert out["pooled"].shape == (1, 64) and out["grid"].shape == (1, 4, 64)
-    assert out["pooled"][0, red] == pytest.approx(0.125) and out["pooled"][0].sum() == pytest.approx(1.0)
-    assert out["grid"][0, :, red].tolist() == pytest.approx([0.5, 0.0, 0.0, 0.0])  # the top-left region only
-    assert out["pooled"][0, light] == pytest.approx(0.875)
+    # square roots of the fractions (the Hellinger map)
+    assert out["pooled"][0, red] == pytest.approx(0.125**0.5) and (out["pooled"][0] ** 2).sum() == pytest.approx(1.0)
+    assert out["grid"][0, :, red].tolist() == pytest.approx([0.5**0.5, 0.0, 0.0, 0.0])  # the top-left region only
+    assert out["pooled"][0, light] == pytest.approx(0.875**0.5)
     assert enc.identity() != build_encoder("image", "color_histogram", bins=8, image_size=64, cells=2).identity()
     with pytest.raises(ValueError, match="cells = 5; expected a divisor"):
         build_encoder("image", "color_histogram", image_size=64, cells=5)
