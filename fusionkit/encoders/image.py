@@ -565,9 +565,13 @@ class ColorHistogram(ImageEncoder):
         if x.dtype != torch.uint8:  # a float batch in [0, 1]
             x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
         q = (x.long() * self.bins) // 256  # (B, 3, H, W) levels 0 .. bins - 1
-        idx = (q[:, 0] * self.bins + q[:, 1]) * self.bins + q[:, 2]  # (B, H, W)
-        onehot = nn.functional.one_hot(idx, self.bins**3).permute(0, 3, 1, 2).float()
-        return nn.functional.adaptive_avg_pool2d(onehot, self.cells)
+        idx = (q[:, 0] * self.bins + q[:, 1]) * self.bins + q[:, 2]  # (B, H, W) colour cell of each pixel
+        b, h, w = idx.shape
+        k, c = self.bins**3, self.cells
+        region = (torch.arange(h) * c // h)[:, None] * c + (torch.arange(w) * c // w)[None, :]  # (H, W)
+        flat = ((torch.arange(b)[:, None, None] * c * c + region) * k + idx).reshape(-1)  # counted, not one-hot
+        counts = torch.bincount(flat, minlength=b * c * c * k).view(b, c * c, k).float()
+        return (counts / counts.sum(-1, keepdim=True)).transpose(1, 2).reshape(b, k, c, c)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         fmap = self.features(x)
