@@ -266,6 +266,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(
             f"[fusionkit] {masked} row(s) predicted with a missing modality (masked; column 'missing')", file=sys.stderr
         )
+    for m, counts in result.unknown.items():
+        print(f"[fusionkit] {m}: values of categories the training split lacks, read as unknown: {counts}",
+              file=sys.stderr)  # fmt: skip
     if result.issues:
         print(f"[fusionkit] {len(result.issues)} row(s) skipped (above); the others were written", file=sys.stderr)
         return 1

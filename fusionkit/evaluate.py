@@ -87,10 +87,21 @@ def modality_ablation(model: MultimodalModel, data: SplitData, num_classes: int)
     return rows
 
 
+def quintiles(labels: Tensor) -> tuple[list[int], list[str]]:
+    """Each sample's quintile of a regression target's values (0 lowest ... 4) and the names
+    ``q1`` ... ``q5``: the classes the per-class views of a regression target use."""
+    ranks = labels.argsort().argsort()
+    return (ranks * 5 // max(1, len(labels))).tolist(), [f"q{k + 1}" for k in range(5)]
+
+
 def mean_weights(weights: dict[str, Tensor] | None, labels: Tensor, class_names: list[str]) -> list[dict[str, Any]]:
-    """Mean per-modality weight per class (rows: class, modality, weight)."""
+    """Mean per-modality weight per class (rows: class, modality, weight); a regression target
+    (float labels): per quintile of its values (:func:`quintiles`)."""
     if not weights:
         return []
+    if labels.is_floating_point():
+        groups, class_names = quintiles(labels)
+        labels = torch.tensor(groups)
     rows = []
     for c, name in enumerate(class_names):
         sel = labels == c

@@ -21,7 +21,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from fusionkit.evaluate import score
+from fusionkit.evaluate import quintiles, score
 from fusionkit.grid.executors import Executor, SerialExecutor
 from fusionkit.grid.jobs import TrainJob, in_dims_of
 from fusionkit.grid.space import default_config
@@ -34,9 +34,7 @@ def weight_samples(models: dict[str, MultimodalModel], test: SplitData, class_na
     left out). ``class``: the sample's class; on a regression target its quintile of the test
     values (``q1`` lowest ... ``q5``)."""
     if test.regression:
-        ranks = test.labels.argsort().argsort()
-        class_names = [f"q{k + 1}" for k in range(5)]
-        labels = (ranks * 5 // max(1, len(test))).tolist()
+        labels, class_names = quintiles(test.labels)
     else:
         labels = test.labels.tolist()
     rows = []

@@ -44,7 +44,7 @@ import torch
 from fusionkit import bundle
 from fusionkit.bundle import BundleError, ClassifierSpec
 from fusionkit.data.base import INLINE_KINDS, DatasetError, atomic_write_text, load_dataset, safe_media_path
-from fusionkit.data.manifest import TABLE_EXTENSIONS, read_table
+from fusionkit.data.manifest import TABLE_EXTENSIONS, read_table, tabular_value
 from fusionkit.data.problems import Issue, Problems
 from fusionkit.data.readers import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, read_text
 from fusionkit.encoding import encode_records, inference_runner, resolve_device
@@ -78,14 +78,17 @@ class Inputs:
 
 @dataclass
 class Predictions:
-    """One record per predicted row (id, prediction, probabilities, weights, missing) and the
-    rows skipped (:class:`~fusionkit.data.problems.Issue`, file and row named)."""
+    """One record per predicted row (id, prediction, probabilities, weights, missing), the rows
+    skipped (:class:`~fusionkit.data.problems.Issue`, file and row named) and, per tabular
+    modality, the values of categories its training split lacked (read as ``unknown``: ``unknown``
+    = ``{column: count}``)."""
 
     records: list[dict[str, Any]]
     issues: list[Issue]
     class_names: list[str]
     modalities: list[str]
     weighted: bool
+    unknown: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class Predictor:
@@ -167,12 +170,17 @@ class Predictor:
                 present[m].append(i)
                 values[m].append(v)
         feats: dict[str, dict[int, torch.Tensor]] = {}
+        unknown: dict[str, dict[str, int]] = {}
         for m in sorted(self.kinds):
             idx = [i for i in present[m] if i not in bad]
             vals = [values[m][j] for j, i in enumerate(present[m]) if i not in bad]
             got, failed = encode_records(self.encoders[m], vals, inputs.root, self.kinds[m], device=self.device,
                                          runner=self._runners[m], progress=progress, desc=f"{m} ({self.encoders[m].name})")  # fmt: skip
             feats[m] = {idx[j]: v for j, v in got.items()}
+            if self.kinds[m] == "tabular":
+                counts = self.encoders[m].split_notes([vals[j] for j in got])["unknown_categories"]
+                if counts:
+                    unknown[m] = counts
             for j, (reason, file) in failed.items():
                 refuse(idx[j], f"{m}: {file + ': ' if file else ''}{reason}", file)
         for i in range(len(rows)):
@@ -182,7 +190,7 @@ class Predictor:
         records = self._forward([rows[i] for i in keep], [{m: feats[m].get(i) for m in feats} for i in keep],
                                 batch_size, progress)  # fmt: skip
         issues += [bad[i] for i in sorted(bad)]
-        return Predictions(records, issues, list(self.spec.class_names), sorted(self.kinds), self._weighted)
+        return Predictions(records, issues, list(self.spec.class_names), sorted(self.kinds), self._weighted, unknown)
 
     _weighted = False
 
@@ -241,6 +249,19 @@ def _manifest_rows(path: Path, predictor: Predictor) -> Inputs:
         )
     if not any(c in cols for cs in columns.values() for c in cs) and not any(m in cols for m in columns):
         raise DatasetError(f"{path}: no column for any modality the model takes ({', '.join(sorted(columns))})")
+    for m, kind in predictor.kinds.items():  # a tabular modality given by its columns needs every one it cannot miss
+        if kind != "tabular" or m in cols or not any(c in cols for c in columns[m]):
+            continue
+        spec = (predictor.spec.encoders[m].get("fitted") or {}).get("columns") or {}
+        absent = [c for c in columns[m] if c not in cols and not (spec.get(c) or {}).get("missing")]
+        if absent:
+            raise DatasetError(
+                f"{path}: tabular column(s) {absent} of {m!r} absent; the model was trained on {columns[m]} (only "
+                f"columns declared as allowed to be missing may be left out; leave out all of them for {m!r} missing)"
+            )
+    types = {m: {c: e.get("type", "numeric") for c, e in ((predictor.spec.encoders[m].get("fitted") or {}).get("columns")
+                                                          or {}).items()}
+             for m, kind in predictor.kinds.items() if kind == "tabular"}  # fmt: skip
     rows, seen = [], set()
     for n, (where, r) in enumerate(table, 1):
         rid = str(r.get("id")) if r.get("id") not in (None, "") else f"row{n}"
@@ -254,7 +275,7 @@ def _manifest_rows(path: Path, predictor: Predictor) -> Inputs:
                 if isinstance(r.get(m), dict):
                     vals[m] = r[m]
                 elif any(c in r for c in columns[m]):
-                    vals[m] = {c: (None if r.get(c) in ("", None) else r.get(c)) for c in columns[m]}
+                    vals[m] = {c: tabular_value(r.get(c), types[m].get(c, "numeric")) for c in columns[m]}
             elif m in r and r[m] is not None and not (kind != "text" and r[m] == ""):
                 vals[m] = r[m] if not isinstance(r[m], float) or r[m] == r[m] else None  # NaN: missing
         rows.append(Row(rid, where, vals))

@@ -37,7 +37,8 @@ from fusionkit.runtime import cpu_threads, tune_allocator, work_threads
 from fusionkit.train import SplitData, TrainConfig, predict
 
 
-def _metric(frame: pd.DataFrame) -> str:
+def score_column(frame: pd.DataFrame) -> str:
+    """The score column of a robustness table: ``r2`` for a regression target's, else ``accuracy``."""
     return "r2" if "r2" in frame.columns or "clean_r2" in frame.columns else "accuracy"
 
 
@@ -169,7 +170,7 @@ def robustness_summary(curves: pd.DataFrame, reference: str = "late") -> pd.Data
     """Relative robustness (AUC over levels) and effective robustness (vs ``reference``) per
     method x modality x corruption, plus each method's mean over corruptions (of accuracy, or of
     R^2 for a regression target's curves)."""
-    metric = _metric(curves)
+    metric = score_column(curves)
     rows = []
     for (method, modality, corruption), g in curves.groupby(["method", "modality", "corruption"]):
         g = g.sort_values("level")
@@ -204,7 +205,7 @@ def robustness_summary(curves: pd.DataFrame, reference: str = "late") -> pd.Data
 def by_method(summary: pd.DataFrame) -> pd.DataFrame:
     """Mean clean accuracy, relative and effective robustness of each method over every
     (modality, corruption), most robust first."""
-    metric = _metric(summary)
+    metric = score_column(summary)
     cols = [f"clean_{metric}", f"worst_{metric}", "relative_robustness", "effective_robustness"]
     out = summary.groupby("method")[cols].mean().reset_index()
     return out.sort_values("relative_robustness", ascending=False).reset_index(drop=True)

@@ -154,8 +154,9 @@ def predictions_table(
     n: int = 16,
     weights: dict[str, torch.Tensor] | None = None,
 ) -> pd.DataFrame:
-    """Sample predictions (image path, text, truth, prediction, confidence, modality weights)."""
-    probs = logits.softmax(1)
+    """Sample predictions (image path, text, truth, prediction, confidence, modality weights); a
+    regression target (float labels): truth, prediction and its error in the target's units."""
+    probs = None if data.regression else logits.softmax(1)
     by_id = {s.id: s for s in ds.samples}
     img_mod = next((m for m, k in ds.modalities.items() if k == "image"), None)
     txt_mod = next((m for m, k in ds.modalities.items() if k == "text"), None)
@@ -167,11 +168,15 @@ def predictions_table(
             row["image"] = str(ds.path(s, img_mod))
         if txt_mod:
             row["text"] = s.modalities[txt_mod]
-        row.update(
-            truth=class_names[int(data.labels[i])],
-            prediction=class_names[int(probs[i].argmax())],
-            confidence=round(float(probs[i].max()), 4),
-        )
+        if probs is None:
+            truth, pred = float(data.labels[i]), float(logits.reshape(len(data), -1)[i, 0])
+            row.update(truth=round(truth, 4), prediction=round(pred, 4), error=round(pred - truth, 4))
+        else:
+            row.update(
+                truth=class_names[int(data.labels[i])],
+                prediction=class_names[int(probs[i].argmax())],
+                confidence=round(float(probs[i].max()), 4),
+            )
         if weights:
             for m, w in weights.items():
                 row[f"w_{m}"] = round(float(w[i]), 4)

@@ -85,7 +85,7 @@ tracker.log_table("class_balance", balance)
 balance.pivot_table(index=["target", "class"], columns="split", values="count", fill_value=0)
 
 # %% [markdown]
-# The documented accuracy ceilings of the target, where the dataset has them (what each modality alone can reach, and all together; on the synthetic shapes also what additive late fusion can reach, `late`):
+# The documented ceilings of the target, where the dataset has them (accuracy; R^2 for a regression target such as the shapes' `score`) (what each modality alone can reach, and all together; on the synthetic shapes also what additive late fusion can reach, `late`):
 
 # %%
 ceilings = ds.ceilings(target or None)

@@ -58,7 +58,7 @@ robustness_levels: int = 10  # noise levels per corruption in the robustness stu
 dropout_study: float = 0.3  # modality-dropout rate whose effect is shown on the best method (0 skips it)
 interpret: bool = True  # learned modality weights vs what each modality is known to carry
 search_trials: int = 0  # hyper-parameter search: trials per method, the same for all (0: each method at the settings above, still selected on validation)
-search_metric: str = "val_accuracy"  # what the search maximises (a validation metric)
+search_metric: str = ""  # what the search optimises, a validation metric ("": the target's own - val_accuracy, or val_mse for a regression target)
 search_space: dict = {}  # overrides of the search space, e.g. {"lr": {"low": 0.0001, "high": 0.01, "log": True}, "hidden": [64, 128], "dropout": 0.1}
 executor: str = "ray"  # ray: every training a Ray Tune trial (local Ray or the cluster at ray_address) | serial: one after another in this process
 ray_address: str = ""  # "" starts a local Ray on this machine's cores; "auto" or "host:port" / "ray://host:port" joins a cluster (else $RAY_ADDRESS)
@@ -137,7 +137,7 @@ if comparison.tuned:
 rankings
 
 # %% [markdown]
-# ## Accuracy per method
+# ## Accuracy per method (a regression target: R^2)
 #
 # Bars: mean over seeds with 95% CI; dots: single seeds; vertical lines: the dataset's documented ceilings. `worse_than_best` in the table above marks methods significantly worse than the best (paired t-test over seeds, p < 0.05).
 
@@ -208,7 +208,7 @@ if profile_seeds > 0:
 # %%
 missing = robustness.missing_modality(models, splits["test"])
 tracker.log_table("missing_modality", missing)
-missing.pivot(index="method", columns="dropped", values="accuracy").round(3)
+missing.pivot(index="method", columns="dropped", values=robustness.score_column(missing)).round(3)
 
 # %%
 by_method = None
@@ -237,7 +237,7 @@ if dropout_study > 0:
                                               reference=models[best_method], hidden=hidden, dropout=dropout,
                                               config=comparison.configs[best_method], executor=ex)
     tracker.log_table("modality_dropout_study", study)
-    display(study.pivot(index="method", columns="dropped", values="accuracy").round(3))
+    display(study.pivot(index="method", columns="dropped", values=robustness.score_column(study)).round(3))
 
 # %% [markdown]
 # ## Which modality did each model rely on?

@@ -15,7 +15,7 @@
 # %% [markdown]
 # # 04 · Train the chosen configuration
 #
-# Trains the chosen fusion method (by default the best one of the comparison) with early stopping on validation accuracy, restores the best epoch, and writes the checkpoint.
+# Trains the chosen fusion method (by default the best one of the comparison) with early stopping on validation accuracy (a regression target: a regression head on the standardised target, early stopping on validation MSE), restores the best epoch, and writes the checkpoint.
 #
 # The next cell installs fusionkit where it is missing (Colab, a fresh environment) and does nothing elsewhere. Parameters are in the cell after it (tagged `parameters`): `fusionkit run` and papermill override them; run top to bottom in JupyterLab (from `notebooks/`) with the defaults.
 
@@ -80,7 +80,7 @@ model = build_model(chosen, in_dims, len(class_names), hidden=settings.hidden, d
 cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=settings.lr, weight_decay=settings.weight_decay, optimizer=optimizer,
                   patience=patience, class_weights=class_weights, modality_dropout=modality_dropout, seed=seed)
 result = train(model, splits["train"], splits["val"], cfg, log_fn=tracker.log, show_progress=True)
-print(f"{chosen} ({settings}): best epoch {result.best_epoch}, val accuracy {result.best_val_acc:.4f}, {result.train_time_s:.1f} s")
+print(f"{chosen} ({settings}): best epoch {result.best_epoch}, {result.monitor} {result.best_value:.4f}, {result.train_time_s:.1f} s")
 
 # %%
 fig = figures.plot_history(result.history)
@@ -94,7 +94,8 @@ spec = ClassifierSpec(fusion=chosen, in_dims=in_dims, num_classes=len(class_name
                       fusion_kwargs=settings.fusion_kwargs, train=result.as_dict(), config=params)
 save_classifier(checkpoint, model, spec)
 tracker.log_artifact_path("checkpoint", checkpoint)
-tracker.summary({"method": chosen, "best_val_accuracy": result.best_val_acc, "best_epoch": result.best_epoch,
+best_key = "best_val_mse" if splits["train"].regression else "best_val_accuracy"
+tracker.summary({"method": chosen, best_key: result.best_value, "best_epoch": result.best_epoch,
                  "epochs_run": result.epochs_run, "train_time_s": result.train_time_s, "params": model.num_parameters()})
 
 # %% [markdown]

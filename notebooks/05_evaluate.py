@@ -15,7 +15,7 @@
 # %% [markdown]
 # # 05 · Evaluation
 #
-# Test-split metrics of the trained model, its confusion matrix, what happens when each modality is dropped at test time, the per-modality weights the model learned, and a table of sample predictions (logged to W&B with the images).
+# Test-split metrics of the trained model (a regression target: MSE, MAE and R^2 in its own units), its confusion matrix (a regression target: predicted against true values), what happens when each modality is dropped at test time, the per-modality weights the model learned, and a table of sample predictions (logged to W&B with the images).
 #
 # The next cell installs fusionkit where it is missing (Colab, a fresh environment) and does nothing elsewhere. Parameters are in the cell after it (tagged `parameters`): `fusionkit run` and papermill override them; run top to bottom in JupyterLab (from `notebooks/`) with the defaults.
 
@@ -61,15 +61,19 @@ index = FeatureIndex.read(features_index)
 splits, _ = index.splits(target=spec.target)
 test = splits["test"]
 logits, weights = predict(model, test)
-metrics = evaluate.classification_metrics(logits, test.labels, len(class_names))
+metrics = evaluate.target_metrics(logits, test.labels, len(class_names))
 metrics
 
 # %% [markdown]
-# ## Confusion matrix
+# ## Confusion matrix (a regression target: predicted vs true)
 
 # %%
-fig = figures.plot_confusion(evaluate.confusion(logits, test.labels, len(class_names)), class_names)
-tracker.log_figure("confusion_matrix", fig)
+if spec.regression:
+    fig = figures.plot_predicted_vs_true(logits[:, 0], test.labels, spec.target)
+    tracker.log_figure("predicted_vs_true", fig)
+else:
+    fig = figures.plot_confusion(evaluate.confusion(logits, test.labels, len(class_names)), class_names)
+    tracker.log_figure("confusion_matrix", fig)
 
 # %% [markdown]
 # ## Per-modality ablation
@@ -83,7 +87,7 @@ fig = figures.plot_ablation(ablation)
 tracker.log_figure("modality_ablation", fig)
 
 # %% [markdown]
-# ## Learned modality weights per class (methods that have them)
+# ## Learned modality weights per class (a regression target: per quintile of its values; methods that have them)
 
 # %%
 weight_rows = evaluate.mean_weights(weights, test.labels, class_names)
@@ -101,7 +105,8 @@ else:
 ds = index.load_dataset(check_files=True)
 preds = wb.predictions_table(ds, test, logits, class_names, n=n_predictions, weights=weights)
 tracker.log_table("predictions", preds, image_columns=["image"] if "image" in preds else [])
-tracker.summary({f"test_{k}": v for k, v in metrics.items()} | {f"ablation/{r['condition']}": r["accuracy"] for r in ablation})
+score = "r2" if spec.regression else "accuracy"
+tracker.summary({f"test_{k}": v for k, v in metrics.items()} | {f"ablation/{r['condition']}": r[score] for r in ablation})
 preds.drop(columns=["image"], errors="ignore")
 
 # %% [markdown]

@@ -25,12 +25,10 @@ def test_from_comparison_takes_the_marked_best_and_the_best_single_modality():
     summary = summarize(_results())
     head = Headline.from_comparison(summary, n_methods=2, n_seeds=3)
     assert head.best_fusion_method == "concat"
-    assert head.best_fusion_accuracy == pytest.approx(0.85)
-    assert head.best_unimodal == "unimodal:audio" and head.best_unimodal_accuracy == pytest.approx(
-        (0.6 + 0.6 + 0.62) / 3
-    )
-    assert head.margin == pytest.approx(0.85 - head.best_unimodal_accuracy)
-    assert head.best_fusion_accuracy_ci95 > 0
+    assert head.best_fusion_score == pytest.approx(0.85)
+    assert head.best_unimodal == "unimodal:audio" and head.best_unimodal_score == pytest.approx((0.6 + 0.6 + 0.62) / 3)
+    assert head.margin == pytest.approx(0.85 - head.best_unimodal_score)
+    assert head.best_fusion_score_ci95 > 0
     s = head.as_summary()
     assert "most_robust_method" not in s and "weights_point_to_informative" not in s  # those studies did not run
 
@@ -62,3 +60,33 @@ def test_the_report_reads_the_headline_from_the_logged_summary():
     assert out["best_fusion_method"] == "concat" and math.isclose(out["margin"], head.margin)
     assert out["final_method"] == "concat" and out["final_test_accuracy"] == 0.83
     assert Headline.from_summary({"best_fusion_method": "x"}) is None  # 03 did not finish
+
+
+def _regression_results():
+    rows = []
+    mses = {"gmu": [0.10, 0.12, 0.11], "late": [0.2, 0.21, 0.19], "unimodal:image": [0.5, 0.52, 0.5],
+            "unimodal:record": [0.4, 0.42, 0.41]}  # fmt: skip
+    val = {"unimodal:image": 0.3, "unimodal:record": 0.6}  # validation prefers the image, test the record
+    for m, vals in mses.items():
+        for seed, v in enumerate(vals):
+            rows.append({"method": m, "seed": seed, "test_mse": v, "test_mae": v**0.5, "test_r2": 1 - v,
+                         "val_mse": val.get(m, v), "params": 10, "train_time_s": 0.1, "infer_samples_per_s": 1.0})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_a_regression_headline_is_in_r2_with_the_mse_and_chosen_on_validation_mse():
+    head = Headline.from_comparison(summarize(_regression_results()), n_methods=2, n_seeds=3)
+    assert head.regression and head.metric == "r2"
+    assert head.best_fusion_method == "gmu" and head.best_fusion_score == pytest.approx(1 - 0.11)
+    assert head.best_fusion_mse == pytest.approx(0.11) and head.best_fusion_mse_ci95 > 0
+    assert head.best_unimodal == "unimodal:image"  # the lowest validation MSE, not the best test number
+    assert head.margin == pytest.approx((1 - 0.11) - (1 - (0.5 + 0.52 + 0.5) / 3))
+    s = head.as_summary()
+    assert s["headline_metric"] == "r2" and "best_fusion_r2" in s and "best_fusion_accuracy" not in s
+    assert Headline.from_summary(s) == head
+    rows = [{"step": "03_fusion_comparison", "metric": k, "value": v} for k, v in s.items()]
+    rows += [{"step": "04_train", "metric": "method", "value": "gmu"},
+             {"step": "05_evaluate", "metric": "test_r2", "value": 0.9}, {"step": "05_evaluate", "metric": "test_mse", "value": 0.1}]  # fmt: skip
+    out = report_headline(pd.DataFrame(rows))
+    assert out["metric"] == "r2" and out["best_fusion_r2"] == pytest.approx(head.best_fusion_score)
+    assert out["final_test_r2"] == 0.9 and out["final_test_mse"] == 0.1 and "final_test_accuracy" not in out

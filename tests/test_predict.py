@@ -185,3 +185,36 @@ def test_a_regression_bundle_predicts_in_the_targets_units(exported_run, tmp_pat
 def test_export_refuses_tasks_it_cannot_export(exported_run, tmp_path, capsys):
     assert cli.main(["export", str(exported_run["run"]), "--out", str(tmp_path / "x"), "--task", "captioning"]) == 2
     assert "captioning bundles are not exported yet" in capsys.readouterr().err
+
+
+def test_a_tabular_column_absent_at_prediction_time_is_named(tmp_path):
+    from fusionkit.data import registry
+    from fusionkit.data.base import DatasetError
+    from fusionkit.index import FeatureIndex
+    from tests.encoders.test_tabular_encoder import _patients
+
+    src = _patients(tmp_path / "src", n=40)
+    ds = registry.prepare("manifest", tmp_path / "ds", source_dir=src, tabular="record=age,sex,bp?", progress=False)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    index = FeatureIndex.build(ds, {}, tmp_path / "cache", ["pooled"], path=run_dir / "features.json", progress=False)
+    splits, _ = index.splits(target="score", modalities=["record"])
+    model, in_dims = train_model(splits, 0, method="concat")
+    spec = ClassifierSpec(fusion="concat", in_dims=in_dims, num_classes=0, class_names=[], target="score", hidden=16)
+    save_classifier(run_dir / "model.safetensors", model, spec)
+    p = Predictor.load(export_run(run_dir, tmp_path / "bundle").parent, device="cpu")
+    rows = [{"id": f"n{i}", "age": 40 + i, "sex": "mf"[i % 2], "bp": ""} for i in range(3)]
+    full = p.predict(read_inputs(_manifest(tmp_path / "full.csv", rows, ["id", "age", "sex", "bp"]), p))
+    assert len(full.records) == 3 and all(r["missing"] == [] for r in full.records)
+    no_sex = _manifest(
+        tmp_path / "no_sex.csv", [{k: v for k, v in r.items() if k != "sex"} for r in rows], ["id", "age", "bp"]
+    )
+    with pytest.raises(DatasetError, match=r"no_sex\.csv: tabular column\(s\) \['sex'\] of 'record' absent"):
+        read_inputs(no_sex, p)
+    rows[1]["sex"] = "x"  # a category the training split lacks: read as unknown, counted
+    res = p.predict(read_inputs(_manifest(tmp_path / "unseen.csv", rows, ["id", "age", "sex", "bp"]), p))
+    assert len(res.records) == 3 and res.unknown == {"record": {"sex": 1}} and full.unknown == {}
+    no_bp = _manifest(
+        tmp_path / "no_bp.csv", [{k: v for k, v in r.items() if k != "bp"} for r in rows], ["id", "age", "sex"]
+    )
+    assert len(p.predict(read_inputs(no_bp, p)).records) == 3  # bp was declared as allowed to be missing

@@ -126,14 +126,17 @@ class Dataset:
         return target_kind(self.targets[target])
 
     def ceilings(self, target: str | None = None) -> dict[str, float]:
-        """The documented accuracy ceilings of ``target`` (default: the first target): what each
-        modality alone, each subset and all together can reach (``chance``, ``<modality>``,
-        ``late``, ``fused``, where the dataset documents them). From ``info["target_ceilings"]``
-        (one entry per target), else ``info["ceilings"]``, which describes the first target;
-        ``{}`` when the dataset documents none for ``target``."""
+        """The documented ceilings of ``target`` (default: the first target) in its metric - accuracy,
+        or R^2 for a regression target: what each modality alone, each subset and all together can
+        reach (``chance``, ``<modality>``, ``a+b``, ``late``, ``fused``, where the dataset documents
+        them). A regression target's from ``info["r2_ceilings"]``; a class target's from
+        ``info["target_ceilings"]`` (one entry per target), else ``info["ceilings"]``, which
+        describes the first target; ``{}`` when the dataset documents none for ``target``."""
         target = target or next(iter(self.targets))
         if target not in self.targets:
             raise KeyError(f"{self.root}: target {target!r} not in dataset; it has {list(self.targets)}")
+        if not self.targets[target]:  # a regression target
+            return dict((self.info.get("r2_ceilings") or {}).get(target) or {})
         by_target = self.info.get("target_ceilings") or {}
         if target in by_target:
             return dict(by_target[target])

@@ -245,6 +245,18 @@ def _number(v: Any) -> float | None:
     return None
 
 
+def tabular_value(v: Any, column_type: str) -> Any:
+    """A manifest cell as a tabular record's value (what ``fusionkit predict`` reads): None when
+    missing (empty, null, NaN), a float for a numeric column whose cell reads as a number (the cell
+    as it is otherwise: the tabular encoder refuses it, naming the column), else the text."""
+    if _is_missing(v):
+        return None
+    if column_type == "numeric":
+        x = _number(v)
+        return v if x is None else x
+    return str(v).strip() if isinstance(v, str) else str(v)
+
+
 def _is_regression(col: str, rows: list[tuple[str, dict[str, Any]]]) -> bool:
     """Whether an undeclared target column holds continuous numbers: some values are numbers
     that are not integers, and numbers outnumber words (each word is then a bad row, reported;

@@ -2,6 +2,7 @@
 
     enc = build_encoder("image")                          # EfficientNet-Lite0, ImageNet weights
     enc = build_encoder("image", "resnet50")              # torchvision weights from the local torch cache
+    enc = build_encoder("image", "color_histogram")       # RGB colour histogram, no network
     enc = build_encoder("image", "resnet18", weights=None, seed=0)   # random init, explicitly
     enc = build_encoder("text", "hf:bert-base-uncased")   # any HF encoder available offline
     enc = build_encoder("audio", "mfcc", seconds=2.0)
@@ -28,6 +29,8 @@ def _image(name: str) -> Callable[..., Encoder]:
 
         if name == "efficientnet_lite0":
             return image.EfficientNetLite0(**kw)
+        if name == "color_histogram":
+            return image.ColorHistogram(**kw)
         return image.TorchvisionImage(name, **kw)
 
     return build
@@ -59,6 +62,7 @@ _REGISTRY: dict[str, dict[str, Callable[..., Encoder]]] = {
         n: _image(n)
         for n in (
             "efficientnet_lite0",
+            "color_histogram",
             "resnet18",
             "resnet50",
             "inception_v3",

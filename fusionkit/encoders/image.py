@@ -524,3 +524,55 @@ class TorchvisionImage(ImageEncoder):
         out = super().identity()
         out["torchvision_weights"] = self.weights_name
         return out
+
+
+# --------------------------------------------------------------------------------- colour histogram
+class ColorHistogram(ImageEncoder):
+    """A colour histogram: no network, no weights. Each pixel of the decoded image (shorter side
+    ``image_size``, centre square) falls in one of ``bins``^3 RGB cells (``bins`` levels per
+    channel); ``grid`` is the histogram of each of ``cells`` x ``cells`` regions, ``pooled`` the
+    image's, each as the square root of the fraction of pixels in each colour cell (the Hellinger
+    map: a colour covering 2 % of the image reads 0.14, not 0.02, beside a background near 1 - a
+    small shape is not lost in the scale; on the synthetic shapes the unimodal regression reaches
+    0.36 R^2 on the roots against 0.30 on the fractions). The image descriptor a frozen
+    ImageNet network is not: which colours are present, and how much of each - what the synthetic
+    shapes' ``has_red`` is (EfficientNet-Lite0's pooled features read it at about 0.9 accuracy,
+    ``docs/datasets.md``)."""
+
+    name = "color_histogram"
+    perf = {
+        "cpu": {"batch_size": 64, "channels_last": False, "num_workers": "auto"},
+        "cuda": {"batch_size": 256, "channels_last": False, "num_workers": "auto"},
+    }
+
+    def __init__(self, bins: int = 4, image_size: int = 224, cells: int = 7, seed: int = 0) -> None:
+        if not isinstance(bins, int) or not 2 <= bins <= 16:
+            raise ValueError(f"color_histogram: bins = {bins!r}; expected an integer from 2 to 16")
+        if not isinstance(cells, int) or cells < 1 or image_size % cells:
+            raise ValueError(f"color_histogram: cells = {cells!r}; expected a divisor of image_size ({image_size})")
+        super().__init__(crop_size=image_size, resize_size=image_size, mean=(0.0,) * 3, std=(1.0,) * 3,
+                         interpolation="bilinear")  # fmt: skip
+        self.bins, self.cells, self.image_size = int(bins), int(cells), int(image_size)
+        self._weights_id = f"color_histogram:{self.bins}"
+        self._dims = {"pooled": self.bins**3, "grid": self.bins**3}
+        self._finish_init()
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {**super().preprocessing(), "bins": self.bins, "cells": self.cells, "values": "sqrt of fractions"}
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> (B, bins^3, cells, cells): each region's fraction of pixels per colour cell."""
+        if x.dtype != torch.uint8:  # a float batch in [0, 1]
+            x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+        q = (x.long() * self.bins) // 256  # (B, 3, H, W) levels 0 .. bins - 1
+        idx = (q[:, 0] * self.bins + q[:, 1]) * self.bins + q[:, 2]  # (B, H, W) colour cell of each pixel
+        b, h, w = idx.shape
+        k, c = self.bins**3, self.cells
+        region = (torch.arange(h) * c // h)[:, None] * c + (torch.arange(w) * c // w)[None, :]  # (H, W)
+        flat = ((torch.arange(b)[:, None, None] * c * c + region) * k + idx).reshape(-1)  # counted, not one-hot
+        counts = torch.bincount(flat, minlength=b * c * c * k).view(b, c * c, k).float()
+        return (counts / counts.sum(-1, keepdim=True)).transpose(1, 2).reshape(b, k, c, c)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        fmap = self.features(x)
+        return {"pooled": fmap.mean(dim=(2, 3)).sqrt(), "grid": fmap.sqrt().flatten(2).transpose(1, 2)}

@@ -48,18 +48,25 @@ def collect_summary(run_dir: str | Path) -> pd.DataFrame:
 
 def headline(summary: pd.DataFrame) -> dict[str, Any]:
     """The result in one sentence: the fused model vs the best single modality (03's
-    :class:`~fusionkit.headline.Headline`), and the final model's test accuracy (04, 05)."""
+    :class:`~fusionkit.headline.Headline`), and the final model's test accuracy (04, 05). On a
+    regression target the scores are test R^2 (``metric`` "r2": ``best_fusion_r2``,
+    ``best_unimodal_r2``, ``final_test_r2``, with ``best_fusion_mse`` and ``final_test_mse``)."""
     vals = {(r.step, r.metric): r.value for r in summary.itertuples()}
     out: dict[str, Any] = {}
     head = Headline.from_summary({k: v for (step, k), v in vals.items() if step == HEADLINE_STEP})
     if head is not None and head.margin is not None:
+        m = head.metric
         out.update(
-            best_fusion_method=head.best_fusion_method,
-            best_fusion_accuracy=head.best_fusion_accuracy,
-            best_unimodal=head.best_unimodal,
-            best_unimodal_accuracy=head.best_unimodal_accuracy,
-            margin=head.margin,
+            {
+                "best_fusion_method": head.best_fusion_method,
+                f"best_fusion_{m}": head.best_fusion_score,
+                "best_unimodal": head.best_unimodal,
+                f"best_unimodal_{m}": head.best_unimodal_score,
+                "margin": head.margin,
+            }
         )
+        if head.regression:
+            out.update(metric=m, best_fusion_mse=head.best_fusion_mse)
     if head is not None:
         out["search_trials"] = head.search_trials
         for k in ("weights_point_to_informative", "most_robust_method", "most_robust_relative_robustness"):
@@ -68,6 +75,10 @@ def headline(summary: pd.DataFrame) -> dict[str, Any]:
     if ("05_evaluate", "test_accuracy") in vals:
         out["final_method"] = vals.get(("04_train", "method"))
         out["final_test_accuracy"] = vals[("05_evaluate", "test_accuracy")]
+    elif ("05_evaluate", "test_r2") in vals:
+        out["final_method"] = vals.get(("04_train", "method"))
+        out["final_test_r2"] = vals[("05_evaluate", "test_r2")]
+        out["final_test_mse"] = vals.get(("05_evaluate", "test_mse"))
     return out
 
 

@@ -52,26 +52,43 @@ def _ceilings(run: RunFolder) -> dict[str, float]:
     return {k: float(v) for k, v in (run.summary("01_data_prep").get("ceilings") or {}).items()}
 
 
+def _score_name(metric: str) -> str:
+    return "R^2" if metric == "r2" else metric
+
+
+def _unit(metric: str, margin: float) -> str:
+    """A margin as the report says it: points of accuracy, or R^2."""
+    return f"{margin:+.3f} R^2" if metric == "r2" else f"{100 * margin:+.1f} points"
+
+
 def _headline(run: RunFolder, head: dict[str, Any], h: Headline | None) -> Section:
     body: list[str] = []
     data = run.summary("01_data_prep")
     cfg = run.config("03_fusion_comparison")
     ceilings = _ceilings(run)
+    metric = h.metric if h is not None else "accuracy"
+    name = _score_name(metric)
+    mse = (
+        f" (test MSE {fmt(h.best_fusion_mse)}{'' if h.best_fusion_mse_ci95 is None or pd.isna(h.best_fusion_mse_ci95) else f' &plusmn; {fmt(h.best_fusion_mse_ci95)}'}"
+        ", lower is better)"
+        if h is not None and h.regression and h.best_fusion_mse is not None
+        else ""
+    )
     answer = ""
     if "margin" in head and h is not None:
         verdict = "beats" if head["margin"] > 0 else "does not beat"
-        ci = "" if pd.isna(h.best_fusion_accuracy_ci95) else f" &plusmn; {h.best_fusion_accuracy_ci95:.3f}"
+        ci = "" if pd.isna(h.best_fusion_score_ci95) else f" &plusmn; {h.best_fusion_score_ci95:.3f}"
         answer = (
-            f"Best fusion method <b>{html.escape(str(head['best_fusion_method']))}</b>"
-            f" reaches test accuracy <b>{float(head['best_fusion_accuracy']):.3f}</b>{ci} and {verdict} the best single"
-            f" modality (<b>{html.escape(str(head['best_unimodal']))}</b>, {float(head['best_unimodal_accuracy']):.3f})"
-            f" by <b>{100 * head['margin']:+.1f} points</b>."
+            f"Best fusion method <b>{html.escape(h.best_fusion_method)}</b>"
+            f" reaches test {name} <b>{h.best_fusion_score:.3f}</b>{ci}{mse} and {verdict} the best single"
+            f" modality (<b>{html.escape(str(h.best_unimodal))}</b>, {h.best_unimodal_score:.3f})"
+            f" by <b>{_unit(metric, head['margin'])}</b>."
         )
         body.insert(0, f"<p class='{'headline' if head['margin'] > 0 else 'warn'}'>{answer}</p>")
     elif h is not None:
         answer = (
-            f"Best fusion method <b>{html.escape(h.best_fusion_method)}</b> reaches test accuracy "
-            f"<b>{h.best_fusion_accuracy:.3f}</b> (no single-modality baseline was compared)."
+            f"Best fusion method <b>{html.escape(h.best_fusion_method)}</b> reaches test {name} "
+            f"<b>{h.best_fusion_score:.3f}</b>{mse} (no single-modality baseline was compared)."
         )
         body.insert(0, f"<p class='headline'>{answer}</p>")
     else:
@@ -92,11 +109,12 @@ def _headline(run: RunFolder, head: dict[str, Any], h: Headline | None) -> Secti
         body.append(f"<p>Compared: {' '.join(compared)}; selected on validation, reported on test.</p>")
     rows = []
     if h is not None:
-        rows.append(("best fusion method", h.best_fusion_method, h.best_fusion_accuracy, h.best_fusion_accuracy_ci95))
+        rows.append(("best fusion method", h.best_fusion_method, h.best_fusion_score, h.best_fusion_score_ci95))
         if h.best_unimodal is not None:
-            rows.append(("best single modality", h.best_unimodal, h.best_unimodal_accuracy, None))
-    if "final_test_accuracy" in head:
-        rows.append(("final model (04, 05)", head.get("final_method"), head["final_test_accuracy"], None))
+            rows.append(("best single modality", h.best_unimodal, h.best_unimodal_score, None))
+    final = f"final_test_{metric}"
+    if final in head:
+        rows.append(("final model (04, 05)", head.get("final_method"), head[final], None))
     mods = {k: v for k, v in ceilings.items() if k not in ("fused", "late", "chance") and "+" not in k}
     if "fused" in ceilings:
         rows.append(("ceiling: fused", "documented", ceilings["fused"], None))
@@ -107,18 +125,28 @@ def _headline(run: RunFolder, head: dict[str, Any], h: Headline | None) -> Secti
         if k in ceilings:
             rows.append((f"ceiling: {k}", "documented", ceilings[k], None))
     if rows:
-        df = pd.DataFrame(rows, columns=["", "method", "test accuracy", "95% CI"])
+        df = pd.DataFrame(rows, columns=["", "method", f"test {name}", "95% CI"])
         body.append(table_html(df.dropna(axis=1, how="all")))
     if ceilings:
+        shown = {k: v for k, v in ceilings.items() if "+" not in k or k == "fused"}  # subsets: in 01's summary
         body.append(
-            "<p class='note'>Documented ceilings of the target: "
-            + ", ".join(f"{html.escape(k)} {v:.3f}" for k, v in ceilings.items())
+            "<p class='note'>Documented ceilings of the target"
+            + (" (R^2)" if metric == "r2" else "")
+            + ": "
+            + ", ".join(f"{html.escape(k)} {v:.3f}" for k, v in shown.items())
             + "</p>"
         )
     # the headline's first figure: which fusion works for which kind of interaction (when the run has it)
     body.append(run.figure("interactions_heatmap", "Which fusion works for which kind of interaction:"))
     body.append(f"<p class='note'>{html.escape(SELECTION_PROTOCOL)}</p>")
     return Section("headline", "Headline", "", body, "headline")
+
+
+def _ceiling_of(method: str, ceilings: dict[str, float]) -> float | None:
+    """A method's documented ceiling: its modality's for a single-modality baseline, else the fused one."""
+    if method.startswith("unimodal:"):
+        return ceilings.get(method.removeprefix("unimodal:"))
+    return ceilings.get("fused")
 
 
 def _regression_answer(run: RunFolder) -> str:
@@ -147,10 +175,11 @@ def _comparison(run: RunFolder, h: Headline | None) -> Section:
         return sec
     metric = metrics_of(s)[0]
     best = s[s["is_best"].fillna(False).astype(bool)] if "is_best" in s else s.head(0)
+    regression = metric == "test_mse"
     if h is not None and h.margin is not None:
         sec.answer = (
-            f"<b>{html.escape(h.best_fusion_method)}</b>: {h.best_fusion_accuracy:.3f}"
-            f" against {html.escape(str(h.best_unimodal))}'s {h.best_unimodal_accuracy:.3f} ({100 * h.margin:+.1f} points)."
+            f"<b>{html.escape(h.best_fusion_method)}</b>: {_score_name(h.metric)} {h.best_fusion_score:.3f}"
+            f" against {html.escape(str(h.best_unimodal))}'s {h.best_unimodal_score:.3f} ({_unit(h.metric, h.margin)})."
         )
     elif len(best):
         sec.answer = f"<b>{html.escape(str(best.iloc[0]['method']))}</b> (best on validation)."
@@ -158,7 +187,10 @@ def _comparison(run: RunFolder, h: Headline | None) -> Section:
         tied = s[(s["kind"] != "unimodal") & ~s["worse_than_best"].fillna(False).astype(bool)]["method"].tolist()
         if len(tied) > 1:
             sec.answer += f" Not significantly worse than it: {html.escape(', '.join(m for m in tied if m not in set(best['method'])))}."
-    fig = figures.plot_forest(s, _ceilings(run), metric)
+    ceilings = _ceilings(run)
+    # a regression target: the forest in R^2 (its ceilings are R^2), the table in MSE too
+    shown = "test_r2" if regression and "test_r2_mean" in s else metric
+    fig = figures.plot_forest(s, ceilings if not regression or shown == "test_r2" else {}, shown)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -167,7 +199,13 @@ def _comparison(run: RunFolder, h: Headline | None) -> Section:
     mime, data = compress_image(buf.getvalue())
     sec.body.append(figure_html("comparison_forest", data_uri(mime, data), "Mean and 95% CI per method:"))
     cols = {"method": s["method"], "kind": s.get("kind", "")}
-    cols[metric.removeprefix("test_") + " (test)"] = mean_ci(s, metric)
+    cols[metric.removeprefix("test_") + (" (test, lower is better)" if regression else " (test)")] = mean_ci(s, metric)
+    if regression:
+        for m in ("test_r2", "test_mae"):
+            if f"{m}_mean" in s:
+                cols[m.removeprefix("test_") + " (test)"] = mean_ci(s, m)
+        if ceilings:
+            cols["R^2 ceiling"] = [_ceiling_of(str(m), ceilings) for m in s["method"]]
     val = metrics_of(s)[1]
     if f"{val}_mean" in s:
         cols[val.removeprefix("val_") + " (val)"] = s[f"{val}_mean"]
@@ -328,17 +366,20 @@ def _robustness(run: RunFolder, head: dict[str, Any]) -> Section:
             f"Most robust fusion method over all corruptions: <b>{html.escape(str(head['most_robust_method']))}</b>"
             f" (relative robustness {float(head['most_robust_relative_robustness']):.3f})."
         )
-    sec.body.append(run.figure("noise_curves", "Accuracy as each modality is corrupted:"))
+    miss = run.table("missing_modality")
+    score = "r2" if miss is not None and "r2" in miss.columns else "accuracy"
+    name = _score_name(score)
+    sec.body.append(run.figure("noise_curves", f"Test {name} as each modality is corrupted:"))
     by = run.table("robustness_by_method")
     if by is not None and len(by):
         sec.body.append(table_html(by))
     for key, caption in (
-        ("missing_modality", "test accuracy with a modality missing (method x dropped)"),
-        ("modality_dropout_study", "trained with modality dropout (method x dropped)"),
+        ("missing_modality", f"test {name} with a modality missing (method x dropped)"),
+        ("modality_dropout_study", f"trained with modality dropout, test {name} (method x dropped)"),
     ):
         t = run.table(key)
-        if t is not None and {"method", "dropped", "accuracy"} <= set(t.columns):
-            sec.body.append(grid_html(t, "method", "dropped", "accuracy", caption))
+        if t is not None and {"method", "dropped", score} <= set(t.columns):
+            sec.body.append(grid_html(t, "method", "dropped", score, caption))
     sec.body.append(run.long("robustness_summary", "missing_modality", "noise_curves"))
     if not sec.answer and not any(sec.body):
         sec.body.insert(0, run.missing("03_fusion_comparison") or "<p>Not studied in this run.</p>")
@@ -387,10 +428,18 @@ def _final_model(run: RunFolder, head: dict[str, Any]) -> Section:
             f"<code>{html.escape(str(head.get('final_method')))}</code> (04_train) reaches test accuracy"
             f" <b>{float(head['final_test_accuracy']):.3f}</b>."
         )
+    elif "final_test_r2" in head:
+        ev = run.summary("05_evaluate")
+        sec.answer = (
+            f"<code>{html.escape(str(head.get('final_method')))}</code> (04_train) reaches test R^2"
+            f" <b>{float(head['final_test_r2']):.3f}</b>: MSE {fmt(ev.get('test_mse'))}, MAE {fmt(ev.get('test_mae'))}"
+            " in the target's units (lower is better)."
+        )
     else:
         sec.body.append(run.missing("04_train", "05_evaluate"))
     sec.body.append(run.figure("training_curves", "Training:"))
     sec.body.append(run.figure("confusion_matrix", "Confusion matrix (test):"))
+    sec.body.append(run.figure("predicted_vs_true", "Predicted against true values (test):"))
     sec.body.append(run.figure("modality_ablation", "Modalities dropped at test time:"))
     abl = run.table("ablation")
     if abl is not None and len(abl):
@@ -398,7 +447,8 @@ def _final_model(run: RunFolder, head: dict[str, Any]) -> Section:
     pred = run.table("predictions")
     if pred is not None and len(pred):
         sec.body.append(
-            "<h3>Sample predictions</h3>" + _samples_table(pred, ["id", "text", "truth", "prediction", "confidence"])
+            "<h3>Sample predictions</h3>"
+            + _samples_table(pred, ["id", "text", "truth", "prediction", "confidence", "error"])
         )
     sec.body.append(run.long("predictions"))
     return sec

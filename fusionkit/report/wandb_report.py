@@ -226,18 +226,18 @@ class _Blocks:
         h = Headline.from_summary(self.run.summary(HEADLINE_STEP))
         if h is None:
             if not self._missing(HEADLINE_STEP):
-                self._text("03_fusion_comparison logged no headline (a regression target, or an older fusionkit).")
+                self._text("03_fusion_comparison logged no headline (an older fusionkit).")
             return
-        ci = (
-            ""
-            if h.best_fusion_accuracy_ci95 != h.best_fusion_accuracy_ci95
-            else f" ± {h.best_fusion_accuracy_ci95:.3f}"
-        )
-        text = f"Best fusion method {h.best_fusion_method} reaches test accuracy {h.best_fusion_accuracy:.3f}{ci}"
+        name = "test R^2" if h.regression else "test accuracy"
+        ci = "" if h.best_fusion_score_ci95 != h.best_fusion_score_ci95 else f" ± {h.best_fusion_score_ci95:.3f}"
+        text = f"Best fusion method {h.best_fusion_method} reaches {name} {h.best_fusion_score:.3f}{ci}"
+        if h.regression and h.best_fusion_mse is not None:
+            text += f" (MSE {h.best_fusion_mse:.3f})"
         if h.margin is not None:
             verdict = "beats" if h.margin > 0 else "does not beat"
-            text += (f" and {verdict} the best single modality ({h.best_unimodal}, {h.best_unimodal_accuracy:.3f})"
-                     f" by {100 * h.margin:+.1f} points")  # fmt: skip
+            points = f"{h.margin:+.3f} R^2" if h.regression else f"{100 * h.margin:+.1f} points"
+            text += (f" and {verdict} the best single modality ({h.best_unimodal}, {h.best_unimodal_score:.3f})"
+                     f" by {points}")  # fmt: skip
         text += f" ({h.n_methods} methods x {h.n_seeds} seeds; chosen on validation, reported on test)."
         self._text(text)
         data = self.run.summary("01_data_prep")
@@ -256,10 +256,10 @@ class _Blocks:
             self.blocks.append(wr.UnorderedList(items=facts))
         keys = [
             k
-            for k in ("best_fusion_accuracy", "best_unimodal_accuracy")
+            for k in (f"best_fusion_{h.metric}", f"best_unimodal_{h.metric}")
             if k in self.runs.summary.get(HEADLINE_STEP, ())
         ]
-        panels = [wr.BarPlot(title="best fusion vs best single modality (test accuracy)", metrics=keys)] if keys else []
+        panels = [wr.BarPlot(title=f"best fusion vs best single modality ({name})", metrics=keys)] if keys else []
         self._grid("03 · headline", [HEADLINE_STEP], panels + self._media(HEADLINE_STEP, ["interactions_heatmap"]))
 
     def comparison(self) -> None:

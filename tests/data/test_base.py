@@ -74,3 +74,7 @@ def test_ceilings_are_the_targets_own(tmp_path):
     assert ds.ceilings() == ds.info["ceilings"] and ds.ceilings("mixed") == {}  # info["ceilings"]: the first target's
     with pytest.raises(KeyError, match="target 'nope' not in dataset"):
         ds.ceilings("nope")
+    # a regression target's ceilings are its R^2 ones, whatever the class targets document
+    assert ds.ceilings("score") == shapes.score_ceilings(tabular=False) == ds.info["r2_ceilings"]["score"]
+    del ds.info["r2_ceilings"]
+    assert ds.ceilings("score") == {}

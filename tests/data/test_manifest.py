@@ -283,9 +283,10 @@ def test_integer_columns_stay_classes_unless_declared(own, tmp_path):
 
 
 def test_regression_bad_values_name_the_file_and_row(own, tmp_path):
-    _scores(own, ["0.5", "1.5", "n/a", "2.5", "3.5", "0.25"])
+    _scores(own, ["0.5", "1.5", "n/a", "2.5", "high", "0.25"])  # two words: the first is named
     with pytest.raises(DatasetError, match=r"manifest\.csv:4 \(id 'r2'\): regression target 'score' = 'n/a' \(a word"):
         registry.prepare("manifest", tmp_path / "out", source_dir=own, progress=False)
+    _scores(own, ["0.5", "1.5", "n/a", "2.5", "3.5", "0.25"])
     ds = registry.prepare("manifest", tmp_path / "out", source_dir=own, on_error="skip", progress=False)
     assert len(ds) == 5 and [i.where for i in Report.load(ds.root).skipped] == [f"{own / 'manifest.csv'}:4 (id 'r2')"]
     for bad in ("nan", "inf", "-Infinity"):
@@ -300,6 +301,8 @@ def test_regression_bad_values_name_the_file_and_row(own, tmp_path):
     _scores(own, ["2.5"] * 6)
     with pytest.raises(DatasetError, match=r"manifest\.csv: regression target 'score' is constant \(2\.5 on all 6"):
         registry.prepare("manifest", tmp_path / "out", source_dir=own, regression="score", progress=False)
+    with pytest.raises(DatasetError, match=r"manifest\.csv: regression target 'score' is constant \(2\.5 on all 6"):
+        registry.prepare("manifest", tmp_path / "out", source_dir=own, progress=False)  # detected, not declared
     with pytest.raises(DatasetError, match=r"regression column\(s\) \['y'\] not found"):
         registry.prepare("manifest", tmp_path / "out", source_dir=own, regression="y", progress=False)
     # a JSON NaN in a dataset folder's manifest.jsonl is refused when the folder is read

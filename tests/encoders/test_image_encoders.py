@@ -409,3 +409,20 @@ def test_efficientnet_inference_module_folds_batchnorm_and_keeps_the_features():
     for k in ("pooled", "grid"):
         assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-4), (k, (a[k] - b[k]).abs().max())
     assert not torch.equal(a["pooled"], torch.zeros_like(a["pooled"]))
+
+
+def test_color_histogram_counts_each_regions_colours(tmp_path):
+    enc = build_encoder("image", "color_histogram", bins=4, image_size=64, cells=2)
+    img = np.full((64, 64, 3), 240, np.uint8)  # light background
+    img[:16, :32] = (215, 35, 35)  # red: an eighth of the image, half of its top-left region
+    Image.fromarray(img).save(tmp_path / "a.png")
+    out = enc(enc.collate([enc.load("a.png", tmp_path)]))
+    red, light = (3 * 4 + 0) * 4 + 0, (3 * 4 + 3) * 4 + 3
+    assert out["pooled"].shape == (1, 64) and out["grid"].shape == (1, 4, 64)
+    # square roots of the fractions (the Hellinger map)
+    assert out["pooled"][0, red] == pytest.approx(0.125**0.5) and (out["pooled"][0] ** 2).sum() == pytest.approx(1.0)
+    assert out["grid"][0, :, red].tolist() == pytest.approx([0.5**0.5, 0.0, 0.0, 0.0])  # the top-left region only
+    assert out["pooled"][0, light] == pytest.approx(0.875**0.5)
+    assert enc.identity() != build_encoder("image", "color_histogram", bins=8, image_size=64, cells=2).identity()
+    with pytest.raises(ValueError, match="cells = 5; expected a divisor"):
+        build_encoder("image", "color_histogram", image_size=64, cells=5)

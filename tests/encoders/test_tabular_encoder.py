@@ -84,6 +84,11 @@ def test_manifest_tabular_option_and_its_bad_input(tmp_path):
         DatasetError, match=r"manifest\.csv:4 \(id 'p2'\): tabular column 'age' of 'record' = 'inf' \(inf\)"
     ):
         registry.prepare("manifest", tmp_path / "d3", source_dir=src, tabular="record=age,sex,bp?", progress=False)
+    fields[2] = "NaN"  # a NaN in a column not declared as allowed to be missing
+    text[3] = ",".join(fields)
+    (src / "manifest.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(DatasetError, match=r"manifest\.csv:4 \(id 'p2'\): tabular column 'age' of 'record' is missing"):
+        registry.prepare("manifest", tmp_path / "d3", source_dir=src, tabular="record=age,sex,bp?", progress=False)
     with pytest.raises(DatasetError, match=r"tabular column\(s\) \['chol'\] of 'record' not found"):
         registry.prepare("manifest", tmp_path / "d4", source_dir=src, tabular="record=age,chol", progress=False)
     with pytest.raises(DatasetError, match=r"tabular option: 'age:float'"):

@@ -134,3 +134,19 @@ def test_forest_plot_has_one_row_per_method_best_first_with_ceilings():
     ceilings = [line for line in ax.lines if line.get_color() == "grey"]  # the ceilings drawn across the axes
     assert sorted(line.get_xdata()[0] for line in ceilings) == [0.5, 1.0]
     assert [line.get_linestyle() for line in sorted(ceilings, key=lambda c: c.get_xdata()[0])] == [":", "-"]
+
+
+def test_a_regression_targets_figures_are_in_its_metric():
+    f = figures
+    fig = f.plot_predicted_vs_true(np.array([1.0, 2.0, 2.5]), torch.tensor([1.1, 1.9, 3.0]), "score")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "true score" and ax.get_ylabel() == "predicted score" and len(ax.collections) == 1
+    rows = [
+        {"condition": "all", "mse": 0.1, "mae": 0.2, "r2": 0.8},
+        {"condition": "drop a", "mse": 0.9, "mae": 0.7, "r2": -0.1},
+    ]
+    assert "R^2" in f.plot_ablation(rows).axes[0].get_title()
+    hist = [{"epoch": e, "train_loss": 1.0 / (e + 1), "val_loss": 1.0, "val_mse": 0.5} for e in range(3)]
+    assert "MSE" in f.plot_history(hist).axes[1].get_title()
+    data = SplitData({"a": torch.randn(20, 4)}, torch.linspace(0, 1, 20), [str(i) for i in range(20)])
+    assert len(f.plot_projection(data, []).axes) >= 1  # coloured by value, no class names needed
