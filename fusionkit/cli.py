@@ -315,7 +315,8 @@ def _add_model_commands(sub) -> None:
     ex.set_defaults(func=_cmd_export)
 
     pr = sub.add_parser("predict", help="predict new raw files with a bundle (fusionkit export)")
-    pr.add_argument("bundle", metavar="BUNDLE", help="a bundle folder written by fusionkit export")
+    pr.add_argument("bundle", metavar="BUNDLE",
+                    help="a bundle folder written by fusionkit export, or wandb:ENTITY/PROJECT/NAME:ALIAS (W&B online)")  # fmt: skip
     pr.add_argument("input", metavar="INPUT", nargs="?", help="a manifest (.csv .tsv .jsonl .parquet) or a folder")
     pr.add_argument("--image", help="one image file")
     pr.add_argument("--text", help="one text")
