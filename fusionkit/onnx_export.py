@@ -38,7 +38,7 @@ import json
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +289,7 @@ class OnnxModel:
 
     folder: Path
     meta: dict[str, Any]
+    sessions: dict[str, Any] = field(default_factory=dict, repr=False)  # file -> onnxruntime session
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> OnnxModel:
@@ -307,10 +308,9 @@ class OnnxModel:
         return cls(folder, meta)
 
     def _run(self, file: str, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        sessions = self.__dict__.setdefault("_sessions", {})
-        if file not in sessions:
-            sessions[file] = _session(self.folder / file)
-        return sessions[file].run(outputs, feeds)
+        if file not in self.sessions:
+            self.sessions[file] = _session(self.folder / file)
+        return self.sessions[file].run(outputs, feeds)
 
     def predict(
         self, features: dict[str, np.ndarray], mask: dict[str, np.ndarray] | None = None

@@ -8,6 +8,7 @@ import hashlib
 import json
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -154,3 +155,23 @@ def test_disabled_tracking_logs_artifacts_in_the_mirror_only(exported_run, tmp_p
     recs = {r["kind"]: r for r in tracking.read_mirror(tmp_path)}
     assert recs["artifact"]["type"] == "dataset" and recs["artifact_use"]["artifact"] == ref
     assert not (tmp_path / "wandb").exists()
+
+
+def test_link_inputs_declares_each_offline_input_after_sync(chain):
+    calls = []
+
+    class Api:  # the two calls of W&B's public API that link_inputs makes, recorded
+        default_entity = "me"
+
+        def run(self, path):
+            return SimpleNamespace(use_artifact=lambda art: calls.append((path, art)))
+
+        def artifact(self, name, type):
+            return (name, type)
+
+    done = tracking.link_inputs(chain["run_dir"], api=Api())
+    uses = [r for r in tracking.read_mirror(chain["run_dir"]) if r["kind"] == "artifact_use"]
+    assert calls == [
+        (f"me/{u['project']}/{u['wandb_run']}", (f"me/{u['project']}/{u['artifact']}", u["type"])) for u in uses
+    ]
+    assert len(done) == 3 and {u["wandb_run"] for u in uses} == {chain[s].wandb_run.id for s in ("02", "04", "05")}
