@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/extract.py
 	$(PY) benchmarks/fusion.py
 	$(PY) benchmarks/concurrent_chains.py
+	$(PY) benchmarks/predict.py
 	test -f reports/runs/bench-features/features.json || $(VENV)/bin/fusionkit run --profile default --only 01,02 --run-id bench-features
 	$(PY) benchmarks/compare_ray.py --features-index reports/runs/bench-features/features.json
 

@@ -227,14 +227,33 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from fusionkit.export import export_run
 
     try:
-        path = export_run(args.run, args.out, task=args.task, standalone=args.standalone)
+        path = export_run(args.run, args.out, task=args.task, standalone=args.standalone, fmt=args.format)
         print(
             f"[fusionkit] bundle: {path.parent} ({'standalone' if args.standalone else 'pretrained weights from this machine'})"
         )
+        if args.format == "onnx":
+            _print_onnx(path.parent)
     except (BundleError, DatasetError, FileNotFoundError) as e:
         print(f"fusionkit: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _print_onnx(folder) -> None:
+    import json
+
+    from fusionkit.onnx_export import META_FILE
+
+    meta = json.loads((folder / META_FILE).read_text())
+    for what, e in [
+        ("fusion model + head", meta["model"]),
+        *((f"{m} encoder", e) for m, e in meta["encoders"].items()),
+    ]:
+        print(
+            f"[fusionkit] ONNX {what}: {folder / e['file']} (max |onnxruntime - PyTorch| {e['check']['max_abs_diff']:.2g})"
+        )
+    for m, why in meta["not_exported"].items():
+        print(f"[fusionkit] ONNX: {m} encoder not exported: {why}")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -295,10 +314,13 @@ def _add_model_commands(sub) -> None:
     ex.add_argument("--out", required=True, help="the bundle folder to write")
     ex.add_argument("--task", default="classification", help="classification (also regression targets)")
     ex.add_argument("--standalone", action="store_true", help="also copy the pretrained encoder weights into it")
+    ex.add_argument("--format", default="bundle", choices=("bundle", "onnx"),
+                    help="onnx: also the fusion model + head and the image encoder as ONNX graphs, checked against PyTorch")  # fmt: skip
     ex.set_defaults(func=_cmd_export)
 
     pr = sub.add_parser("predict", help="predict new raw files with a bundle (fusionkit export)")
-    pr.add_argument("bundle", metavar="BUNDLE", help="a bundle folder written by fusionkit export")
+    pr.add_argument("bundle", metavar="BUNDLE",
+                    help="a bundle folder written by fusionkit export, or wandb:ENTITY/PROJECT/NAME:ALIAS (W&B online)")  # fmt: skip
     pr.add_argument("input", metavar="INPUT", nargs="?", help="a manifest (.csv .tsv .jsonl .parquet) or a folder")
     pr.add_argument("--image", help="one image file")
     pr.add_argument("--text", help="one text")

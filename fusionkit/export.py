@@ -9,6 +9,9 @@ encoder without pretrained files (a random-init or trained audio CNN) travels in
 (``encoders.safetensors``); ``standalone`` also carries the pretrained ones (image encoders'
 state dicts, a copy of the text encoder's Hugging Face folder), so the bundle runs on a machine
 that has only fusionkit.
+
+``fmt="onnx"`` (``--format onnx``) also writes the fusion model + head and the image encoder as
+ONNX graphs beside the bundle, checked against PyTorch (:mod:`fusionkit.onnx_export`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fusionkit import bundle
+from fusionkit import bundle, onnx_export
 from fusionkit.bundle import BundleError, load_classifier, save_classifier
 from fusionkit.data.base import target_kind
 from fusionkit.index import FeatureIndex
@@ -30,6 +33,7 @@ NOT_EXPORTED = {
     "vqa": "VQA bundles are not exported yet (fusionkit predict runs classifiers and regressors)",
     "retrieval": "retrieval bundles are not exported yet (fusionkit predict runs classifiers and regressors)",
 }
+FORMATS = ("bundle", "onnx")
 #: the run's notebooks whose summaries a bundle keeps as the metrics it reached
 _SUMMARIES = ("04_train", "05_evaluate")
 
@@ -51,10 +55,14 @@ def export_run(
     standalone: bool = False,
     checkpoint: str | os.PathLike | None = None,
     features_index: str | os.PathLike | None = None,
+    fmt: str = "bundle",
 ) -> Path:
     """Write the bundle of ``run``'s trained model to the folder ``out`` (``model.safetensors``,
     ``model.json``, the encoders' weights where they travel); returns ``out/model.safetensors``.
-    ``checkpoint`` / ``features_index``: 04's model and 02's index (default: in ``run``)."""
+    ``checkpoint`` / ``features_index``: 04's model and 02's index (default: in ``run``).
+    ``fmt="onnx"``: the ONNX graphs too, checked on the run's test split (:func:`onnx_graphs`)."""
+    if fmt not in FORMATS:
+        raise BundleError(f"--format {fmt!r}; expected one of {FORMATS}")
     if task in NOT_EXPORTED:
         raise BundleError(f"--task {task}: {NOT_EXPORTED[task]}")
     if task not in TASKS:
@@ -84,8 +92,31 @@ def export_run(
     full = replace(spec, encoders=entries, dataset=dataset, metrics=run_metrics(run))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if fmt == "onnx":  # first: a graph that does not export leaves no bundle claiming it
+        onnx_graphs(out, model, full, index, encoders)
     bundle.save_encoders(out, {m: encoders[m] for m in entries}, entries)
     return save_classifier(out / "model.safetensors", model, full)
 
 
-__all__ = ["export_run", "run_metrics"]
+def onnx_graphs(out: Path, model, spec, index: FeatureIndex, encoders: dict) -> Path:
+    """The ONNX graphs of ``model`` and its image encoders in ``out``, checked on the run's cached
+    test features and the test split's images (:func:`fusionkit.onnx_export.export_onnx`)."""
+    try:
+        splits, _ = index.splits(target=spec.target, modalities=sorted(spec.in_dims))
+    except (OSError, ValueError, KeyError) as e:
+        raise BundleError(
+            f"{index.path}: the cached features the ONNX graphs are checked on cannot be read ({e})"
+        ) from e
+    test = splits.get("test") or splits.get("val") or splits["train"]
+    kinds = {m: index.modalities[m].kind for m in spec.in_dims}
+    images = {}
+    if "image" in kinds.values():
+        ds = index.load_dataset()
+        root = Path(getattr(ds, "media_root", None) or ds.root)
+        samples = ds.split("test") or ds.samples
+        images = {m: ([s.modalities.get(m) for s in samples if s.modalities.get(m)], root)
+                  for m, k in kinds.items() if k == "image"}  # fmt: skip
+    return onnx_export.export_onnx(out, model, spec, encoders, kinds, test, images)
+
+
+__all__ = ["FORMATS", "export_run", "onnx_graphs", "run_metrics"]

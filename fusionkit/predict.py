@@ -20,6 +20,10 @@ Inputs:
   row ``cat``), each file's kind by its extension (``.txt``: the text modality's text).
 * **single inputs** (:func:`single_inputs`: ``--image x.jpg --text "..." --audio y.wav``).
 
+The bundle is a folder, or ``wandb:ENTITY/PROJECT/NAME:ALIAS``: a ``model`` artifact 04 logged
+(:mod:`fusionkit.lineage`), downloaded through W&B's public API when W&B is online
+(:func:`fusionkit.tracking.download_artifact`); offline that is refused, saying so.
+
 A modality absent from a row (no column, an empty cell, ``null``) is missing: its features are
 zeros and the missing-modality mask says so to the fusion method; the output lists it
 (``missing``). A bad row (an unreadable or mistyped file, a path outside the manifest's folder,
@@ -41,7 +45,7 @@ from typing import Any
 
 import torch
 
-from fusionkit import bundle
+from fusionkit import bundle, tracking
 from fusionkit.bundle import BundleError, ClassifierSpec
 from fusionkit.data.base import INLINE_KINDS, DatasetError, atomic_write_text, load_dataset, safe_media_path
 from fusionkit.data.manifest import TABLE_EXTENSIONS, read_table, tabular_value
@@ -53,6 +57,8 @@ from fusionkit.progress import progress as progress_bar
 #: manifest columns a predictor reads besides the modalities (``id``) or ignores
 IGNORED_COLUMNS = ("split", "group")
 TEXT_EXTENSIONS = (".txt",)
+#: a bundle named as a W&B artifact: ``wandb:ENTITY/PROJECT/NAME:ALIAS``
+WANDB_PREFIX = "wandb:"
 
 
 @dataclass
@@ -103,6 +109,11 @@ class Predictor:
     def load(cls, path: str | os.PathLike, device: str | None = None) -> Predictor:
         """The bundle in folder ``path`` (or its ``model.safetensors``); BundleError naming the file
         for a missing, corrupt, incompatible or un-exported bundle, or missing encoder weights."""
+        if str(path).startswith(WANDB_PREFIX):
+            try:
+                path = tracking.download_artifact(str(path)[len(WANDB_PREFIX) :], type="model")
+            except RuntimeError as e:
+                raise BundleError(str(e)) from e
         path = Path(path)
         weights = path / "model.safetensors" if path.is_dir() else path
         try:

@@ -11,6 +11,17 @@ land in ``<run_dir>/wandb/offline-run-*``; upload them later with ``wandb sync <
 
 The API key is read by wandb from the environment only; parameters whose names look like secrets
 are never logged.
+
+Artifacts (lineage: data -> features -> model -> evaluation; what each notebook logs is
+:mod:`fusionkit.lineage`): :meth:`Tracker.log_artifact` logs one as this run's output, in every
+mode but "disabled" - offline it is written with the offline run (its manifest in the run's
+``.wandb`` file, copies of its files staged under ``<run_dir>/wandb/artifact-staging``, so the run
+folder carries them) and ``wandb sync`` uploads it. :meth:`Tracker.use_artifact` declares one as
+this run's input. W&B cannot record an input offline (``run.use_artifact`` refuses, whatever it is
+given: "Cannot use artifact when in offline mode"), so an offline run records the inputs it used
+in its config (``fusionkit_inputs``) and the mirror (``kind: artifact_use``); after ``wandb sync``,
+:func:`link_inputs` declares them through W&B's public API (``Run.use_artifact``), which completes
+the lineage graph. Online, the input is declared at once.
 """
 
 from __future__ import annotations
@@ -186,6 +197,66 @@ class Tracker:
             self._wandb_run.log({key: self._wandb.Image(str(path))})
         return path
 
+    def log_artifact(
+        self,
+        name: str,
+        type: str,
+        *,
+        files: Iterable[str | os.PathLike | tuple[str, str | os.PathLike]] = (),
+        references: Iterable[str | os.PathLike | tuple[str, str | os.PathLike]] = (),
+        metadata: Mapping[str, Any] | None = None,
+        aliases: Iterable[str] = (),
+    ) -> str:
+        """Log a W&B Artifact ``name`` of ``type`` (``dataset`` / ``features`` / ``model``) as this
+        run's output: ``files`` copied into it (named as in their folder, or ``(name, path)``), ``references``
+        (large or rebuildable files: checksummed, not uploaded) as ``file://`` references; aliases
+        ``latest``, this chain's group and ``aliases``. Returns ``name:group`` (what
+        :meth:`use_artifact` takes). Recorded in the mirror in every mode."""
+        name = artifact_name(name)
+        alias = artifact_name(self.group)
+        named, refs = _named(files), _named(references)
+        for f in [p for _, p in named + refs]:
+            if not f.is_file():
+                raise FileNotFoundError(f"artifact {name!r}: {f} is not a file")
+        meta = scrub(metadata or {})
+        all_aliases = sorted({alias, *(artifact_name(a) for a in aliases)})
+        self._write({"kind": "artifact", "name": name, "type": type, "aliases": all_aliases, "metadata": meta,
+                     "files": {n: str(f) for n, f in named}, "references": {n: str(f) for n, f in refs}})  # fmt: skip
+        if self._wandb_run is not None:
+            art = self._wandb.Artifact(name, type=type, metadata=meta)
+            staging = self.run_dir / "wandb" / "artifact-staging"
+            previous = os.environ.get("WANDB_DATA_DIR")
+            os.environ["WANDB_DATA_DIR"] = str(staging)  # wandb copies added files to its data dir at once
+            try:
+                for n, f in named:
+                    art.add_file(str(f), name=n)
+            finally:
+                if previous is None:
+                    os.environ.pop("WANDB_DATA_DIR", None)
+                else:
+                    os.environ["WANDB_DATA_DIR"] = previous
+            for n, f in refs:
+                art.add_reference(f.resolve().as_uri(), name=n)
+            self._wandb_run.log_artifact(art, aliases=all_aliases)
+        return f"{name}:{alias}"
+
+    def use_artifact(self, ref: str, type: str) -> None:
+        """Declare the artifact ``ref`` (``name:alias``, as :meth:`log_artifact` returned it) this
+        run's input. Online at once; offline in the run's config ``fusionkit_inputs`` and the
+        mirror, declared after ``wandb sync`` by :func:`link_inputs` (module docstring)."""
+        run = self._wandb_run
+        self._write({"kind": "artifact_use", "artifact": ref, "type": type, "mode": self.mode,
+                     "wandb_run": run.id if run is not None else None,
+                     "project": run.project if run is not None else None})  # fmt: skip
+        if self._wandb_run is None:
+            return
+        if self.mode == "online":
+            self._wandb_run.use_artifact(ref, type=type)
+        else:
+            inputs = list(self._wandb_run.config.get("fusionkit_inputs") or [])
+            self._wandb_run.config.update({"fusionkit_inputs": [*inputs, {"artifact": ref, "type": type}]},
+                                          allow_val_change=True)  # fmt: skip
+
     def log_artifact_path(self, key: str, path: str | os.PathLike) -> None:
         """Record a file this step produced (checkpoint, table) in the mirror."""
         p = Path(path)
@@ -228,6 +299,65 @@ def read_mirror(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from e
     return out
+
+
+def _named(files: Iterable[Any]) -> list[tuple[str, Path]]:
+    """``path`` or ``(name, path)`` entries as (name inside an artifact, path)."""
+    return [(str(f[0]), Path(f[1])) if isinstance(f, tuple) else (Path(f).name, Path(f)) for f in files]
+
+
+def artifact_name(text: str) -> str:
+    """A W&B artifact name or alias: letters, digits, ``-``, ``_`` and ``.`` (others become ``-``)."""
+    out = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-.")
+    if not out:
+        raise ValueError(f"{text!r}: no usable characters for a W&B artifact name")
+    return out
+
+
+def download_artifact(ref: str, type: str | None = None, root: str | os.PathLike | None = None) -> Path:
+    """Download the W&B artifact ``ref`` (``ENTITY/PROJECT/NAME:ALIAS``) through W&B's public API
+    (``wandb.Api().artifact(ref).download()``; into ``root``, default wandb's
+    ``./artifacts/NAME:VERSION``) and return its folder. Online only: RuntimeError saying so when
+    W&B is offline or disabled, or without an API key."""
+    mode = resolve_mode()
+    if mode != "online":
+        raise RuntimeError(
+            f"wandb:{ref}: downloading a W&B artifact needs W&B online (mode here: {mode}; set WANDB_API_KEY and "
+            "WANDB_MODE=online), or download it elsewhere (`wandb artifact get ENTITY/PROJECT/NAME:ALIAS`) and pass "
+            "its folder"
+        )
+    import wandb
+
+    try:
+        art = wandb.Api().artifact(ref, type=type)
+        return Path(art.download(root=str(root) if root else None))
+    except Exception as e:  # noqa: BLE001 - wandb's errors (not found, auth, network) named with the ref
+        raise RuntimeError(f"wandb:{ref}: cannot download the artifact ({type(e).__name__}: {e})") from e
+
+
+def link_inputs(run_dir: str | os.PathLike, entity: str | None = None, api=None) -> list[str]:
+    """After ``wandb sync`` of a run folder's offline runs: declare each run's recorded inputs
+    (mirror ``kind: artifact_use`` of an offline run) through W&B's public API, so the lineage
+    graph has them. Online only (it needs the API key); returns the ``run <- artifact`` declared."""
+    if api is None:
+        import wandb
+
+        if resolve_mode() != "online":
+            raise RuntimeError(
+                "linking artifact inputs needs W&B online (WANDB_API_KEY set, WANDB_MODE not offline); run it "
+                "after `wandb sync`"
+            )
+        api = wandb.Api()
+    entity = entity or api.default_entity
+    done = []
+    for rec in read_mirror(run_dir):
+        if rec.get("kind") != "artifact_use" or rec.get("mode") != "offline" or not rec.get("wandb_run"):
+            continue
+        project = rec.get("project") or os.environ.get("WANDB_PROJECT", "fusionkit")
+        run = api.run(f"{entity}/{project}/{rec['wandb_run']}")
+        run.use_artifact(api.artifact(f"{entity}/{project}/{rec['artifact']}", type=rec["type"]))
+        done.append(f"{rec['wandb_run']} <- {rec['artifact']}")
+    return done
 
 
 def _slug(key: str) -> str:

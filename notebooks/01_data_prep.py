@@ -43,7 +43,7 @@ image_size: int = 128  # side of the synthetic images, pixels
 n_examples: int = 8  # example images to show
 
 # %%
-from fusionkit import tracking
+from fusionkit import lineage, tracking
 from fusionkit import workbook as wb
 from fusionkit.report import figures
 
@@ -91,5 +91,6 @@ balance.pivot_table(index=["target", "class"], columns="split", values="count", 
 ceilings = ds.ceilings(target or None)
 tracker.summary({"n_samples": len(ds), "dataset": ds.name, "manifest_hash": ds.manifest_hash(), "ceilings": ceilings,
                  **{f"n_{k}": v for k, v in summary["splits"].items()}})
+lineage.log_dataset(tracker, ds)  # the W&B artifact 02 uses
 tracker.finish()
 ceilings

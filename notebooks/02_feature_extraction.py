@@ -46,7 +46,7 @@ features_index: str = "../reports/runs/lab/features.json"  # written here: where
 tasks: list[str] = []  # extra tasks whose features to extract too: captioning, vqa, retrieval
 
 # %%
-from fusionkit import tracking
+from fusionkit import lineage, tracking
 from fusionkit import workbook as wb
 from fusionkit.report import figures
 
@@ -59,6 +59,7 @@ from fusionkit.data import load_dataset
 from fusionkit.index import FeatureIndex
 
 ds = load_dataset(dataset_dir)
+lineage.use_dataset(tracker, ds)
 index = FeatureIndex.build(ds, {"image": image_encoder, "text": text_encoder, "audio": audio_encoder}, cache_dir,
                            outputs, path=features_index, batch_size=batch_size,
                            options=encoder_options)
@@ -95,4 +96,5 @@ tracker.log_figure("feature_projection", fig)
 
 # %%
 tracker.summary({f"dim_{m}": e.dims["pooled"][-1] for m, e in index.modalities.items() if "pooled" in e.dims})
+lineage.log_features(tracker, FeatureIndex.read(features_index))  # the W&B artifact 04 and 05 use
 tracker.finish()

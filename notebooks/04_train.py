@@ -55,7 +55,7 @@ task_workers: int = 0  # tasks trained at once, each in its own process on its s
 resume: bool = False  # continue the tasks' interrupted trainings from their per-epoch checkpoints
 
 # %%
-from fusionkit import tracking
+from fusionkit import lineage, tracking
 from fusionkit import workbook as wb
 from fusionkit.report import figures
 
@@ -70,7 +70,9 @@ from fusionkit.model import build_model
 from fusionkit.train import TrainConfig, seed_everything, train
 
 chosen = compare.choose_method(method, comparison_csv)
-splits, class_names = FeatureIndex.read(features_index).splits(target=target)
+index = FeatureIndex.read(features_index)
+lineage.use_features(tracker, index)
+splits, class_names = index.splits(target=target)
 in_dims = {m: int(x.shape[-1]) for m, x in splits["train"].features.items()}
 settings = compare.MethodConfig.resolve(chosen, comparison_csv if hyperparameters == "comparison" else None,
                                         lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout)
@@ -107,5 +109,11 @@ tracker.summary({"method": chosen, best_key: result.best_value, "best_epoch": re
 task_summaries = wb.train_tasks(
     tasks, features_index, run_dir, tracker, seed=seed, options=task_options, resume=resume, workers=task_workers
 )
+from fusionkit.export import export_run
+
+bundle_dir = export_run(run_dir, f"{run_dir}/bundle", checkpoint=checkpoint, features_index=features_index).parent
+lineage.log_model(tracker, bundle_dir, index.dataset, run_dir, tasks,  # the W&B artifact 05 uses
+                  metadata={"fusion": chosen, "target": target, "class_names": class_names, "tasks": tasks,
+                            "best_val_accuracy": result.best_val_acc})
 tracker.finish()
 task_summaries

@@ -39,7 +39,7 @@ n_predictions: int = 16  # sample predictions to show and log
 tasks: list[str] = []  # extra tasks to evaluate: captioning, vqa, retrieval
 
 # %%
-from fusionkit import tracking
+from fusionkit import lineage, tracking
 from fusionkit import workbook as wb
 from fusionkit.report import figures
 
@@ -58,6 +58,8 @@ from fusionkit.train import predict
 model, spec = load_classifier(checkpoint)
 class_names = spec.class_names
 index = FeatureIndex.read(features_index)
+lineage.use_model(tracker, index.dataset)
+lineage.use_features(tracker, index)
 splits, _ = index.splits(target=spec.target)
 test = splits["test"]
 logits, weights = predict(model, test)

@@ -91,7 +91,9 @@ class Fusion(nn.Module):
                 batch = x.shape[0]
             elif x.shape[0] != batch:
                 raise ValueError(f"{type(self).__name__}: batch sizes differ across modalities")
-            if not torch.isfinite(x).all():
+            # a data-dependent check: left out of an exported graph (torch.export, the ONNX export),
+            # whose caller checks its inputs (fusionkit.onnx_export)
+            if not torch.compiler.is_exporting() and not torch.isfinite(x).all():
                 raise ValueError(
                     f"{type(self).__name__}: modality {m!r} has non-finite (NaN/inf) features; "
                     "fill missing modalities with zeros and mark them in `mask` instead"
