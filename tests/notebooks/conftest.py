@@ -30,7 +30,7 @@ def smoke_run(tmp_path_factory):
         "-p",
         f"common.cache_dir={tmp / 'features'}",
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)  # a guard against a hang, not a timing
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)  # a hang guard
     assert proc.returncode == 0, f"chain failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return tmp / "reports" / "runs" / "smoke-test", proc
 
@@ -58,6 +58,6 @@ def regression_run(tmp_path_factory):
            "--reports-dir", str(tmp / "reports"), "--no-progress"]  # fmt: skip
     for k, v in overrides.items():
         cmd += ["-p", f"{k}={v}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)  # a guard against a hang, not a timing
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)  # a hang guard
     assert proc.returncode == 0, f"chain failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return tmp / "reports" / "runs" / "regression-test", tmp / "shapes"
