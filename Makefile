@@ -35,7 +35,7 @@ smoke: $(STAMP)
 	$(VENV)/bin/fusionkit run --profile smoke
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # kernels started by hand get what `fusionkit run` gives its kernels (fusionkit/runtime.py)
 lab: $(STAMP)
