@@ -14,18 +14,30 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from fusionkit.model import MultimodalModel
+from fusionkit.progress import progress
 from fusionkit.runtime import tune_allocator
 from fusionkit.training import Step, TrainResult, adamw, cpu_threads, fit, seed_everything, warmup_cosine
 
 Tensor = torch.Tensor
 
-__all__ = ["SplitData", "TrainConfig", "TrainResult", "accuracy", "cpu_threads", "predict", "seed_everything", "train"]
+__all__ = [
+    "Restarts",
+    "SplitData",
+    "TrainConfig",
+    "TrainResult",
+    "accuracy",
+    "cpu_threads",
+    "predict",
+    "seed_everything",
+    "train",
+    "train_restarts",
+]
 
 
 @dataclass
@@ -253,3 +265,53 @@ def train(
         return fit(model, opt, sched, batches, step, evaluate, epochs=cfg.epochs, seed=cfg.seed, monitor="val_acc",
                    mode="max", patience=cfg.patience, tiebreak="val_loss", grad_clip=cfg.grad_clip,
                    checkpoint=checkpoint, resume=resume, log_fn=log_fn, show_progress=show_progress)  # fmt: skip
+
+
+@dataclass
+class Restarts:
+    """:func:`train_restarts`' outcome: the kept model (the best on validation), its training, its
+    seed, and one row per restart (seed, best validation value, best epoch, epochs run, kept)."""
+
+    model: MultimodalModel
+    result: TrainResult
+    seed: int
+    table: list[dict]
+
+
+def train_restarts(
+    build,
+    train_data: SplitData,
+    val_data: SplitData,
+    cfg: TrainConfig,
+    seeds,
+    log_fn=None,
+    show_progress: bool = False,
+) -> Restarts:
+    """Train ``build()``'s model once per seed of ``seeds`` (``cfg`` with that seed; the model built
+    after seeding) and keep the one best on validation (the highest accuracy, or for a regression
+    target the lowest MSE; ties: the earliest seed). A model that has to find a cross-modal rule
+    does so from some initialisations and not from others; restarts chosen on validation make the
+    trained model not hang on one draw, and test is still scored once, on the kept model.
+    ``log_fn`` gets the kept training's epochs, after the choice."""
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("train_restarts needs at least one seed")
+    best: tuple[MultimodalModel, TrainResult, int] | None = None
+    rows = []
+    for s in progress(seeds, enabled=show_progress and len(seeds) > 1, desc="restarts"):
+        seed_everything(s)
+        model = build()
+        res = train(model, train_data, val_data, replace(cfg, seed=s), show_progress=show_progress and len(seeds) == 1)
+        rows.append(
+            {"seed": s, res.monitor: res.best_value, "best_epoch": res.best_epoch, "epochs_run": res.epochs_run}
+        )
+        lower = res.monitor == "val_mse"
+        if best is None or (res.best_value < best[1].best_value if lower else res.best_value > best[1].best_value):
+            best = (model, res, s)
+    model, res, seed = best
+    for row in rows:
+        row["kept"] = row["seed"] == seed
+    if log_fn is not None:
+        for rec in res.history:
+            log_fn(rec)
+    return Restarts(model, res, seed, rows)

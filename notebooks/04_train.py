@@ -49,6 +49,7 @@ dropout: float = 0.1  # dropout in projectors and head
 hyperparameters: str = "comparison"  # comparison: the method's configuration from 03 (its tuned one when 03 searched) over lr, weight_decay, hidden, dropout above | notebook: the values above
 class_weights: bool = False  # inverse-frequency class weights
 modality_dropout: float = 0.0  # train-time probability of dropping each modality
+restarts: int = 1  # trainings from seeds seed, seed+1, ...; the one best on validation is kept (a method that has to find a cross-modal rule finds it from some initialisations only)
 tasks: list[str] = []  # extra tasks to train on the same features: captioning, vqa, retrieval
 task_options: dict = {}  # per task, options of fusionkit.tasks.run.train_task, e.g. {"captioning": {"decoders": ["transformer"], "epochs": 12}}
 task_workers: int = 0  # tasks trained at once, each in its own process on its share of the cores (0: as many as the cores allow; 1: one after another)
@@ -64,10 +65,12 @@ tracker = tracking.start(run_dir, "04_train", params, group=run_id, mode=wandb_m
 params
 
 # %%
+import pandas as pd
+
 from fusionkit import compare
 from fusionkit.index import FeatureIndex
 from fusionkit.model import build_model
-from fusionkit.train import TrainConfig, seed_everything, train
+from fusionkit.train import TrainConfig, train_restarts
 
 chosen = compare.choose_method(method, comparison_csv)
 index = FeatureIndex.read(features_index)
@@ -76,13 +79,17 @@ splits, class_names = index.splits(target=target)
 in_dims = {m: int(x.shape[-1]) for m, x in splits["train"].features.items()}
 settings = compare.MethodConfig.resolve(chosen, comparison_csv if hyperparameters == "comparison" else None,
                                         lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout)
-seed_everything(seed)
-model = build_model(chosen, in_dims, len(class_names), hidden=settings.hidden, dropout=settings.dropout,
-                    fusion_kwargs=settings.fusion_kwargs)
 cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=settings.lr, weight_decay=settings.weight_decay, optimizer=optimizer,
                   patience=patience, class_weights=class_weights, modality_dropout=modality_dropout, seed=seed)
-result = train(model, splits["train"], splits["val"], cfg, log_fn=tracker.log, show_progress=True)
-print(f"{chosen} ({settings}): best epoch {result.best_epoch}, {result.monitor} {result.best_value:.4f}, {result.train_time_s:.1f} s")
+kept = train_restarts(lambda: build_model(chosen, in_dims, len(class_names), hidden=settings.hidden, dropout=settings.dropout,
+                                          fusion_kwargs=settings.fusion_kwargs),
+                      splits["train"], splits["val"], cfg, seeds=range(seed, seed + restarts), log_fn=tracker.log,
+                      show_progress=True)
+model, result = kept.model, kept.result
+if restarts > 1:
+    tracker.log_table("restarts", pd.DataFrame(kept.table))
+    display(pd.DataFrame(kept.table))
+print(f"{chosen} ({settings}): seed {kept.seed}, best epoch {result.best_epoch}, {result.monitor} {result.best_value:.4f}, {result.train_time_s:.1f} s")
 
 # %%
 fig = figures.plot_history(result.history)

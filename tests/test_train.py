@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fusionkit.model import build_model
-from fusionkit.train import SplitData, TrainConfig, _modality_dropout, accuracy, predict, train
+from fusionkit.train import SplitData, TrainConfig, _modality_dropout, accuracy, predict, train, train_restarts
 from tests.synthetic import label_problem
 
 
@@ -82,3 +82,35 @@ def test_modality_dropout_never_drops_everything():
 def test_invalid_config():
     with pytest.raises(ValueError, match="optimizer"):
         TrainConfig(optimizer="adam").validate()
+
+
+def test_restarts_keep_the_model_best_on_validation():
+    data = label_problem(noise=2.0)  # noisy enough that the seeds end at different validation accuracies
+    cfg = TrainConfig(epochs=2, batch_size=32, seed=0)
+    logged = []
+    kept = train_restarts(lambda: build_model("concat", {"image": 16, "audio": 16}, 6, hidden=8), data["train"],
+                          data["val"], cfg, seeds=[3, 4, 5], log_fn=logged.append)  # fmt: skip
+    values = [row["val_acc"] for row in kept.table]
+    assert [row["seed"] for row in kept.table] == [3, 4, 5] and len(set(values)) > 1
+    assert kept.result.best_value == max(values) and kept.seed == kept.table[values.index(max(values))]["seed"]
+    assert [row["kept"] for row in kept.table].count(True) == 1
+    assert kept.result.best_value == pytest.approx(accuracy(predict(kept.model, data["val"])[0], data["val"].labels))
+    assert logged == kept.result.history  # only the kept training's epochs reach the log
+    # one seed: the plain training with that seed
+    torch.manual_seed(4)
+    alone = train(build_model("concat", {"image": 16, "audio": 16}, 6, hidden=8), data["train"], data["val"],
+                  TrainConfig(epochs=2, batch_size=32, seed=4))  # fmt: skip
+    one = train_restarts(lambda: build_model("concat", {"image": 16, "audio": 16}, 6, hidden=8), data["train"],
+                         data["val"], cfg, seeds=[4])  # fmt: skip
+    assert [h["val_loss"] for h in one.result.history] == [h["val_loss"] for h in alone.history]
+    with pytest.raises(ValueError, match="at least one seed"):
+        train_restarts(lambda: None, data["train"], data["val"], cfg, seeds=[])
+
+
+def test_restarts_of_a_regression_keep_the_lowest_validation_mse():
+    data = label_problem()
+    reg = {k: SplitData(v.features, v.labels.float() + 0.5, v.ids) for k, v in data.items()}
+    kept = train_restarts(lambda: build_model("concat", {"image": 16, "audio": 16}, 0, hidden=8), reg["train"],
+                          reg["val"], TrainConfig(epochs=2, batch_size=32), seeds=[0, 1, 2])  # fmt: skip
+    mses = [row["val_mse"] for row in kept.table]
+    assert kept.result.monitor == "val_mse" and kept.result.best_value == min(mses)
