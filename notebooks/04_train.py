@@ -121,6 +121,6 @@ from fusionkit.export import export_run
 bundle_dir = export_run(run_dir, f"{run_dir}/bundle", checkpoint=checkpoint, features_index=features_index).parent
 lineage.log_model(tracker, bundle_dir, index.dataset, run_dir, tasks,  # the W&B artifact 05 uses
                   metadata={"fusion": chosen, "target": target, "class_names": class_names, "tasks": tasks,
-                            "best_val_accuracy": result.best_val_acc})
+                            best_key: result.best_value})
 tracker.finish()
 task_summaries
