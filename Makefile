@@ -22,9 +22,19 @@ help:
 install: $(STAMP)
 
 # Re-installs only when pyproject.toml or requirements.lock changed (or .venv is missing).
+# uv installs the lock (about 30 s on 2 cores against over 2 minutes for pip, most of it unpacking
+# torch); it reads no pip configuration, so pip's extra indexes and find-links (a local wheel mirror)
+# are handed to it. Where uv cannot install, pip does the same install.
+UV_VERSION := 0.13.9
+PIP_SOURCES = $(foreach u,$(shell $(PY) -m pip config get global.extra-index-url 2>/dev/null),--extra-index-url $(u)) \
+	$(foreach d,$(shell $(PY) -m pip config get global.find-links 2>/dev/null),$(if $(wildcard $(d)),--find-links $(d)))
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)" \
+	  && $(VENV)/bin/uv pip install --python $(PY) --quiet --index-strategy unsafe-best-match $(PIP_SOURCES) \
+	     -c requirements.lock -e ".[dev]" \
+	  || { echo "uv could not install the lock: installing with pip"; \
+	       $(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[dev]"; }
 	$(PY) -m ipykernel install --sys-prefix --name fusionkit --display-name "Python (fusionkit)" >/dev/null
 	@touch $(STAMP)
 
