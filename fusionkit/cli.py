@@ -98,7 +98,7 @@ def _cmd_fusion_compare(args: argparse.Namespace) -> int:
         comparison = compare.run(methods, splits, cfg, len(class_names), seeds=range(args.seed, args.seed + args.seeds),
                                  hidden=args.hidden, search_trials=args.search_trials,
                                  search_metric=args.search_metric or None,
-                                 search_space=space, executor=ex)  # fmt: skip
+                                 search_space=space, untuned_seeds=args.untuned_seeds, executor=ex)  # fmt: skip
     except (KeyError, ValueError) as e:
         print(f"fusionkit: error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
@@ -469,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--modality-dropout", type=float, default=0.0)
     fc.add_argument("--hidden", type=int, default=128)
     fc.add_argument("--search-trials", type=int, default=0, help="trials per method, the same for all (0: no search)")
+    fc.add_argument("--untuned-seeds", type=int, default=0,
+                    help="with a search: seeds of the untuned ranking shown beside the tuned one (0: --seeds)")  # fmt: skip
     fc.add_argument(
         "--search-metric",
         default="",

@@ -146,6 +146,7 @@ def run(
     search_trials: int = 0,
     search_metric: str | None = None,
     search_space: dict[str, Any] | None = None,
+    untuned_seeds: int = 0,
     executor: Executor | None = None,
     on_result: Callable[..., None] | None = None,
     show_progress: bool = True,
@@ -157,9 +158,18 @@ def run(
     ``executor`` (default: this process). ``on_result(row, model, train_result, tag)`` is called
     for each finished per-seed training (``tag`` "grid" or "tuned"; ``model`` is the trained model
     for the first seed, else None). ``num_classes`` 0: a regression target (float labels; the
-    search then minimises ``val_mse`` unless ``search_metric`` says otherwise)."""
+    search then minimises ``val_mse`` unless ``search_metric`` says otherwise). ``untuned_seeds``
+    (with a search): the untuned grid - the ranking shown beside the tuned one - on the first that
+    many seeds only (0: every seed); the first seed stays in it, and is the search's trial 0."""
 
     seeds = list(seeds)
+    if not 0 <= untuned_seeds <= len(seeds):
+        raise ValueError(f"untuned_seeds={untuned_seeds}: expected 0 (every seed) to {len(seeds)} (the seeds given)")
+    if untuned_seeds and search_trials <= 0:
+        raise ValueError(
+            "untuned_seeds is set but search_trials is 0: without a search the untuned grid is the comparison, "
+            "trained on every seed"
+        )
     own_metric = REGRESSION_SELECTION if data["train"].regression else SELECTION
     search_metric = search_metric or own_metric
     if search_trials > 0 and search_metric != own_metric:
@@ -174,7 +184,7 @@ def run(
     executor = executor or SerialExecutor(show_progress=show_progress)
     try:
         plan = _plan(methods, data, cfg, num_classes, seeds, hidden, dropout, search_trials, search_metric,
-                     search_space, executor.memo, on_result)  # fmt: skip
+                     search_space, executor.memo, on_result, seeds[: untuned_seeds or len(seeds)])  # fmt: skip
         return executor.run_plan(plan, {"main": (data, num_classes)}, desc="comparison")
     finally:
         if own:
@@ -182,13 +192,14 @@ def run(
 
 
 def _plan(methods, data, cfg, num_classes, seeds, hidden, dropout, search_trials, search_metric, search_space, memo,
-          on_result):  # fmt: skip
-    """The whole comparison as one plan: the untuned grid, the search rounds, the tuned grid."""
+          on_result, untuned_seeds):  # fmt: skip
+    """The whole comparison as one plan: the untuned grid (on ``untuned_seeds``), the search
+    rounds, the tuned grid (on ``seeds``)."""
 
     in_dims = in_dims_of(data)
     defaults = {m: default_config(m, cfg, hidden, dropout) for m in methods}
-    runs, models, failed = yield from _grid_plan(methods, defaults, seeds, cfg, seeds[0], "grid", on_result, in_dims,
-                                                 num_classes)  # fmt: skip
+    runs, models, failed = yield from _grid_plan(methods, defaults, untuned_seeds, cfg, seeds[0], "grid", on_result,
+                                                 in_dims, num_classes)  # fmt: skip
     untuned = summarize(runs) if len(runs) else runs
     if search_trials <= 0:
         return Comparison(runs, untuned, runs, untuned, defaults, models, None, failed)

@@ -58,6 +58,7 @@ robustness_levels: int = 10  # noise levels per corruption in the robustness stu
 dropout_study: float = 0.3  # modality-dropout rate whose effect is shown on the best method (0 skips it)
 interpret: bool = True  # learned modality weights vs what each modality is known to carry
 search_trials: int = 0  # hyper-parameter search: trials per method, the same for all (0: each method at the settings above, still selected on validation)
+untuned_seeds: int = 0  # with a search: seeds of the untuned ranking shown beside the tuned one (0: n_seeds; its first seed is the search's trial 0)
 search_metric: str = ""  # what the search optimises, a validation metric ("": the target's own - val_accuracy, or val_mse for a regression target)
 search_space: dict = {}  # overrides of the search space, e.g. {"lr": {"low": 0.0001, "high": 0.01, "log": True}, "hidden": [64, 128], "dropout": 0.1}
 executor: str = "ray"  # ray: every training a Ray Tune trial (local Ray or the cluster at ray_address) | serial: one after another in this process
@@ -107,7 +108,8 @@ ex = grid.executor(executor, ray_address, max_failures=max_failures, storage_pat
 runs = compare.PerRunLogger(run_dir, "03_fusion_comparison", params, group=run_id, mode=wandb_mode)
 comparison = compare.run(method_list, splits, cfg, num_classes=len(class_names), seeds=range(seed, seed + n_seeds),
                          unimodal=unimodal, hidden=hidden, dropout=dropout, search_trials=search_trials,
-                         search_metric=search_metric, search_space=search_space, executor=ex, on_result=runs)
+                         search_metric=search_metric, search_space=search_space, untuned_seeds=untuned_seeds,
+                         executor=ex, on_result=runs)
 results, summary, models = comparison.runs, comparison.summary, comparison.models
 tracker.log_table("comparison_runs", results)
 tracker.log_table("comparison_summary", summary)

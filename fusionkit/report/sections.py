@@ -307,6 +307,14 @@ def _tuning(run: RunFolder, head: dict[str, Any]) -> Section | None:
         if trials > 0
         else "No search: every method was trained at the same fixed settings (<code>search_trials</code> = 0)."
     )
+    if trials > 0:
+        seeds = {k: run.table(k) for k in ("comparison_untuned_summary", "comparison_summary")}
+        n = {k: int(t["n_seeds"].max()) for k, t in seeds.items() if t is not None and "n_seeds" in t and len(t)}
+        if len(n) == 2:
+            sec.answer += (
+                f" The untuned ranking is over {n['comparison_untuned_summary']} seeds, the tuned one over"
+                f" {n['comparison_summary']}."
+            )
     ranks = run.table("rankings")
     if ranks is not None and len(ranks) and "gain" in ranks:
         moved = ranks[ranks.get("untuned_rank") != ranks.get("tuned_rank")] if "tuned_rank" in ranks else ranks.head(0)

@@ -92,3 +92,21 @@ def test_bad_search_settings_are_clear_errors(data):
         compare.run(["nope"], data, CFG, 6, seeds=[0], search_trials=2, show_progress=False)
     with pytest.raises(ValueError, match="search_trials is 0"):
         compare.run(["concat"], data, CFG, 6, seeds=[0], search_space={"lr": 0.01}, show_progress=False)
+
+
+def test_the_untuned_grid_on_fewer_seeds_is_the_same_trainings_and_the_tuned_one_keeps_every_seed(data):
+    full = compare.run(["concat"], data, CFG, 6, seeds=[0, 1, 2], hidden=16, search_trials=2, unimodal=False,
+                       show_progress=False)  # fmt: skip
+    part = compare.run(["concat"], data, CFG, 6, seeds=[0, 1, 2], hidden=16, search_trials=2, untuned_seeds=2, unimodal=False,
+                       show_progress=False)  # fmt: skip
+    assert sorted(part.untuned_runs.seed) == [0, 1]
+    assert part.untuned_summary.n_seeds.tolist() == [2]
+    cols = ["seed", "val_accuracy", "test_accuracy"]
+    pd.testing.assert_frame_equal(part.untuned_runs[cols], full.untuned_runs[full.untuned_runs.seed < 2][cols])
+    # the search (its trial 0 is the untuned seed 0) and the tuned comparison on every seed are unchanged
+    assert part.search.best == full.search.best
+    pd.testing.assert_frame_equal(part.runs[cols], full.runs[cols])
+    with pytest.raises(ValueError, match="untuned_seeds=4"):
+        compare.run(["concat"], data, CFG, 6, seeds=[0, 1, 2], search_trials=2, untuned_seeds=4, show_progress=False)
+    with pytest.raises(ValueError, match="untuned_seeds is set but search_trials is 0"):
+        compare.run(["concat"], data, CFG, 6, seeds=[0, 1, 2], untuned_seeds=2, show_progress=False)
