@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,16 +312,23 @@ def load_encoder(folder: str | os.PathLike, modality: str, entry: dict[str, Any]
 
 def load_encoders(folder: str | os.PathLike, spec: ClassifierSpec) -> dict[str, Encoder]:
     """Every modality's encoder of an exported bundle (:func:`load_encoder`)."""
+    return load_encoder_entries(folder, spec.encoders, spec.in_dims)
+
+
+def load_encoder_entries(folder: str | os.PathLike, entries: Mapping[str, dict[str, Any]],
+                         modalities: Iterable[str]) -> dict[str, Encoder]:  # fmt: skip
+    """The encoders of ``modalities`` from a bundle's ``encoders`` entries (a classifier's or a
+    task model's, :mod:`fusionkit.tasks.bundle`), each checked by :func:`load_encoder`."""
     folder = Path(folder)
-    if not spec.encoders:
+    if not entries:
         raise BundleError(
             f"{folder / 'model.json'}: no encoders recorded (a bundle written by 04, not exported); make one with "
             "`fusionkit export RUN --out DIR`"
         )
-    missing = sorted(set(spec.in_dims) - set(spec.encoders))
+    missing = sorted(set(modalities) - set(entries))
     if missing:
         raise BundleError(f"{folder / 'model.json'}: no encoder recorded for modalities {missing}")
     tensors = None
-    if any(e.get("weights") == "bundle" for e in spec.encoders.values()):
+    if any(e.get("weights") == "bundle" for e in entries.values()):
         tensors = load_tensors(folder / ENCODER_WEIGHTS)
-    return {m: load_encoder(folder, m, spec.encoders[m], tensors) for m in sorted(spec.in_dims)}
+    return {m: load_encoder(folder, m, entries[m], tensors) for m in sorted(modalities)}
