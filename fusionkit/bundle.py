@@ -23,7 +23,9 @@ tabular statistics, and where its weights are - :data:`WEIGHTS`), ``dataset`` (w
 trained on) and ``metrics`` (what it reached). Encoder weights that travel inside the bundle are
 in ``encoders.safetensors`` beside the model (one prefix per modality) or, for a Hugging Face text
 encoder, a copy of its folder under ``encoders/<modality>/``. Version-1 bundles still load; they
-only lack what prediction on raw files needs.
+only lack what prediction on raw files needs. A task model exported the same way
+(``fusionkit export RUN --task captioning|vqa|retrieval``, :mod:`fusionkit.tasks.bundles`) has the
+same ``encoders``, ``dataset`` and ``metrics`` (read by :func:`load_encoder_entries`).
 """
 
 from __future__ import annotations

@@ -222,6 +222,8 @@ def _add_interactions_command(sub) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    import json
+
     from fusionkit.bundle import BundleError
     from fusionkit.data.base import DatasetError
     from fusionkit.export import export_run
@@ -229,9 +231,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     try:
         path = export_run(args.run, args.out, task=args.task, standalone=args.standalone, fmt=args.format,
                           model=args.model or None)  # fmt: skip
-        print(
-            f"[fusionkit] bundle: {path.parent} ({'standalone' if args.standalone else 'pretrained weights from this machine'})"
-        )
+        where = {"none": "no weights", "machine": "this machine's", "bundle": "inside", "folder": "inside"}
+        encoders = json.loads(path.with_suffix(".json").read_text(encoding="utf-8")).get("encoders") or {}
+        weights = ", ".join(f"{m} {where.get(e.get('weights'), '?')}" for m, e in sorted(encoders.items()))
+        what = "" if args.task == "classification" else f"{args.task} "
+        print(f"[fusionkit] {what}bundle: {path.parent} (encoder weights: {weights})")
         if args.format == "onnx":
             _print_onnx(path.parent)
     except (BundleError, DatasetError, FileNotFoundError) as e:
