@@ -211,18 +211,27 @@ def weights_mode(encoder: Encoder, standalone: bool = False) -> str:
     trained or fine-tuned encoder) travels inside the bundle."""
     if not encoder.state_dict():
         return "none"
-    weights = str(encoder.identity()["weights"])
-    pretrained = weights.startswith("sha256:") or ":sha256:" in weights
-    if pretrained and not standalone:
+    if pretrained(encoder.identity()) and not standalone:
         return "machine"
     return "folder" if isinstance(encoder, HFTextEncoder) else "bundle"
 
 
-def encoder_entry(encoder: Encoder, kind: str, name: str, options: Mapping[str, Any], fitted: Any,
-                  output: str, mode: str) -> dict[str, Any]:  # fmt: skip
-    """The ``encoders`` entry of one modality (module docstring)."""
-    entry = {"kind": kind, "encoder": name, "options": dict(options), "identity": encoder.identity(),
-             "fitted": fitted, "output": output, "weights": mode}  # fmt: skip
+def pretrained(identity: Mapping[str, Any]) -> bool:
+    """Whether an encoder identity names pretrained weights (files with a sha256, found on a machine)."""
+    weights = str(identity.get("weights"))
+    return weights.startswith("sha256:") or ":sha256:" in weights
+
+
+def encoder_entry(encoder: Encoder | None, kind: str, name: str, options: Mapping[str, Any], fitted: Any,
+                  output: str, mode: str, identity: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The ``encoders`` entry of one modality (module docstring). ``encoder`` None: a pretrained one
+    whose weights stay on the machine (``mode`` ``machine``), described by its recorded ``identity``
+    without building it (load_encoder checks it against this machine's)."""
+    if encoder is None and mode != "machine":
+        raise ValueError(f"encoder {name!r}: weights {mode!r} need the encoder itself")
+    entry = {"kind": kind, "encoder": name, "options": dict(options),
+             "identity": dict(identity) if encoder is None else encoder.identity(), "fitted": fitted,
+             "output": output, "weights": mode}  # fmt: skip
     if mode == "bundle":
         entry["state_sha256"] = state_sha256(encoder)
     return entry

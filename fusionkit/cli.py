@@ -276,6 +276,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         predictor = load_predictor(args.bundle, device=args.device or None, gallery=args.gallery, beam=args.beam)
         if args.question is not None and not isinstance(predictor, TaskPredictor):
             raise DatasetError(f"--question: {args.bundle} is a classification bundle; questions are for VQA")
+        if args.top_k < 1:
+            raise DatasetError(f"--top-k {args.top_k}: expected at least 1")
         if isinstance(predictor, TaskPredictor):
             predictor.top_k = args.top_k
         inputs = (

@@ -183,12 +183,17 @@ def export_task(
         spec = rec.get("build")
         if not spec:
             raise BundleError(f"{index_path}: the task features record no rebuildable {kind} encoder")
+        options = spec.get("kwargs") or {}
+        if bundle.pretrained(rec.get("identity") or {}) and not standalone:  # stays on the machine: not built
+            entries[m] = bundle.encoder_entry(None, kind, spec["name"], options, None, outputs[m], "machine",
+                                              identity=rec["identity"])  # fmt: skip
+            continue
         try:
             enc = task_encoder(index, kind, index_path)  # identity-checked: the one that made the features
         except TaskInputError as e:
             raise BundleError(str(e)) from e
         encoders[m] = enc
-        entries[m] = bundle.encoder_entry(enc, kind, spec["name"], spec.get("kwargs") or {}, None, outputs[m],
+        entries[m] = bundle.encoder_entry(enc, kind, spec["name"], options, None, outputs[m],
                                           bundle.weights_mode(enc, standalone))  # fmt: skip
     # the model as the task saved it, rebuilt: weights that do not fit are refused here, not in predict
     check = build_model(task, fields, tokenizer_of(folder, {"tokenizer": tok}) if tok else None)
@@ -198,7 +203,7 @@ def export_task(
     kept = {k: v for k, v in (metrics or {}).items() if k.startswith(f"{task}/")}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    bundle.save_encoders(out, encoders, entries)
+    bundle.save_encoders(out, encoders, {m: entries[m] for m in encoders})
     if standalone and task == "captioning":
         src = tokenizer_of(folder, {"tokenizer": tok}).path
         dst = out / "tokenizer"

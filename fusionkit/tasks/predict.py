@@ -102,7 +102,8 @@ class TaskPredictor(Predictor):
         if beam and spec.task != "captioning":
             raise BundleError(f"--beam: {weights.parent} is a {spec.task} bundle; beam search is for captioning")
         g = read_gallery(gallery, weights) if gallery is not None else None
-        encoders = bundle.load_encoder_entries(weights.parent, spec.encoders, spec.in_dims)
+        needed = [m for m in spec.in_dims if g is None or m != g.modality]  # a gallery's items are encoded already
+        encoders = bundle.load_encoder_entries(weights.parent, spec.encoders, needed)
         return cls(weights.parent, model.to(dev).eval(), spec, encoders, dev, extra, g, beam)
 
     def missing_hint(self, modality: str) -> str:
@@ -198,8 +199,11 @@ class TaskPredictor(Predictor):
     def embed(self, inputs: Inputs, modality: str, progress: bool = False, batch_size: int = 512):
         """Retrieval: the dual encoder's embeddings of ``inputs``' ``modality`` (what a gallery
         holds): (rows kept, ``(N, E)`` embeddings, rows skipped)."""
-        self.kinds = {modality: self.spec.kinds[modality]}
-        rows, feats, issues, _ = self.encode(inputs, progress)
+        kinds, self.kinds = self.kinds, {modality: self.spec.kinds[modality]}
+        try:
+            rows, feats, issues, _ = self.encode(inputs, progress)
+        finally:
+            self.kinds = kinds
         enc = self.model.encode_image if self.spec.kinds[modality] == "image" else self.model.encode_text
         out = []
         with torch.inference_mode():
