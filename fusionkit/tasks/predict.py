@@ -66,9 +66,15 @@ def load_predictor(path: str | os.PathLike, device: str | None = None, gallery: 
     if not str(path).startswith(WANDB_PREFIX) and weights.is_file():
         task = task_of(bundle.read_meta(weights))
     if task is None:
-        if gallery is not None:
-            raise BundleError(f"--gallery: {path} is not a retrieval bundle")
+        if gallery is not None or beam:
+            raise BundleError(f"--{'gallery' if gallery is not None else 'beam'}: {path} is not a task bundle "
+                              "(galleries are for retrieval, beam search for captioning)")  # fmt: skip
         return Predictor.load(path, device=device)
+    if task == "retrieval" and gallery is None:  # said before the encoders load
+        raise BundleError(
+            f"{weights.parent}: a retrieval bundle searches a gallery; build one with `fusionkit gallery "
+            f"{weights.parent} FOLDER_OR_MANIFEST --out GALLERY_DIR` and pass --gallery GALLERY_DIR"
+        )
     return TaskPredictor.load(weights, device=device, gallery=gallery, beam=beam)
 
 
