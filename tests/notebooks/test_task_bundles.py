@@ -153,6 +153,15 @@ def check_retrieval_top1_agrees_with_the_run_model(t):
     assert [r["match_1"] for r in got] == [g["ids"][int(i)] for i in best[:, 0]]
     assert torch.allclose(torch.tensor([float(r["score_1"]) for r in got]), scores[:, 0], atol=1e-4)
     assert {"match_3", "score_3"} <= set(got[0]) and "match_4" not in got[0]
+    # the other way: an image queries a gallery of captions
+    texts_gallery = t["tmp"] / "captions"
+    assert cli.main(["gallery", str(folder), str(queries), "--out", str(texts_gallery), "--device", "cpu"]) == 0
+    first = g["items"][0]
+    out = t["tmp"] / "captions.jsonl"
+    argv = ["predict", str(folder), "--image", first, "--gallery", str(texts_gallery), "--out", str(out)]
+    assert cli.main([*argv, "--device", "cpu"]) == 0
+    (hit,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert hit["matches"][0]["item"] == texts[int((img[0] @ txt.T).argmax())]
     return gallery
 
 
