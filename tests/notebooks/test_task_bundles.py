@@ -93,16 +93,18 @@ def check_answers_agree_with_the_run_model(t):
     index, run_dir, folder = t["index"], t["run"], t["bundles"]["vqa"]
     model, doc = _run_model(run_dir, "vqa", folder)
     table = vqa_tables(index, t["index_path"])["test"]
-    media = Path(index["tasks"]["media_root"])
-    keys = sorted({r.image_key for r in table.records})
-    files = {k: f for k, f in zip(keys, _image_files(index, keys), strict=True)}
     recs = table.records[:N]
-    manifest = media / "vqa_predict.csv"
+    keys = sorted({r.image_key for r in recs})
+    new = t["tmp"] / "vqa_new"  # the images copied beside a manifest of their own, away from the dataset
+    new.mkdir()
+    names = {k: f"{k}{Path(f).suffix}" for k, f in zip(keys, _image_files(index, keys), strict=True)}
+    for k, f in zip(keys, _image_files(index, keys), strict=True):
+        shutil.copyfile(f, new / names[k])
+    manifest = new / "questions.csv"
     with open(manifest, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["id", "image", "question"])
         w.writeheader()
-        w.writerows({"id": f"q{r.question_id}", "image": Path(files[r.image_key]).relative_to(media).as_posix(),
-                     "question": r.question} for r in recs)  # fmt: skip
+        w.writerows({"id": f"q{r.question_id}", "image": names[r.image_key], "question": r.question} for r in recs)
     out = t["tmp"] / "answers.jsonl"
     assert cli.main(["predict", str(folder), str(manifest), "--out", str(out), "--device", "cpu"]) == 0
     got = [json.loads(x) for x in out.read_text().splitlines()]
