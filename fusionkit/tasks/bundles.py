@@ -22,7 +22,9 @@ task wrote them (hyper-parameters, dimensions, training record) plus:
 ``kind`` is the model's (``captioner``, ``vqa``, ``dual_encoder``); a captioner's decoder kind is in
 ``decoder``. The encoders' weights go where a classifier bundle's go (``encoders.safetensors``, a
 copy of a Hugging Face folder, or this machine's pretrained files); reading them back runs the
-same checks (:func:`fusionkit.bundle.load_encoder_entries`).
+same checks (:func:`fusionkit.bundle.load_encoder_entries`). A pretrained encoder whose weights stay
+on the machine is described by the identity the feature index recorded, without building it (04
+exports its task bundles in well under a second); the others are rebuilt, identity-checked.
 """
 
 from __future__ import annotations
