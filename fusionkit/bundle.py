@@ -23,7 +23,9 @@ tabular statistics, and where its weights are - :data:`WEIGHTS`), ``dataset`` (w
 trained on) and ``metrics`` (what it reached). Encoder weights that travel inside the bundle are
 in ``encoders.safetensors`` beside the model (one prefix per modality) or, for a Hugging Face text
 encoder, a copy of its folder under ``encoders/<modality>/``. Version-1 bundles still load; they
-only lack what prediction on raw files needs.
+only lack what prediction on raw files needs. A task model exported the same way
+(``fusionkit export RUN --task captioning|vqa|retrieval``, :mod:`fusionkit.tasks.bundles`) has the
+same ``encoders``, ``dataset`` and ``metrics`` (read by :func:`load_encoder_entries`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,18 +211,27 @@ def weights_mode(encoder: Encoder, standalone: bool = False) -> str:
     trained or fine-tuned encoder) travels inside the bundle."""
     if not encoder.state_dict():
         return "none"
-    weights = str(encoder.identity()["weights"])
-    pretrained = weights.startswith("sha256:") or ":sha256:" in weights
-    if pretrained and not standalone:
+    if pretrained(encoder.identity()) and not standalone:
         return "machine"
     return "folder" if isinstance(encoder, HFTextEncoder) else "bundle"
 
 
-def encoder_entry(encoder: Encoder, kind: str, name: str, options: Mapping[str, Any], fitted: Any,
-                  output: str, mode: str) -> dict[str, Any]:  # fmt: skip
-    """The ``encoders`` entry of one modality (module docstring)."""
-    entry = {"kind": kind, "encoder": name, "options": dict(options), "identity": encoder.identity(),
-             "fitted": fitted, "output": output, "weights": mode}  # fmt: skip
+def pretrained(identity: Mapping[str, Any]) -> bool:
+    """Whether an encoder identity names pretrained weights (files with a sha256, found on a machine)."""
+    weights = str(identity.get("weights"))
+    return weights.startswith("sha256:") or ":sha256:" in weights
+
+
+def encoder_entry(encoder: Encoder | None, kind: str, name: str, options: Mapping[str, Any], fitted: Any,
+                  output: str, mode: str, identity: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The ``encoders`` entry of one modality (module docstring). ``encoder`` None: a pretrained one
+    whose weights stay on the machine (``mode`` ``machine``), described by its recorded ``identity``
+    without building it (load_encoder checks it against this machine's)."""
+    if encoder is None and mode != "machine":
+        raise ValueError(f"encoder {name!r}: weights {mode!r} need the encoder itself")
+    entry = {"kind": kind, "encoder": name, "options": dict(options),
+             "identity": dict(identity) if encoder is None else encoder.identity(), "fitted": fitted,
+             "output": output, "weights": mode}  # fmt: skip
     if mode == "bundle":
         entry["state_sha256"] = state_sha256(encoder)
     return entry
@@ -312,16 +323,23 @@ def load_encoder(folder: str | os.PathLike, modality: str, entry: dict[str, Any]
 
 def load_encoders(folder: str | os.PathLike, spec: ClassifierSpec) -> dict[str, Encoder]:
     """Every modality's encoder of an exported bundle (:func:`load_encoder`)."""
+    return load_encoder_entries(folder, spec.encoders, spec.in_dims)
+
+
+def load_encoder_entries(folder: str | os.PathLike, entries: Mapping[str, dict[str, Any]],
+                         modalities: Iterable[str]) -> dict[str, Encoder]:  # fmt: skip
+    """The encoders of ``modalities`` from a bundle's ``encoders`` entries (a classifier's or a
+    task model's, :mod:`fusionkit.tasks.bundle`), each checked by :func:`load_encoder`."""
     folder = Path(folder)
-    if not spec.encoders:
+    if not entries:
         raise BundleError(
             f"{folder / 'model.json'}: no encoders recorded (a bundle written by 04, not exported); make one with "
             "`fusionkit export RUN --out DIR`"
         )
-    missing = sorted(set(spec.in_dims) - set(spec.encoders))
+    missing = sorted(set(modalities) - set(entries))
     if missing:
         raise BundleError(f"{folder / 'model.json'}: no encoder recorded for modalities {missing}")
     tensors = None
-    if any(e.get("weights") == "bundle" for e in spec.encoders.values()):
+    if any(e.get("weights") == "bundle" for e in entries.values()):
         tensors = load_tensors(folder / ENCODER_WEIGHTS)
-    return {m: load_encoder(folder, m, spec.encoders[m], tensors) for m in sorted(spec.in_dims)}
+    return {m: load_encoder(folder, m, entries[m], tensors) for m in sorted(modalities)}

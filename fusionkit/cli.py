@@ -222,15 +222,20 @@ def _add_interactions_command(sub) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    import json
+
     from fusionkit.bundle import BundleError
     from fusionkit.data.base import DatasetError
     from fusionkit.export import export_run
 
     try:
-        path = export_run(args.run, args.out, task=args.task, standalone=args.standalone, fmt=args.format)
-        print(
-            f"[fusionkit] bundle: {path.parent} ({'standalone' if args.standalone else 'pretrained weights from this machine'})"
-        )
+        path = export_run(args.run, args.out, task=args.task, standalone=args.standalone, fmt=args.format,
+                          model=args.model or None)  # fmt: skip
+        where = {"none": "no weights", "machine": "this machine's", "bundle": "inside", "folder": "inside"}
+        encoders = json.loads(path.with_suffix(".json").read_text(encoding="utf-8")).get("encoders") or {}
+        weights = ", ".join(f"{m} {where.get(e.get('weights'), '?')}" for m, e in sorted(encoders.items()))
+        what = "" if args.task == "classification" else f"{args.task} "
+        print(f"[fusionkit] {what}bundle: {path.parent} (encoder weights: {weights})")
         if args.format == "onnx":
             _print_onnx(path.parent)
     except (BundleError, DatasetError, FileNotFoundError) as e:
@@ -259,7 +264,8 @@ def _print_onnx(folder) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from fusionkit.bundle import BundleError
     from fusionkit.data.base import DatasetError
-    from fusionkit.predict import Predictor, read_inputs, single_inputs, write_predictions
+    from fusionkit.predict import read_inputs, single_inputs, write_predictions
+    from fusionkit.tasks.predict import TaskPredictor, load_predictor
 
     singles = {"image": args.image, "text": args.text, "audio": args.audio}
     if (args.input is None) == all(v is None for v in singles.values()):
@@ -267,10 +273,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         return 2
     progress = not args.no_progress and sys.stderr.isatty()
     try:
-        predictor = Predictor.load(args.bundle, device=args.device or None)
+        predictor = load_predictor(args.bundle, device=args.device or None, gallery=args.gallery, beam=args.beam)
+        if args.question is not None and not isinstance(predictor, TaskPredictor):
+            raise DatasetError(f"--question: {args.bundle} is a classification bundle; questions are for VQA")
+        if args.top_k < 1:
+            raise DatasetError(f"--top-k {args.top_k}: expected at least 1")
+        if isinstance(predictor, TaskPredictor):
+            predictor.top_k = args.top_k
         inputs = (
             read_inputs(args.input, predictor, split=args.split) if args.input else single_inputs(predictor, **singles)
         )
+        if isinstance(predictor, TaskPredictor):
+            inputs = predictor.ask(inputs, args.question)
         result = predictor.predict(inputs, progress=progress)
         out = write_predictions(result, args.out)
     except (BundleError, DatasetError) as e:
@@ -278,7 +292,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         return 2
     for issue in result.issues:
         print(f"skipped: {issue.line()}", file=sys.stderr)
-    masked = sum(1 for r in result.records if r["missing"])
+    masked = sum(1 for r in result.records if r.get("missing"))
     if out is not None:
         print(f"[fusionkit] {len(result.records)} predictions written to {out}", file=sys.stderr)
     if masked:
@@ -292,6 +306,29 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"[fusionkit] {len(result.issues)} row(s) skipped (above); the others were written", file=sys.stderr)
         return 1
     return 0
+
+
+def _cmd_gallery(args: argparse.Namespace) -> int:
+    import json
+
+    from fusionkit.bundle import BundleError
+    from fusionkit.data.base import DatasetError
+    from fusionkit.predict import read_inputs
+    from fusionkit.tasks.predict import TaskPredictor, build_gallery
+
+    progress = not args.no_progress and sys.stderr.isatty()
+    try:
+        predictor = TaskPredictor.load(args.bundle, device=args.device or None)
+        inputs = read_inputs(args.source, predictor, split=args.split)
+        path, issues = build_gallery(predictor, inputs, args.out, modality=args.modality or None, progress=progress)
+    except (BundleError, DatasetError) as e:
+        print(f"fusionkit: error: {e}", file=sys.stderr)
+        return 2
+    for issue in issues:
+        print(f"skipped: {issue.line()}", file=sys.stderr)
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    print(f"[fusionkit] gallery: {doc['n']} {doc['modality']} item(s) in {path.parent}", file=sys.stderr)
+    return 1 if issues else 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -312,7 +349,10 @@ def _add_model_commands(sub) -> None:
     ex = sub.add_parser("export", help="write a run's trained model as a bundle that runs without the run folder")
     ex.add_argument("run", metavar="RUN", help="a run folder (its model.safetensors + .json and features.json)")
     ex.add_argument("--out", required=True, help="the bundle folder to write")
-    ex.add_argument("--task", default="classification", help="classification (also regression targets)")
+    ex.add_argument("--task", default="classification", choices=("classification", "captioning", "vqa", "retrieval"),
+                    help="classification (also regression targets; default), or one of the run's task models")  # fmt: skip
+    ex.add_argument("--model", default="",
+                    help="a task's model to export (a captioning decoder, a VQA method; default: the best on validation)")  # fmt: skip
     ex.add_argument("--standalone", action="store_true", help="also copy the pretrained encoder weights into it")
     ex.add_argument("--format", default="bundle", choices=("bundle", "onnx"),
                     help="onnx: also the fusion model + head and the image encoder as ONNX graphs, checked against PyTorch")  # fmt: skip
@@ -325,11 +365,27 @@ def _add_model_commands(sub) -> None:
     pr.add_argument("--image", help="one image file")
     pr.add_argument("--text", help="one text")
     pr.add_argument("--audio", help="one audio file")
+    pr.add_argument("--question", default=None,
+                    help="VQA: the question (with --image, or for every row of INPUT without a question column)")  # fmt: skip
+    pr.add_argument("--gallery", default=None, help="retrieval: the gallery to search (fusionkit gallery)")
+    pr.add_argument("--top-k", type=int, default=5, help="retrieval: gallery items per query (default 5)")
+    pr.add_argument("--beam", action="store_true", help="captioning: beam search (default: greedy)")
     pr.add_argument("--split", default=None, help="a dataset folder's split to predict (default: every sample)")
     pr.add_argument("--out", default=None, help="predictions.csv or .jsonl (default: CSV on standard output)")
     pr.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: CUDA when available)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bars")
     pr.set_defaults(func=_cmd_predict)
+
+    ga = sub.add_parser("gallery", help="encode the items a retrieval bundle searches (fusionkit predict --gallery)")
+    ga.add_argument("bundle", metavar="BUNDLE", help="a retrieval bundle (fusionkit export RUN --task retrieval)")
+    ga.add_argument("source", metavar="FOLDER_OR_MANIFEST", help="images or texts: a folder or a manifest")
+    ga.add_argument("--out", required=True, help="the gallery folder to write")
+    ga.add_argument("--modality", default="", choices=("", "image", "text"),
+                    help="what the gallery holds when the input has both images and texts")  # fmt: skip
+    ga.add_argument("--split", default=None, help="a dataset folder's split (default: every sample)")
+    ga.add_argument("--device", default="", help="cpu, cuda (default: CUDA when available)")
+    ga.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ga.set_defaults(func=_cmd_gallery)
 
     sv = sub.add_parser("serve", help="serve a bundle as an HTTP JSON API (/predict, /health, /info)")
     sv.add_argument("bundle", metavar="BUNDLE", help="a bundle folder written by fusionkit export")

@@ -10,6 +10,9 @@ encoder without pretrained files (a random-init or trained audio CNN) travels in
 state dicts, a copy of the text encoder's Hugging Face folder), so the bundle runs on a machine
 that has only fusionkit.
 
+``--task captioning|vqa|retrieval``: one of the run's task models on the same format
+(:mod:`fusionkit.tasks.bundles`).
+
 ``fmt="onnx"`` (``--format onnx``) also writes the fusion model + head and the image encoder as
 ONNX graphs beside the bundle, checked against PyTorch (:mod:`fusionkit.onnx_export`).
 """
@@ -27,12 +30,8 @@ from fusionkit.data.base import target_kind
 from fusionkit.index import FeatureIndex
 from fusionkit.tracking import read_mirror
 
-TASKS = ("classification",)  # regression: a classification bundle with num_classes 0
-NOT_EXPORTED = {
-    "captioning": "captioning bundles are not exported yet (fusionkit predict runs classifiers and regressors)",
-    "vqa": "VQA bundles are not exported yet (fusionkit predict runs classifiers and regressors)",
-    "retrieval": "retrieval bundles are not exported yet (fusionkit predict runs classifiers and regressors)",
-}
+#: regression: a classification bundle with num_classes 0; the other tasks: :mod:`fusionkit.tasks.bundles`
+TASKS = ("classification", "captioning", "vqa", "retrieval")
 FORMATS = ("bundle", "onnx")
 #: the run's notebooks whose summaries a bundle keeps as the metrics it reached
 _SUMMARIES = ("04_train", "05_evaluate")
@@ -56,17 +55,25 @@ def export_run(
     checkpoint: str | os.PathLike | None = None,
     features_index: str | os.PathLike | None = None,
     fmt: str = "bundle",
+    model: str | None = None,
 ) -> Path:
     """Write the bundle of ``run``'s trained model to the folder ``out`` (``model.safetensors``,
     ``model.json``, the encoders' weights where they travel); returns ``out/model.safetensors``.
     ``checkpoint`` / ``features_index``: 04's model and 02's index (default: in ``run``).
-    ``fmt="onnx"``: the ONNX graphs too, checked on the run's test split (:func:`onnx_graphs`)."""
+    ``fmt="onnx"``: the ONNX graphs too, checked on the run's test split (:func:`onnx_graphs`).
+    ``task`` captioning / vqa / retrieval: the run's trained task model instead
+    (:func:`fusionkit.tasks.bundles.export_task`; ``model``: which, default the best on validation)."""
     if fmt not in FORMATS:
         raise BundleError(f"--format {fmt!r}; expected one of {FORMATS}")
-    if task in NOT_EXPORTED:
-        raise BundleError(f"--task {task}: {NOT_EXPORTED[task]}")
     if task not in TASKS:
-        raise BundleError(f"--task {task!r}; expected one of {TASKS + tuple(NOT_EXPORTED)}")
+        raise BundleError(f"--task {task!r}; expected one of {TASKS}")
+    if task != "classification":
+        if fmt != "bundle":
+            raise BundleError(f"--format {fmt}: ONNX graphs are exported for classification / regression models only")
+        from fusionkit.tasks.bundles import export_task
+
+        return export_task(run, out, task, standalone=standalone, features_index=features_index, model=model,
+                           metrics=run_metrics(run))  # fmt: skip
     run = Path(run)
     ckpt = Path(checkpoint) if checkpoint else run / "model.safetensors"
     index_path = Path(features_index) if features_index else run / "features.json"
@@ -119,4 +126,4 @@ def onnx_graphs(out: Path, model, spec, index: FeatureIndex, encoders: dict) -> 
     return onnx_export.export_onnx(out, model, spec, encoders, kinds, test, images)
 
 
-__all__ = ["FORMATS", "export_run", "onnx_graphs", "run_metrics"]
+__all__ = ["FORMATS", "TASKS", "export_run", "onnx_graphs", "run_metrics"]

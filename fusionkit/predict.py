@@ -95,6 +95,8 @@ class Predictions:
     modalities: list[str]
     weighted: bool
     unknown: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: a task's predictions (:mod:`fusionkit.tasks.predict`): their CSV rows, flat (None: a classifier's)
+    flat: list[dict[str, Any]] | None = None
 
 
 class Predictor:
@@ -103,6 +105,8 @@ class Predictor:
     def __init__(self, folder: Path, model, spec: ClassifierSpec, encoders: dict, device: torch.device) -> None:
         self.folder, self.model, self.spec, self.encoders, self.device = folder, model, spec, encoders, device
         self.kinds = {m: e["kind"] for m, e in spec.encoders.items() if m in spec.in_dims}
+        #: the encoder output of each modality's features (default ``pooled``; a task model may read ``grid``)
+        self.outputs: dict[str, str] = {}
         self._runners = {m: inference_runner(enc, device) for m, enc in encoders.items()}
 
     @classmethod
@@ -152,8 +156,25 @@ class Predictor:
                 "dataset": s.dataset, "metrics": s.metrics, "device": str(self.device)}  # fmt: skip
 
     # ------------------------------------------------------------------ predicting
+    #: modalities a row cannot do without (a task model's; a classifier masks a missing one)
+    required: tuple[str, ...] = ()
+
     def predict(self, inputs: Inputs, progress: bool = False, batch_size: int = 512) -> Predictions:
         """Encode every row's present modalities, fuse, and predict; bad rows are skipped and listed."""
+        rows, feats, issues, unknown = self.encode(inputs, progress)
+        records = self._forward(rows, feats, batch_size, progress)
+        return Predictions(records, issues, list(self.spec.class_names), sorted(self.kinds), self._weighted, unknown)
+
+    def missing_hint(self, modality: str) -> str:
+        """What to add to the message of a row without a :attr:`required` modality."""
+        return f"a {modality!r} column"
+
+    def encode(
+        self, inputs: Inputs, progress: bool = False
+    ) -> tuple[list[Row], list[dict[str, torch.Tensor | None]], list[Issue], dict[str, dict[str, int]]]:
+        """Every row's present modalities encoded with the bundle's encoders: (the rows kept, their
+        features per modality - None: missing -, every row skipped, the tabular values of unknown
+        categories). A bad row is skipped, named by file and row."""
         rows = inputs.rows
         issues = list(inputs.issues)
         bad: dict[int, Issue] = {}
@@ -180,13 +201,19 @@ class Predictor:
                         continue
                 present[m].append(i)
                 values[m].append(v)
+        for m in self.required:
+            given = set(present[m])
+            for i in range(len(rows)):
+                if i not in given:
+                    refuse(i, f"no {m} given; the model needs one ({self.missing_hint(m)})")
         feats: dict[str, dict[int, torch.Tensor]] = {}
         unknown: dict[str, dict[str, int]] = {}
         for m in sorted(self.kinds):
             idx = [i for i in present[m] if i not in bad]
             vals = [values[m][j] for j, i in enumerate(present[m]) if i not in bad]
             got, failed = encode_records(self.encoders[m], vals, inputs.root, self.kinds[m], device=self.device,
-                                         runner=self._runners[m], progress=progress, desc=f"{m} ({self.encoders[m].name})")  # fmt: skip
+                                         output=self.outputs.get(m, "pooled"), runner=self._runners[m],
+                                         progress=progress, desc=f"{m} ({self.encoders[m].name})")  # fmt: skip
             feats[m] = {idx[j]: v for j, v in got.items()}
             if self.kinds[m] == "tabular":
                 counts = self.encoders[m].split_notes([vals[j] for j in got])["unknown_categories"]
@@ -198,10 +225,8 @@ class Predictor:
             if i not in bad and not any(i in feats[m] for m in feats):
                 refuse(i, f"no input for any modality the model takes ({', '.join(sorted(self.kinds))})")
         keep = [i for i in range(len(rows)) if i not in bad]
-        records = self._forward([rows[i] for i in keep], [{m: feats[m].get(i) for m in feats} for i in keep],
-                                batch_size, progress)  # fmt: skip
         issues += [bad[i] for i in sorted(bad)]
-        return Predictions(records, issues, list(self.spec.class_names), sorted(self.kinds), self._weighted, unknown)
+        return [rows[i] for i in keep], [{m: feats[m].get(i) for m in feats} for i in keep], issues, unknown
 
     _weighted = False
 
@@ -380,6 +405,12 @@ def render(result: Predictions, fmt: str) -> str:
     if fmt == "jsonl":
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.records)
     buf = io.StringIO()
+    if result.flat is not None:  # a task's predictions: their own columns
+        header = list(dict.fromkeys(k for r in result.flat for k in r)) or ["id", "prediction"]
+        w = csv.DictWriter(buf, fieldnames=header, lineterminator="\n")
+        w.writeheader()
+        w.writerows(result.flat)
+        return buf.getvalue()
     header = ["id", "prediction", *(f"prob_{c}" for c in result.class_names)]
     header += [f"weight_{m}" for m in result.modalities] if result.weighted else []
     w = csv.DictWriter(buf, fieldnames=[*header, "missing"], lineterminator="\n")

@@ -182,9 +182,10 @@ def test_a_regression_bundle_predicts_in_the_targets_units(exported_run, tmp_pat
     assert torch.allclose(got, want[:, 0], atol=1e-4) and "probabilities" not in res.records[0]
 
 
-def test_export_refuses_tasks_it_cannot_export(exported_run, tmp_path, capsys):
+def test_export_refuses_a_task_the_run_did_not_train(exported_run, tmp_path, capsys):
     assert cli.main(["export", str(exported_run["run"]), "--out", str(tmp_path / "x"), "--task", "captioning"]) == 2
-    assert "captioning bundles are not exported yet" in capsys.readouterr().err
+    assert "no trained captioning models in the run" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_tabular_column_absent_at_prediction_time_is_named(tmp_path):
