@@ -26,8 +26,8 @@ install: $(STAMP)
 # torch); it reads no pip configuration, so pip's extra indexes and find-links (a local wheel mirror)
 # are handed to it. Where uv cannot install, pip does the same install.
 UV_VERSION := 0.13.9
-PIP_SOURCES = $(foreach u,$(shell $(PY) -m pip config get global.extra-index-url 2>/dev/null),--extra-index-url $(u)) \
-	$(foreach d,$(shell $(PY) -m pip config get global.find-links 2>/dev/null),$(if $(wildcard $(d)),--find-links $(d)))
+PIP_SOURCES = $(foreach u,$(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null),--extra-index-url $(u)) \
+	$(foreach d,$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),$(if $(wildcard $(d)),--find-links $(d)))
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)" \
