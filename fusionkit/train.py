@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from fusionkit.fusion import values_checked
 from fusionkit.model import MultimodalModel
 from fusionkit.progress import progress
 from fusionkit.runtime import tune_allocator
@@ -196,9 +197,10 @@ def _train_regression(model: MultimodalModel, train_data: SplitData, val_data: S
         mse = float((err**2).mean())
         return {"val_loss": mse / std**2, "val_mse": mse}
 
-    return fit(model, opt, sched, batches, step, evaluate, epochs=cfg.epochs, seed=cfg.seed, monitor="val_mse",
-               mode="min", patience=cfg.patience, grad_clip=cfg.grad_clip, checkpoint=checkpoint, resume=resume,
-               log_fn=log_fn, show_progress=show_progress)  # fmt: skip
+    with values_checked(False):  # both splits were checked whole (train)
+        return fit(model, opt, sched, batches, step, evaluate, epochs=cfg.epochs, seed=cfg.seed, monitor="val_mse",
+                   mode="min", patience=cfg.patience, grad_clip=cfg.grad_clip, checkpoint=checkpoint, resume=resume,
+                   log_fn=log_fn, show_progress=show_progress)  # fmt: skip
 
 
 def train(
@@ -262,9 +264,11 @@ def train(
             val_loss = float(nn.functional.cross_entropy(val_logits, val_data.labels))
             return {"val_loss": val_loss, "val_acc": accuracy(val_logits, val_data.labels)}
 
-        return fit(model, opt, sched, batches, step, evaluate, epochs=cfg.epochs, seed=cfg.seed, monitor="val_acc",
-                   mode="max", patience=cfg.patience, tiebreak="val_loss", grad_clip=cfg.grad_clip,
-                   checkpoint=checkpoint, resume=resume, log_fn=log_fn, show_progress=show_progress)  # fmt: skip
+        with values_checked(False):  # both splits were checked whole above (SplitData.check)
+            return fit(model, opt, sched, batches, step, evaluate, epochs=cfg.epochs, seed=cfg.seed,
+                       monitor="val_acc", mode="max", patience=cfg.patience, tiebreak="val_loss",
+                       grad_clip=cfg.grad_clip, checkpoint=checkpoint, resume=resume, log_fn=log_fn,
+                       show_progress=show_progress)  # fmt: skip
 
 
 @dataclass

@@ -114,3 +114,19 @@ def test_restarts_of_a_regression_keep_the_lowest_validation_mse():
                           reg["val"], TrainConfig(epochs=2, batch_size=32), seeds=[0, 1, 2])  # fmt: skip
     mses = [row["val_mse"] for row in kept.table]
     assert kept.result.monitor == "val_mse" and kept.result.best_value == min(mses)
+
+
+def test_a_training_checks_its_splits_whole_and_a_nan_in_them_is_named():
+    g = torch.Generator().manual_seed(0)
+    feats = {"a": torch.randn(40, 4, generator=g), "b": torch.randn(40, 3, generator=g)}
+    labels = torch.randint(0, 2, (40,), generator=g)
+    ok = SplitData(feats, labels, [f"s{i}" for i in range(40)])
+    bad_a = feats["a"].clone()
+    bad_a[7, 2] = float("nan")
+    bad = SplitData({**feats, "a": bad_a}, labels, ok.ids)
+    model = build_model("concat", {"a": 4, "b": 3}, 2, hidden=8)
+    # the per-batch value check is off inside the loop (values_checked): the whole-split check names the sample
+    with pytest.raises(ValueError, match=r"train: modality 'a' has NaN/inf features \(samples \['s7'\]\)"):
+        train(model, bad, ok, TrainConfig(epochs=1, batch_size=8))
+    with pytest.raises(ValueError, match=r"val: modality 'a' has NaN/inf features"):
+        train(model, ok, bad, TrainConfig(epochs=1, batch_size=8))

@@ -24,6 +24,7 @@ from fusionkit.fusion.base import (
     named,
     register,
     search_space,
+    values_checked,
 )
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "named",
     "register",
     "search_space",
+    "values_checked",
 ]

@@ -20,8 +20,10 @@ method declares the dimensions its own hyper-parameters are searched over in ``s
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -31,6 +33,22 @@ from torch import nn
 from fusionkit.fusion.space import Dimension
 
 Tensor = torch.Tensor
+
+#: whether :meth:`Fusion.check_inputs` also checks the values (NaN / inf) - see :func:`values_checked`
+_CHECK_VALUES = contextvars.ContextVar("fusionkit_check_values", default=True)
+
+
+@contextlib.contextmanager
+def values_checked(enabled: bool) -> Iterator[None]:
+    """Inside ``with values_checked(False)``, :meth:`Fusion.check_inputs` leaves out its per-batch
+    NaN / inf check (names, shapes and masks are still checked). For a training loop whose splits
+    were checked whole before it started (``SplitData.check``): the check then adds nothing but a
+    few ops to every forward pass."""
+    token = _CHECK_VALUES.set(enabled)
+    try:
+        yield
+    finally:
+        _CHECK_VALUES.reset(token)
 
 
 @dataclass
@@ -92,8 +110,9 @@ class Fusion(nn.Module):
             elif x.shape[0] != batch:
                 raise ValueError(f"{type(self).__name__}: batch sizes differ across modalities")
             # a data-dependent check: left out of an exported graph (torch.export, the ONNX export),
-            # whose caller checks its inputs (fusionkit.onnx_export)
-            if not torch.compiler.is_exporting() and not torch.isfinite(x).all():
+            # whose caller checks its inputs (fusionkit.onnx_export), and of a training on checked
+            # splits (values_checked)
+            if _CHECK_VALUES.get() and not torch.compiler.is_exporting() and not torch.isfinite(x).all():
                 raise ValueError(
                     f"{type(self).__name__}: modality {m!r} has non-finite (NaN/inf) features; "
                     "fill missing modalities with zeros and mark them in `mask` instead"

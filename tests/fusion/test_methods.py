@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import fusionkit.fusion  # noqa: F401  (registers every method)
-from fusionkit.fusion import FusionOutput, available, build_fusion, get, hyperparameters
+from fusionkit.fusion import FusionOutput, available, build_fusion, get, hyperparameters, values_checked
 from fusionkit.model import build_model
 
 METHODS = available()
@@ -241,6 +241,15 @@ def test_bad_inputs_raise_clear_errors(name):
             fusion({**feats, "text": x})
     with pytest.raises(ValueError, match="mask for modality 'audio'"):
         fusion(feats, {"audio": torch.ones(B + 1)})
+    # a training on splits checked whole leaves out the per-batch value check, and only that one
+    x = feats["text"].clone()
+    x[3, 1] = float("nan")
+    with values_checked(False):
+        fusion({**feats, "text": x})
+        with pytest.raises(ValueError, match="'image' expected shape"):
+            fusion({**feats, "image": torch.randn(B, 9)})
+    with pytest.raises(ValueError, match="'text' has non-finite"):
+        fusion({**feats, "text": x})
 
 
 # --- it really fuses -------------------------------------------------------------------------------
