@@ -75,6 +75,12 @@ def json_default(v: Any) -> Any:
     return str(v)
 
 
+def weights_file(path: str | os.PathLike) -> Path:
+    """A bundle's weights file: ``path`` itself, or ``model.safetensors`` in it when it is a folder."""
+    path = Path(path)
+    return path / "model.safetensors" if path.is_dir() else path
+
+
 def meta_path(weights: str | os.PathLike) -> Path:
     """Where the description of the weights file ``weights`` lives."""
     return Path(weights).with_suffix(".json")

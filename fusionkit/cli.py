@@ -344,6 +344,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    """``--device``, as every command that loads a bundle takes it."""
+    p.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: CUDA when available)")
+
+
+def _add_input_options(p: argparse.ArgumentParser) -> None:
+    """``--split``, ``--device`` and ``--no-progress``: how ``predict`` and ``gallery`` read their input."""
+    p.add_argument("--split", default=None, help="a dataset folder's split (default: every sample)")
+    _add_device_option(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def _add_model_commands(sub) -> None:
     """``fusionkit export`` / ``predict`` / ``serve``: a trained model on new raw files."""
     ex = sub.add_parser("export", help="write a run's trained model as a bundle that runs without the run folder")
@@ -370,10 +382,8 @@ def _add_model_commands(sub) -> None:
     pr.add_argument("--gallery", default=None, help="retrieval: the gallery to search (fusionkit gallery)")
     pr.add_argument("--top-k", type=int, default=5, help="retrieval: gallery items per query (default 5)")
     pr.add_argument("--beam", action="store_true", help="captioning: beam search (default: greedy)")
-    pr.add_argument("--split", default=None, help="a dataset folder's split to predict (default: every sample)")
     pr.add_argument("--out", default=None, help="predictions.csv or .jsonl (default: CSV on standard output)")
-    pr.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: CUDA when available)")
-    pr.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_input_options(pr)
     pr.set_defaults(func=_cmd_predict)
 
     ga = sub.add_parser("gallery", help="encode the items a retrieval bundle searches (fusionkit predict --gallery)")
@@ -382,16 +392,14 @@ def _add_model_commands(sub) -> None:
     ga.add_argument("--out", required=True, help="the gallery folder to write")
     ga.add_argument("--modality", default="", choices=("", "image", "text"),
                     help="what the gallery holds when the input has both images and texts")  # fmt: skip
-    ga.add_argument("--split", default=None, help="a dataset folder's split (default: every sample)")
-    ga.add_argument("--device", default="", help="cpu, cuda (default: CUDA when available)")
-    ga.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_input_options(ga)
     ga.set_defaults(func=_cmd_gallery)
 
     sv = sub.add_parser("serve", help="serve a bundle as an HTTP JSON API (/predict, /health, /info)")
     sv.add_argument("bundle", metavar="BUNDLE", help="a bundle folder written by fusionkit export")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    sv.add_argument("--device", default="", help="cpu, cuda (default: CUDA when available)")
+    _add_device_option(sv)
     sv.add_argument("--max-body-bytes", type=int, default=None, help="largest request body accepted (default: 20 MiB)")
     sv.add_argument(
         "--max-pixels", type=int, default=None, help="largest image accepted, width x height (default: 40 million)"

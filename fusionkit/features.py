@@ -64,7 +64,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from fusionkit import __version__, encoding
-from fusionkit.data.base import Dataset, DatasetError, atomic_write_text
+from fusionkit.data.base import Dataset, DatasetError, atomic_write_text, sha256_file
 from fusionkit.data.problems import check_on_error
 from fusionkit.data.readers import read_json, read_jsonl
 from fusionkit.encoders import build_encoder
@@ -159,14 +159,6 @@ def cache_path(
 
 
 # ----------------------------------------------------------------------------------------- files
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """safetensors to a temporary name, fsync, rename: a crash never leaves a half file under ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +211,7 @@ def read_feature_set(path: str | os.PathLike, verify: bool = True) -> FeatureSet
     if size != meta.get("file_size"):
         raise CacheError(f"{path}: {size} bytes, the sidecar says {meta.get('file_size')} (truncated or replaced)")
     if verify:
-        digest = _sha256_file(path)
+        digest = sha256_file(path)
         if digest != meta.get("sha256"):
             raise CacheError(
                 f"{path}: sha256 {digest[:12]}... does not match the sidecar's {str(meta.get('sha256'))[:12]}... (corrupt)"
@@ -495,7 +487,7 @@ def _compute_entry(
         **({"notes": notes} if (notes := enc.split_notes([s.modalities[modality] for s in samples])) else {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "file_size": path.stat().st_size,
-        "sha256": _sha256_file(path),
+        "sha256": sha256_file(path),
     }
     unknown = (meta.get("notes") or {}).get("unknown_categories") or {}
     if unknown:

@@ -118,15 +118,19 @@ class Predictor:
                 path = tracking.download_artifact(str(path)[len(WANDB_PREFIX) :], type="model")
             except RuntimeError as e:
                 raise BundleError(str(e)) from e
-        path = Path(path)
-        weights = path / "model.safetensors" if path.is_dir() else path
+        weights, dev = cls._open(path, device)
+        model, spec = bundle.load_classifier(weights)
+        encoders = bundle.load_encoders(weights.parent, spec)
+        return cls(weights.parent, model.to(dev).eval(), spec, encoders, dev)
+
+    @staticmethod
+    def _open(path: str | os.PathLike, device: str | None) -> tuple[Path, torch.device]:
+        """The bundle's weights file and the device to load it on (BundleError for a bad ``device``)."""
         try:
             dev = resolve_device(device)
         except (RuntimeError, ValueError) as e:
             raise BundleError(f"--device {device!r}: {e}") from e
-        model, spec = bundle.load_classifier(weights)
-        encoders = bundle.load_encoders(weights.parent, spec)
-        return cls(weights.parent, model.to(dev).eval(), spec, encoders, dev)
+        return bundle.weights_file(path), dev
 
     # ------------------------------------------------------------------ what it needs
     def modality_of(self, kind: str) -> str:

@@ -190,6 +190,15 @@ def manifest_hash(root: str | os.PathLike) -> str:
     return h.hexdigest()[:16]
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file's bytes, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file + rename, so a crash never leaves a
     half-written file behind."""

@@ -230,8 +230,7 @@ def load_task(path: str | os.PathLike) -> tuple[torch.nn.Module, TaskSpec, Any]:
     """An exported task bundle (folder or its ``model.safetensors``): (model in eval mode, its
     spec, the captioning tokenizer / VQA answer vocabulary / None); BundleError naming the file
     for a missing, corrupted or incompatible one, or one the run wrote (not exported)."""
-    path = Path(path)
-    weights = path / "model.safetensors" if path.is_dir() else path
+    weights = bundle.weights_file(path)
     doc = bundle.read_meta(weights)
     task = task_of(doc)
     mp = bundle.meta_path(weights)

@@ -32,7 +32,6 @@ the bundle's weights - a gallery built with another model is refused - and the r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -42,9 +41,8 @@ import torch
 
 from fusionkit import __version__, bundle
 from fusionkit.bundle import BundleError
-from fusionkit.data.base import DatasetError, atomic_write_text
+from fusionkit.data.base import DatasetError, atomic_write_text, sha256_file
 from fusionkit.data.readers import read_json
-from fusionkit.encoding import resolve_device
 from fusionkit.predict import WANDB_PREFIX, Inputs, Predictions, Predictor, Row
 from fusionkit.tasks.bundles import TaskSpec, load_task, task_of
 
@@ -61,7 +59,7 @@ def load_predictor(path: str | os.PathLike, device: str | None = None, gallery: 
                    beam: bool = False) -> Predictor:  # fmt: skip
     """The predictor of the bundle at ``path``: a classifier's (:meth:`Predictor.load`) or a task's
     (:class:`TaskPredictor`; ``gallery`` for retrieval, ``beam`` for captioning)."""
-    weights = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
+    weights = bundle.weights_file(path)
     task = None
     if not str(path).startswith(WANDB_PREFIX) and weights.is_file():
         task = task_of(bundle.read_meta(weights))
@@ -96,12 +94,7 @@ class TaskPredictor(Predictor):
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None, gallery: str | os.PathLike | None = None,
              beam: bool = False) -> TaskPredictor:  # fmt: skip
-        path = Path(path)
-        weights = path / "model.safetensors" if path.is_dir() else path
-        try:
-            dev = resolve_device(device)
-        except (RuntimeError, ValueError) as e:
-            raise BundleError(f"--device {device!r}: {e}") from e
+        weights, dev = cls._open(path, device)
         model, spec, extra = load_task(weights)
         if gallery is not None and spec.task != "retrieval":
             raise BundleError(f"--gallery: {weights.parent} is a {spec.task} bundle; galleries are for retrieval")
@@ -242,14 +235,6 @@ class Gallery:
         return (queries @ self.embeddings.T).topk(k, dim=1)
 
 
-def _weights_sha256(weights: Path) -> str:
-    h = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def build_gallery(predictor: TaskPredictor, inputs: Inputs, out: str | os.PathLike, modality: str | None = None,
                   progress: bool = False) -> tuple[Path, list]:  # fmt: skip
     """Encode the gallery items of ``inputs`` (images or texts: ``modality``, or the one present)
@@ -276,7 +261,7 @@ def build_gallery(predictor: TaskPredictor, inputs: Inputs, out: str | os.PathLi
     bundle.save_tensors(out / GALLERY_WEIGHTS, {"embeddings": emb.contiguous()})
     doc = {"format": GALLERY_FORMAT, "version": GALLERY_VERSION, "fusionkit_version": __version__,
            "modality": modality, "kind": predictor.spec.kinds[modality], "n": len(rows), "dim": int(emb.shape[1]),
-           "model_sha256": _weights_sha256(predictor.folder / "model.safetensors"), "bundle": str(predictor.folder),
+           "model_sha256": sha256_file(predictor.folder / "model.safetensors"), "bundle": str(predictor.folder),
            "source": inputs.source, "ids": [r.id for r in rows], "items": items,
            "skipped": [i.line() for i in issues]}  # fmt: skip
     atomic_write_text(out / GALLERY_META, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
@@ -296,7 +281,7 @@ def read_gallery(folder: str | os.PathLike, weights: Path) -> Gallery:
     if not isinstance(doc.get("version"), int) or doc["version"] > GALLERY_VERSION:
         raise BundleError(f"{mp}: gallery version {doc.get('version')} is newer than this fusionkit {__version__} reads "
                           f"({GALLERY_VERSION}); upgrade fusionkit")  # fmt: skip
-    if doc.get("model_sha256") != _weights_sha256(weights):
+    if doc.get("model_sha256") != sha256_file(weights):
         raise BundleError(f"{mp}: built with another model than {weights.parent}; build the gallery again with it")
     emb = bundle.load_tensors(folder / GALLERY_WEIGHTS).get("embeddings")
     try:
