@@ -284,3 +284,19 @@ def test_figures_are_embedded_compressed_and_keep_their_size():
     Image.fromarray((smooth + grain).clip(0, 255).astype(np.uint8)).save(photo, "PNG")
     mime, data = compress_image(photo.getvalue())
     assert mime == "image/webp" and len(data) < 0.5 * len(photo.getvalue())
+
+
+def test_the_tuning_section_says_over_how_many_seeds_each_ranking_is(tmp_path):
+    def summary(n):
+        return pd.DataFrame({"method": ["concat", "late"], "kind": ["fusion", "fusion"], "n_seeds": [n, n],
+                             "test_accuracy_mean": [0.9, 0.8], "test_accuracy_ci95": [0.01, 0.02],
+                             "val_accuracy_mean": [0.9, 0.8], "is_best": [True, False]})  # fmt: skip
+
+    with tracking.start(tmp_path, "03_fusion_comparison", mode="disabled") as t:
+        t.log_table("comparison_summary", summary(5))
+        t.log_table("comparison_untuned_summary", summary(3))
+        t.summary({"best_fusion_method": "concat", "best_fusion_accuracy": 0.9, "search_trials": 4})
+    report.build_report(tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    assert "searched with <b>4</b> trials" in html
+    assert "The untuned ranking is over 3 seeds, the tuned one over 5." in html
