@@ -7,14 +7,16 @@ grid goes on. Both remember finished jobs by :attr:`TrainJob.key`, so a training
 (the defaults' search trial and the untuned grid's first seed) runs once.
 
 Work comes as a *plan* (:data:`Plan`): a generator that yields batches of jobs and is sent each
-batch's outcomes, so a batch can depend on the one before (the search's rounds). On Ray a whole
-plan is one Tune run (the workers start once).
+batch's outcomes, so a batch can depend on the one before (the search's rounds). On Ray every
+plan an executor runs goes through one Tune run, started with its first plan and ended by
+:meth:`RayExecutor.close`: the Tune trainables (their processes, torch and fusionkit imported)
+start once per executor, not once per plan (~9 s each on 2 cores: a notebook runs six plans).
 
 ``ray_address``: empty (and no ``RAY_ADDRESS``) starts a local Ray on the cores this process may
 use; ``auto`` joins the cluster this machine is part of; ``host:port`` or ``ray://host:port``
 joins that cluster (checked within :data:`CONNECT_TIMEOUT_S` seconds: one line naming the address
-when nothing answers there). The datasets reach the workers once per executor through Ray's
-object store, not once per trial."""
+when nothing answers there). Each dataset reaches the workers once through Ray's object store,
+not once per trial."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterable
@@ -75,7 +78,9 @@ class Memo:
         hit = self._done.get(job.key)
         if hit is None or not hit.ok or (job.keep and hit.state is None):
             return None
-        return JobOutcome(job, row=dict(hit.row), history=hit.history, state=hit.state, node_id=hit.node_id)
+        return JobOutcome(
+            job, row=dict(hit.row), history=hit.history, state=hit.state, node_id=hit.node_id, pid=hit.pid
+        )
 
     def put(self, outcome: JobOutcome) -> None:
         if outcome.ok:
@@ -117,7 +122,7 @@ class _Batch:
             if o is None:
                 d = self.done[j.key]
                 o = d if d.job is j else JobOutcome(j, row=d.row, history=d.history, state=d.state, error=d.error,
-                                                    node_id=d.node_id, attempts=d.attempts)  # fmt: skip
+                                                    node_id=d.node_id, attempts=d.attempts, pid=d.pid)  # fmt: skip
             res.append(o)
         return res
 
@@ -185,12 +190,15 @@ class SerialExecutor(_Base):
 
 class RayExecutor(_Base):
     """Every job a Ray Tune trial with ``cpus_per_trial`` CPUs (and ``gpus_per_trial``, a
-    fraction allowed, where the cluster has GPUs). A whole plan is one Tune run: a Tune
-    ``Searcher`` hands out each batch's jobs and waits for the batch before asking the plan for
-    the next, so the workers start once per plan. A job that raises is retried in its trial
-    (``max_failures`` times); a trial lost with its worker or node is retried by Tune
-    (``FailureConfig(max_failures)``). Tune's files and the kept weights (safetensors) go under
-    ``storage_path``: on a cluster it must be a folder every node sees."""
+    fraction allowed, where the cluster has GPUs). One Tune run serves every plan of the
+    executor: it starts (in a background thread) with the first plan and ends with
+    :meth:`close`, so its trainables start once and are reused by every plan after. A Tune
+    ``Searcher`` hands out the current batch's jobs, longest first by what the same method took
+    before (the batch's last trainings then do not keep one CPU busy while the others wait), and
+    asks the plan for the next batch once every job of this one has finished. A job that raises
+    is retried in its trial (``max_failures`` times); a trial lost with its worker or node is
+    retried by Tune (``FailureConfig(max_failures)``). Tune's files and the kept weights
+    (safetensors) go under ``storage_path``: on a cluster it must be a folder every node sees."""
 
     def __init__(
         self,
@@ -211,9 +219,17 @@ class RayExecutor(_Base):
             self._tmp = tempfile.TemporaryDirectory(prefix="fusionkit-tune-")
             storage_path = self._tmp.name
         self.storage_path = str(Path(storage_path).resolve())
-        self._refs: dict[str, tuple[int, Any]] = {}
+        #: dataset name -> (the value put, its key in the registry, its object ref)
+        self._refs: dict[str, tuple[Any, str, Any]] = {}
+        self._session: _TuneSession | None = None
+        #: method -> what its latest training took (s): the order a batch's jobs are handed out in
+        self.took: dict[str, float] = {}
         self._started = False
         self.startup_s = self._connect(num_cpus)
+        import ray
+
+        # started now, so that its process is up before the first plan needs it
+        self._registry = ray.remote(num_cpus=0)(_Registry).remote()
 
     def _connect(self, num_cpus: int | None) -> float:
         t0 = time.perf_counter()
@@ -231,56 +247,55 @@ class RayExecutor(_Base):
             self._started = True
         return time.perf_counter() - t0
 
-    def _ref(self, name: str, value) -> Any:
+    def _keys(self, datasets: Datasets) -> dict[str, str]:
+        """Each dataset's key in the session's registry, put into the object store once (again
+        only when the name is given another value)."""
         import ray
 
-        held = self._refs.get(name)
-        if held is None or held[0] != id(value[0]):
-            held = (id(value[0]), ray.put(value))
-            self._refs[name] = held
-        return held[1]
+        keys = {}
+        for name, value in datasets.items():
+            held = self._refs.get(name)
+            if held is None or held[0] is not value:
+                if held is not None:
+                    self._registry.drop.remote(held[1])
+                key = f"{name}-{uuid.uuid4().hex[:8]}"
+                ref = ray.put(value)
+                self._registry.put.remote(key, [ref])  # the ref in a list: passed as a ref, not its value
+                held = (value, key, ref)
+                self._refs[name] = held
+            keys[name] = held[1]
+        return keys
 
     def run_plan(self, plan: Plan, datasets: Datasets, desc: str = "trainings") -> Any:
-        from ray import tune
-
-        weights = Path(self.storage_path) / "weights"
-        weights.mkdir(parents=True, exist_ok=True)
         bar = progress(total=0, enabled=self.show_progress, desc=desc)
-        searcher = _plan_searcher()(plan, self, datasets, bar)
-        if searcher.finished:  # every job was already done (or the plan had none)
-            bar.close()
-            return searcher.result()
-        refs = {name: self._ref(name, value) for name, value in datasets.items()}
-        resources: dict[str, float] = {"cpu": self.cpus_per_trial}
-        if self.gpus_per_trial > 0:
-            resources["gpu"] = self.gpus_per_trial
-        # Tune lets a custom searcher keep only one trial pending by default, which starts the
-        # trials (and the workers of a cluster's other nodes) one at a time
-        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(4, int(ray_cpus()))))
-        trainable = tune.with_parameters(_trial, refs=refs, weights=str(weights), tries=self.max_failures + 1)
-        tuner = tune.Tuner(
-            tune.with_resources(trainable, resources),
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, reuse_actors=True,
-                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-            run_config=tune.RunConfig(storage_path=self.storage_path, name=f"grid-{os.getpid()}-{uuid.uuid4().hex[:6]}",
-                                      verbose=0, failure_config=tune.FailureConfig(max_failures=self.max_failures)),
-        )  # fmt: skip
-        quiet = [logging.getLogger(n) for n in ("ray.tune", "ray.air", "ray.train")]
-        levels = [lg.level for lg in quiet]
-        for lg in quiet:  # a lost trial's traceback: its error is recorded in the outcome instead
-            lg.setLevel(logging.CRITICAL)
+        run = _PlanRun(plan, self, datasets, bar)
         try:
-            tuner.fit()
+            if run.finished:  # every job was already done (or the plan had none)
+                return run.result()
+            if self._session is None:
+                self._session = _TuneSession(self)
+            session = self._session
+            run.keys = self._keys(datasets)
+            session.submit(run)
+            try:
+                while not run.done.wait(0.2):
+                    if not session.alive:
+                        raise RuntimeError(
+                            f"Ray Tune stopped before every training finished ({session.error or 'no error given'}; "
+                            f"its files: {self.storage_path})"
+                        )
+            finally:
+                session.detach(run)
+            return run.result()
         finally:
             bar.close()
-            for lg, level in zip(quiet, levels):
-                lg.setLevel(level)
-        if not searcher.finished:
-            raise RuntimeError(f"Ray Tune stopped before every training finished (its files: {self.storage_path})")
-        return searcher.result()
 
     def close(self) -> None:
+        if self._session is not None:
+            self._session.stop()
+            self._session = None
         self._refs.clear()
+        self._registry = None
         if self._started:
             import ray
 
@@ -289,6 +304,198 @@ class RayExecutor(_Base):
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+class _PlanRun:
+    """One plan on Ray: its current batch, the batch's jobs not yet handed out (``queue``) and
+    those running (``pending``, by trial id); ``done`` is set once the plan has returned (or
+    raised)."""
+
+    def __init__(self, plan: Plan, owner: RayExecutor, datasets: Datasets, bar) -> None:
+        self.plan, self.owner, self.datasets, self.bar = plan, owner, datasets, bar
+        self.queue: list[TrainJob] = []
+        self.pending: dict[str, TrainJob] = {}
+        self.batch: _Batch | None = None
+        self.keys: dict[str, str] = {}
+        self.finished, self.value, self.error = False, None, None
+        self.done = threading.Event()
+        self.advance(None)
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def advance(self, outcomes) -> None:
+        while True:
+            try:
+                jobs = self.plan.send(outcomes)
+                self.batch = _Batch(self.owner.prepare(jobs), self.owner.memo, self.datasets)
+            except StopIteration as stop:
+                self.finished, self.value = True, stop.value
+                self.done.set()
+                return
+            except Exception as e:  # noqa: BLE001 - raised again by run_plan, in the driver's frame
+                self.finished, self.error = True, e
+                self.done.set()
+                return
+            if self.batch.todo:
+                took = self.owner.took
+                # longest first (what the method's last training took; unknown first, in order)
+                self.queue = sorted(self.batch.todo.values(), key=lambda j: -took.get(j.method, float("inf")))
+                self.bar.total = (self.bar.total or 0) + len(self.queue)
+                self.bar.refresh()
+                return
+            outcomes = self.batch.result()
+
+    def next_job(self, trial_id: str) -> dict | None:
+        if not self.queue:
+            return None
+        job = self.queue.pop(0)
+        self.pending[trial_id] = job
+        return {"job": job.to_dict(), "data_key": self.keys[job.data]}
+
+    def complete(self, trial_id: str, result: dict | None, error: bool) -> None:
+        job = self.pending.pop(trial_id, None)
+        if job is None or self.batch is None or self.finished:
+            return
+        self.bar.update(1)
+        tries = self.owner.max_failures + 1
+        if error or not result or "row_json" not in result:
+            lost = f"the trial was lost (its Ray worker or node died) {tries} times"
+            out = JobOutcome(job, error=describe_error(job, lost), attempts=tries)
+        elif result.get("error"):
+            out = JobOutcome(job, error=result["error"], attempts=int(result.get("attempts", tries)))
+        else:
+            state = None
+            if result.get("weights"):
+                from safetensors.torch import load_file
+
+                path = Path(result["weights"])
+                state = load_file(str(path))
+                path.unlink(missing_ok=True)
+            out = JobOutcome(job, row=json.loads(result["row_json"]), history=json.loads(result["history_json"]),
+                             state=state, node_id=str(result.get("node_id", "")),
+                             attempts=int(result.get("attempts", 1)), pid=int(result.get("pid", 0)))  # fmt: skip
+            self.owner.took[job.method] = float(out.row.get("train_time_s", 0.0))
+        self.batch.finish(out)
+        if self.batch.complete:
+            self.advance(self.batch.result())
+
+
+class _TuneSession:
+    """The executor's one Tune run, in a background thread: its searcher serves the plan
+    :meth:`submit` hands it (one at a time) and tells Tune it is finished after :meth:`stop`.
+    Each trial looks its dataset's object ref up in the executor's :class:`_Registry`."""
+
+    def __init__(self, owner: RayExecutor) -> None:
+        from ray import tune
+
+        self.owner = owner
+        self.lock = threading.Lock()
+        self.run: _PlanRun | None = None
+        self.stopping = False
+        self.error: BaseException | None = None
+        weights = Path(owner.storage_path) / "weights"
+        weights.mkdir(parents=True, exist_ok=True)
+        resources: dict[str, float] = {"cpu": owner.cpus_per_trial}
+        if owner.gpus_per_trial > 0:
+            resources["gpu"] = owner.gpus_per_trial
+        # Tune lets a custom searcher keep only one trial pending by default, which starts the
+        # trials (and the workers of a cluster's other nodes) one at a time
+        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(4, int(ray_cpus()))))
+        trainable = tune.with_parameters(_trial, registry=owner._registry, weights=str(weights),
+                                         tries=owner.max_failures + 1)  # fmt: skip
+        self.tuner = tune.Tuner(
+            tune.with_resources(trainable, resources),
+            tune_config=tune.TuneConfig(search_alg=_plan_searcher()(self), num_samples=-1, reuse_actors=True,
+                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(storage_path=owner.storage_path, name=f"grid-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+                                      verbose=0, failure_config=tune.FailureConfig(max_failures=owner.max_failures)),
+        )  # fmt: skip
+        self.quiet = [logging.getLogger(n) for n in ("ray.tune", "ray.air", "ray.train")]
+        self.levels = [lg.level for lg in self.quiet]
+        for lg in self.quiet:  # a lost trial's traceback: its error is recorded in the outcome instead
+            lg.setLevel(logging.CRITICAL)
+        self.thread = threading.Thread(target=self._fit, name="fusionkit-tune", daemon=True)
+        self.thread.start()
+
+    def _fit(self) -> None:
+        try:
+            self.tuner.fit()
+        except BaseException as e:  # noqa: BLE001 - run_plan reports it
+            self.error = e
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def submit(self, run: _PlanRun) -> None:
+        with self.lock:
+            self.run = run
+
+    def detach(self, run: _PlanRun) -> None:
+        """``run`` no longer gets trials (finished, failed or interrupted); trials of it still
+        running end unheard."""
+        with self.lock:
+            if self.run is run:
+                self.run = None
+
+    def suggest(self, trial_id: str) -> dict | None | object:
+        """The next job's trial config, None (wait) or :data:`_STOP` (the executor closed)."""
+        with self.lock:
+            if self.stopping:
+                return _STOP
+            return None if self.run is None else self.run.next_job(trial_id)
+
+    def complete(self, trial_id: str, result: dict | None, error: bool) -> None:
+        with self.lock:
+            run = self.run
+            if run is None:
+                return
+            try:
+                run.complete(trial_id, result, error)
+            except Exception as e:  # noqa: BLE001 - the plan's caller gets it, Tune's loop goes on
+                run.finished, run.error = True, e
+                run.done.set()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        with self.lock:
+            self.stopping, self.run = True, None
+        self.thread.join(timeout)
+        for lg, level in zip(self.quiet, self.levels):
+            lg.setLevel(level)
+
+
+_STOP = object()
+
+
+class _Registry:
+    """Dataset key -> ``[object ref]``: a Ray actor (no CPU) the trials look their dataset up in.
+    A lookup waits for the key's ``put`` (the driver's call and a trial's need not arrive in
+    the order they were made)."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self._asyncio = asyncio
+        self.refs: dict[str, list] = {}
+        self.ready: dict[str, Any] = {}
+
+    def _ready(self, key: str):
+        return self.ready.setdefault(key, self._asyncio.Event())
+
+    async def put(self, key: str, ref: list) -> None:
+        self.refs[key] = ref
+        self._ready(key).set()
+
+    async def get(self, key: str) -> list:
+        await self._ready(key).wait()
+        return self.refs[key]
+
+    async def drop(self, key: str) -> None:
+        self.refs.pop(key, None)
+        self.ready.pop(key, None)
 
 
 def _trial_name(trial) -> str:
@@ -309,28 +516,19 @@ def _plan_searcher() -> type:
     from ray.tune.search import Searcher
 
     class _PlanSearcher(Searcher):
-        """Tune's side of a plan: suggests the current batch's jobs one per trial, answers
-        "wait" (None) while the batch runs, and asks the plan for the next batch once every job
-        of this one has finished, sending the outcomes in the batch's order (whatever order the
-        trials ended in): the plan sees the same outcomes as on the serial path."""
+        """Tune's side of a :class:`_TuneSession`: suggests the current plan's jobs one per
+        trial, answers "wait" (None) while a batch runs or no plan is given, and sends each
+        batch's outcomes to the plan in the batch's order (whatever order the trials ended in):
+        the plan sees the same outcomes as on the serial path."""
 
-        def __init__(self, plan: Plan, owner: RayExecutor, datasets: Datasets, bar) -> None:
+        def __init__(self, session: _TuneSession) -> None:
             super().__init__(metric="val_accuracy", mode="max")
-            self.plan, self.owner, self.datasets, self.bar = plan, owner, datasets, bar
-            self.queue: list[TrainJob] = []
-            self.pending: dict[str, TrainJob] = {}
-            self.batch: _Batch | None = None
-            self.finished, self.value, self.error = False, None, None
-            self._advance(None)
+            self.session = session
 
         def __getstate__(self) -> dict:
             # Tune pickles its searcher to resume an interrupted experiment; a plan (a running
             # generator) cannot be resumed that way, so only the plain fields go
-            return {
-                k: v
-                for k, v in self.__dict__.items()
-                if k not in ("plan", "owner", "datasets", "bar", "batch", "queue", "pending")
-            }
+            return {k: v for k, v in self.__dict__.items() if k != "session"}
 
         def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
             pass  # see __getstate__: a plan is not resumable from Tune's files
@@ -338,76 +536,27 @@ def _plan_searcher() -> type:
         def restore_from_dir(self, checkpoint_dir: str) -> None:
             raise RuntimeError("a fusionkit comparison cannot be resumed from Ray Tune's files; run it again")
 
-        def result(self) -> Any:
-            if self.error is not None:
-                raise self.error
-            return self.value
-
-        def _advance(self, outcomes) -> None:
-            while True:
-                try:
-                    jobs = self.plan.send(outcomes)
-                    self.batch = _Batch(self.owner.prepare(jobs), self.owner.memo, self.datasets)
-                except StopIteration as stop:
-                    self.finished, self.value = True, stop.value
-                    return
-                except Exception as e:  # noqa: BLE001 - raised again by run_plan, in the driver's frame
-                    self.finished, self.error = True, e
-                    return
-                if self.batch.todo:
-                    self.queue = list(self.batch.todo.values())
-                    self.bar.total = (self.bar.total or 0) + len(self.queue)
-                    self.bar.refresh()
-                    return
-                outcomes = self.batch.result()
-
         def suggest(self, trial_id: str):
-            if self.finished:
-                return self.FINISHED
-            if not self.queue:
-                return None
-            job = self.queue.pop(0)
-            self.pending[trial_id] = job
-            return {"job": job.to_dict()}
+            out = self.session.suggest(trial_id)
+            return self.FINISHED if out is _STOP else out
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            job = self.pending.pop(trial_id, None)
-            if job is None or self.batch is None:
-                return
-            self.bar.update(1)
-            tries = self.owner.max_failures + 1
-            if error or not result or "row_json" not in result:
-                lost = f"the trial was lost (its Ray worker or node died) {tries} times"
-                out = JobOutcome(job, error=describe_error(job, lost), attempts=tries)
-            elif result.get("error"):
-                out = JobOutcome(job, error=result["error"], attempts=int(result.get("attempts", tries)))
-            else:
-                state = None
-                if result.get("weights"):
-                    from safetensors.torch import load_file
-
-                    path = Path(result["weights"])
-                    state = load_file(str(path))
-                    path.unlink(missing_ok=True)
-                out = JobOutcome(job, row=json.loads(result["row_json"]), history=json.loads(result["history_json"]),
-                                 state=state, node_id=str(result.get("node_id", "")),
-                                 attempts=int(result.get("attempts", 1)))  # fmt: skip
-            self.batch.finish(out)
-            if self.batch.complete:
-                self._advance(self.batch.result())
+            self.session.complete(trial_id, result, error)
 
     _SEARCHER.append(_PlanSearcher)
     return _PlanSearcher
 
 
-def _trial(config: dict, refs: dict[str, Any], weights: str, tries: int) -> None:
-    """One Ray Tune trial: the job's training on its dataset from the object store; the kept
-    weights written under ``weights`` (safetensors, temporary name then rename) for the driver."""
+def _trial(config: dict, registry: Any, weights: str, tries: int) -> None:
+    """One Ray Tune trial: the job's training on its dataset from the object store (its ref
+    from the session's registry); the kept weights written under ``weights`` (safetensors,
+    temporary name then rename) for the driver."""
     import ray
     from ray import tune
 
     job = TrainJob.from_dict(config["job"])
-    splits, num_classes = ray.get(refs[job.data])
+    (ref,) = ray.get(registry.get.remote(config["data_key"]))
+    splits, num_classes = ray.get(ref)
     res = _attempts(job, splits, num_classes, tries)
     node = ray.get_runtime_context().get_node_id()
     if not res.ok:
@@ -425,7 +574,8 @@ def _trial(config: dict, refs: dict[str, Any], weights: str, tries: int) -> None
         os.replace(tmp, final)
         path = str(final)
     tune.report({"row_json": json.dumps(res.row), "history_json": json.dumps(res.history), "weights": path,
-                 "node_id": node, "attempts": res.attempts, "val_accuracy": _tune_score(res.row)})  # fmt: skip
+                 "node_id": node, "pid": os.getpid(), "attempts": res.attempts,
+                 "val_accuracy": _tune_score(res.row)})  # fmt: skip
 
 
 def _tune_score(row: dict) -> float:

@@ -94,7 +94,8 @@ class TrainJob:
 @dataclass
 class JobOutcome:
     """What one job gave: the comparison's row (None when it failed), the per-epoch history, the
-    trained weights (``keep``), the error after the last attempt, the Ray node it ran on."""
+    trained weights (``keep``), the error after the last attempt, the Ray node and the process
+    (``pid``) it ran in."""
 
     job: TrainJob
     row: dict[str, Any] | None = None
@@ -103,6 +104,7 @@ class JobOutcome:
     error: str | None = None
     node_id: str = ""
     attempts: int = 1
+    pid: int = 0
 
     @property
     def ok(self) -> bool:

@@ -85,3 +85,46 @@ def test_without_ray_installed_the_message_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"pip install 'ray\[tune\]'.*executor='serial'"):
         executors.import_ray()
+
+
+def test_every_plan_of_an_executor_runs_in_the_same_trainables(data, ray_ex):
+    # one Tune run serves all of an executor's plans: the second plan's trials run in processes
+    # the first one started (no new trainables, no second Tune start)
+    first = ray_ex.run(
+        [TrainJob("concat", s, {"hidden": 16}, CFG, tag="first") for s in range(10, 14)], {"main": (data, 6)}
+    )
+    second = ray_ex.run(
+        [TrainJob("lmf", s, {"hidden": 16}, CFG, tag="second") for s in range(10, 14)], {"main": (data, 6)}
+    )
+    assert all(o.ok and o.pid for o in first + second)
+    assert {o.pid for o in second} <= {o.pid for o in first}
+    # a dataset given under the name again, changed, is the one the trials see
+    other = label_problem(n=150, seed=9)
+    job = TrainJob("concat", 20, {"hidden": 16}, CFG)
+    (again,) = ray_ex.run([job], {"main": (other, 6)})
+    (on_other,) = SerialExecutor(show_progress=False).run([job], {"main": (other, 6)})
+    (on_data,) = SerialExecutor(show_progress=False).run([job], {"main": (data, 6)})
+    assert again.row["val_accuracy"] == on_other.row["val_accuracy"] != on_data.row["val_accuracy"]
+
+
+def test_a_batch_is_handed_out_longest_first_by_what_each_method_took_before():
+    from fusionkit.grid.executors import Memo, _PlanRun, single
+
+    class Owner:
+        memo, max_failures = Memo(), 0
+        took = {"concat": 1.0, "cross_attention": 9.0, "lmf": 2.0}
+
+        def prepare(self, jobs):
+            return jobs
+
+    jobs = [TrainJob(m, 0, {}, CFG) for m in ("concat", "lmf", "tfn", "cross_attention")]
+    run = _PlanRun(single(jobs), Owner(), {"main": ({}, 2)}, progress_bar())
+    # never seen (tfn) first, then the slowest; the outcomes still come back in the batch's order
+    assert [j.method for j in run.queue] == ["tfn", "cross_attention", "lmf", "concat"]
+    assert [j.method for j in run.batch.jobs] == ["concat", "lmf", "tfn", "cross_attention"]
+
+
+def progress_bar():
+    from fusionkit.progress import progress
+
+    return progress(total=0, enabled=False)
