@@ -59,17 +59,20 @@ def one_missing(x: Tensor, mask: Tensor) -> Tensor:
 class CommonDim(nn.Module):
     """Bring every modality to one common dim.
 
-    ``dim=None`` and equal input dims: identity (no parameters). Otherwise one ``Linear`` per
-    modality to ``dim`` (default: the largest input dim). Works on ``(B, D)`` and ``(B, L, D)``."""
+    ``dim=None`` and equal input dims (at most ``max_dim``): identity (no parameters). Otherwise
+    one ``Linear`` per modality to ``dim`` (default: the largest input dim, at most ``max_dim``).
+    Works on ``(B, D)`` and ``(B, L, D)``."""
 
-    def __init__(self, in_dims: dict[str, int], dim: int | None = None, multiple_of: int = 1):
+    def __init__(self, in_dims: dict[str, int], dim: int | None = None, multiple_of: int = 1,
+                 max_dim: int | None = None):  # fmt: skip
         super().__init__()
         dims = sorted(set(in_dims.values()))
-        if dim is None and len(dims) == 1 and dims[0] % multiple_of == 0:
+        largest = max(dims) if max_dim is None else min(max(dims), max_dim)
+        if dim is None and len(dims) == 1 and dims[0] == largest and dims[0] % multiple_of == 0:
             self.dim = dims[0]
             self.proj = None
         else:
-            target = dim if dim is not None else max(dims)
+            target = dim if dim is not None else largest
             if target % multiple_of:
                 if dim is not None:
                     raise ValueError(f"dim={dim} must be a multiple of {multiple_of}")

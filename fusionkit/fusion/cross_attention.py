@@ -13,8 +13,13 @@ Missing modalities: a missing source ``j`` gets ``key_padding_mask = True`` for 
 the attention also has a learned-free "attend to nothing" slot (``add_zero_attn``: an all-zero key
 and value), so a query whose keys are all padded attends only to that slot and
 ``c_{i<-j}`` is the constant ``out_proj.bias``. A missing target ``i`` has ``h_i = 0``.
-When the input dims differ (or are not a multiple of ``heads``), every modality is first mapped to
-one common ``dim`` by its own Linear. No modality weights.
+When the input dims differ (or are not a multiple of ``heads``, or exceed :data:`MAX_DIM`), every
+modality is first mapped to one common ``dim`` by its own Linear. No modality weights.
+
+The common dim is at most :data:`MAX_DIM` (128) unless ``dim`` says otherwise: MulT itself
+attends at d = 30-40, and at the largest input dim (1280 for pooled EfficientNet features) the six
+attentions of three modalities held 39M parameters and trained 2.3x slower than any other method
+of the comparison.
 """
 
 from __future__ import annotations
@@ -26,13 +31,16 @@ from fusionkit.fusion._common import CommonDim, as_sequence, zero_missing
 from fusionkit.fusion.base import Fusion, FusionOutput, Tensor, register
 from fusionkit.fusion.space import Choice
 
+#: the common dim when ``dim`` is not given: the largest input dim, at most this
+MAX_DIM = 128
+
 
 @register("cross_attention")
 class CrossAttentionFusion(Fusion):
     """Pairwise cross-modal multi-head attention, pooled and concatenated.
 
-    ``heads``: attention heads; ``dim``: common dim (a multiple of ``heads``; None: the input dim
-    when all are equal, else the largest rounded up). ``out_dim = M * dim``."""
+    ``heads``: attention heads; ``dim``: common dim (a multiple of ``heads``; None: the largest
+    input dim, at most :data:`MAX_DIM`, rounded up). ``out_dim = M * dim``."""
 
     uses_sequences = True
 
@@ -40,7 +48,7 @@ class CrossAttentionFusion(Fusion):
 
     def __init__(self, in_dims: dict[str, int], heads: int = 4, dim: int | None = None):
         super().__init__(in_dims)
-        self.common = CommonDim(self.in_dims, dim, multiple_of=heads)
+        self.common = CommonDim(self.in_dims, dim, multiple_of=heads, max_dim=MAX_DIM)
         d, n = self.common.dim, len(self.modalities)
         self.pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
         self.attn = nn.ModuleDict(

@@ -243,6 +243,11 @@ def test_cross_attention_dims_and_missing_source():
     assert f.common.dim == 8 and f.out_dim == 24 and len(f.attn) == 6
     with pytest.raises(ValueError, match="multiple of 4"):
         build_fusion("cross_attention", {"a": 6, "b": 8}, heads=4, dim=10)
+    # wide inputs (pooled EfficientNet: 1280) attend at MAX_DIM, not at their own width
+    wide = build_fusion("cross_attention", {"image": 1280, "text": 384, "audio": 1280}, heads=8)
+    assert wide.common.dim == 128 and wide.out_dim == 384
+    assert build_fusion("cross_attention", {"a": 256, "b": 256}, heads=2).common.proj is not None
+    assert build_fusion("cross_attention", {"a": 256, "b": 256}, heads=2, dim=256).common.dim == 256
     dims = {"a": 8, "b": 8}
     f = build("cross_attention", dims, heads=2)
     x = feats(dims, seq=3)
