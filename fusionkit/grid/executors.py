@@ -227,9 +227,12 @@ class RayExecutor(_Base):
         self._started = False
         self.startup_s = self._connect(num_cpus)
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        # started now, so that its process is up before the first plan needs it
-        self._registry = ray.remote(num_cpus=0)(_Registry).remote()
+        # started now, so that its process is up before the first plan needs it; on this process's
+        # node (a cluster's other nodes may go away mid-grid, and every trial needs it)
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self._registry = ray.remote(num_cpus=0)(_Registry).options(scheduling_strategy=here).remote()
 
     def _connect(self, num_cpus: int | None) -> float:
         t0 = time.perf_counter()
@@ -421,6 +424,8 @@ class _TuneSession:
         self.thread.start()
 
     def _fit(self) -> None:
+        _keep_trainables()
+        _SESSION_THREAD.active = True  # the Tune controller made in this thread keeps its trainables
         try:
             self.tuner.fit()
         except BaseException as e:  # noqa: BLE001 - run_plan reports it
@@ -468,6 +473,46 @@ class _TuneSession:
 
 
 _STOP = object()
+_SESSION_THREAD = threading.local()
+
+
+def _keep_trainables() -> None:
+    """Make the Tune controllers of session threads keep their idle trainables until the run ends.
+
+    Tune caches a finished trial's actor for the next trial only while some trial waits for one,
+    and stops the rest: at every batch boundary (the search's rounds) and every pause between
+    plans, all but one trainable were stopped, and starting one again costs ~6-9 s of a core
+    (Ray, Tune and torch imported anew) - on 2 cores the comparison ran on one worker most of the
+    time. Tune has no option for this, so the controller's actor cache class is replaced by one
+    that, in a :class:`_TuneSession`'s thread, caches every idle trainable and evicts only when
+    the run ends (``force_all``); in any other thread it is Tune's own. Ray is pinned
+    (pyproject.toml): the names used here are those of that version."""
+    from ray.tune.execution import tune_controller
+
+    base = tune_controller._ObjectCache
+    if getattr(base, "fusionkit_keeps", False):
+        return
+
+    class _KeepingCache(base):
+        fusionkit_keeps = True
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._keep = bool(getattr(_SESSION_THREAD, "active", False))
+
+        def cache_object(self, key, obj) -> bool:
+            if not self._keep:
+                return super().cache_object(key, obj)
+            self._cached_objects[key].append(obj)
+            self._num_cached_objects += 1
+            return True
+
+        def flush_cached_objects(self, force_all: bool = False):
+            if self._keep and not force_all:
+                return
+            yield from super().flush_cached_objects(force_all=force_all)
+
+    tune_controller._ObjectCache = _KeepingCache
 
 
 class _Registry:

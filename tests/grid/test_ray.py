@@ -128,3 +128,30 @@ def progress_bar():
     from fusionkit.progress import progress
 
     return progress(total=0, enabled=False)
+
+
+def test_a_session_threads_tune_controller_keeps_its_idle_trainables_until_the_run_ends():
+    import threading
+
+    from ray.tune.execution import tune_controller
+
+    from fusionkit.grid.executors import _SESSION_THREAD, _keep_trainables
+
+    _keep_trainables()
+    made = {}
+
+    def in_session():
+        _SESSION_THREAD.active = True
+        made["session"] = tune_controller._ObjectCache(may_keep_one=True)
+
+    t = threading.Thread(target=in_session)
+    t.start()
+    t.join()
+    made["other"] = tune_controller._ObjectCache(may_keep_one=True)  # this thread: Tune's own behaviour
+    for cache in made.values():
+        assert all(cache.cache_object("1cpu", a) for a in ("actor0",)) and cache.num_cached_objects == 1
+    # no trial waits (max 0): Tune keeps at most one idle trainable; the session's keeps both
+    assert made["other"].cache_object("1cpu", "actor1") is False
+    assert made["session"].cache_object("1cpu", "actor1") is True
+    assert list(made["session"].flush_cached_objects()) == [] and made["session"].num_cached_objects == 2
+    assert sorted(made["session"].flush_cached_objects(force_all=True)) == ["actor0", "actor1"]
