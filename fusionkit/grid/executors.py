@@ -164,7 +164,7 @@ def _attempts(job: TrainJob, splits, num_classes: int, tries: int) -> JobOutcome
     for attempt in range(1, tries + 1):
         try:
             out = run_job(job, splits, num_classes)
-            out.attempts = attempt
+            out.attempts, out.pid = attempt, os.getpid()
             return out
         except Exception as e:  # noqa: BLE001 - recorded with the job's configuration, the grid goes on
             error = describe_error(job, e)
@@ -258,7 +258,8 @@ class RayExecutor(_Base):
         keys = {}
         for name, value in datasets.items():
             held = self._refs.get(name)
-            if held is None or held[0] is not value:
+            # the same splits (callers build a new (splits, num_classes) tuple for every plan)
+            if held is None or held[0][0] is not value[0] or held[0][1] != value[1]:
                 if held is not None:
                     self._registry.drop.remote(held[1])
                 key = f"{name}-{uuid.uuid4().hex[:8]}"
@@ -619,7 +620,7 @@ def _trial(config: dict, registry: Any, weights: str, tries: int) -> None:
         os.replace(tmp, final)
         path = str(final)
     tune.report({"row_json": json.dumps(res.row), "history_json": json.dumps(res.history), "weights": path,
-                 "node_id": node, "pid": os.getpid(), "attempts": res.attempts,
+                 "node_id": node, "pid": res.pid, "attempts": res.attempts,
                  "val_accuracy": _tune_score(res.row)})  # fmt: skip
 
 

@@ -98,6 +98,10 @@ def test_every_plan_of_an_executor_runs_in_the_same_trainables(data, ray_ex):
     )
     assert all(o.ok and o.pid for o in first + second)
     assert {o.pid for o in second} <= {o.pid for o in first}
+    # the same splits in a new (splits, num_classes) tuple: not put into the object store again
+    held = ray_ex._refs["main"]
+    ray_ex.run([TrainJob("concat", 30, {"hidden": 16}, CFG)], {"main": (data, 6)})
+    assert ray_ex._refs["main"][1] == held[1]
     # a dataset given under the name again, changed, is the one the trials see
     other = label_problem(n=150, seed=9)
     job = TrainJob("concat", 20, {"hidden": 16}, CFG)
