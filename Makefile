@@ -35,6 +35,11 @@ $(STAMP): pyproject.toml requirements.lock
 	     -c requirements.lock -e ".[dev]" \
 	  || { echo "uv could not install the lock: installing with pip"; \
 	       $(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[dev]"; }
+	@# this machine's mirrors split soundfile's wheels over two indexes and uv takes the first
+	@# index's (py3-none-any, no libsndfile inside): where it cannot load, pip puts in the
+	@# platform wheel that bundles the library (PyPI itself holds both; pip picks the better tag)
+	@$(PY) -c "import soundfile" 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check \
+	  --force-reinstall --no-deps -c requirements.lock soundfile
 	$(PY) -m ipykernel install --sys-prefix --name fusionkit --display-name "Python (fusionkit)" >/dev/null
 	@touch $(STAMP)
 
