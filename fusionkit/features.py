@@ -2,6 +2,8 @@
 
     fs = extract_features(ds, "image", split="train", cache_dir="data/processed/features")
     fs.ids, fs.values            # list[str], (N, D) float32 tensor memory-mapped from safetensors
+    sets = extract_outputs(ds, "image", split="train", cache_dir=..., outputs=("pooled", "grid"))
+                                 # both entries from one pass of the encoder
 
 Cache layout (one folder per dataset content x modality x encoder configuration)::
 
@@ -344,28 +346,70 @@ def extract_features(
     ``batch_size`` / ``num_workers`` / memory format default to the encoder's measured per-device
     settings (``encoder.perf``; see benchmarks/README.md). ``device``: default CUDA when available
     (bf16 autocast there), else CPU. See the module docstring for the cache's guarantees."""
-    if output not in OUTPUTS:
-        raise ValueError(f"output={output!r}; expected one of {OUTPUTS}")
+    return extract_outputs(
+        dataset, modality, encoder, split=split, cache_dir=cache_dir, outputs=(output,), batch_size=batch_size,
+        num_workers=num_workers, chunk_size=chunk_size, on_error=on_error, progress=progress, device=device,
+    )[output]  # fmt: skip
+
+
+def extract_outputs(
+    dataset: Dataset,
+    modality: str,
+    encoder: Encoder | str | None = None,
+    *,
+    split: str,
+    cache_dir: str | os.PathLike,
+    outputs: tuple[str, ...] | list[str] = ("pooled",),
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    chunk_size: int = 256,
+    on_error: str = "raise",
+    progress: bool = True,
+    device: str | None = None,
+) -> dict[str, FeatureSet]:
+    """:func:`extract_features` for several ``outputs`` at once (output -> its feature set): the
+    entries not cached yet are computed in **one** pass of the encoder (every ``forward`` gives
+    both the pooled vector and the grid), each written to its own cache entry exactly as a pass
+    of its own writes it. 02 asks for ``pooled`` and ``grid`` together when the tasks need image
+    grids (one EfficientNet pass over the images instead of two)."""
+    outputs = list(dict.fromkeys(outputs))
+    if not outputs:
+        raise ValueError("outputs=(): expected at least one of " + str(OUTPUTS))
+    for output in outputs:
+        if output not in OUTPUTS:
+            raise ValueError(f"output={output!r}; expected one of {OUTPUTS}")
     check_on_error(on_error)
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size}; expected >= 1")
     enc = _resolve(dataset, modality, encoder)
     dev = encoding.resolve_device(device)
-    samples = dataset.split(split)
-    ids = [s.id for s in samples]
-    path = cache_path(dataset, enc, split, output, cache_dir, modality=modality, device=dev)
+    ids = [s.id for s in dataset.split(split)]
+    paths = {o: cache_path(dataset, enc, split, o, cache_dir, modality=modality, device=dev) for o in outputs}
 
-    cached = _try_cached(path, ids, repair=False)  # the warm path: no lock
-    if cached is None:
-        with file_lock(_lock_path(path), f"feature cache entry {path.relative_to(cache_dir).with_suffix('')}"):
-            # another process may have computed it while this one waited (or removed a bad entry)
-            cached = _try_cached(path, ids)
-            if cached is None:
-                return _compute_entry(dataset, modality, enc, dev, split, output, path, ids, cache_dir,
-                                      batch_size=batch_size, num_workers=num_workers, chunk_size=chunk_size,
-                                      on_error=on_error, progress=progress)  # fmt: skip
-    _raise_for_skipped(cached, on_error)
-    return cached
+    found = {o: fs for o in outputs if (fs := _try_cached(paths[o], ids, repair=False)) is not None}  # warm: no lock
+    missing = [o for o in outputs if o not in found]
+    if missing:
+        with contextlib.ExitStack() as locks:
+            for o in sorted(missing):  # one order for every process: no two wait on each other
+                rel = paths[o].relative_to(cache_dir).with_suffix("")
+                locks.enter_context(file_lock(_lock_path(paths[o]), f"feature cache entry {rel}"))
+            # another process may have computed some while this one waited (or removed a bad entry)
+            todo = []
+            for o in missing:
+                if (fs := _try_cached(paths[o], ids)) is not None:
+                    found[o] = fs
+                else:
+                    todo.append(o)
+            if todo:
+                computed = _compute_entries(
+                    dataset, modality, enc, dev, split, {o: paths[o] for o in todo}, ids, cache_dir,
+                    batch_size=batch_size, num_workers=num_workers, chunk_size=chunk_size, on_error=on_error,
+                    progress=progress,
+                )  # fmt: skip
+                found.update(computed)
+    for o in outputs:
+        _raise_for_skipped(found[o], on_error)
+    return {o: found[o] for o in outputs}
 
 
 def _lock_path(path: Path) -> Path:
@@ -373,14 +417,13 @@ def _lock_path(path: Path) -> Path:
     return path.with_suffix(".lock")
 
 
-def _compute_entry(
+def _compute_entries(
     dataset: Dataset,
     modality: str,
     enc: Encoder,
     dev: torch.device,
     split: str,
-    output: str,
-    path: Path,
+    paths: dict[str, Path],
     ids: list[str],
     cache_dir: str | os.PathLike,
     *,
@@ -389,22 +432,24 @@ def _compute_entry(
     chunk_size: int,
     on_error: str,
     progress: bool,
-) -> FeatureSet:
-    """Compute the missing chunks of an entry and merge them into its file (the entry's lock held)."""
+) -> dict[str, FeatureSet]:
+    """Compute the missing chunks of the entries ``paths`` (output -> entry; their locks held) in
+    one pass of the encoder, then merge each into its file."""
     samples = dataset.split(split)
     threads, bs, workers, group, channels_last = encoding.settings(enc, dev, batch_size, num_workers)
-    parts = path.with_name(f"{split}-{output}.parts")
-    _clean_stale_tmp(path.parent)
-    _clean_stale_tmp(parts)
+    parts = {o: p.with_name(f"{split}-{o}.parts") for o, p in paths.items()}
+    for o, p in paths.items():
+        _clean_stale_tmp(p.parent)
+        _clean_stale_tmp(parts[o])
     n = len(samples)
     chunks = [range(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
     chunk_ids_sha = [hashlib.sha256("\n".join(ids[i] for i in r).encode()).hexdigest() for r in chunks]
 
-    def part_path(ci: int) -> Path:
-        return parts / f"chunk{chunk_size}-{ci:06d}.safetensors"
+    def part_path(output: str, ci: int) -> Path:
+        return parts[output] / f"chunk{chunk_size}-{ci:06d}.safetensors"
 
-    def part_ok(ci: int) -> bool:
-        p = part_path(ci)
+    def part_ok(output: str, ci: int) -> bool:
+        p = part_path(output, ci)
         if not p.is_file():
             return False
         try:
@@ -415,23 +460,61 @@ def _compute_entry(
         except Exception:  # noqa: BLE001 - unreadable part: recompute it
             return False
 
-    todo = [ci for ci in range(len(chunks)) if not part_ok(ci)]
+    todo = [ci for ci in range(len(chunks)) if not all(part_ok(o, ci) for o in paths)]
     t0 = time.perf_counter()
     if todo:
         tune_allocator()  # no page faults per batch (fusionkit.runtime; ~1.6x faster forward on 2 CPU cores)
         with cpu_threads(threads):  # the cores this process may use (fusionkit.runtime.work_threads)
             _compute_chunks(
                 enc, samples, modality, dataset, chunks, todo, part_path, chunk_ids_sha,
-                output=output, device=dev, batch_size=bs, decode_group=group, num_workers=workers,
+                outputs=list(paths), device=dev, batch_size=bs, decode_group=group, num_workers=workers,
                 channels_last=channels_last,
                 on_error=on_error, progress=progress, desc=f"{modality} {split} {enc.name}",
             )  # fmt: skip
-    compute_s = time.perf_counter() - t0
+    settings = {
+        "batch_size": bs,
+        "num_workers": workers,
+        "decode_group": group,
+        "chunk_size": chunk_size,
+        "threads": threads,
+        "allocator_tuned": allocator_tuned(),
+    }
+    timing: dict[str, Any] = {
+        "seconds": round(time.perf_counter() - t0, 3),
+        "records_computed": sum(len(chunks[c]) for c in todo),
+    }
+    if len(paths) > 1:
+        timing["outputs_of_the_pass"] = sorted(paths)  # one pass wrote them all: its seconds are shared
+    out = {}
+    for o, path in paths.items():
+        files = [part_path(o, ci) for ci in range(len(chunks))]
+        out[o] = _merge_entry(dataset, modality, enc, dev, split, o, path, ids, cache_dir, samples, files,
+                              settings, timing)  # fmt: skip
+        with contextlib.suppress(OSError):
+            parts[o].rmdir()
+        _raise_for_skipped(out[o], on_error)  # only reachable when resuming chunks built with "skip"
+    return out
 
-    # ---- merge the chunks (in manifest order) into the final file, sidecar last
+
+def _merge_entry(
+    dataset: Dataset,
+    modality: str,
+    enc: Encoder,
+    dev: torch.device,
+    split: str,
+    output: str,
+    path: Path,
+    ids: list[str],
+    cache_dir: str | os.PathLike,
+    samples,
+    part_files: list[Path],
+    settings: dict[str, Any],
+    timing: dict[str, Any],
+) -> FeatureSet:
+    """Merge an entry's chunk files (in manifest order) into its final file, sidecar last."""
     vals, masks, kept, skipped, truncated = [], [], [], {}, []
-    for ci in range(len(chunks)):
-        with safe_open(str(part_path(ci)), framework="pt") as f:
+    for part in part_files:
+        with safe_open(str(part), framework="pt") as f:
             md = f.metadata() or {}
             index = f.get_tensor("index").tolist()
             vals.append(f.get_tensor("values"))
@@ -473,15 +556,8 @@ def _compute_entry(
         "skipped": skipped,
         "truncated": sorted(set(truncated)),
         "n_truncated": len(set(truncated)),
-        "settings": {
-            "batch_size": bs,
-            "num_workers": workers,
-            "decode_group": group,
-            "chunk_size": chunk_size,
-            "threads": threads,
-            "allocator_tuned": allocator_tuned(),
-        },  # fmt: skip
-        "timing": {"seconds": round(compute_s, 3), "records_computed": sum(len(chunks[c]) for c in todo)},
+        "settings": settings,
+        "timing": timing,
         "versions": _versions(),
         **({"fitted": enc.fitted()} if enc.fitted() is not None else {}),
         **({"notes": notes} if (notes := enc.split_notes([s.modalities[modality] for s in samples])) else {}),
@@ -492,20 +568,16 @@ def _compute_entry(
     unknown = (meta.get("notes") or {}).get("unknown_categories") or {}
     if unknown:
         warnings.warn(f"{path.with_suffix('')}: categories the training split lacks, encoded as unknown - records per "
-                      f"column: {unknown}", RuntimeWarning, stacklevel=3)  # fmt: skip
+                      f"column: {unknown}", RuntimeWarning, stacklevel=5)  # fmt: skip
     if enc.fitted() is not None:  # what the encoder learnt from the training split, beside its features
         atomic_write_text(path.parent / FITTED, json.dumps(enc.fitted(), indent=1, ensure_ascii=False) + "\n")
     atomic_write_text(_sidecar(path), json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
     _write_skipped(path.parent / "skipped.json", split, skipped)
     _log_extraction(Path(cache_dir), path, meta)
-    for ci in range(len(chunks)):
+    for part in part_files:
         with contextlib.suppress(FileNotFoundError):
-            part_path(ci).unlink()
-    with contextlib.suppress(OSError):
-        parts.rmdir()
-    fs = read_feature_set(path, verify=False)
-    _raise_for_skipped(fs, on_error)  # only reachable when resuming chunks built with "skip"
-    return fs
+            part.unlink()
+    return read_feature_set(path, verify=False)
 
 
 def _media_root(dataset: Dataset) -> Path:
@@ -578,7 +650,7 @@ def _compute_chunks(
     part_path,
     chunk_ids_sha: list[str],
     *,
-    output: str,
+    outputs: list[str],
     device: torch.device,
     batch_size: int,
     decode_group: int,
@@ -588,6 +660,8 @@ def _compute_chunks(
     progress: bool,
     desc: str,
 ) -> None:
+    """Encode the records of chunks ``todo`` once, writing each output's chunk files
+    (``part_path(output, chunk)``) as soon as a chunk is complete."""
     kind = dataset.modalities[modality]
     if num_workers:
         enc.before_workers()  # e.g. import heavy libraries once, so forked workers inherit them
@@ -597,7 +671,9 @@ def _compute_chunks(
     loader = encoding.loader(enc, values, _media_root(dataset), kind, batches, batch_size, num_workers, device)
     chunk_of = {i: ci for ci in todo for i in chunks[ci]}
     left = {ci: len(chunks[ci]) for ci in todo}
-    rows: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor | None]]] = {ci: {} for ci in todo}
+    rows: dict[str, dict[int, dict[int, tuple[torch.Tensor, torch.Tensor | None]]]] = {
+        o: {ci: {} for ci in todo} for o in outputs
+    }
     skipped: dict[int, dict[str, dict[str, str]]] = {ci: {} for ci in todo}
     truncated: dict[int, list[str]] = {ci: [] for ci in todo}
 
@@ -608,7 +684,8 @@ def _compute_chunks(
         ci = chunk_of[i]
         left[ci] -= 1
         if left[ci] == 0:
-            _write_part(part_path(ci), rows.pop(ci), skipped[ci], truncated[ci], chunk_ids_sha[ci], output)
+            for o in outputs:
+                _write_part(part_path(o, ci), rows[o].pop(ci), skipped[ci], truncated[ci], chunk_ids_sha[ci], o)
 
     try:
         with encoding.inference(enc, device, channels_last) as runner:
@@ -622,12 +699,14 @@ def _compute_chunks(
                 for ok, batch in subs:
                     info = enc.batch_info(batch)
                     out = runner(enc.batch_to(batch, device, non_blocking=True))
-                    v = out[output].float().cpu()
-                    m = out.get("grid_mask") if output == "grid" else None
-                    m = m.cpu() if m is not None else None
+                    for o in outputs:
+                        v = out[o].float().cpu()
+                        m = out.get("grid_mask") if o == "grid" else None
+                        m = m.cpu() if m is not None else None
+                        for j, i in enumerate(ok):
+                            rows[o][chunk_of[i]][i] = (v[j], None if m is None else m[j])
                     flags = info.get("truncated")
                     for j, i in enumerate(ok):
-                        rows[chunk_of[i]][i] = (v[j], None if m is None else m[j])
                         if flags is not None and bool(flags[j]):
                             truncated[chunk_of[i]].append(ids[i])
                     for i in ok:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from fusionkit.data.groups import Fold, loso_folds
 from fusionkit.data.readers import read_json
 from fusionkit.encoders import DEFAULTS as DEFAULT_ENCODERS
 from fusionkit.encoders import build_encoder
-from fusionkit.features import extract_features, read_feature_set
+from fusionkit.features import extract_features, extract_outputs, read_feature_set
 from fusionkit.train import SplitData
 
 FORMAT = "fusionkit.feature_index"
@@ -110,13 +111,18 @@ class FeatureIndex:
         batch_size: int = 0,
         progress: bool = True,
         options: dict[str, dict[str, Any]] | None = None,
+        also: Mapping[str, Sequence[str]] | None = None,
     ) -> FeatureIndex:
         """Encode every modality x split x output of ``ds`` into the feature cache (``encoders``:
         kind -> encoder name; kinds without one are left out, except tabular, which needs no
         weights and gets its default; ``options``: kind -> the encoder's constructor options, e.g.
         ``{"audio": {"cmvn": True, "segments": 4}}``), write the index to ``path`` (the file later
         notebooks take as ``features_index``) and return it. An encoder that is fitted (tabular) is
-        fitted on the training split; its state goes into the index entry (``fitted``)."""
+        fitted on the training split; its state goes into the index entry (``fitted``).
+
+        ``also``: kind -> further outputs computed in the same pass of the encoder and left in the
+        cache, not in this index - the image grids the tasks read next
+        (:func:`fusionkit.tasks.features.shared_outputs`), so the images are encoded once."""
         index = cls(
             dataset_dir=str(Path(ds.root).resolve()),
             dataset=ds.name,
@@ -137,12 +143,15 @@ class FeatureIndex:
                 enc.fit_dataset(ds, modality)
             entry = ModalityFeatures(kind=kind, encoder=enc.name, identity=enc.identity(), fitted=enc.fitted(),
                                      options=opts)  # fmt: skip
-            for output in outputs:
-                for split in SPLITS:
-                    if not ds.split(split):
-                        continue
-                    fs = extract_features(ds, modality, enc, split=split, cache_dir=cache_dir, output=output,
-                                          batch_size=batch_size or None, progress=progress)  # fmt: skip
+            extra = [o for o in (also or {}).get(kind, ()) if o not in outputs]
+            for split in SPLITS:
+                if not ds.split(split):
+                    continue
+                sets = extract_outputs(ds, modality, enc, split=split, cache_dir=cache_dir,
+                                       outputs=[*outputs, *extra], batch_size=batch_size or None,
+                                       progress=progress)  # fmt: skip
+                for output in outputs:
+                    fs = sets[output]
                     entry.files.setdefault(output, {})[split] = str(Path(fs.path).resolve())
                     entry.dims[output] = list(fs.values.shape[1:])
                     if fs.meta.get("notes"):

@@ -57,12 +57,14 @@ params
 # %%
 from fusionkit.data import load_dataset
 from fusionkit.index import FeatureIndex
+from fusionkit.tasks import features as task_features
 
 ds = load_dataset(dataset_dir)
 lineage.use_dataset(tracker, ds)
+# `also`: the image grids the tasks read, from the same pass of the image encoder as the pooled vectors
 index = FeatureIndex.build(ds, {"image": image_encoder, "text": text_encoder, "audio": audio_encoder}, cache_dir,
                            outputs, path=features_index, batch_size=batch_size,
-                           options=encoder_options)
+                           options=encoder_options, also=task_features.shared_outputs(ds, tasks))
 {m: e.encoder for m, e in index.modalities.items()}
 
 # %% [markdown]
@@ -70,8 +72,6 @@ index = FeatureIndex.build(ds, {"image": image_encoder, "text": text_encoder, "a
 
 # %%
 if tasks:
-    from fusionkit.tasks import features as task_features
-
     task_features.extract_task_features(ds, features_index, tasks, cache_dir, image_encoder=image_encoder,
                                       text_encoder=text_encoder)
     display(task_features.task_status(features_index))

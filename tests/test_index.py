@@ -174,3 +174,27 @@ def test_by_fold_without_groups_is_refused(indexed):
 
     with pytest.raises(DatasetError, match="no sample has a group"):
         indexed[2].by_fold("label")
+
+
+def test_also_computes_the_task_grids_in_the_same_pass(tmp_path):
+    """02 asks the build for the image grids the tasks read (``also``): they land in the cache,
+    not in the index, from the one pass that made the pooled vectors - the tasks' extraction then
+    finds them there and encodes no image again."""
+    from fusionkit.features import extractions
+    from fusionkit.tasks import features as task_features
+
+    ds = shapes.generate(tmp_path / "shapes", n=40, image_size=32, progress=False)
+    assert task_features.shared_outputs(ds, ["captioning", "retrieval"]) == {"image": ["grid"]}
+    assert task_features.shared_outputs(ds, ["retrieval"]) == {} and task_features.shared_outputs(ds, []) == {}
+    also = task_features.shared_outputs(ds, ["captioning"])
+    path = tmp_path / "features.json"
+    index = FeatureIndex.build(ds, {"image": "color_histogram"}, tmp_path / "cache", ["pooled"], path=path,
+                               progress=False, also=also)  # fmt: skip
+    assert set(index.modalities["image"].files) == {"pooled"}, "the index records only its own outputs"
+    image_passes = [r for r in extractions(tmp_path / "cache") if r["entry"].split("/")[1] == "image"]
+    assert sorted(r["entry"].rsplit("-", 1)[1] for r in image_passes) == ["grid"] * 3 + ["pooled"] * 3
+    task_features.extract_task_features(ds, path, ["captioning"], tmp_path / "cache", progress=False)
+    after = [r for r in extractions(tmp_path / "cache") if r["entry"].split("/")[1] == "image"]
+    assert after == image_passes, "the tasks' image grids came from the cache"
+    feats = FeatureIndex.read(path).to_dict()["tasks"]["features"]["images"]
+    assert "grid" in feats["files"]  # (pooled from its own file: the histogram's pooled vector is no grid mean)

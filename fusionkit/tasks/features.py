@@ -223,6 +223,20 @@ def _text_dataset(base: Path, kind: str, name: str, texts_by_split: Mapping[str,
     return _derived(base, kind, name, {"text": "text"}, samples, None, {"derived": kind})
 
 
+def shared_outputs(ds: Dataset, tasks: Iterable[str] | str | None) -> dict[str, list[str]]:
+    """What :meth:`fusionkit.index.FeatureIndex.build` should compute beside its own outputs for
+    ``tasks`` (its ``also``): the image grids, when captioning or VQA will read ``ds``'s own image
+    features - one image modality, one sample per image file (the shapes scenes; a dataset of
+    image-caption pairs repeats its images and the tasks encode a dataset of the images instead).
+    The grid then comes from the same pass of the image encoder as the pooled vector."""
+    wanted = check_tasks(tasks)
+    img_mods = [m for m, k in ds.modalities.items() if k == "image"]
+    if not ({"captioning", "vqa"} & set(wanted)) or len(img_mods) != 1:
+        return {}
+    files = [s.modalities.get(img_mods[0]) for s in ds.samples]
+    return {"image": ["grid"]} if len(set(files)) == len(files) else {}
+
+
 def extract_task_features(
     ds: Dataset,
     index_path: str | os.PathLike,
