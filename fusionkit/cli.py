@@ -337,7 +337,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         limits = {k: v for k, v in (("max_body_bytes", args.max_body_bytes), ("max_pixels", args.max_pixels)) if v}
-        serve(args.bundle, host=args.host, port=args.port, device=args.device or None, **limits)
+        serve(args.bundle, host=args.host, port=args.port, device=args.device or None, gallery=args.gallery,
+              beam=args.beam, **limits)  # fmt: skip
     except BundleError as e:
         print(f"fusionkit: error: {e}", file=sys.stderr)
         return 2
@@ -372,7 +373,8 @@ def _add_model_commands(sub) -> None:
 
     pr = sub.add_parser("predict", help="predict new raw files with a bundle (fusionkit export)")
     pr.add_argument("bundle", metavar="BUNDLE",
-                    help="a bundle folder written by fusionkit export, or wandb:ENTITY/PROJECT/NAME:ALIAS (W&B online)")  # fmt: skip
+                    help="a bundle folder written by fusionkit export, or wandb:ENTITY/PROJECT/NAME:ALIAS (W&B online; "
+                         "ALIAS/vqa, /captioning or /retrieval: that task's bundle in 04's model artifact)")  # fmt: skip
     pr.add_argument("input", metavar="INPUT", nargs="?", help="a manifest (.csv .tsv .jsonl .parquet) or a folder")
     pr.add_argument("--image", help="one image file")
     pr.add_argument("--text", help="one text")
@@ -396,10 +398,14 @@ def _add_model_commands(sub) -> None:
     ga.set_defaults(func=_cmd_gallery)
 
     sv = sub.add_parser("serve", help="serve a bundle as an HTTP JSON API (/predict, /health, /info)")
-    sv.add_argument("bundle", metavar="BUNDLE", help="a bundle folder written by fusionkit export")
+    sv.add_argument("bundle", metavar="BUNDLE", help="a bundle folder written by fusionkit export (a classifier's or "
+                    "a task's), or wandb:ENTITY/PROJECT/NAME:ALIAS[/TASK] (online)")  # fmt: skip
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     _add_device_option(sv)
+    sv.add_argument("--gallery", default=None, metavar="DIR",
+                    help="retrieval bundles: the gallery the queries search (fusionkit gallery)")  # fmt: skip
+    sv.add_argument("--beam", action="store_true", help="captioning bundles: beam search instead of greedy")
     sv.add_argument("--max-body-bytes", type=int, default=None, help="largest request body accepted (default: 20 MiB)")
     sv.add_argument(
         "--max-pixels", type=int, default=None, help="largest image accepted, width x height (default: 40 million)"

@@ -2,8 +2,8 @@
 
     fs = extract_features(ds, "image", split="train", cache_dir="data/processed/features")
     fs.ids, fs.values            # list[str], (N, D) float32 tensor memory-mapped from safetensors
-    sets = extract_outputs(ds, "image", split="train", cache_dir=..., outputs=("pooled", "grid"))
-                                 # both entries from one pass of the encoder
+    fs = extract_features(ds, "image", split="train", cache_dir=..., also=("grid",))
+                                 # the grid's entry too, from the same pass of the encoder
 
 Cache layout (one folder per dataset content x modality x encoder configuration)::
 
@@ -332,6 +332,7 @@ def extract_features(
     split: str,
     cache_dir: str | os.PathLike,
     output: str = "pooled",
+    also: tuple[str, ...] | list[str] = (),
     batch_size: int | None = None,
     num_workers: int | None = None,
     chunk_size: int = 256,
@@ -343,41 +344,17 @@ def extract_features(
 
     ``encoder``: an :class:`Encoder`, a registry name, or None for the kind's default.
     ``output``: ``"pooled"`` (N, D) or ``"grid"`` (N, L, D) (+ ``mask`` when positions are padding).
+    ``also``: further outputs computed in the **same** pass of the encoder where they are not
+    cached yet (every ``forward`` gives both the pooled vector and the grid), each into its own
+    cache entry exactly as a pass of its own writes it; a later call reads them from the cache.
+    02 asks for the image grids the tasks read this way (one EfficientNet pass, not two).
     ``batch_size`` / ``num_workers`` / memory format default to the encoder's measured per-device
     settings (``encoder.perf``; see benchmarks/README.md). ``device``: default CUDA when available
     (bf16 autocast there), else CPU. See the module docstring for the cache's guarantees."""
-    return extract_outputs(
-        dataset, modality, encoder, split=split, cache_dir=cache_dir, outputs=(output,), batch_size=batch_size,
-        num_workers=num_workers, chunk_size=chunk_size, on_error=on_error, progress=progress, device=device,
-    )[output]  # fmt: skip
-
-
-def extract_outputs(
-    dataset: Dataset,
-    modality: str,
-    encoder: Encoder | str | None = None,
-    *,
-    split: str,
-    cache_dir: str | os.PathLike,
-    outputs: tuple[str, ...] | list[str] = ("pooled",),
-    batch_size: int | None = None,
-    num_workers: int | None = None,
-    chunk_size: int = 256,
-    on_error: str = "raise",
-    progress: bool = True,
-    device: str | None = None,
-) -> dict[str, FeatureSet]:
-    """:func:`extract_features` for several ``outputs`` at once (output -> its feature set): the
-    entries not cached yet are computed in **one** pass of the encoder (every ``forward`` gives
-    both the pooled vector and the grid), each written to its own cache entry exactly as a pass
-    of its own writes it. 02 asks for ``pooled`` and ``grid`` together when the tasks need image
-    grids (one EfficientNet pass over the images instead of two)."""
-    outputs = list(dict.fromkeys(outputs))
-    if not outputs:
-        raise ValueError("outputs=(): expected at least one of " + str(OUTPUTS))
-    for output in outputs:
-        if output not in OUTPUTS:
-            raise ValueError(f"output={output!r}; expected one of {OUTPUTS}")
+    outputs = list(dict.fromkeys([output, *also]))
+    for o in outputs:
+        if o not in OUTPUTS:
+            raise ValueError(f"output={o!r}; expected one of {OUTPUTS}")
     check_on_error(on_error)
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size}; expected >= 1")
@@ -409,7 +386,7 @@ def extract_outputs(
                 found.update(computed)
     for o in outputs:
         _raise_for_skipped(found[o], on_error)
-    return {o: found[o] for o in outputs}
+    return found[output]
 
 
 def _lock_path(path: Path) -> Path:

@@ -33,7 +33,7 @@ from fusionkit.data.groups import Fold, loso_folds
 from fusionkit.data.readers import read_json
 from fusionkit.encoders import DEFAULTS as DEFAULT_ENCODERS
 from fusionkit.encoders import build_encoder
-from fusionkit.features import extract_features, extract_outputs, read_feature_set
+from fusionkit.features import extract_features, read_feature_set
 from fusionkit.train import SplitData
 
 FORMAT = "fusionkit.feature_index"
@@ -147,11 +147,10 @@ class FeatureIndex:
             for split in SPLITS:
                 if not ds.split(split):
                     continue
-                sets = extract_outputs(ds, modality, enc, split=split, cache_dir=cache_dir,
-                                       outputs=[*outputs, *extra], batch_size=batch_size or None,
-                                       progress=progress)  # fmt: skip
-                for output in outputs:
-                    fs = sets[output]
+                for n, output in enumerate(outputs):  # the first computes the rest in its pass; they read the cache
+                    fs = extract_features(ds, modality, enc, split=split, cache_dir=cache_dir, output=output,
+                                          also=[*outputs[1:], *extra] if n == 0 else (),
+                                          batch_size=batch_size or None, progress=progress)  # fmt: skip
                     entry.files.setdefault(output, {})[split] = str(Path(fs.path).resolve())
                     entry.dims[output] = list(fs.values.shape[1:])
                     if fs.meta.get("notes"):

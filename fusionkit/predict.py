@@ -99,6 +99,27 @@ class Predictions:
     flat: list[dict[str, Any]] | None = None
 
 
+def resolve_bundle(path: str | os.PathLike) -> str | os.PathLike:
+    """A bundle folder as given, or for ``wandb:ENTITY/PROJECT/NAME:ALIAS`` the folder the W&B model
+    artifact downloads to (online only; BundleError saying why otherwise). 04's model artifact holds
+    the classifier's bundle and each task's in a folder of its own: ``wandb:E/P/NAME:ALIAS/vqa``
+    is the VQA bundle in it (``captioning``, ``retrieval`` likewise)."""
+    if not str(path).startswith(WANDB_PREFIX):
+        return path
+    ref, sub = str(path)[len(WANDB_PREFIX) :], ""
+    if ":" in ref:  # an alias has no "/": what follows one is a folder inside the artifact
+        name, alias = ref.rsplit(":", 1)
+        alias, _, sub = alias.partition("/")
+        ref = f"{name}:{alias}"
+    try:
+        folder = Path(tracking.download_artifact(ref, type="model"))
+    except RuntimeError as e:
+        raise BundleError(str(e)) from e
+    if sub and not (folder / sub / "model.safetensors").is_file():
+        raise BundleError(f"{path}: the artifact {ref} holds no bundle in {sub!r}")
+    return folder / sub if sub else folder
+
+
 class Predictor:
     """A bundle's model and encoders, loaded once (``fusionkit predict`` and ``fusionkit serve``)."""
 
@@ -113,12 +134,7 @@ class Predictor:
     def load(cls, path: str | os.PathLike, device: str | None = None) -> Predictor:
         """The bundle in folder ``path`` (or its ``model.safetensors``); BundleError naming the file
         for a missing, corrupt, incompatible or un-exported bundle, or missing encoder weights."""
-        if str(path).startswith(WANDB_PREFIX):
-            try:
-                path = tracking.download_artifact(str(path)[len(WANDB_PREFIX) :], type="model")
-            except RuntimeError as e:
-                raise BundleError(str(e)) from e
-        weights, dev = cls._open(path, device)
+        weights, dev = cls._open(resolve_bundle(path), device)
         model, spec = bundle.load_classifier(weights)
         encoders = bundle.load_encoders(weights.parent, spec)
         return cls(weights.parent, model.to(dev).eval(), spec, encoders, dev)
@@ -437,4 +453,14 @@ def write_predictions(result: Predictions, out: str | os.PathLike | None) -> Pat
     return out
 
 
-__all__ = ["Inputs", "Predictions", "Predictor", "Row", "read_inputs", "render", "single_inputs", "write_predictions"]
+__all__ = [
+    "Inputs",
+    "Predictions",
+    "Predictor",
+    "Row",
+    "read_inputs",
+    "resolve_bundle",
+    "render",
+    "single_inputs",
+    "write_predictions",
+]

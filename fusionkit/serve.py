@@ -1,12 +1,17 @@
 """``fusionkit serve BUNDLE --port N``: an exported bundle as an HTTP JSON API (FastAPI + uvicorn).
 
+A classifier's bundle or a task's (``fusionkit export --task``: a caption for an image, the answer
+to a question about an image - fields ``image`` and ``question`` - or the top gallery items for a
+query, with ``--gallery DIR`` from ``fusionkit gallery``; ``--beam`` captions with beam search).
+
 * ``GET /health`` - ``{"status": "ok"}`` once the model is loaded (it is loaded once, at start);
 * ``GET /info`` - what the model needs (modalities, their kinds and manifest columns) and what it
   was trained on and reached (:meth:`fusionkit.predict.Predictor.info`);
 * ``POST /predict`` - one sample: ``multipart/form-data`` with a field per modality (files for
   image / audio, text fields for text; a field may be named after the modality or its kind), or
   ``application/json`` ``{"caption": "..."}`` for text and tabular records. Answers the record
-  ``fusionkit predict`` writes (prediction, probabilities, weights, missing).
+  ``fusionkit predict`` writes in JSONL (a classifier: prediction, probabilities, weights, missing;
+  captioning: prediction; VQA: prediction, probability, answers; retrieval: matches).
 
 A bad request gets a 4xx with the problem named (``{"error": ...}``), never a traceback: 413 for a
 body over ``max_body_bytes`` or an image over ``max_pixels``, 411 without a Content-Length, 415
@@ -30,6 +35,7 @@ from starlette.datastructures import UploadFile
 from fusionkit.data.base import INLINE_KINDS, DatasetError
 from fusionkit.data.readers import check_image
 from fusionkit.predict import Inputs, Predictor, Row
+from fusionkit.tasks.predict import load_predictor
 
 MAX_BODY_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000
@@ -55,7 +61,8 @@ def _field_modality(predictor: Predictor, name: str) -> str:
 
 def create_app(predictor: Predictor, max_body_bytes: int = MAX_BODY_BYTES, max_pixels: int = MAX_PIXELS):
     """The FastAPI application serving ``predictor`` (module docstring)."""
-    app = FastAPI(title="fusionkit", description="a fusionkit model bundle", version=str(predictor.spec.fusion))
+    what = _what(predictor)
+    app = FastAPI(title="fusionkit", description="a fusionkit model bundle", version=" ".join(what.values()))
     lock = threading.Lock()
 
     @app.middleware("http")
@@ -85,7 +92,7 @@ def create_app(predictor: Predictor, max_body_bytes: int = MAX_BODY_BYTES, max_p
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "fusion": predictor.spec.fusion}
+        return {"status": "ok", **what}
 
     @app.get("/info")
     def info() -> dict[str, Any]:
@@ -157,11 +164,19 @@ def create_app(predictor: Predictor, max_body_bytes: int = MAX_BODY_BYTES, max_p
     return app
 
 
-def serve(bundle: str, host: str = "127.0.0.1", port: int = 8000, device: str | None = None, **limits: Any) -> None:
-    """Load the bundle once and serve it with uvicorn until interrupted."""
+def _what(predictor: Predictor) -> dict[str, str]:
+    """What ``/health`` names: a classifier's fusion method, or a task bundle's task and model."""
+    task = getattr(predictor, "task", None)
+    return {"task": task, "model": predictor.spec.model} if task else {"fusion": str(predictor.spec.fusion)}
+
+
+def serve(bundle: str, host: str = "127.0.0.1", port: int = 8000, device: str | None = None,
+          gallery: str | None = None, beam: bool = False, **limits: Any) -> None:  # fmt: skip
+    """Load the bundle once (a classifier's or a task's; ``gallery`` for retrieval, ``beam`` for
+    captioning) and serve it with uvicorn until interrupted."""
     import uvicorn
 
-    predictor = Predictor.load(bundle, device=device)
+    predictor = load_predictor(bundle, device=device, gallery=gallery, beam=beam)
     uvicorn.run(create_app(predictor, **limits), host=host, port=port, log_level="info", workers=1)
 
 

@@ -25,7 +25,6 @@ from fusionkit.features import (
     CacheError,
     cache_key,
     extract_features,
-    extract_outputs,
     load_cached,
     read_feature_set,
 )
@@ -179,36 +178,33 @@ def test_grid_outputs_and_workers(ds, tmp_path, minilm):
             assert n == len(minilm.tokenizer(ds.samples[i].modalities["caption"])["input_ids"])
 
 
-def test_several_outputs_in_one_pass_equal_a_pass_each(ds, tmp_path, monkeypatch, minilm):
+def test_also_computes_more_outputs_in_the_same_pass_equal_to_a_pass_each(ds, tmp_path, monkeypatch, minilm):
     enc = tiny_image_encoder()
     calls = count_forward(enc, monkeypatch)
-    both = extract_outputs(ds, "image", enc, outputs=("pooled", "grid"), cache_dir=tmp_path / "one", **KW)
+    pooled = extract_features(ds, "image", enc, output="pooled", also=("grid",), cache_dir=tmp_path / "one", **KW)
     assert len(calls) == 6, "one forward per batch serves both outputs"
-    for output in ("pooled", "grid"):
+    grid = extract_features(ds, "image", enc, output="grid", cache_dir=tmp_path / "one", **KW)
+    assert len(calls) == 6, "the grid came from the cache"
+    for fs in (pooled, grid):
+        output = fs.meta["output"]
         alone = extract_features(ds, "image", enc, output=output, cache_dir=tmp_path / output, **KW)
-        assert torch.equal(both[output].values, alone.values) and both[output].ids == alone.ids
-        meta = json.loads(both[output].path.with_suffix(".json").read_text())
-        assert meta["output"] == output and meta["timing"]["outputs_of_the_pass"] == ["grid", "pooled"]
-        assert not both[output].path.with_name(f"train-{output}.parts").exists()
+        assert torch.equal(fs.values, alone.values) and fs.ids == alone.ids
+        assert fs.meta["timing"]["outputs_of_the_pass"] == ["grid", "pooled"]
+        assert not fs.path.with_name(f"train-{output}.parts").exists()
     assert len(calls) == 18
-    # each output is an ordinary cache entry: asking for one alone later computes nothing
-    again = extract_features(ds, "image", enc, output="grid", cache_dir=tmp_path / "one", **KW)
-    assert len(calls) == 18 and torch.equal(again.values, both["grid"].values)
     # one cached, one not: the pass computes what is missing and leaves the cached entry as it was
-    pooled_sha = sha(both["pooled"].path)
-    for f in (both["grid"].path, both["grid"].path.with_suffix(".json")):
+    pooled_sha = sha(pooled.path)
+    for f in (grid.path, grid.path.with_suffix(".json")):
         f.unlink()
-    redo = extract_outputs(ds, "image", enc, outputs=["grid", "pooled"], cache_dir=tmp_path / "one", **KW)
-    assert len(calls) == 24 and sha(redo["pooled"].path) == pooled_sha
-    assert torch.equal(redo["grid"].values, both["grid"].values)
+    again = extract_features(ds, "image", enc, output="grid", also=["pooled"], cache_dir=tmp_path / "one", **KW)
+    assert len(calls) == 24 and sha(pooled.path) == pooled_sha and torch.equal(again.values, grid.values)
     # padded token grids (texts) come out as in a pass of their own
-    t_both = extract_outputs(ds, "caption", minilm, outputs=("grid", "pooled"), cache_dir=tmp_path / "t1", **KW)
+    extract_features(ds, "caption", minilm, also=("grid",), cache_dir=tmp_path / "t1", **KW)
+    t_both = extract_features(ds, "caption", minilm, output="grid", cache_dir=tmp_path / "t1", **KW)
     t_grid = extract_features(ds, "caption", minilm, output="grid", cache_dir=tmp_path / "t2", **KW)
-    assert torch.equal(t_both["grid"].values, t_grid.values) and torch.equal(t_both["grid"].mask, t_grid.mask)
-    with pytest.raises(ValueError, match="expected at least one"):
-        extract_outputs(ds, "image", enc, outputs=(), cache_dir=tmp_path / "one", **KW)
+    assert torch.equal(t_both.values, t_grid.values) and torch.equal(t_both.mask, t_grid.mask)
     with pytest.raises(ValueError, match="output='tokens'"):
-        extract_outputs(ds, "image", enc, outputs=("pooled", "tokens"), cache_dir=tmp_path / "one", **KW)
+        extract_features(ds, "image", enc, also=("tokens",), cache_dir=tmp_path / "one", **KW)
 
 
 def test_audio_features(ds, tmp_path):

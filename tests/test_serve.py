@@ -1,8 +1,6 @@
 """fusionkit serve: real HTTP requests on 127.0.0.1 to a bundle loaded once; bad requests get a
 4xx naming the problem; a short bounded concurrent load."""
 
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,26 +8,14 @@ import httpx
 import pytest
 
 from fusionkit.serve import create_app
+from tests.serving import running
 
 
 @pytest.fixture(scope="module")
 def server(exported_run):
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     app = create_app(exported_run["predictor"], max_body_bytes=2_000_000, max_pixels=40 * 40)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", exported_run
-    srv.should_exit = True
-    thread.join(10)
+    with running(app) as url:
+        yield url, exported_run
 
 
 def _files(run, sample):

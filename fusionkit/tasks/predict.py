@@ -43,7 +43,7 @@ from fusionkit import __version__, bundle
 from fusionkit.bundle import BundleError
 from fusionkit.data.base import DatasetError, atomic_write_text, sha256_file
 from fusionkit.data.readers import read_json
-from fusionkit.predict import WANDB_PREFIX, Inputs, Predictions, Predictor, Row
+from fusionkit.predict import Inputs, Predictions, Predictor, Row, resolve_bundle
 from fusionkit.tasks.bundles import TaskSpec, load_task, task_of
 
 GALLERY_FORMAT = "fusionkit.gallery"
@@ -59,10 +59,9 @@ def load_predictor(path: str | os.PathLike, device: str | None = None, gallery: 
                    beam: bool = False) -> Predictor:  # fmt: skip
     """The predictor of the bundle at ``path``: a classifier's (:meth:`Predictor.load`) or a task's
     (:class:`TaskPredictor`; ``gallery`` for retrieval, ``beam`` for captioning)."""
+    path = resolve_bundle(path)  # a wandb: model artifact is downloaded once, here
     weights = bundle.weights_file(path)
-    task = None
-    if not str(path).startswith(WANDB_PREFIX) and weights.is_file():
-        task = task_of(bundle.read_meta(weights))
+    task = task_of(bundle.read_meta(weights)) if weights.is_file() else None
     if task is None:
         if gallery is not None or beam:
             raise BundleError(f"--{'gallery' if gallery is not None else 'beam'}: {path} is not a task bundle "

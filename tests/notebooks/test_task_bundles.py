@@ -14,7 +14,7 @@ from fusionkit import bundle, cli
 from fusionkit.bundle import BundleError
 from fusionkit.predict import read_inputs
 from fusionkit.tasks.bundles import build_model, load_task
-from fusionkit.tasks.features import caption_features, caption_data, read_task_index, vqa_tables
+from fusionkit.tasks.features import caption_data, caption_features, read_task_index, vqa_tables
 from fusionkit.tasks.predict import TaskPredictor, load_predictor
 from fusionkit.tasks.vqa.task import vqa_arrays, vqa_logits
 
@@ -207,11 +207,71 @@ def check_bad_input_is_named(t, capsys, gallery):
         load_task(t["run"] / "vqa" / f"{doc['model']}.safetensors")
 
 
-def test_task_bundles_predict_raw_files_as_the_run_models_do(tasks, capsys):
-    """One test for the four checks: they share the exported bundles and the gallery."""
+def check_served_as_predicted(t, gallery, monkeypatch):
+    """``fusionkit serve`` of each task bundle, over real HTTP: the same caption, answer and gallery
+    matches as ``fusionkit predict`` gives for the same input; a question missing is a 422 naming
+    it. And ``wandb:E/P/NAME:ALIAS/TASK`` picks that task's bundle in 04's model artifact."""
+    import httpx
+
+    from fusionkit import serve as serving
+    from fusionkit import tracking
+    from fusionkit.predict import Inputs, Row
+    from tests.serving import running
+
+    b = t["bundles"]
+    ds_root = Path(t["index"]["tasks"]["dataset_dir"])
+    image = next(p for p in sorted((ds_root / "images").iterdir()) if p.suffix == ".png")
+    upload = {"image": (image.name, image.read_bytes(), "image/png")}
+    question = vqa_tables(t["index"], t["index_path"])["test"].records[0].question
+
+    def direct(predictor, values):
+        return predictor.predict(Inputs([Row("request", "request", values)], image.parent, "request")).records[0]
+
+    cases = [
+        ("captioning", None, {"files": upload}, {"image": image.name}),
+        ("vqa", None, {"files": upload, "data": {"question": question}}, {"image": image.name, "question": question}),
+        ("retrieval", gallery, {"json": {"text": question}}, {"text": question}),
+    ]
+    for task, g, request, values in cases:
+        predictor = load_predictor(b[task], device="cpu", gallery=g)
+        with running(serving.create_app(predictor)) as url:
+            health = httpx.get(f"{url}/health").json()
+            assert health == {"status": "ok", "task": task, "model": predictor.spec.model}
+            assert httpx.get(f"{url}/info").json()["task"] == task
+            r = httpx.post(f"{url}/predict", **request)
+            assert r.status_code == 200, r.text
+            got, want = r.json(), direct(predictor, values)
+            assert got["id"] == "request" and got.keys() == want.keys()
+            if task == "retrieval":
+                assert [m["id"] for m in got["matches"]] == [m["id"] for m in want["matches"]]
+                assert all(abs(a["score"] - w["score"]) < 1e-5 for a, w in zip(got["matches"], want["matches"]))
+            else:
+                assert got["prediction"] == want["prediction"] and got["prediction"].strip()
+            if task == "vqa":
+                assert abs(got["probability"] - want["probability"]) < 1e-6
+                missing = httpx.post(f"{url}/predict", files=upload)
+                assert missing.status_code == 422 and "no question given" in missing.json()["error"]
+    # a task's bundle inside the W&B model artifact (downloaded: here, the folder 04 logged)
+    asked = []
+
+    def download(ref, type=None, root=None):
+        asked.append((ref, type))
+        return t["run"] / "bundle"
+
+    monkeypatch.setattr(tracking, "download_artifact", download)
+    vqa = load_predictor("wandb:me/fusionkit/model-x:latest/vqa", device="cpu")
+    assert vqa.task == "vqa" and asked == [("me/fusionkit/model-x:latest", "model")]
+    assert type(load_predictor("wandb:me/fusionkit/model-x:latest", device="cpu")).__name__ == "Predictor"
+    with pytest.raises(BundleError, match="holds no bundle in 'tabular'"):
+        load_predictor("wandb:me/fusionkit/model-x:latest/tabular", device="cpu")
+
+
+def test_task_bundles_predict_raw_files_as_the_run_models_do(tasks, capsys, monkeypatch):
+    """One test for the checks: they share the exported bundles and the gallery."""
     check_bundles_describe_task_encoders_and_data(tasks)
     check_export_writes_what_04_wrote_with_the_runs_numbers(tasks)
     check_captions_agree_with_the_run_model(tasks)
     check_answers_agree_with_the_run_model(tasks)
     gallery = check_retrieval_top1_agrees_with_the_run_model(tasks)
     check_bad_input_is_named(tasks, capsys, gallery)
+    check_served_as_predicted(tasks, gallery, monkeypatch)
