@@ -34,6 +34,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
+
 from fusionkit.grid.jobs import JobOutcome, TrainJob, run_job
 from fusionkit.progress import progress
 from fusionkit.runtime import available_cpus
@@ -68,23 +70,42 @@ def describe_error(job: TrainJob, exc: BaseException | str) -> str:
     return f"{job.name} [{job.tag}] with {json.dumps(job.config, sort_keys=True)}: {text.strip()}"
 
 
+def data_fingerprint(splits: dict[str, SplitData], num_classes: int) -> str:
+    """A digest of what a job trains and is scored on: every split's ids, features, labels and
+    masks, and the number of classes (blake2b over the tensors' bytes: ~10 ms for the default
+    benchmark's splits)."""
+    h = hashlib.blake2b(f"classes={num_classes}".encode(), digest_size=16)
+    for name in sorted(splits):
+        sd = splits[name]
+        h.update(f"|{name}|".encode() + "\n".join(sd.ids).encode())
+        tensors = {"labels": sd.labels, **{f"f:{m}": t for m, t in sd.features.items()},
+                   **{f"m:{m}": t for m, t in (sd.mask or {}).items()}}  # fmt: skip
+        for key in sorted(tensors):
+            t = tensors[key].detach().cpu().contiguous()
+            h.update(f"|{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(memoryview(t.view(torch.uint8).numpy()) if t.numel() else b"")
+    return h.hexdigest()
+
+
 class Memo:
-    """Finished jobs by key; a job that needs weights is only served by an outcome that has them."""
+    """Finished jobs by key and by the data they trained on (:func:`data_fingerprint`: the same job
+    on other data under the same name trains again); a job that needs weights is only served by
+    an outcome that has them."""
 
     def __init__(self) -> None:
-        self._done: dict[str, JobOutcome] = {}
+        self._done: dict[tuple[str, str], JobOutcome] = {}
 
-    def get(self, job: TrainJob) -> JobOutcome | None:
-        hit = self._done.get(job.key)
+    def get(self, job: TrainJob, data: str = "") -> JobOutcome | None:
+        hit = self._done.get((job.key, data))
         if hit is None or not hit.ok or (job.keep and hit.state is None):
             return None
         return JobOutcome(
             job, row=dict(hit.row), history=hit.history, state=hit.state, node_id=hit.node_id, pid=hit.pid
         )
 
-    def put(self, outcome: JobOutcome) -> None:
+    def put(self, outcome: JobOutcome, data: str = "") -> None:
         if outcome.ok:
-            self._done[outcome.job.key] = outcome
+            self._done[(outcome.job.key, data)] = outcome
 
     def forget_weights(self, keep: Callable[[TrainJob], bool]) -> None:
         """Drop the kept weights of finished jobs ``keep`` says no to (frees memory)."""
@@ -101,7 +122,8 @@ class _Batch:
             if j.data not in datasets:
                 raise KeyError(f"job {j.name} trains on dataset {j.data!r}; given: {sorted(datasets)}")
         self.jobs, self.memo = jobs, memo
-        self.outcomes: list[JobOutcome | None] = [memo.get(j) for j in jobs]
+        self.data = {name: data_fingerprint(*datasets[name]) for name in {j.data for j in jobs}}
+        self.outcomes: list[JobOutcome | None] = [memo.get(j, self.data[j.data]) for j in jobs]
         self.todo: dict[str, TrainJob] = {}
         for j, o in zip(jobs, self.outcomes):
             if o is None:
@@ -109,7 +131,7 @@ class _Batch:
         self.done: dict[str, JobOutcome] = {}
 
     def finish(self, out: JobOutcome) -> None:
-        self.memo.put(out)
+        self.memo.put(out, self.data[out.job.data])
         self.done[out.job.key] = out
 
     @property

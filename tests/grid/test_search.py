@@ -110,3 +110,27 @@ def test_the_untuned_grid_on_fewer_seeds_is_the_same_trainings_and_the_tuned_one
         compare.run(["concat"], data, CFG, 6, seeds=[0, 1, 2], search_trials=2, untuned_seeds=4, show_progress=False)
     with pytest.raises(ValueError, match="untuned_seeds is set but search_trials is 0"):
         compare.run(["concat"], data, CFG, 6, seeds=[0, 1, 2], untuned_seeds=2, show_progress=False)
+
+
+def test_the_memo_serves_a_job_again_only_on_the_same_data(data, monkeypatch):
+    """An executor remembers finished jobs; a later plan that gives *other* data under the same
+    name (another target, other features) must train again, not get the first data's result."""
+    from fusionkit.grid import TrainJob, executors
+
+    calls = []
+    attempts = executors._attempts
+    monkeypatch.setattr(executors, "_attempts", lambda job, *a: calls.append(job.name) or attempts(job, *a))
+    other = label_problem(n=150, seed=9)
+    job = TrainJob("concat", 0, {"hidden": 16}, CFG)
+    with SerialExecutor(show_progress=False) as ex:
+        (first,) = ex.run([job], {"main": (data, 6)})
+        (same,) = ex.run([TrainJob("concat", 0, {"hidden": 16}, CFG)], {"main": (data, 6)})
+        assert calls == ["concat/seed0"] and same.row == first.row, "the same job on the same data: from the memo"
+        (changed,) = ex.run([job], {"main": (other, 6)})
+        assert calls == ["concat/seed0"] * 2
+    (fresh,) = SerialExecutor(show_progress=False).run([job], {"main": (other, 6)})
+    assert changed.row["val_accuracy"] == fresh.row["val_accuracy"] != first.row["val_accuracy"]
+    relabelled = {k: SplitData(v.features, v.labels.flip(0), v.ids, v.mask) for k, v in data.items()}
+    assert executors.data_fingerprint(data, 6) != executors.data_fingerprint(relabelled, 6)
+    assert executors.data_fingerprint(data, 6) != executors.data_fingerprint(data, 7)
+    assert executors.data_fingerprint(data, 6) == executors.data_fingerprint(dict(data), 6)
