@@ -120,6 +120,12 @@ def resolve_bundle(path: str | os.PathLike) -> str | os.PathLike:
     return folder / sub if sub else folder
 
 
+def _shared_key(value: Any, position: int) -> Any:
+    """What makes two rows' inputs of a modality the same input: the path or the text itself
+    (tabular records and other values are never shared: their own position)."""
+    return ("value", str(value)) if isinstance(value, (str, os.PathLike)) else ("row", position)
+
+
 class Predictor:
     """A bundle's model and encoders, loaded once (``fusionkit predict`` and ``fusionkit serve``)."""
 
@@ -231,9 +237,21 @@ class Predictor:
         for m in sorted(self.kinds):
             idx = [i for i in present[m] if i not in bad]
             vals = [values[m][j] for j, i in enumerate(present[m]) if i not in bad]
-            got, failed = encode_records(self.encoders[m], vals, inputs.root, self.kinds[m], device=self.device,
-                                         output=self.outputs.get(m, "pooled"), runner=self._runners[m],
-                                         progress=progress, desc=f"{m} ({self.encoders[m].name})")  # fmt: skip
+            # a file or text that several rows share (a manifest of pairs or of questions repeats its
+            # images) is decoded and encoded once; every row gets its features, or its failure
+            first: dict[Any, int] = {}
+            distinct, slot = [], []
+            for j, v in enumerate(vals):
+                key = _shared_key(v, j)
+                if key not in first:
+                    first[key] = len(distinct)
+                    distinct.append(v)
+                slot.append(first[key])
+            got_d, failed_d = encode_records(self.encoders[m], distinct, inputs.root, self.kinds[m], device=self.device,
+                                             output=self.outputs.get(m, "pooled"), runner=self._runners[m],
+                                             progress=progress, desc=f"{m} ({self.encoders[m].name})")  # fmt: skip
+            got = {j: got_d[s] for j, s in enumerate(slot) if s in got_d}
+            failed = {j: failed_d[s] for j, s in enumerate(slot) if s in failed_d}
             feats[m] = {idx[j]: v for j, v in got.items()}
             if self.kinds[m] == "tabular":
                 counts = self.encoders[m].split_notes([vals[j] for j in got])["unknown_categories"]

@@ -219,3 +219,34 @@ def test_a_tabular_column_absent_at_prediction_time_is_named(tmp_path):
         tmp_path / "no_bp.csv", [{k: v for k, v in r.items() if k != "bp"} for r in rows], ["id", "age", "sex"]
     )
     assert len(p.predict(read_inputs(no_bp, p)).records) == 3  # bp was declared as allowed to be missing
+
+
+def test_rows_sharing_a_file_or_text_encode_it_once_and_each_get_its_result(exported_run, monkeypatch, tmp_path):
+    """A manifest of pairs repeats its images (flickr8k's 4 captions per image): each distinct file
+    and text is decoded and encoded once, every row still gets the features of its own inputs -
+    the same predictions as the rows one by one - and a bad file shared by rows skips each of them."""
+    import fusionkit.predict as pred
+
+    ds = exported_run["ds"]
+    rows = _test_rows(ds)[:3]
+    repeated = [{**r, "id": f"{r['id']}-{k}"} for k in range(3) for r in rows]  # 9 rows, 3 distinct inputs each
+    manifest = _manifest(ds.root / "pairs.csv", repeated, ["id", "image", "text", "audio", "label"])
+    seen = []
+    encode = pred.encode_records
+    monkeypatch.setattr(pred, "encode_records", lambda enc, vals, *a, **k: seen.append(len(vals)) or encode(enc, vals, *a, **k))  # fmt: skip
+    p = exported_run["predictor"]
+    res = p.predict(read_inputs(manifest, p))
+    assert seen == [3, 3, 3], "one encoding per distinct file / text, per modality"
+    alone = p.predict(read_inputs(_manifest(ds.root / "three.csv", rows, ["id", "image", "text", "audio", "label"]), p))
+    by_id = {r["id"]: r["probabilities"] for r in alone.records}
+    assert [r["id"] for r in res.records] == [r["id"] for r in repeated]
+    for r in res.records:
+        want = by_id[r["id"].rsplit("-", 1)[0]]
+        assert all(abs(r["probabilities"][c] - want[c]) < 1e-6 for c in want)
+    (ds.root / "broken.jpg").write_text("not a JPEG")
+    bad = [{**r, "image": "broken.jpg"} if r["id"].startswith(rows[0]["id"]) else r for r in repeated]
+    res = p.predict(
+        read_inputs(_manifest(ds.root / "bad_pairs.csv", bad, ["id", "image", "text", "audio", "label"]), p)
+    )
+    skipped = sorted(i.record for i in res.issues)
+    assert skipped == sorted(r["id"] for r in bad if r["image"] == "broken.jpg") and len(res.records) == 6
