@@ -415,9 +415,9 @@ def _compute_entries(
     samples = dataset.split(split)
     threads, bs, workers, group, channels_last = encoding.settings(enc, dev, batch_size, num_workers)
     parts = {o: p.with_name(f"{split}-{o}.parts") for o, p in paths.items()}
-    for o, p in paths.items():
-        _clean_stale_tmp(p.parent)
-        _clean_stale_tmp(parts[o])
+    _clean_stale_tmp(next(iter(paths.values())).parent)  # the outputs' entries share their folder
+    for folder in parts.values():
+        _clean_stale_tmp(folder)
     n = len(samples)
     chunks = [range(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
     chunk_ids_sha = [hashlib.sha256("\n".join(ids[i] for i in r).encode()).hexdigest() for r in chunks]
@@ -469,8 +469,7 @@ def _compute_entries(
                               settings, timing)  # fmt: skip
         with contextlib.suppress(OSError):
             parts[o].rmdir()
-        _raise_for_skipped(out[o], on_error)  # only reachable when resuming chunks built with "skip"
-    return out
+    return out  # (extract_features raises for records skipped by a resumed "skip" run)
 
 
 def _merge_entry(

@@ -72,8 +72,8 @@ def describe_error(job: TrainJob, exc: BaseException | str) -> str:
 
 def data_fingerprint(splits: dict[str, SplitData], num_classes: int) -> str:
     """A digest of what a job trains and is scored on: every split's ids, features, labels and
-    masks, and the number of classes (blake2b over the tensors' bytes: ~10 ms for the default
-    benchmark's splits)."""
+    masks, and the number of classes (blake2b over the tensors' bytes: 15 ms here for splits of the
+    default benchmark's size, 1,200 samples of 1,792 features)."""
     h = hashlib.blake2b(f"classes={num_classes}".encode(), digest_size=16)
     for name in sorted(splits):
         sd = splits[name]
@@ -95,7 +95,7 @@ class Memo:
     def __init__(self) -> None:
         self._done: dict[tuple[str, str], JobOutcome] = {}
 
-    def get(self, job: TrainJob, data: str = "") -> JobOutcome | None:
+    def get(self, job: TrainJob, data: str) -> JobOutcome | None:
         hit = self._done.get((job.key, data))
         if hit is None or not hit.ok or (job.keep and hit.state is None):
             return None
@@ -103,7 +103,7 @@ class Memo:
             job, row=dict(hit.row), history=hit.history, state=hit.state, node_id=hit.node_id, pid=hit.pid
         )
 
-    def put(self, outcome: JobOutcome, data: str = "") -> None:
+    def put(self, outcome: JobOutcome, data: str) -> None:
         if outcome.ok:
             self._done[(outcome.job.key, data)] = outcome
 
