@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,30 @@ class _Collate:
         return [([i for i, _ in sub], self.encoder.collate([x for _, x in sub])) for sub in subs], bad
 
 
-def batch_indices(encoder: Encoder, values: list[Any], chunks: list[range], batch_size: int) -> list[list[int]]:
+def shared_inputs(values: Sequence[Any], order: Iterable[int]) -> dict[int, list[int]]:
+    """``{first index: [itself, then every later index naming the same input]}`` over ``order``:
+    the records a pass decodes and encodes once (a manifest of pairs or of questions repeats its
+    images). The same input is the same path or text; tabular records and other values are never
+    shared. Every index of ``order`` stands in exactly one list."""
+    first: dict[str, int] = {}
+    out: dict[int, list[int]] = {}
+    for i in order:
+        v = values[i]
+        if not isinstance(v, (str, os.PathLike)):
+            out[i] = [i]
+            continue
+        key = str(v)
+        if key in first:
+            out[first[key]].append(i)
+        else:
+            first[key] = i
+            out[i] = [i]
+    return out
+
+
+def batch_indices(
+    encoder: Encoder, values: list[Any], chunks: Sequence[Sequence[int]], batch_size: int
+) -> list[list[int]]:
     """Index batches that never cross a chunk; within a chunk, texts grouped by length (less padding)."""
     out = []
     for rng in chunks:

@@ -66,7 +66,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from fusionkit import __version__, encoding
-from fusionkit.data.base import Dataset, DatasetError, atomic_write_text, sha256_file
+from fusionkit.data.base import INLINE_KINDS, Dataset, DatasetError, atomic_write_text, sha256_file
 from fusionkit.data.problems import check_on_error
 from fusionkit.data.readers import read_json, read_jsonl
 from fusionkit.encoders import build_encoder
@@ -347,7 +347,9 @@ def extract_features(
     ``also``: further outputs computed in the **same** pass of the encoder where they are not
     cached yet (every ``forward`` gives both the pooled vector and the grid), each into its own
     cache entry exactly as a pass of its own writes it; a later call reads them from the cache.
-    02 asks for the image grids the tasks read this way (one EfficientNet pass, not two).
+    02 asks for the image grids the tasks read this way (one EfficientNet pass, not two). A file
+    that several records name (a pair dataset's images, VQA's image of each question) is decoded
+    and encoded once in a pass, and each record gets its row (or its skip).
     ``batch_size`` / ``num_workers`` / memory format default to the encoder's measured per-device
     settings (``encoder.perf``; see benchmarks/README.md). ``device``: default CUDA when available
     (bf16 autocast there), else CPU. See the module docstring for the cache's guarantees."""
@@ -643,7 +645,11 @@ def _compute_chunks(
         enc.before_workers()  # e.g. import heavy libraries once, so forked workers inherit them
     values = [s.modalities[modality] for s in samples]
     ids = [s.id for s in samples]
-    batches = encoding.batch_indices(enc, values, [chunks[c] for c in todo], decode_group)
+    # a file that several records name (a pair dataset's images, a VQA set's image per question)
+    # is decoded and encoded once; each of them gets its row (texts: each its own, as before)
+    order = [i for c in todo for i in chunks[c]]
+    same = encoding.shared_inputs(values, order) if kind not in INLINE_KINDS else {i: [i] for i in order}
+    batches = encoding.batch_indices(enc, values, [[i for i in chunks[c] if i in same] for c in todo], decode_group)
     loader = encoding.loader(enc, values, _media_root(dataset), kind, batches, batch_size, num_workers, device)
     chunk_of = {i: ci for ci in todo for i in chunks[ci]}
     left = {ci: len(chunks[ci]) for ci in todo}
@@ -669,9 +675,12 @@ def _compute_chunks(
                 for i, (reason, file) in bad:
                     if on_error == "raise":
                         raise InputError(reason, file, ids[i])
-                    skipped[chunk_of[i]][ids[i]] = {"file": file, "reason": reason}
+                    for d in same[i]:
+                        skipped[chunk_of[d]][ids[d]] = {"file": file, "reason": reason}
                 for i, _ in bad:
-                    _done(i)
+                    for d in same[i]:
+                        _done(d)
+                    bar.update(len(same[i]))
                 for ok, batch in subs:
                     info = enc.batch_info(batch)
                     out = runner(enc.batch_to(batch, device, non_blocking=True))
@@ -680,15 +689,17 @@ def _compute_chunks(
                         m = out.get("grid_mask") if o == "grid" else None
                         m = m.cpu() if m is not None else None
                         for j, i in enumerate(ok):
-                            rows[o][chunk_of[i]][i] = (v[j], None if m is None else m[j])
+                            for d in same[i]:
+                                rows[o][chunk_of[d]][d] = (v[j], None if m is None else m[j])
                     flags = info.get("truncated")
                     for j, i in enumerate(ok):
                         if flags is not None and bool(flags[j]):
-                            truncated[chunk_of[i]].append(ids[i])
+                            for d in same[i]:
+                                truncated[chunk_of[d]].append(ids[d])
                     for i in ok:
-                        _done(i)
-                    bar.update(len(ok))
-                bar.update(len(bad))
+                        for d in same[i]:
+                            _done(d)
+                        bar.update(len(same[i]))
     finally:
         bar.close()
 

@@ -51,7 +51,7 @@ from fusionkit.data.base import INLINE_KINDS, DatasetError, atomic_write_text, l
 from fusionkit.data.manifest import TABLE_EXTENSIONS, read_table, tabular_value
 from fusionkit.data.problems import Issue, Problems
 from fusionkit.data.readers import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, read_text
-from fusionkit.encoding import encode_records, inference_runner, resolve_device
+from fusionkit.encoding import encode_records, inference_runner, resolve_device, shared_inputs
 from fusionkit.progress import progress as progress_bar
 
 #: manifest columns a predictor reads besides the modalities (``id``) or ignores
@@ -118,12 +118,6 @@ def resolve_bundle(path: str | os.PathLike) -> str | os.PathLike:
     if sub and not (folder / sub / "model.safetensors").is_file():
         raise BundleError(f"{path}: the artifact {ref} holds no bundle in {sub!r}")
     return folder / sub if sub else folder
-
-
-def _shared_key(value: Any, position: int) -> Any:
-    """What makes two rows' inputs of a modality the same input: the path or the text itself
-    (tabular records and other values are never shared: their own position)."""
-    return ("value", str(value)) if isinstance(value, (str, os.PathLike)) else ("row", position)
 
 
 class Predictor:
@@ -239,14 +233,12 @@ class Predictor:
             vals = [values[m][j] for j, i in enumerate(present[m]) if i not in bad]
             # a file or text that several rows share (a manifest of pairs or of questions repeats its
             # images) is decoded and encoded once; every row gets its features, or its failure
-            first: dict[Any, int] = {}
-            distinct, slot = [], []
-            for j, v in enumerate(vals):
-                key = _shared_key(v, j)
-                if key not in first:
-                    first[key] = len(distinct)
-                    distinct.append(v)
-                slot.append(first[key])
+            groups = shared_inputs(vals, range(len(vals)))
+            distinct = [vals[j] for j in groups]
+            slot = [0] * len(vals)
+            for k, same in enumerate(groups.values()):
+                for j in same:
+                    slot[j] = k
             got_d, failed_d = encode_records(self.encoders[m], distinct, inputs.root, self.kinds[m], device=self.device,
                                              output=self.outputs.get(m, "pooled"), runner=self._runners[m],
                                              progress=progress, desc=f"{m} ({self.encoders[m].name})")  # fmt: skip

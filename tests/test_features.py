@@ -357,6 +357,53 @@ def test_bad_image_skip_lists_it_next_to_the_cache(tmp_path, monkeypatch):
     assert not calls
 
 
+def _shared_image_dataset(root: Path, *, copies: bool = False, bad: bool = False):
+    """12 records naming 4 image files, 3 records each, interleaved so that records sharing a file
+    fall in different chunks (chunk_size 4); ``copies``: each record its own file with the same
+    bytes (nothing shared); ``bad``: the second file is not an image."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    pixels = [rng.integers(0, 255, (30 + k, 40, 3), dtype=np.uint8) for k in range(4)]
+    samples = []
+    for i in range(12):
+        k = i % 4
+        name = f"images/r{i:02d}.jpg" if copies else f"images/f{k}.jpg"
+        if not (root / name).exists():
+            if bad and k == 1:
+                (root / name).write_bytes(b"\xff\xd8\xff garbage, not a JPEG")
+            else:
+                Image.fromarray(pixels[k]).save(root / name, quality=90)
+        samples.append(Sample(id=f"s{i:02d}", split="train", modalities={"image": name}, targets={"label": i % 2}))
+    write_dataset(root, "shared", {"image": "image"}, {"label": ["a", "b"]}, samples)
+    return load_dataset(root)
+
+
+def test_a_file_several_records_name_is_decoded_and_encoded_once(tmp_path, monkeypatch):
+    ds = _shared_image_dataset(tmp_path / "shared")
+    enc = tiny_image_encoder()
+    loads: list[str] = []
+    real_load = enc.load
+    monkeypatch.setattr(enc, "load", lambda v, root=None: (loads.append(str(v)), real_load(v, root))[1])
+    fs = extract_features(ds, "image", enc, cache_dir=tmp_path / "c", **KW)
+    assert sorted(loads) == [f"images/f{k}.jpg" for k in range(4)]  # 4 decodes for 12 records
+    assert fs.ids == [f"s{i:02d}" for i in range(12)]
+    for i in range(4, 12):  # a record gets the row of the first record naming its file
+        assert torch.equal(fs.values[i], fs.values[i % 4])
+    # the same features as when every record has a file of its own (nothing to share)
+    ref = extract_features(_shared_image_dataset(tmp_path / "copies", copies=True), "image", tiny_image_encoder(),
+                           cache_dir=tmp_path / "c2", **KW)  # fmt: skip
+    torch.testing.assert_close(fs.values, ref.values, atol=1e-5, rtol=1e-5)
+
+
+def test_a_bad_file_several_records_name_skips_each_of_them(tmp_path):
+    ds = _shared_image_dataset(tmp_path / "shared", bad=True)
+    fs = extract_features(ds, "image", tiny_image_encoder(), cache_dir=tmp_path / "c", on_error="skip", **KW)
+    assert sorted(fs.skipped) == ["s01", "s05", "s09"] and len(fs.ids) == 9
+    assert all(v["file"].endswith("f1.jpg") and "not a readable image" in v["reason"] for v in fs.skipped.values())
+    with pytest.raises(InputError, match="record 's01'"):  # the first record that names it
+        extract_features(ds, "image", tiny_image_encoder(), cache_dir=tmp_path / "c3", **KW)
+
+
 def test_text_empty_and_too_long(tmp_path, minilm):
     ds = make_dataset(tmp_path / "ds", bad_caption={"s02": "  "}, long_caption={"s07"})
     with pytest.raises(InputError, match="record 's02'.*empty text"):
