@@ -248,11 +248,26 @@ def plot_history(history: list[dict[str, float]]):
     return fig
 
 
-def plot_confusion(cm: np.ndarray, class_names: list[str]):
-    fig, ax = plt.subplots(figsize=(1 + 0.8 * len(class_names), 0.8 + 0.7 * len(class_names)))
-    sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", xticklabels=class_names, yticklabels=class_names, ax=ax)
+def plot_confusion(cm: np.ndarray, class_names: list[str], max_classes: int = 20):
+    """The confusion matrix (rows true, columns predicted). With more than ``max_classes`` classes
+    (VQA-RAD's 359 answers) it shows the ``max_classes`` most frequent true classes and pools the
+    rest into one "other" row and column, so the figure stays readable and small."""
+    cm = np.asarray(cm)
+    names = list(class_names)
+    title = None
+    if len(names) > max_classes:
+        keep = sorted(np.argsort(-cm.sum(1), kind="stable")[:max_classes].tolist())
+        rest = [i for i in range(len(names)) if i not in set(keep)]
+        idx = [*keep, rest]
+        cm = np.array([[cm[np.ix_(np.atleast_1d(r), np.atleast_1d(c))].sum() for c in idx] for r in idx])
+        title = f"the {max_classes} most frequent of {len(names)} classes (the rest pooled as 'other')"
+        names = [names[i] for i in keep] + ["other"]
+    fig, ax = plt.subplots(figsize=(1 + 0.8 * len(names), 0.8 + 0.7 * len(names)))
+    sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", xticklabels=names, yticklabels=names, ax=ax)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    if title:
+        ax.set_title(title)
     fig.tight_layout()
     return fig
 

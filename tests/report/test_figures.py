@@ -68,6 +68,16 @@ def test_projection_comparison_history_confusion_ablation_curves_weights():
     cm = np.array([[3, 1], [0, 4]])
     fig = figures.plot_confusion(cm, ["no", "yes"])
     assert [t.get_text() for t in fig.axes[0].texts] == ["3", "1", "0", "4"]
+    # many classes (VQA-RAD's answers): the most frequent true classes, the rest pooled, counts kept
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 3, (40, 40))
+    big[7] += 50  # the most frequent true class
+    fig = figures.plot_confusion(big, [f"c{i}" for i in range(40)], max_classes=5)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert len(labels) == 6 and labels[-1] == "other" and "c7" in labels
+    cells = [int(t.get_text()) for t in fig.axes[0].texts]
+    assert len(cells) == 36 and sum(cells) == int(big.sum())
+    assert fig.get_size_inches()[0] < 8 and "of 40 classes" in fig.axes[0].get_title()
 
     fig = figures.plot_ablation([{"condition": "all", "accuracy": 0.9}, {"condition": "drop a", "accuracy": 0.4}])
     assert [t.get_text().strip() for t in fig.axes[0].texts] == ["0.900", "0.400"]
