@@ -256,10 +256,12 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], max_classes: int = 20
     names = list(class_names)
     title = None
     if len(names) > max_classes:
-        keep = sorted(np.argsort(-cm.sum(1), kind="stable")[:max_classes].tolist())
-        rest = [i for i in range(len(names)) if i not in set(keep)]
-        idx = [*keep, rest]
-        cm = np.array([[cm[np.ix_(np.atleast_1d(r), np.atleast_1d(c))].sum() for c in idx] for r in idx])
+        keep = np.sort(np.argsort(-cm.sum(1), kind="stable")[:max_classes])
+        group = np.full(len(names), max_classes)  # every other class -> the last row / column
+        group[keep] = np.arange(max_classes)
+        pooled = np.zeros((max_classes + 1, max_classes + 1), dtype=cm.dtype)
+        np.add.at(pooled, (group[:, None], group[None, :]), cm)
+        cm = pooled
         title = f"the {max_classes} most frequent of {len(names)} classes (the rest pooled as 'other')"
         names = [names[i] for i in keep] + ["other"]
     fig, ax = plt.subplots(figsize=(1 + 0.8 * len(names), 0.8 + 0.7 * len(names)))

@@ -77,6 +77,8 @@ def test_projection_comparison_history_confusion_ablation_curves_weights():
     assert len(labels) == 6 and labels[-1] == "other" and "c7" in labels
     cells = [int(t.get_text()) for t in fig.axes[0].texts]
     assert len(cells) == 36 and sum(cells) == int(big.sum())
+    r = labels.index("c7")  # its row and column hold what c7 has, the rest went to "other"
+    assert sum(cells[6 * r : 6 * r + 6]) == int(big[7].sum()) and sum(cells[r::6]) == int(big[:, 7].sum())
     assert fig.get_size_inches()[0] < 8 and "of 40 classes" in fig.axes[0].get_title()
 
     fig = figures.plot_ablation([{"condition": "all", "accuracy": 0.9}, {"condition": "drop a", "accuracy": 0.4}])
