@@ -25,13 +25,18 @@ install: $(STAMP)
 # uv installs the lock (about 30 s on 2 cores against over 2 minutes for pip, most of it unpacking
 # torch); it reads no pip configuration, so pip's extra indexes and find-links (a local wheel mirror)
 # are handed to it. Where uv cannot install, pip does the same install.
+# --compile-bytecode: pip writes the packages' .pyc files at install, uv by default leaves that to
+# the first import - which never happens where PYTHONDONTWRITEBYTECODE is set (this machine, CI):
+# every process then compiles torch, transformers, sklearn, pandas ... from source again, about
+# 3.5 s of each notebook kernel's, `fusionkit predict`'s and `serve`'s start (6.5 s -> 3.0 s for
+# the notebooks' imports; benchmarks/README.md).
 UV_VERSION := 0.13.9
 PIP_SOURCES = $(foreach u,$(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null),--extra-index-url $(u)) \
 	$(foreach d,$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),$(if $(wildcard $(d)),--find-links $(d)))
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)" \
-	  && $(VENV)/bin/uv pip install --python $(PY) --quiet --index-strategy unsafe-best-match $(PIP_SOURCES) \
+	  && $(VENV)/bin/uv pip install --python $(PY) --quiet --compile-bytecode --index-strategy unsafe-best-match $(PIP_SOURCES) \
 	     -c requirements.lock -e ".[dev]" \
 	  || { echo "uv could not install the lock: installing with pip"; \
 	       $(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[dev]"; }
