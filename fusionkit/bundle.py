@@ -22,7 +22,11 @@ Version 2 adds what a classifier bundle needs to run on new raw files without it
 tabular statistics, and where its weights are - :data:`WEIGHTS`), ``dataset`` (what it was
 trained on) and ``metrics`` (what it reached). Encoder weights that travel inside the bundle are
 in ``encoders.safetensors`` beside the model (one prefix per modality) or, for a Hugging Face text
-encoder, a copy of its folder under ``encoders/<modality>/``. Version-1 bundles still load; they
+encoder, a copy of its folder under ``encoders/<modality>/``. An encoder that was fine-tuned with
+the model (a task's transfer learning) is described as the pretrained encoder it started from, plus
+``finetuned`` (which blocks trained, the sha256 of the resulting state): its trained blocks are in
+``finetuned_encoders.safetensors`` and are laid over it once it is rebuilt and checked
+(:func:`add_finetuned_blocks`, :func:`load_encoder`). Version-1 bundles still load; they
 only lack what prediction on raw files needs. A task model exported the same way
 (``fusionkit export RUN --task captioning|vqa|retrieval``, :mod:`fusionkit.tasks.bundles`) has the
 same ``encoders``, ``dataset`` and ``metrics`` (read by :func:`load_encoder_entries`).
@@ -58,6 +62,9 @@ VERSION = 2
 #: a Hugging Face model folder in ``encoders/<modality>/``)
 WEIGHTS = ("none", "machine", "bundle", "folder")
 ENCODER_WEIGHTS = "encoders.safetensors"
+#: a fine-tuned encoder's trained blocks (and buffers), laid over the encoder its entry rebuilds
+#: (one prefix per modality; the entry's ``finetuned`` holds the hash of the state they give)
+FINETUNED_WEIGHTS = "finetuned_encoders.safetensors"
 
 
 class BundleError(DatasetError):
@@ -266,6 +273,31 @@ def save_encoders(folder: str | os.PathLike, encoders: Mapping[str, Encoder], en
         save_tensors(folder / ENCODER_WEIGHTS, tensors)
 
 
+def add_finetuned_blocks(folder: str | os.PathLike, entries: dict[str, dict[str, Any]],
+                         encoders: Mapping[str, Encoder], blocks: Mapping[str, Mapping[str, torch.Tensor]],
+                         trained: Mapping[str, Any]) -> None:  # fmt: skip
+    """Lay each modality's fine-tuned ``blocks`` (a state dict of its trained parameters and
+    buffers) over its encoder in ``encoders``, record it in the modality's entry (``trained``: which
+    blocks, the state's sha256) and write the blocks to ``folder/finetuned_encoders.safetensors``.
+    Call it after :func:`save_encoders`: the entries describe the encoders they started from."""
+    tensors = {}
+    for m, state in blocks.items():
+        enc = encoders[m]
+        missing, unexpected = _overlay(enc, state)
+        if unexpected or not state:
+            raise ValueError(f"modality {m!r}: fine-tuned blocks that are not the encoder's: {sorted(unexpected)[:5]}")
+        entries[m]["finetuned"] = {**dict(trained), "tensors": len(state), "state_sha256": state_sha256(enc)}
+        tensors.update({f"{m}.{k}": v.detach().contiguous() for k, v in state.items()})
+    if tensors:
+        save_tensors(Path(folder) / FINETUNED_WEIGHTS, tensors)
+
+
+def _overlay(enc: Encoder, state: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    with torch.no_grad():
+        res = enc.load_state_dict(dict(state), strict=False)
+    return list(res.missing_keys), list(res.unexpected_keys)
+
+
 def _build(entry: dict[str, Any], **extra: Any) -> Encoder:
     return build_encoder(entry["kind"], entry["encoder"], **{**dict(entry.get("options") or {}), **extra})
 
@@ -324,7 +356,28 @@ def load_encoder(folder: str | os.PathLike, modality: str, entry: dict[str, Any]
                 f"{where}: its {key} on this machine differ from the encoder the model was trained with "
                 f"({a[:120]} vs {b[:120]}); install the same weights or export the bundle with --standalone"
             )
+    if entry.get("finetuned"):
+        _load_finetuned(folder, modality, entry, enc, where)
     return enc.eval()
+
+
+def _load_finetuned(folder: Path, modality: str, entry: dict[str, Any], enc: Encoder, where: str) -> None:
+    """Lay the fine-tuned blocks of ``modality`` over its rebuilt (and checked) pretrained encoder."""
+    path = folder / FINETUNED_WEIGHTS
+    if not path.is_file():
+        raise BundleError(f"{where}: fine-tuned, but its trained blocks ({path}) are missing; export it again")
+    prefix = f"{modality}."
+    state = {k[len(prefix) :]: v for k, v in load_tensors(path).items() if k.startswith(prefix)}
+    if not state:
+        raise BundleError(f"{where}: fine-tuned, but {path} holds no blocks for it; export it again")
+    try:
+        _, unexpected = _overlay(enc, state)
+    except RuntimeError as e:
+        raise BundleError(f"{where}: the fine-tuned blocks in {path} do not fit it ({e})") from e
+    if unexpected:
+        raise BundleError(f"{where}: {path} holds tensors the encoder does not have: {sorted(unexpected)[:5]}")
+    if state_sha256(enc) != entry["finetuned"].get("state_sha256"):
+        raise BundleError(f"{where}: its fine-tuned blocks in {path} are corrupted (hash differs)")
 
 
 def load_encoders(folder: str | os.PathLike, spec: ClassifierSpec) -> dict[str, Encoder]:

@@ -273,7 +273,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         return 2
     progress = not args.no_progress and sys.stderr.isatty()
     try:
-        predictor = load_predictor(args.bundle, device=args.device or None, gallery=args.gallery, beam=args.beam)
+        predictor = load_predictor(args.bundle, device=args.device or None, gallery=args.gallery, beam=args.beam,
+                                   rerank=not args.no_rerank)  # fmt: skip
         if args.question is not None and not isinstance(predictor, TaskPredictor):
             raise DatasetError(f"--question: {args.bundle} is a classification bundle; questions are for VQA")
         if args.top_k < 1:
@@ -338,7 +339,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         limits = {k: v for k, v in (("max_body_bytes", args.max_body_bytes), ("max_pixels", args.max_pixels)) if v}
         serve(args.bundle, host=args.host, port=args.port, device=args.device or None, gallery=args.gallery,
-              beam=args.beam, **limits)  # fmt: skip
+              beam=args.beam, rerank=not args.no_rerank, **limits)  # fmt: skip
     except BundleError as e:
         print(f"fusionkit: error: {e}", file=sys.stderr)
         return 2
@@ -384,6 +385,8 @@ def _add_model_commands(sub) -> None:
     pr.add_argument("--gallery", default=None, help="retrieval: the gallery to search (fusionkit gallery)")
     pr.add_argument("--top-k", type=int, default=5, help="retrieval: gallery items per query (default 5)")
     pr.add_argument("--beam", action="store_true", help="captioning: beam search (default: greedy)")
+    pr.add_argument("--no-rerank", action="store_true",
+                    help="retrieval: cosine order only (default: the bundle's matcher re-ranks the top candidates)")  # fmt: skip
     pr.add_argument("--out", default=None, help="predictions.csv or .jsonl (default: CSV on standard output)")
     _add_input_options(pr)
     pr.set_defaults(func=_cmd_predict)
@@ -406,6 +409,7 @@ def _add_model_commands(sub) -> None:
     sv.add_argument("--gallery", default=None, metavar="DIR",
                     help="retrieval bundles: the gallery the queries search (fusionkit gallery)")  # fmt: skip
     sv.add_argument("--beam", action="store_true", help="captioning bundles: beam search instead of greedy")
+    sv.add_argument("--no-rerank", action="store_true", help="retrieval bundles: cosine order only, no matcher")
     sv.add_argument("--max-body-bytes", type=int, default=None, help="largest request body accepted (default: 20 MiB)")
     sv.add_argument(
         "--max-pixels", type=int, default=None, help="largest image accepted, width x height (default: 40 million)"

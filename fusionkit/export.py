@@ -105,6 +105,23 @@ def export_run(
     return save_classifier(out / "model.safetensors", model, full)
 
 
+def export_tasks(run: str | os.PathLike, bundle_dir: str | os.PathLike, tasks: list[str], *,
+                 features_index: str | os.PathLike | None = None) -> dict[str, Path]:  # fmt: skip
+    """04's task bundles: each task's model best on validation in ``bundle_dir/<task>/`` and, where
+    the run fine-tuned encoders for it, its fine-tuned copy best on validation in
+    ``bundle_dir/<task>_finetuned/``; name -> ``model.safetensors``."""
+    from fusionkit.tasks.bundles import best_finetuned
+
+    out = {}
+    for task in tasks:
+        out[task] = export_run(run, Path(bundle_dir) / task, task=task, features_index=features_index)
+        tuned = best_finetuned(task, Path(run) / task)
+        if tuned:
+            out[f"{task}_finetuned"] = export_run(run, Path(bundle_dir) / f"{task}_finetuned", task=task,
+                                                  features_index=features_index, model=tuned)  # fmt: skip
+    return out
+
+
 def onnx_graphs(out: Path, model, spec, index: FeatureIndex, encoders: dict) -> Path:
     """The ONNX graphs of ``model`` and its image encoders in ``out``, checked on the run's cached
     test features and the test split's images (:func:`fusionkit.onnx_export.export_onnx`)."""
@@ -126,4 +143,4 @@ def onnx_graphs(out: Path, model, spec, index: FeatureIndex, encoders: dict) -> 
     return onnx_export.export_onnx(out, model, spec, encoders, kinds, test, images)
 
 
-__all__ = ["FORMATS", "TASKS", "export_run", "onnx_graphs", "run_metrics"]
+__all__ = ["FORMATS", "TASKS", "export_run", "export_tasks", "onnx_graphs", "run_metrics"]

@@ -171,12 +171,12 @@ def _what(predictor: Predictor) -> dict[str, str]:
 
 
 def serve(bundle: str, host: str = "127.0.0.1", port: int = 8000, device: str | None = None,
-          gallery: str | None = None, beam: bool = False, **limits: Any) -> None:  # fmt: skip
-    """Load the bundle once (a classifier's or a task's; ``gallery`` for retrieval, ``beam`` for
-    captioning) and serve it with uvicorn until interrupted."""
+          gallery: str | None = None, beam: bool = False, rerank: bool = True, **limits: Any) -> None:  # fmt: skip
+    """Load the bundle once (a classifier's or a task's; ``gallery`` and ``rerank`` for retrieval,
+    ``beam`` for captioning) and serve it with uvicorn until interrupted."""
     import uvicorn
 
-    predictor = load_predictor(bundle, device=device, gallery=gallery, beam=beam)
+    predictor = load_predictor(bundle, device=device, gallery=gallery, beam=beam, rerank=rerank)
     uvicorn.run(create_app(predictor, **limits), host=host, port=port, log_level="info", workers=1)
 
 

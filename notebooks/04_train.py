@@ -110,17 +110,17 @@ tracker.summary({"method": chosen, best_key: result.best_value, "best_epoch": re
 # %% [markdown]
 # ## Extra tasks
 #
-# Captioning (Transformer and attention-LSTM decoders over the image grid), VQA (answer classification with fusion) and retrieval (a CLIP-style dual encoder, re-ranked by a fusion matcher), each with early stopping on its validation metric; checkpoints go to the run folder, and each task's model best on validation also goes to `bundle/<task>/` (`fusionkit predict` runs it on new raw files; retrieval against a `fusionkit gallery`). Transfer learning is a task option: `{"vqa": {"finetune_image_blocks": 1}}` also fine-tunes the image encoder's last block with a copy of the model trained on frozen features (augmented images; `finetune_text_blocks` for the question / caption encoder of VQA and retrieval), and 05 reports both.
+# Captioning (Transformer and attention-LSTM decoders over the image grid), VQA (answer classification with fusion) and retrieval (a CLIP-style dual encoder, re-ranked by a fusion matcher), each with early stopping on its validation metric; checkpoints go to the run folder, and each task's model best on validation also goes to `bundle/<task>/` (a fine-tuned copy to `bundle/<task>_finetuned/`; `fusionkit predict` runs it on new raw files; retrieval against a `fusionkit gallery`). Transfer learning is a task option: `{"vqa": {"finetune_image_blocks": 1}}` also fine-tunes the image encoder's last block with a copy of the model trained on frozen features (augmented images; `finetune_text_blocks` for the question / caption encoder of VQA and retrieval), and 05 reports both.
 
 # %%
 task_summaries = wb.train_tasks(
     tasks, features_index, run_dir, tracker, seed=seed, options=task_options, resume=resume, workers=task_workers
 )
-from fusionkit.export import export_run
+from fusionkit.export import export_run, export_tasks
 
 bundle_dir = export_run(run_dir, f"{run_dir}/bundle", checkpoint=checkpoint, features_index=features_index).parent
-for task in tasks:  # each task's model best on validation, as a bundle fusionkit predict runs on new raw files
-    export_run(run_dir, bundle_dir / task, task=task, features_index=features_index)
+# each task's model best on validation (and its fine-tuned copy), as bundles fusionkit predict runs on new raw files
+export_tasks(run_dir, bundle_dir, tasks, features_index=features_index)
 lineage.log_model(tracker, bundle_dir, index.dataset, run_dir, tasks,  # the W&B artifact 05 uses
                   metadata={"fusion": chosen, "target": target, "class_names": class_names, "tasks": tasks,
                             best_key: result.best_value})

@@ -22,18 +22,24 @@ retrieval   queries against a gallery (:func:`build_gallery`): a text query (col
             texts; the top ``k`` gallery items by cosine similarity of the dual encoder's embeddings,
             exact (one matmul; faiss's exact inner-product index when it is installed and the gallery
             is large) [id, match_1, score_1, ... match_k, score_k]; JSONL: ``matches``, each item's
-            id, path or text, and score.
+            id, path or text, and score. Where the bundle has the run's matcher (``rerank`` in its
+            description), the top ``rerank.k`` candidates are re-ordered by matcher logit + ``mix`` x
+            cosine, as 05 evaluates the re-ranked model (``rerank=False``, ``--no-rerank``: cosine
+            only); ``score`` stays the cosine, JSONL adds the re-ranked items' ``rerank_score``.
 
 A gallery (``fusionkit gallery BUNDLE FOLDER_OR_MANIFEST --out DIR``) is ``DIR/gallery.safetensors``
-(``embeddings``: ``(N, E)``, L2-normalised) + ``DIR/gallery.json`` (``format``
-``fusionkit.gallery``, ``version``, the modality, the items' ids and paths / texts, the sha256 of
-the bundle's weights - a gallery built with another model is refused - and the rows skipped).
+(``embeddings``: ``(N, E)``, L2-normalised; version 2 adds ``features``, the items' encoder
+features, which the matcher re-scores) + ``DIR/gallery.json`` (``format`` ``fusionkit.gallery``,
+``version``, the modality, the items' ids and paths / texts, the sha256 of the bundle's weights - a
+gallery built with another model is refused - and the rows skipped). A version-1 gallery still
+loads; it is searched without re-ranking (with a warning).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +53,7 @@ from fusionkit.predict import Inputs, Predictions, Predictor, Row, resolve_bundl
 from fusionkit.tasks.bundles import TaskSpec, load_task, task_of
 
 GALLERY_FORMAT = "fusionkit.gallery"
-GALLERY_VERSION = 1
+GALLERY_VERSION = 2
 GALLERY_WEIGHTS = "gallery.safetensors"
 GALLERY_META = "gallery.json"
 #: galleries at least this large are searched with faiss when it is installed (exact either way)
@@ -56,9 +62,9 @@ TOP_ANSWERS = 5
 
 
 def load_predictor(path: str | os.PathLike, device: str | None = None, gallery: str | os.PathLike | None = None,
-                   beam: bool = False) -> Predictor:  # fmt: skip
+                   beam: bool = False, rerank: bool = True) -> Predictor:  # fmt: skip
     """The predictor of the bundle at ``path``: a classifier's (:meth:`Predictor.load`) or a task's
-    (:class:`TaskPredictor`; ``gallery`` for retrieval, ``beam`` for captioning)."""
+    (:class:`TaskPredictor`; ``gallery`` and ``rerank`` for retrieval, ``beam`` for captioning)."""
     path = resolve_bundle(path)  # a wandb: model artifact is downloaded once, here
     weights = bundle.weights_file(path)
     task = task_of(bundle.read_meta(weights)) if weights.is_file() else None
@@ -72,7 +78,7 @@ def load_predictor(path: str | os.PathLike, device: str | None = None, gallery: 
             f"{weights.parent}: a retrieval bundle searches a gallery; build one with `fusionkit gallery "
             f"{weights.parent} FOLDER_OR_MANIFEST --out GALLERY_DIR` and pass --gallery GALLERY_DIR"
         )
-    return TaskPredictor.load(weights, device=device, gallery=gallery, beam=beam)
+    return TaskPredictor.load(weights, device=device, gallery=gallery, beam=beam, rerank=rerank)
 
 
 class TaskPredictor(Predictor):
@@ -80,10 +86,19 @@ class TaskPredictor(Predictor):
     classifier's (:meth:`Predictor.encode`), then captioned, answered or searched (module docstring)."""
 
     def __init__(self, folder: Path, model, spec: TaskSpec, encoders: dict, device: torch.device, extra: Any = None,
-                 gallery: Gallery | None = None, beam: bool = False) -> None:  # fmt: skip
+                 gallery: Gallery | None = None, beam: bool = False, rerank: bool = True) -> None:  # fmt: skip
         super().__init__(folder, model, spec, encoders, device)
         self.spec: TaskSpec = spec
         self.task, self.extra, self.gallery, self.beam = spec.task, extra, gallery, beam
+        #: retrieval: the matcher re-ranks the gallery's top candidates (the bundle has one, the
+        #: gallery holds its items' features, and ``rerank``)
+        self.matcher = extra if spec.task == "retrieval" and rerank else None
+        if self.matcher is not None:
+            self.matcher = self.matcher.to(device).eval()
+            if gallery is not None and gallery.features is None:
+                print("[fusionkit] warning: the gallery was built by an older fusionkit (no item features): "
+                      "searched without re-ranking; build it again to re-rank", file=sys.stderr)  # fmt: skip
+                self.matcher = None
         self.outputs = spec.outputs
         self.top_k = 5  # retrieval: gallery items per query
         if self.task == "retrieval" and gallery is not None:  # the queries are what the gallery is not
@@ -92,7 +107,7 @@ class TaskPredictor(Predictor):
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None, gallery: str | os.PathLike | None = None,
-             beam: bool = False) -> TaskPredictor:  # fmt: skip
+             beam: bool = False, rerank: bool = True) -> TaskPredictor:  # fmt: skip
         weights, dev = cls._open(path, device)
         model, spec, extra = load_task(weights)
         if gallery is not None and spec.task != "retrieval":
@@ -102,7 +117,7 @@ class TaskPredictor(Predictor):
         g = read_gallery(gallery, weights) if gallery is not None else None
         needed = [m for m in spec.in_dims if g is None or m != g.modality]  # a gallery's items are encoded already
         encoders = bundle.load_encoder_entries(weights.parent, spec.encoders, needed)
-        return cls(weights.parent, model.to(dev).eval(), spec, encoders, dev, extra, g, beam)
+        return cls(weights.parent, model.to(dev).eval(), spec, encoders, dev, extra, g, beam, rerank)
 
     def missing_hint(self, modality: str) -> str:
         if modality == "question":
@@ -178,15 +193,24 @@ class TaskPredictor(Predictor):
         g = self.gallery
         k = min(int(k or self.top_k), len(g.ids))
         (m,) = self.kinds
+        rr = self.spec.meta.get("rerank") or {}
+        n_re = min(int(rr.get("k", 0)), len(g.ids)) if self.matcher is not None else 0
         records, flat = [], []
         with torch.inference_mode():
             for s in range(0, len(rows), batch_size):
                 chunk = torch.stack([f[m] for f in feats[s : s + batch_size]]).float().to(self.device)
                 q = (self.model.encode_image if self.kinds[m] == "image" else self.model.encode_text)(chunk)
-                scores, idx = g.search(q.float().cpu(), k)
+                scores, idx = g.search(q.float().cpu(), max(k, n_re))
+                new = None
+                if n_re:
+                    scores, idx, new = self._rerank(chunk.cpu(), self.kinds[m], scores, idx, n_re, float(rr["mix"]))
+                scores, idx = scores[:, :k], idx[:, :k]
                 for j, row in enumerate(rows[s : s + batch_size]):
                     matches = [{"id": g.ids[int(i)], "item": g.items[int(i)], "score": float(v)}
                                for v, i in zip(scores[j], idx[j])]  # fmt: skip
+                    if new is not None:
+                        for hit, v in zip(matches, new[j]):
+                            hit["rerank_score"] = float(v)
                     records.append({"id": row.id, "matches": matches})
                     f: dict[str, Any] = {"id": row.id}
                     for r, hit in enumerate(matches, 1):
@@ -194,30 +218,48 @@ class TaskPredictor(Predictor):
                     flat.append(f)
         return records, flat
 
+    def _rerank(self, query: torch.Tensor, kind: str, scores: torch.Tensor, idx: torch.Tensor, n: int, mix: float):
+        """The top ``n`` of each query's candidates re-ordered by the matcher (stable: equal scores
+        keep the cosine order), the rest after them: (cosines, indices, the re-ranked ``(Q, n)``
+        scores), all in the new order."""
+        from fusionkit.tasks.retrieval import rescore
+
+        cand = self.gallery.features[idx[:, :n]]  # (Q, n, D) the candidates' encoder features
+        mine = query[:, None].expand(-1, n, -1)
+        image, text = (mine, cand) if kind == "image" else (cand, mine)
+        new = rescore(self.matcher, image.to(self.device), text.to(self.device), scores[:, :n].to(self.device),
+                      mix).cpu()  # fmt: skip
+        order = torch.sort(new, dim=1, descending=True, stable=True).indices
+        top_idx, top_cos = idx[:, :n].gather(1, order), scores[:, :n].gather(1, order)
+        return torch.cat([top_cos, scores[:, n:]], 1), torch.cat([top_idx, idx[:, n:]], 1), new.gather(1, order)
+
     def embed(self, inputs: Inputs, modality: str, progress: bool = False, batch_size: int = 512):
         """Retrieval: the dual encoder's embeddings of ``inputs``' ``modality`` (what a gallery
-        holds): (rows kept, ``(N, E)`` embeddings, rows skipped)."""
+        holds): (rows kept, ``(N, E)`` embeddings, ``(N, D)`` encoder features, rows skipped)."""
         kinds, self.kinds = self.kinds, {modality: self.spec.kinds[modality]}
         try:
             rows, feats, issues, _ = self.encode(inputs, progress)
         finally:
             self.kinds = kinds
         enc = self.model.encode_image if self.spec.kinds[modality] == "image" else self.model.encode_text
-        out = []
+        out, raw = [], []
         with torch.inference_mode():
             for s in range(0, len(rows), batch_size):
-                x = torch.stack([f[modality] for f in feats[s : s + batch_size]]).float().to(self.device)
-                out.append(enc(x).float().cpu())
+                x = torch.stack([f[modality] for f in feats[s : s + batch_size]]).float()
+                raw.append(x)
+                out.append(enc(x.to(self.device)).float().cpu())
         emb = torch.cat(out) if out else torch.zeros(0, 0)
-        return rows, emb, issues
+        return rows, emb, (torch.cat(raw) if raw else torch.zeros(0, 0)), issues
 
 
 # ---------------------------------------------------------------------------- galleries
 class Gallery:
     """A gallery's embeddings (``(N, E)``, L2-normalised), its items' ids and paths / texts, and modality."""
 
-    def __init__(self, embeddings: torch.Tensor, ids: list[str], items: list[str], modality: str) -> None:
+    def __init__(self, embeddings: torch.Tensor, ids: list[str], items: list[str], modality: str,
+                 features: torch.Tensor | None = None) -> None:  # fmt: skip
         self.embeddings, self.ids, self.items, self.modality = embeddings, ids, items, modality
+        self.features = features  # (N, D) the items' encoder features (version 2; what the matcher scores)
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores, indices) ``(Q, k)`` of the ``k`` most similar items to each query, best first (exact)."""
@@ -249,7 +291,7 @@ def build_gallery(predictor: TaskPredictor, inputs: Inputs, out: str | os.PathLi
         modality = given[0]
     if modality not in predictor.spec.kinds:
         raise DatasetError(f"--modality {modality!r}; expected one of {sorted(predictor.spec.kinds)}")
-    rows, emb, issues = predictor.embed(inputs, modality, progress)
+    rows, emb, raw, issues = predictor.embed(inputs, modality, progress)
     if not rows:
         raise DatasetError(f"{inputs.source}: no readable {modality} to put in the gallery ({len(issues)} skipped)")
     root = inputs.root
@@ -257,7 +299,7 @@ def build_gallery(predictor: TaskPredictor, inputs: Inputs, out: str | os.PathLi
              else str((root / str(r.values[modality])).resolve()) for r in rows]  # fmt: skip
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    bundle.save_tensors(out / GALLERY_WEIGHTS, {"embeddings": emb.contiguous()})
+    bundle.save_tensors(out / GALLERY_WEIGHTS, {"embeddings": emb.contiguous(), "features": raw.contiguous()})
     doc = {"format": GALLERY_FORMAT, "version": GALLERY_VERSION, "fusionkit_version": __version__,
            "modality": modality, "kind": predictor.spec.kinds[modality], "n": len(rows), "dim": int(emb.shape[1]),
            "model_sha256": sha256_file(predictor.folder / "model.safetensors"), "bundle": str(predictor.folder),
@@ -282,14 +324,18 @@ def read_gallery(folder: str | os.PathLike, weights: Path) -> Gallery:
                           f"({GALLERY_VERSION}); upgrade fusionkit")  # fmt: skip
     if doc.get("model_sha256") != sha256_file(weights):
         raise BundleError(f"{mp}: built with another model than {weights.parent}; build the gallery again with it")
-    emb = bundle.load_tensors(folder / GALLERY_WEIGHTS).get("embeddings")
+    tensors = bundle.load_tensors(folder / GALLERY_WEIGHTS)
+    emb, feats = tensors.get("embeddings"), tensors.get("features")
     try:
         ids, items, modality = list(doc["ids"]), list(doc["items"]), str(doc["modality"])
     except (KeyError, TypeError) as e:
         raise BundleError(f"{mp}: missing or malformed field {e}") from e
     if emb is None or emb.dim() != 2 or len(emb) != len(ids) or len(items) != len(ids):
         raise BundleError(f"{folder / GALLERY_WEIGHTS}: does not hold the {len(ids)} embeddings {mp.name} lists")
-    return Gallery(emb.float(), [str(i) for i in ids], [str(i) for i in items], modality)
+    if doc["version"] >= 2 and (feats is None or feats.dim() != 2 or len(feats) != len(ids)):
+        raise BundleError(f"{folder / GALLERY_WEIGHTS}: does not hold the {len(ids)} item features {mp.name} lists")
+    return Gallery(emb.float(), [str(i) for i in ids], [str(i) for i in items], modality,
+                   None if feats is None else feats.float())  # fmt: skip
 
 
 __all__ = ["Gallery", "TaskPredictor", "build_gallery", "load_predictor", "read_gallery"]

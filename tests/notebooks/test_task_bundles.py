@@ -16,6 +16,7 @@ from fusionkit.predict import read_inputs
 from fusionkit.tasks.bundles import build_model, load_task
 from fusionkit.tasks.features import caption_data, caption_features, read_task_index, vqa_tables
 from fusionkit.tasks.predict import TaskPredictor, load_predictor
+from fusionkit.tasks.retrieval import load_matcher, rescore
 from fusionkit.tasks.vqa.task import vqa_arrays, vqa_logits
 
 N = 8  # raw inputs per task: enough to compare, few to encode
@@ -143,25 +144,43 @@ def check_retrieval_top1_agrees_with_the_run_model(t):
     out = t["tmp"] / "matches.csv"
     argv = ["predict", str(folder), str(queries), "--gallery", str(gallery), "--top-k", "3", "--out", str(out),
             "--device", "cpu"]  # fmt: skip
-    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--no-rerank"]) == 0
     with open(out) as f:
         got = list(csv.DictReader(f))
     data = caption_data(index, t["index_path"], need_grid=False)
     row = {i: n for n, i in enumerate(data.ids["test"])}
+    raw_img = data.pooled["test"][[row[i] for i in g["ids"]]]
     with torch.inference_mode():
-        img = model.encode_image(data.pooled["test"][[row[i] for i in g["ids"]]])
+        img = model.encode_image(raw_img)
         txt = model.encode_text(text_feats[:N])
-    scores, best = (txt @ img.T).topk(3, dim=1)
+    cos = txt @ img.T
+    scores, best = cos.topk(3, dim=1)
     assert [r["match_1"] for r in got] == [g["ids"][int(i)] for i in best[:, 0]]
     assert torch.allclose(torch.tensor([float(r["score_1"]) for r in got]), scores[:, 0], atol=1e-4)
     assert {"match_3", "score_3"} <= set(got[0]) and "match_4" not in got[0]
+    # by default the run's matcher re-ranks the top k, as 05 scores "dual_encoder+rerank"
+    rr = json.loads((folder / "model.json").read_text())["rerank"]
+    matcher, mm = load_matcher(run_dir / "retrieval" / "matcher.safetensors")
+    assert rr == {"method": mm["method"], "k": mm["rerank_k"], "mix": mm["mix"]}
+    k = min(rr["k"], len(g["ids"]))
+    top_cos, cand = cos.topk(k, dim=1)
+    new = rescore(matcher, raw_img[cand], text_feats[:N, None].float().expand(-1, k, -1), top_cos, rr["mix"])
+    order = torch.sort(new, dim=1, descending=True, stable=True).indices
+    want = cand.gather(1, order)
+    jsonl = t["tmp"] / "matches.jsonl"
+    assert cli.main([*argv[:5], "--top-k", "3", "--out", str(jsonl), "--device", "cpu"]) == 0
+    hits = [json.loads(x)["matches"] for x in jsonl.read_text().splitlines()]
+    assert [[h["id"] for h in m] for m in hits] == [[g["ids"][int(i)] for i in w[:3]] for w in want]
+    got_new = torch.tensor([[h["rerank_score"] for h in m] for m in hits])
+    assert torch.allclose(got_new, new.gather(1, order)[:, :3], atol=1e-4)
+    assert torch.allclose(torch.tensor([m[0]["score"] for m in hits]), top_cos.gather(1, order)[:, 0], atol=1e-4)
     # the other way: an image queries a gallery of captions
     texts_gallery = t["tmp"] / "captions"
     assert cli.main(["gallery", str(folder), str(queries), "--out", str(texts_gallery), "--device", "cpu"]) == 0
     first = g["items"][0]
     out = t["tmp"] / "captions.jsonl"
     argv = ["predict", str(folder), "--image", first, "--gallery", str(texts_gallery), "--out", str(out)]
-    assert cli.main([*argv, "--device", "cpu"]) == 0
+    assert cli.main([*argv, "--device", "cpu", "--no-rerank"]) == 0
     (hit,) = [json.loads(x) for x in out.read_text().splitlines()]
     assert hit["matches"][0]["item"] == texts[int((img[0] @ txt.T).argmax())]
     return gallery
@@ -190,6 +209,20 @@ def check_bad_input_is_named(t, capsys, gallery):
     bundle.save_tensors(other / "model.safetensors", {k: v + 1 for k, v in w.items()})
     with pytest.raises(BundleError, match="built with another model"):
         TaskPredictor.load(other, device="cpu", gallery=gallery)
+    # a gallery of an older fusionkit (version 1: embeddings only) is searched without re-ranking,
+    # saying so; a version-2 gallery without its items' features is refused, naming the file
+    old = t["tmp"] / "gallery_v1"
+    shutil.copytree(gallery, old)
+    g = json.loads((old / "gallery.json").read_text())
+    (old / "gallery.json").write_text(json.dumps({**g, "version": 1}))
+    emb = bundle.load_tensors(old / "gallery.safetensors")["embeddings"]
+    bundle.save_tensors(old / "gallery.safetensors", {"embeddings": emb})
+    p = TaskPredictor.load(b["retrieval"], device="cpu", gallery=old)
+    assert p.matcher is None and "searched without re-ranking" in capsys.readouterr().err
+    assert TaskPredictor.load(b["retrieval"], device="cpu", gallery=gallery).matcher is not None
+    (old / "gallery.json").write_text(json.dumps(g))
+    with pytest.raises(BundleError, match=r"gallery.safetensors: does not hold the \d+ item features"):
+        TaskPredictor.load(b["retrieval"], device="cpu", gallery=old)
     # a corrupted bundle, a bundle of a newer fusionkit
     bad = t["tmp"] / "corrupt"
     shutil.copytree(b["captioning"], bad)

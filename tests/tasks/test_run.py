@@ -205,7 +205,29 @@ def test_retrieval_train_and_evaluate(setup):
     assert len(res.tables["samples"]) == 2
 
 
-def test_retrieval_fine_tuning_the_encoders_is_a_parameter(setup):
+def _exports_its_trained_blocks(out: Path, task: str, name: str, index_path: Path, dest: Path) -> dict:
+    """Export fine-tuned copy ``name`` and load it back: its encoders hold the saved trained blocks."""
+    from fusionkit.tasks.bundles import best_finetuned, export_task
+    from fusionkit.tasks.predict import TaskPredictor
+
+    assert best_finetuned(task, out / task) == name
+    b = export_task(out, dest, task, features_index=index_path, model=name).parent
+    doc = json.loads((b / "model.json").read_text())
+    p = TaskPredictor.load(b, device="cpu")
+    saved = load_file(str(out / task / f"{name}_encoders.safetensors"))
+    kinds = {"image": "image.", "text": "text."}
+    checked = 0
+    for m, e in doc["encoders"].items():
+        keys = [k for k in saved if k.startswith(kinds[e["kind"]])]
+        assert bool(e.get("finetuned")) == bool(keys), m
+        state = p.encoders[m].state_dict() if m in p.encoders else {}
+        assert all(torch.equal(state[k.split(".", 1)[1]], saved[k]) for k in keys), m
+        checked += len(keys)
+    assert checked and doc["model"] == name
+    return doc
+
+
+def test_retrieval_fine_tuning_the_encoders_is_a_parameter(setup, tmp_path):
     _, index_path, _, tmp = setup
     out = tmp / "run_ft"
     s = run.train_task("retrieval", index_path, out, epochs=2, progress=False, matcher="none",
@@ -214,10 +236,10 @@ def test_retrieval_fine_tuning_the_encoders_is_a_parameter(setup):
     folder = out / "retrieval"
     meta = json.loads((folder / "dual_encoder_finetuned.json").read_text())
     assert meta["finetune"]["augment"] is True and meta["image_encoder"] == "efficientnet_lite0"
-    assert not (folder / "finetune_checkpoint.pt").exists()  # finished: removed
+    assert not (folder / "dual_encoder_finetune_checkpoint.pt").exists()  # finished: removed
     from safetensors.torch import load_file
 
-    keys = load_file(str(folder / "finetuned_encoders.safetensors"))
+    keys = load_file(str(folder / "dual_encoder_finetuned_encoders.safetensors"))
     assert any(k.startswith("image.net._conv_head") for k in keys) and any(k.startswith("text.") for k in keys)
     res = run.evaluate_task("retrieval", index_path, out, n_examples=0)
     models = list(res.metrics["model"])
@@ -225,6 +247,8 @@ def test_retrieval_fine_tuning_the_encoders_is_a_parameter(setup):
     assert "dual_encoder fine-tuned (image last 1, text last 1, augmented)" in models
     assert set(res.metrics["encoders"]) == {"frozen", "image last 1, text last 1, augmented"}
     assert "retrieval/finetuned/rsum" in res.summary
+    doc = _exports_its_trained_blocks(out, "retrieval", "dual_encoder_finetuned", index_path, tmp_path / "bundle")
+    assert doc["finetune"]["image_blocks"] == doc["finetune"]["text_blocks"] == 1
     # frozen again: the fine-tuned files go, so evaluation cannot report a stale model
     run.train_task("retrieval", index_path, out, epochs=1, progress=False, matcher="none", **TINY_RETRIEVAL)
     assert not (folder / "dual_encoder_finetuned.safetensors").exists()
@@ -243,7 +267,7 @@ def _changed_keys(folder: Path, stem: str) -> set[str]:
     return {k for k in keys if not k.endswith(buffers)}
 
 
-def test_captioning_fine_tuning_the_image_encoder_is_a_parameter(setup):
+def test_captioning_fine_tuning_the_image_encoder_is_a_parameter(setup, tmp_path):
     from safetensors.torch import load_file
 
     _, index_path, _, tmp = setup
@@ -275,6 +299,8 @@ def test_captioning_fine_tuning_the_image_encoder_is_a_parameter(setup):
     enc = dict(zip(res.metrics["model"], res.metrics["encoders"]))
     assert enc["lstm/beam"] == "frozen" and enc["lstm_finetuned/beam"] == "image last 1, augmented"
     assert "captioning/lstm_finetuned/beam/CIDEr" in res.summary
+    doc = _exports_its_trained_blocks(out, "captioning", "lstm_finetuned", index_path, tmp_path / "bundle")
+    assert doc["decoder"] == "lstm" and doc["finetune"]["image_blocks"] == 1
     # frozen again: the fine-tuned files go, so evaluation cannot report a stale model
     run.train_task("captioning", index_path, out, epochs=1, progress=False, **opts)
     assert not list(folder.glob("lstm_finetuned*"))
@@ -301,6 +327,83 @@ def test_vqa_fine_tuning_the_image_and_question_encoders_is_a_parameter(setup):
     # the saved copy alone reproduces the fine-tuned accuracy
     again = run.evaluate_task("vqa", index_path, out, n_examples=0)
     pd.testing.assert_frame_equal(again.metrics, res.metrics)
+
+
+def test_a_fine_tuned_vqa_model_exports_with_its_encoders_trained_blocks(setup, tmp_path):
+    """``--model film_finetuned``: the bundle carries the trained image and question blocks (laid
+    over a random-init image encoder whose full weights travel, and over the machine's MiniLM), and
+    predicts raw files as 05 scores the fine-tuned model on its fine-tuned test features."""
+    import csv
+    import dataclasses
+
+    from fusionkit import bundle
+    from fusionkit.bundle import BundleError
+    from fusionkit.predict import read_inputs
+    from fusionkit.tasks.bundles import best_finetuned, export_task
+    from fusionkit.tasks.predict import TaskPredictor
+    from fusionkit.tasks.vqa import AnswerVocab
+    from fusionkit.tasks.vqa.model import build_vqa_net
+    from fusionkit.tasks.vqa.task import vqa_arrays, vqa_logits
+
+    _, index_path, _, tmp = setup
+    out = tmp / "vqa_ft_export"
+    run.train_task("vqa", index_path, out, epochs=1, progress=False, finetune_image_blocks=1, finetune_text_blocks=1,
+                   finetune_epochs=1, **TINY_VQA)  # fmt: skip
+    folder = out / "vqa"
+    assert best_finetuned("vqa", folder) == "film_finetuned"
+    b = export_task(out, tmp_path / "bundle", "vqa", features_index=index_path, model="film_finetuned").parent
+    doc = json.loads((b / "model.json").read_text())
+    assert doc["model"] == "film_finetuned" and "test_keys" not in doc
+    tuned = {m: e["finetuned"] for m, e in doc["encoders"].items() if e.get("finetuned")}
+    assert set(tuned) == {"image", "question"} and tuned["image"]["image_blocks"] == 1
+    assert doc["encoders"]["image"]["weights"] == "bundle" and doc["encoders"]["question"]["weights"] == "machine"
+    p = TaskPredictor.load(b, device="cpu")
+    saved = load_file(str(folder / "film_finetuned_encoders.safetensors"))
+    for m, prefix in (("image", "image."), ("question", "text.")):
+        state = p.encoders[m].state_dict()
+        keys = [k for k in saved if k.startswith(prefix)]
+        assert keys and all(torch.equal(state[k[len(prefix) :]], saved[k]) for k in keys), m
+    # raw files in, against the fine-tuned model on the fine-tuned test features (what 05 scores)
+    index = F.read_task_index(index_path)
+    table = F.vqa_tables(index, index_path)["test"]
+    vocab = AnswerVocab.from_state_dict(doc["vocab"])
+    a = vqa_arrays(index, index_path, table, vocab, doc["image"])
+    f = bundle.load_tensors(folder / "film_finetuned_features.safetensors")
+    a = dataclasses.replace(a, images=f["test/image"], questions=f["test/questions"])
+    model = bundle.load_weights(build_vqa_net(bundle.read_meta(folder / "film_finetuned.safetensors")),
+                                folder / "film_finetuned.safetensors")  # fmt: skip
+    want = vocab.decode_logits(vqa_logits(model, a))
+    new = tmp_path / "new"
+    new.mkdir()
+    for k, src in zip(a.image_keys, F.split_images(index, a.image_keys), strict=True):
+        shutil.copyfile(src, new / f"{k}{Path(src).suffix}")
+    suffix = {k: Path(src).suffix for k, src in zip(a.image_keys, F.split_images(index, a.image_keys), strict=True)}
+    with open(new / "questions.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["id", "image", "question"])
+        w.writeheader()
+        w.writerows({"id": f"q{i}", "image": f"{r.image_key}{suffix[r.image_key]}", "question": r.question}
+                    for i, r in enumerate(table.records))  # fmt: skip
+    inputs = read_inputs(new / "questions.csv", p)
+    rows, feats, issues, _ = p.encode(inputs)
+    assert not issues and len(rows) == len(table.records)
+    img_row = {k: i for i, k in enumerate(a.image_keys)}
+    got_img = torch.stack([x["image"] for x in feats])
+    want_img = a.images[[img_row[r.image_key] for r in table.records]]
+    assert torch.allclose(got_img, want_img, atol=1e-4, rtol=1e-4)  # the trained blocks, not the pretrained ones
+    assert torch.allclose(torch.stack([x["question"] for x in feats]), a.questions, atol=1e-5)
+    assert [r["prediction"] for r in p.predict(inputs).records] == want
+    # a bundle whose trained blocks were tampered with, or are gone, is refused naming the file
+    blocks = bundle.load_tensors(b / bundle.FINETUNED_WEIGHTS)
+    first = next(k for k in blocks if k.startswith("image.") and blocks[k].is_floating_point())
+    blocks[first] = blocks[first] + 1
+    bundle.save_tensors(b / bundle.FINETUNED_WEIGHTS, blocks)
+    with pytest.raises(BundleError, match="fine-tuned blocks .* corrupted"):
+        TaskPredictor.load(b, device="cpu")
+    (b / bundle.FINETUNED_WEIGHTS).unlink()
+    with pytest.raises(BundleError, match="trained blocks .* are missing"):
+        TaskPredictor.load(b, device="cpu")
+    with pytest.raises(BundleError, match="no vqa model 'transformer_finetuned'"):
+        export_task(out, tmp_path / "b2", "vqa", features_index=index_path, model="transformer_finetuned")
 
 
 def test_fine_tuned_features_of_other_test_images_are_refused(setup, tmp_path):

@@ -50,8 +50,10 @@ from fusionkit.tasks.retrieval.rerank import (
     MatcherTrainConfig,
     MatchingModel,
     build_matcher,
+    load_matcher,
     mine_hard_negatives,
     rerank,
+    rescore,
     train_matcher,
 )
 from fusionkit.tasks.retrieval.ridge import RidgeMap, fit_ridge
@@ -65,6 +67,8 @@ __all__ = [
     "RetrievalTrainConfig",
     "RidgeMap",
     "build_matcher",
+    "load_matcher",
+    "rescore",
     "encode_split",
     "fit_ridge",
     "info_nce",

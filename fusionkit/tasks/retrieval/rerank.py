@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fusionkit import bundle
 from fusionkit.model import build_model
 from fusionkit.tasks.retrieval.data import RetrievalSplit
 from fusionkit.tasks.retrieval.dual_encoder import DualEncoder, encode_split
@@ -44,6 +45,24 @@ def build_matcher(
     method: str, image_dim: int, text_dim: int, hidden: int = 128, dropout: float = 0.1, **fusion_hparams: Any
 ) -> MatchingModel:
     return MatchingModel(method, image_dim, text_dim, hidden, dropout, **fusion_hparams)
+
+
+def load_matcher(path: str | os.PathLike) -> tuple[MatchingModel, dict[str, Any]]:
+    """A saved matcher (``matcher.safetensors``, kind ``matcher``: what retrieval's training writes
+    and a retrieval bundle carries): (model in eval mode, its description - ``method``, ``rerank_k``,
+    ``mix`` ...)."""
+    meta = bundle.read_meta(path, kind="matcher")
+    model = build_matcher(meta["method"], meta["image_dim"], meta["text_dim"], **meta["hparams"])
+    return bundle.load_weights(model, path), meta
+
+
+@torch.inference_mode()
+def rescore(matcher: nn.Module, image: Tensor, text: Tensor, cosine: Tensor, mix: float) -> Tensor:
+    """The re-ranking score of candidate pairs: ``matcher(image, text)`` logit + ``mix`` x their
+    dual-encoder cosine; ``image`` / ``text`` ``(Q, K, D)`` raw features, ``cosine`` ``(Q, K)``."""
+    q, k = cosine.shape
+    logits = matcher(image.reshape(q * k, -1), text.reshape(q * k, -1)).float().view(q, k)
+    return logits + mix * cosine.float()
 
 
 def _score_pairs(

@@ -151,11 +151,10 @@ def finetune(index, index_path, out: Path, seed, dual, dual_hp, opts, sp, progre
     trained blocks and the fine-tuned features of val / test (evaluation reads those)."""
     import copy
 
-    files = [out / n for n in ("dual_encoder_finetuned.safetensors", "dual_encoder_finetuned.json",
-                               "finetuned_encoders.safetensors", "finetuned_features.safetensors")]  # fmt: skip
+    files = common.finetuned_files(out, "dual_encoder")
     ib, tb = int(opts["finetune_image_blocks"]), int(opts["finetune_text_blocks"])
     if not ib and not tb:
-        common.remove_files(files)
+        common.remove_files(files.values())
         return {}
     img_enc = task_encoder(index, "image", index_path)
     txt_enc = task_encoder(index, "text", index_path) if tb else None
@@ -173,25 +172,25 @@ def finetune(index, index_path, out: Path, seed, dual, dual_hp, opts, sp, progre
     ft = copy.deepcopy(dual)
     from dataclasses import asdict
 
-    with common.training_checkpoint(out / "finetune_checkpoint.pt", opts) as ckpt:
+    with common.training_checkpoint(files["checkpoint"], opts) as ckpt:
         res = T.finetune_dual_encoder(
             ft, img_enc, images["train"], texts["train"], sp["train"].text_to_image,
             images["val"], texts["val"], sp["val"].text_to_image, cfg,
             text_encoder=txt_enc, checkpoint=ckpt, resume=bool(opts["resume"]), show_progress=show,
         )  # fmt: skip
-        bundle.save(files[0], ft, "dual_encoder", {
+        bundle.save(files["model"], ft, "dual_encoder", {
             "task": "retrieval", "image_dim": int(sp["train"].image.shape[-1]),
             "text_dim": int(sp["train"].text.shape[-1]),
             "hparams": dual_hp, "finetune": asdict(cfg), "seed": seed, "train": res.as_dict(),
             "image_encoder": index["tasks"]["image_encoder"]["name"],
             "text_encoder": index["tasks"]["text_encoder"]["name"],
         })  # fmt: skip
-        common.save_encoder_blocks(files[2], img_enc, txt_enc)
+        common.save_encoder_blocks(files["encoders"], img_enc, txt_enc)
         feats = {}
         for k in ("val", "test"):
             feats[f"{k}/image"] = T.encode_images(img_enc, images[k]).contiguous()
             feats[f"{k}/text"] = (T.encode_texts(txt_enc, texts[k]) if tb else sp[k].text).float().contiguous()
-        bundle.save_tensors(files[3], feats)
+        bundle.save_tensors(files["features"], feats)
     return common.finetune_summary("finetuned", "val_rsum", res, cfg)
 
 
@@ -213,11 +212,11 @@ def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -
     dual_m = R.recall_at_k(R.encode_split(dual, test), test.text_to_image)
     rows.append({"model": "dual_encoder", **dual_m})
     rows.append({"model": "ridge", **R.recall_at_k(ridge.embeddings(test), test.text_to_image)})
-    fpath = folder / "dual_encoder_finetuned.safetensors"
-    if fpath.is_file():
-        fm = bundle.read_meta(fpath)
-        ft = bundle.load_weights(R.DualEncoder(fm["image_dim"], fm["text_dim"], **fm["hparams"]), fpath)
-        f = bundle.load_tensors(folder / "finetuned_features.safetensors")
+    ft_files = common.finetuned_files(folder, "dual_encoder")
+    if ft_files["model"].is_file():
+        fm = bundle.read_meta(ft_files["model"])
+        ft = bundle.load_weights(R.DualEncoder(fm["image_dim"], fm["text_dim"], **fm["hparams"]), ft_files["model"])
+        f = bundle.load_tensors(ft_files["features"])
         if len(f["test/image"]) != test.n_images or len(f["test/text"]) != test.n_texts:
             raise common.TaskSetupError(f"{folder}: fine-tuned features do not match the test split; train again")
         with torch.inference_mode():
@@ -233,10 +232,7 @@ def evaluate(index, index_path, folder: Path, n_examples: int, progress: bool) -
     mpath = folder / "matcher.safetensors"
     summary_extra = {}
     if mpath.is_file():
-        mm = bundle.read_meta(mpath)
-        matcher = bundle.load_weights(
-            R.build_matcher(mm["method"], mm["image_dim"], mm["text_dim"], **mm["hparams"]), mpath
-        )
+        matcher, mm = R.load_matcher(mpath)
         mix = float(mm.get("mix", 0.0))
         rr = R.rerank(dual, matcher, test, k=int(mm.get("rerank_k", 10)), mix=mix)
         label = f"dual_encoder+rerank({mm['method']}, top {rr['k']}" + (f", mix {mix:g})" if mix else ")")
