@@ -360,8 +360,12 @@ def finetune_captioner(
         local = torch.as_tensor([j for j, r in enumerate(rows.tolist()) for _ in by_image[r]], dtype=torch.long)
         tok = train.tokens[caps]
         tok = tok[:, : int((tok != model.pad_id).sum(1).max())]
-        ce, reg = caption_batch_loss(model, feats["grid"][local], feats["pooled"][local] if use_pooled else None, tok,
-                          label_smoothing)  # fmt: skip
+        # index_select: its backward is deterministic, advanced indexing's (repeated rows) is not on 2+ threads
+        grid, pooled = (
+            feats["grid"].index_select(0, local),
+            feats["pooled"].index_select(0, local) if use_pooled else None,
+        )
+        ce, reg = caption_batch_loss(model, grid, pooled, tok, label_smoothing)
         return ce + reg, len(caps)
 
     def validate(feats):

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from fusionkit.data.problems import TaskInputError
+from fusionkit.runtime import cpu_threads
 from fusionkit.tasks import vqa as V
+from fusionkit.tasks.vqa.model import VQANet
 from fusionkit.tasks.vqa.task import VQAArrays, fit_vqa, vqa_logits
 
 
@@ -186,3 +188,29 @@ def test_vqa_model_learns_a_synthetic_problem(method, grid):
     out = V.vqa_accuracy({r.question_id: a for r, a in zip(test_tab.records, answers)}, test_tab.annotations())
     assert out["overall"] > 0.9, out["overall"]
     assert set(out["per_answer_type"]) == {"other"} and out["n"] == 200
+
+
+def test_the_image_branchs_gradients_do_not_depend_on_thread_timing():
+    """A batch's questions share their image rows (repeated indices). Advanced indexing's backward
+    accumulates those with atomic adds on 2+ threads, so with another process on the cores the same
+    step gave other gradients (VQA-RAD trainings did not repeat); index_select's does not."""
+    import hashlib
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    img, q = torch.randn(8, 49, 256), torch.randn(80, 64)
+    qi = torch.arange(80) % 8
+    model = VQANet("film", 256, 64, 30, n_regions=49, hidden=64, dropout=0.0, heads=4, glimpses=2)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # the cores are shared
+    seen = set()
+    try:
+        with cpu_threads(2):
+            for _ in range(6):
+                model.zero_grad()
+                torch.nn.functional.cross_entropy(model(img, q, qi), torch.arange(80) % 30).backward()
+                seen.add(hashlib.sha256(b"".join(p.grad.numpy().tobytes() for p in model.parameters())).hexdigest())
+    finally:
+        busy.kill()
+        busy.wait()
+    assert len(seen) == 1

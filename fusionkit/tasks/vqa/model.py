@@ -112,9 +112,12 @@ class VQANet(torch.nn.Module):
         if image_index is None:
             image_index = torch.arange(len(question), device=question.device)
         if regions.dim() == 2 or not self.glimpses:
-            return regions[image_index], None
-        keys = self.att_r(regions)[image_index]  # per image, then shared by its questions
-        r = regions[image_index]
+            return regions.index_select(0, image_index), None
+        # index_select, not regions[image_index]: the backward of advanced indexing with repeated
+        # indices (a batch's questions share their image) accumulates with atomic adds on 2+
+        # threads, so its gradients change with timing; index_select's backward (index_add_) does not
+        keys = self.att_r(regions).index_select(0, image_index)  # per image, then shared by its questions
+        r = regions.index_select(0, image_index)
         e = self.att_w(torch.tanh(keys + self.att_q(question).unsqueeze(1)))  # (B, L, G)
         soft = torch.softmax(e, dim=1)
         count = torch.sigmoid(e) / e.shape[1]
